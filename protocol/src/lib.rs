@@ -1,0 +1,28 @@
+//! Wire protocol of conclave: message types, the bounded frame codec, node identities and the
+//! pinned mutual-TLS QUIC setup shared by every node.
+//!
+//! Nothing in this crate knows about FROST rounds; FROST types travel as their own serialized
+//! bytes inside [`Message`] variants and are decoded by the crates that own them.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+pub mod codec;
+pub mod identity;
+pub mod message;
+pub mod transport;
+
+pub use codec::{decode_frame, encode_frame, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+pub use identity::{IdentityError, IdentityKey, NodeId};
+pub use message::{
+    CommitmentEntry, Envelope, GroupName, Message, Refusal, MAX_BATCH, MAX_GROUP_NAME_LEN,
+    MAX_SIGN_MESSAGE_LEN,
+};
+
+/// Application protocol negotiated in the TLS handshake.
+pub const ALPN: &[u8] = b"conclave/1";
+
+/// Version byte carried by every frame.
+pub const PROTOCOL_VERSION: u8 = 1;

@@ -1,0 +1,178 @@
+//! The messages nodes exchange. Each request travels in its own QUIC stream inside an
+//! [`Envelope`] carrying a request id; the reply echoes that id.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest group name accepted anywhere.
+pub const MAX_GROUP_NAME_LEN: usize = 64;
+/// Largest message a client may ask to sign (64 KiB).
+pub const MAX_SIGN_MESSAGE_LEN: usize = 64 * 1024;
+/// Most round-1 commitments one `Commit` request may ask for.
+pub const MAX_BATCH: u16 = 256;
+
+/// A group's name, as written in its manifest. Validated on decode: 1..=64 bytes of
+/// `[A-Za-z0-9._-]`, so it can be printed and used in file names safely.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct GroupName(String);
+
+impl GroupName {
+    /// Checks and wraps a group name.
+    pub fn new(name: &str) -> Result<Self, InvalidGroupName> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_GROUP_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(InvalidGroupName)
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for GroupName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        GroupName::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A group name that breaks the naming rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("group names are 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+pub struct InvalidGroupName;
+
+/// One request or reply with its id. Replies echo the id of the request they answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: u64,
+    pub msg: Message,
+}
+
+/// One round-1 commitment held by a participant, named by the participant's own id for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitmentEntry {
+    /// The participant's handle for the nonces behind this commitment.
+    pub id: u64,
+    /// `frost_ed25519::round1::SigningCommitments`, serialized by frost.
+    pub commitments: Vec<u8>,
+}
+
+/// Every message of the protocol. The direction is given in each variant's comment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Any node → any node: liveness check.
+    Ping,
+    /// Reply to `Ping`: the groups (and their epochs) the node serves.
+    Pong { groups: Vec<(GroupName, u64)> },
+
+    /// Coordinator → participant: make `count` fresh round-1 commitments for `group` at `epoch`
+    /// (preprocessing: the coordinator pools them and uses one per signature).
+    Commit {
+        group: GroupName,
+        epoch: u64,
+        count: u16,
+    },
+    /// Participant → coordinator: the commitments made for a `Commit`.
+    Commitments {
+        group: GroupName,
+        epoch: u64,
+        entries: Vec<CommitmentEntry>,
+    },
+
+    /// Coordinator → participant: round 2. `signing_package` is a serialized
+    /// `frost_ed25519::SigningPackage` that must contain the commitment named by `commitment_id`.
+    Sign {
+        group: GroupName,
+        epoch: u64,
+        commitment_id: u64,
+        signing_package: Vec<u8>,
+    },
+    /// Participant → coordinator: a serialized `frost_ed25519::round2::SignatureShare`.
+    SignatureShare { commitment_id: u64, share: Vec<u8> },
+
+    /// Client → coordinator: sign `message` with `group`'s key, answering within `timeout_ms`.
+    SignRequest {
+        group: GroupName,
+        message: Vec<u8>,
+        timeout_ms: u32,
+    },
+    /// Coordinator → client: a signature that the coordinator verified (`verify_strict`).
+    Signature {
+        public_key: [u8; 32],
+        signature: Vec<u8>,
+        /// Names of the participants whose shares made the signature.
+        signers: Vec<String>,
+    },
+
+    /// Client → coordinator: the public key and threshold of a group.
+    GroupInfoRequest { group: GroupName },
+    /// Coordinator → client.
+    GroupInfo {
+        group: GroupName,
+        public_key: [u8; 32],
+        threshold: u16,
+        epoch: u64,
+        participants: Vec<String>,
+    },
+
+    /// Any direction: the request was refused. A code, never free text.
+    Refused(Refusal),
+}
+
+/// Why a request was refused. Codes only: a refusal never carries text that could hold
+/// secret bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    #[error("malformed request")]
+    Malformed,
+    #[error("unknown group")]
+    UnknownGroup,
+    #[error("epoch mismatch: the node is at epoch {current}")]
+    EpochMismatch { current: u64 },
+    #[error("unknown or already used commitment")]
+    UnknownCommitment,
+    #[error("invalid signing package")]
+    InvalidSigningPackage,
+    #[error("not authorized")]
+    NotAuthorized,
+    #[error("overloaded: too many outstanding commitments")]
+    Overloaded,
+    #[error("message too large")]
+    MessageTooLarge,
+    #[error("signers unavailable: {reachable} reachable, {needed} needed")]
+    SignerUnavailable { reachable: u16, needed: u16 },
+    #[error("deadline exceeded before enough signers answered")]
+    DeadlineExceeded,
+    #[error("internal error")]
+    Internal,
+    #[error("request not understood by this kind of node")]
+    UnexpectedRequest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_are_checked() {
+        assert!(GroupName::new("release-signing.v2").is_ok());
+        assert!(GroupName::new("").is_err());
+        assert!(GroupName::new("a/b").is_err());
+        assert!(GroupName::new(&"x".repeat(65)).is_err());
+    }
+}
