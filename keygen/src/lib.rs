@@ -1,1 +1,40 @@
+//! Key material of conclave: group manifests (public), encrypted share files (secret), and
+//! the trusted-dealer key generation. Later ceremonies (DKG, refresh, reshare, repair) produce
+//! the same two artefacts.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
+pub mod dealer;
+pub mod manifest;
+pub mod secret;
+pub mod sharefile;
+
+pub use dealer::{deal, DealtShare, NewMember};
+pub use manifest::{identifier_for, GroupManifest, ManifestError, ManifestParticipant, Member};
+pub use secret::Passphrase;
+pub use sharefile::{KdfParams, ShareErrorKind, ShareFile, ShareFileError, ShareHeader};
+
+/// Errors of key generation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeygenError {
+    #[error("threshold must be at least 2 and at most the number of participants ({n}), got {t}")]
+    BadThreshold { t: u16, n: usize },
+    #[error("at most {max} participants are supported, got {n}")]
+    TooMany { n: usize, max: usize },
+    #[error("participant name {0:?} is used twice")]
+    DuplicateName(String),
+    #[error("identity key {0} is used by two participants")]
+    DuplicateIdentity(String),
+    #[error(
+        "invalid participant name {0:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+    )]
+    BadName(String),
+    #[error("FROST key generation failed: {0}")]
+    Frost(#[from] frost_ed25519::Error),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}

@@ -1,0 +1,583 @@
+//! The encrypted share file.
+//!
+//! ```text
+//! magic      "conclave-share\n"                      15 bytes
+//! version    u16 big-endian (1)
+//! header     u32 big-endian length + postcard ShareHeader   (public: group, epoch, KDF, ...)
+//! sealed     u32 big-endian length + XChaCha20-Poly1305(KeyPackage), AAD = all bytes above
+//! checksum   SHA-256 of all bytes above                32 bytes
+//! ```
+//!
+//! The key comes from Argon2id over the passphrase with the header's salt and parameters. The
+//! header also holds a key-check value so a wrong passphrase is told apart from tampering;
+//! the unkeyed checksum tells accidental corruption and truncation apart from both. The AEAD
+//! tag is what actually protects the share: the other checks only make errors precise.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use conclave_protocol::{GroupName, NodeId};
+use frost_ed25519 as frost;
+use rand::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::secret::Passphrase;
+
+const MAGIC: &[u8; 15] = b"conclave-share\n";
+const FORMAT_VERSION: u16 = 1;
+/// Share files are well under 1 KiB; refuse anything over 64 KiB before reading it.
+pub const MAX_SHARE_FILE_LEN: u64 = 64 * 1024;
+const MAX_HEADER_LEN: usize = 4096;
+const MAX_SEALED_LEN: usize = 16 * 1024;
+const CHECKSUM_LEN: usize = 32;
+const KEY_CHECK_CONTEXT: &[u8] = b"conclave-share key check v1";
+
+/// Argon2id parameters, stored in the header so files stay readable when defaults change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+    pub salt: [u8; 16],
+}
+
+impl KdfParams {
+    /// Production strength: 64 MiB, 3 passes, 1 lane (about 0.3 s on a 2-core machine).
+    pub fn standard<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        Self::with_cost(rng, 64 * 1024, 3)
+    }
+
+    /// Light parameters for dev-mode demos and tests (8 MiB, 1 pass). Never for real keys.
+    pub fn light<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        Self::with_cost(rng, 8 * 1024, 1)
+    }
+
+    fn with_cost<R: RngCore + CryptoRng>(rng: &mut R, memory_kib: u32, iterations: u32) -> Self {
+        let mut salt = [0u8; 16];
+        rng.fill_bytes(&mut salt);
+        Self {
+            memory_kib,
+            iterations,
+            parallelism: 1,
+            salt,
+        }
+    }
+
+    /// Bounds that keep a hostile file from making us allocate or spin without limit.
+    fn in_range(&self) -> bool {
+        (8..=4 * 1024 * 1024).contains(&self.memory_kib)
+            && (1..=64).contains(&self.iterations)
+            && (1..=16).contains(&self.parallelism)
+    }
+
+    fn derive(
+        &self,
+        passphrase: &Passphrase,
+    ) -> Result<(Zeroizing<[u8; 32]>, [u8; 32]), ShareErrorKind> {
+        if !self.in_range() {
+            return Err(ShareErrorKind::KdfOutOfRange);
+        }
+        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(64))
+            .map_err(|_| ShareErrorKind::KdfOutOfRange)?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let mut out = Zeroizing::new([0u8; 64]);
+        argon
+            .hash_password_into(passphrase.expose(), &self.salt, out.as_mut())
+            .map_err(|_| ShareErrorKind::KdfOutOfRange)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut check_input = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(out.get(..32).ok_or(ShareErrorKind::KdfOutOfRange)?);
+        check_input.copy_from_slice(out.get(32..).ok_or(ShareErrorKind::KdfOutOfRange)?);
+        let mut h = Sha256::new();
+        h.update(KEY_CHECK_CONTEXT);
+        h.update(check_input.as_ref());
+        Ok((key, h.finalize().into()))
+    }
+}
+
+/// The public part of a share file: readable without the passphrase, authenticated by it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareHeader {
+    pub group: GroupName,
+    pub epoch: u64,
+    pub threshold: u16,
+    /// Identity key of the node the share belongs to.
+    pub owner: NodeId,
+    /// FROST identifier (serialized).
+    pub identifier: [u8; 32],
+    pub group_public_key: [u8; 32],
+    /// Hash of the group manifest the share was made with.
+    pub manifest_hash: [u8; 32],
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub kdf: KdfParams,
+    pub nonce: [u8; 24],
+    pub key_check: [u8; 32],
+}
+
+/// A decrypted share: header plus the FROST key package (zeroized on drop by frost).
+pub struct ShareFile {
+    pub header: ShareHeader,
+    pub key_package: frost::keys::KeyPackage,
+}
+
+impl std::fmt::Debug for ShareFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShareFile")
+            .field("header", &self.header)
+            .field("key_package", &"[redacted]")
+            .finish()
+    }
+}
+
+/// A share-file failure, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {kind}", path.display())]
+pub struct ShareFileError {
+    pub path: PathBuf,
+    pub kind: ShareErrorKind,
+}
+
+/// What went wrong with a share file. Each kind is distinct so operators know what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShareErrorKind {
+    #[error("cannot access the file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a conclave share file")]
+    NotAShareFile,
+    #[error("share file format version {0} is not supported by this build")]
+    UnsupportedVersion(u16),
+    #[error("file is truncated ({actual} bytes, expected {expected})")]
+    Truncated { expected: usize, actual: usize },
+    #[error("file is larger than a share file can be")]
+    TooLarge,
+    #[error("file is corrupted (checksum mismatch): restore it from backup")]
+    Corrupted,
+    #[error("header is malformed")]
+    MalformedHeader,
+    #[error("key-derivation parameters are out of the accepted range")]
+    KdfOutOfRange,
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    #[error("authentication failed: the file was tampered with")]
+    Tampered,
+    #[error("decrypted share is malformed")]
+    MalformedPayload,
+    #[error("share does not belong to this header (identifier, group key or threshold differ)")]
+    Inconsistent,
+    #[error("could not encrypt the share")]
+    Encrypt,
+    #[error("{0} already exists; refusing to overwrite a share file")]
+    Exists(PathBuf),
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b) as usize)
+}
+
+impl ShareFile {
+    /// Encrypts to bytes.
+    pub fn seal<R: RngCore + CryptoRng>(
+        key_package: &frost::keys::KeyPackage,
+        mut header: ShareHeader,
+        passphrase: &Passphrase,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, ShareErrorKind> {
+        rng.fill_bytes(&mut header.nonce);
+        let (key, check) = header.kdf.derive(passphrase)?;
+        header.key_check = check;
+        let header_bytes = postcard::to_allocvec(&header).map_err(|_| ShareErrorKind::Encrypt)?;
+        let plain = Zeroizing::new(
+            key_package
+                .serialize()
+                .map_err(|_| ShareErrorKind::Encrypt)?,
+        );
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&header_bytes);
+        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&header.nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &out,
+                },
+            )
+            .map_err(|_| ShareErrorKind::Encrypt)?;
+        out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        out.extend_from_slice(&sealed);
+        let sum: [u8; 32] = Sha256::digest(&out).into();
+        out.extend_from_slice(&sum);
+        Ok(out)
+    }
+
+    /// Parses the public header and checks the file's integrity, without the passphrase.
+    /// Returns the header, the authenticated bytes (everything before the sealed part) and
+    /// the sealed bytes.
+    pub fn parse(bytes: &[u8]) -> Result<(ShareHeader, &[u8], &[u8]), ShareErrorKind> {
+        if bytes.len() as u64 > MAX_SHARE_FILE_LEN {
+            return Err(ShareErrorKind::TooLarge);
+        }
+        let magic_len = MAGIC.len();
+        match bytes.get(..magic_len) {
+            Some(m) if m == MAGIC => {}
+            Some(_) => return Err(ShareErrorKind::NotAShareFile),
+            None if MAGIC.starts_with(bytes) && !bytes.is_empty() => {
+                return Err(ShareErrorKind::Truncated {
+                    expected: magic_len,
+                    actual: bytes.len(),
+                })
+            }
+            None => return Err(ShareErrorKind::NotAShareFile),
+        }
+        let truncated = |expected| ShareErrorKind::Truncated {
+            expected,
+            actual: bytes.len(),
+        };
+        let version_at = magic_len;
+        let version = bytes
+            .get(version_at..version_at + 2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_be_bytes)
+            .ok_or(truncated(version_at + 2))?;
+        let header_len_at = version_at + 2;
+        let header_len = be_u32(bytes, header_len_at).ok_or(truncated(header_len_at + 4))?;
+        if header_len > MAX_HEADER_LEN {
+            return Err(ShareErrorKind::MalformedHeader);
+        }
+        let header_at = header_len_at + 4;
+        let sealed_len_at = header_at + header_len;
+        let sealed_len = be_u32(bytes, sealed_len_at).ok_or(truncated(sealed_len_at + 4))?;
+        if sealed_len > MAX_SEALED_LEN {
+            return Err(ShareErrorKind::MalformedHeader);
+        }
+        let sealed_at = sealed_len_at + 4;
+        let sum_at = sealed_at + sealed_len;
+        let total = sum_at + CHECKSUM_LEN;
+        if bytes.len() < total {
+            return Err(truncated(total));
+        }
+        if bytes.len() > total {
+            return Err(ShareErrorKind::Corrupted);
+        }
+        let (body, sum) = bytes.split_at(sum_at);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err(ShareErrorKind::Corrupted);
+        }
+        if version != FORMAT_VERSION {
+            return Err(ShareErrorKind::UnsupportedVersion(version));
+        }
+        let header_bytes = body
+            .get(header_at..sealed_len_at)
+            .ok_or(ShareErrorKind::MalformedHeader)?;
+        let header: ShareHeader =
+            postcard::from_bytes(header_bytes).map_err(|_| ShareErrorKind::MalformedHeader)?;
+        let aad = body
+            .get(..sealed_len_at)
+            .ok_or(ShareErrorKind::MalformedHeader)?;
+        let sealed = body
+            .get(sealed_at..)
+            .ok_or(ShareErrorKind::MalformedHeader)?;
+        Ok((header, aad, sealed))
+    }
+
+    /// Decrypts bytes with a passphrase.
+    pub fn open(bytes: &[u8], passphrase: &Passphrase) -> Result<Self, ShareErrorKind> {
+        let (header, aad, sealed) = Self::parse(bytes)?;
+        let (key, check) = header.kdf.derive(passphrase)?;
+        if check != header.key_check {
+            return Err(ShareErrorKind::WrongPassphrase);
+        }
+        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(
+                    XNonce::from_slice(&header.nonce),
+                    Payload { msg: sealed, aad },
+                )
+                .map_err(|_| ShareErrorKind::Tampered)?,
+        );
+        let key_package = frost::keys::KeyPackage::deserialize(&plain)
+            .map_err(|_| ShareErrorKind::MalformedPayload)?;
+        let consistent = key_package.identifier().serialize().as_slice() == header.identifier
+            && key_package.verifying_key().serialize().ok().as_deref()
+                == Some(&header.group_public_key[..])
+            && *key_package.min_signers() == header.threshold;
+        if !consistent {
+            return Err(ShareErrorKind::Inconsistent);
+        }
+        Ok(Self {
+            header,
+            key_package,
+        })
+    }
+
+    /// Reads and decrypts a share file.
+    pub fn read(path: &Path, passphrase: &Passphrase) -> Result<Self, ShareFileError> {
+        let bytes = read_bounded(path)?;
+        Self::open(&bytes, passphrase).map_err(|kind| ShareFileError {
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+
+    /// Reads only the public header (integrity-checked, not authenticated).
+    pub fn inspect(path: &Path) -> Result<ShareHeader, ShareFileError> {
+        let bytes = read_bounded(path)?;
+        Self::parse(&bytes)
+            .map(|(h, _, _)| h)
+            .map_err(|kind| ShareFileError {
+                path: path.to_path_buf(),
+                kind,
+            })
+    }
+
+    /// Encrypts and writes a new share file atomically (temp file, fsync, rename, fsync dir)
+    /// with mode 0600. Refuses to replace an existing file unless `replace` is set.
+    pub fn write<R: RngCore + CryptoRng>(
+        path: &Path,
+        key_package: &frost::keys::KeyPackage,
+        header: ShareHeader,
+        passphrase: &Passphrase,
+        replace: bool,
+        rng: &mut R,
+    ) -> Result<(), ShareFileError> {
+        let err = |kind| ShareFileError {
+            path: path.to_path_buf(),
+            kind,
+        };
+        if !replace && path.exists() {
+            return Err(err(ShareErrorKind::Exists(path.to_path_buf())));
+        }
+        let bytes = Self::seal(key_package, header, passphrase, rng).map_err(err)?;
+        write_atomic(path, &bytes, rng).map_err(|e| err(ShareErrorKind::Io(e)))
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ShareFileError> {
+    let err = |kind| ShareFileError {
+        path: path.to_path_buf(),
+        kind,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(ShareErrorKind::Io(e)))?;
+    if meta.len() > MAX_SHARE_FILE_LEN {
+        return Err(err(ShareErrorKind::TooLarge));
+    }
+    std::fs::read(path).map_err(|e| err(ShareErrorKind::Io(e)))
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: a temp file in the same directory,
+/// fsync, rename over the target, fsync of the directory. A crash leaves either the old file
+/// or the new one, never a partial file under the target name.
+pub fn write_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rng.next_u64()));
+    let result = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dealer::{deal, NewMember};
+    use conclave_protocol::IdentityKey;
+
+    fn sample() -> (frost::keys::KeyPackage, ShareHeader) {
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<NewMember> = (0..3)
+            .map(|i| NewMember {
+                name: format!("p{i}"),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: format!("127.0.0.1:{}", 7000 + i),
+            })
+            .collect();
+        let (manifest, shares) = deal(GroupName::new("g").unwrap(), 2, &members, &mut rng).unwrap();
+        let share = shares.into_iter().next().unwrap();
+        let header = share.header(&manifest, KdfParams::light(&mut rng)).unwrap();
+        (share.key_package, header)
+    }
+
+    fn pass(s: &str) -> Passphrase {
+        Passphrase::new(s.to_owned())
+    }
+
+    #[test]
+    fn round_trip() {
+        let (kp, header) = sample();
+        let bytes = ShareFile::seal(
+            &kp,
+            header.clone(),
+            &pass("correct horse"),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let opened = ShareFile::open(&bytes, &pass("correct horse")).unwrap();
+        assert_eq!(opened.key_package, kp);
+        assert_eq!(opened.header.group, header.group);
+        assert!(format!("{opened:?}").contains("[redacted]"));
+    }
+
+    #[test]
+    fn wrong_passphrase_is_named() {
+        let (kp, header) = sample();
+        let bytes = ShareFile::seal(&kp, header, &pass("right"), &mut rand::rngs::OsRng).unwrap();
+        assert!(matches!(
+            ShareFile::open(&bytes, &pass("wrong")),
+            Err(ShareErrorKind::WrongPassphrase)
+        ));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let (kp, header) = sample();
+        let bytes = ShareFile::seal(&kp, header, &pass("pw"), &mut rand::rngs::OsRng).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            let err = ShareFile::open(&b, &pass("pw")).unwrap_err();
+            // The magic is checked first, then lengths; anywhere else the checksum catches it.
+            assert!(
+                matches!(
+                    err,
+                    ShareErrorKind::Corrupted
+                        | ShareErrorKind::NotAShareFile
+                        | ShareErrorKind::Truncated { .. }
+                        | ShareErrorKind::MalformedHeader
+                ),
+                "byte {i}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tampering_with_checksum_recomputed_fails_authentication() {
+        let (kp, header) = sample();
+        let mut bytes = ShareFile::seal(&kp, header, &pass("pw"), &mut rand::rngs::OsRng).unwrap();
+        let sum_at = bytes.len() - CHECKSUM_LEN;
+        bytes[sum_at - 5] ^= 0x80; // inside the ciphertext
+        let sum: [u8; 32] = Sha256::digest(&bytes[..sum_at]).into();
+        bytes[sum_at..].copy_from_slice(&sum);
+        assert!(matches!(
+            ShareFile::open(&bytes, &pass("pw")),
+            Err(ShareErrorKind::Tampered)
+        ));
+    }
+
+    #[test]
+    fn truncation_is_named() {
+        let (kp, header) = sample();
+        let bytes = ShareFile::seal(&kp, header, &pass("pw"), &mut rand::rngs::OsRng).unwrap();
+        for cut in 1..bytes.len() {
+            let err = ShareFile::open(&bytes[..cut], &pass("pw")).unwrap_err();
+            assert!(
+                matches!(err, ShareErrorKind::Truncated { .. }),
+                "cut {cut}: {err:?}"
+            );
+        }
+        assert!(matches!(
+            ShareFile::open(&[], &pass("pw")),
+            Err(ShareErrorKind::NotAShareFile)
+        ));
+    }
+
+    #[test]
+    fn files_are_written_atomically_with_private_mode_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p0.share");
+        let (kp, header) = sample();
+        ShareFile::write(
+            &path,
+            &kp,
+            header.clone(),
+            &pass("pw"),
+            false,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        assert!(matches!(
+            ShareFile::write(
+                &path,
+                &kp,
+                header,
+                &pass("pw"),
+                false,
+                &mut rand::rngs::OsRng
+            )
+            .unwrap_err()
+            .kind,
+            ShareErrorKind::Exists(_)
+        ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let err = ShareFile::read(&path, &pass("nope")).unwrap_err();
+        assert!(
+            err.to_string().contains("p0.share") && err.to_string().contains("wrong passphrase")
+        );
+        assert_eq!(ShareFile::inspect(&path).unwrap().group.as_str(), "g");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp files left"
+        );
+    }
+
+    #[test]
+    fn hostile_kdf_parameters_are_refused() {
+        let (kp, mut header) = sample();
+        header.kdf.memory_kib = u32::MAX;
+        assert!(matches!(
+            ShareFile::seal(&kp, header, &pass("pw"), &mut rand::rngs::OsRng),
+            Err(ShareErrorKind::KdfOutOfRange)
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = ShareFile::parse(&bytes);
+        }
+    }
+}
