@@ -1,0 +1,601 @@
+//! The participant state machine.
+//!
+//! Inputs: [`Participant::handle`] (a request from an authenticated peer, the time, an RNG) and
+//! [`Participant::handle_timeout`]. Outputs: [`Participant::poll_transmit`] (exactly one reply per
+//! request) and [`Participant::poll_timeout`] (when to call `handle_timeout` next). No clock,
+//! no sockets, no threads.
+//!
+//! Nonce discipline: every commitment's nonces live only in memory, belong to the coordinator
+//! that asked for them, and are removed from the table *before* a signature share is computed,
+//! so each can be used at most once whatever happens next. A restart loses them all.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use conclave_protocol::{
+    CommitmentEntry, Envelope, GroupName, Message, NodeId, Refusal, MAX_BATCH, MAX_SIGN_MESSAGE_LEN,
+};
+use frost_ed25519 as frost;
+use rand::{CryptoRng, RngCore};
+
+/// Limits of a participant.
+#[derive(Clone, Debug)]
+pub struct ParticipantConfig {
+    /// Most unused commitments kept per group and coordinator.
+    pub max_outstanding: usize,
+    /// How long an unused commitment stays valid.
+    pub nonce_ttl: Duration,
+    /// Most signers a signing package may name.
+    pub max_signers: usize,
+}
+
+impl Default for ParticipantConfig {
+    fn default() -> Self {
+        Self {
+            max_outstanding: 1024,
+            nonce_ttl: Duration::from_secs(600),
+            max_signers: 1000,
+        }
+    }
+}
+
+/// Test-only misbehaviour (compiled only with the `fault-injection` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Return signature shares that do not verify.
+    CorruptShares,
+}
+
+/// A message to send: a reply to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: NodeId,
+    pub envelope: Envelope,
+}
+
+struct PendingNonce {
+    owner: NodeId,
+    nonces: frost::round1::SigningNonces,
+    commitments: frost::round1::SigningCommitments,
+    expires: Instant,
+}
+
+struct GroupShare {
+    epoch: u64,
+    key_package: frost::keys::KeyPackage,
+    nonces: HashMap<u64, PendingNonce>,
+}
+
+/// A signer node's protocol state for every group it holds a share of.
+pub struct Participant {
+    config: ParticipantConfig,
+    groups: BTreeMap<GroupName, GroupShare>,
+    next_commitment_id: u64,
+    outbox: VecDeque<Transmit>,
+    next_sweep: Option<Instant>,
+    fault: Option<Fault>,
+    /// Counters, for logs and the simulator.
+    pub stats: ParticipantStats,
+}
+
+/// What the participant has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParticipantStats {
+    pub commitments_made: u64,
+    pub shares_signed: u64,
+    pub refusals: u64,
+    pub nonces_expired: u64,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant")
+            .field("groups", &self.groups.keys().collect::<Vec<_>>())
+            .field("secrets", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Participant {
+    /// A participant holding `shares` (group, epoch, key package). Commitment ids start at a
+    /// random point so that ids from before a restart do not name new nonces.
+    pub fn new<R: RngCore + CryptoRng>(
+        shares: Vec<(GroupName, u64, frost::keys::KeyPackage)>,
+        config: ParticipantConfig,
+        rng: &mut R,
+    ) -> Self {
+        let groups = shares
+            .into_iter()
+            .map(|(g, epoch, key_package)| {
+                (
+                    g,
+                    GroupShare {
+                        epoch,
+                        key_package,
+                        nonces: HashMap::new(),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            config,
+            groups,
+            next_commitment_id: rng.next_u64() >> 1,
+            outbox: VecDeque::new(),
+            next_sweep: None,
+            fault: None,
+            stats: ParticipantStats::default(),
+        }
+    }
+
+    /// Turns on a test-only fault.
+    #[cfg(feature = "fault-injection")]
+    pub fn set_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault;
+    }
+
+    /// The groups served and their epochs.
+    pub fn groups(&self) -> Vec<(GroupName, u64)> {
+        self.groups
+            .iter()
+            .map(|(g, s)| (g.clone(), s.epoch))
+            .collect()
+    }
+
+    /// Number of unused commitments held for `group`.
+    pub fn outstanding(&self, group: &GroupName) -> usize {
+        self.groups.get(group).map_or(0, |g| g.nonces.len())
+    }
+
+    /// Handles one request from the authenticated peer `from`. Queues exactly one reply.
+    pub fn handle<R: RngCore + CryptoRng>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        request: Envelope,
+        rng: &mut R,
+    ) {
+        let reply = match request.msg {
+            Message::Ping => Ok(Message::Pong {
+                groups: self.groups(),
+            }),
+            Message::Commit {
+                group,
+                epoch,
+                count,
+            } => self.commit(now, from, &group, epoch, count, rng),
+            Message::Sign {
+                group,
+                epoch,
+                commitment_id,
+                signing_package,
+            } => self.sign(from, &group, epoch, commitment_id, &signing_package),
+            _ => Err(Refusal::UnexpectedRequest),
+        };
+        let msg = reply.unwrap_or_else(|refusal| {
+            self.stats.refusals += 1;
+            tracing::debug!(peer = %from.short(), ?refusal, "refused request");
+            Message::Refused(refusal)
+        });
+        self.outbox.push_back(Transmit {
+            to: from,
+            envelope: Envelope {
+                id: request.id,
+                msg,
+            },
+        });
+    }
+
+    fn group(&mut self, group: &GroupName, epoch: u64) -> Result<&mut GroupShare, Refusal> {
+        let share = self.groups.get_mut(group).ok_or(Refusal::UnknownGroup)?;
+        if share.epoch != epoch {
+            return Err(Refusal::EpochMismatch {
+                current: share.epoch,
+            });
+        }
+        Ok(share)
+    }
+
+    fn commit<R: RngCore + CryptoRng>(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        group: &GroupName,
+        epoch: u64,
+        count: u16,
+        rng: &mut R,
+    ) -> Result<Message, Refusal> {
+        if count == 0 || count > MAX_BATCH {
+            return Err(Refusal::Malformed);
+        }
+        let max = self.config.max_outstanding;
+        let expires = now + self.config.nonce_ttl;
+        let mut next_id = self.next_commitment_id;
+        let share = self.group(group, epoch)?;
+        let held = share.nonces.values().filter(|n| n.owner == from).count();
+        let room = max.saturating_sub(held).min(usize::from(count));
+        if room == 0 {
+            return Err(Refusal::Overloaded);
+        }
+        let mut entries = Vec::with_capacity(room);
+        for _ in 0..room {
+            let (nonces, commitments) =
+                frost::round1::commit(share.key_package.signing_share(), rng);
+            let bytes = commitments.serialize().map_err(|_| Refusal::Internal)?;
+            let id = next_id;
+            next_id = next_id.wrapping_add(1);
+            share.nonces.insert(
+                id,
+                PendingNonce {
+                    owner: from,
+                    nonces,
+                    commitments,
+                    expires,
+                },
+            );
+            entries.push(CommitmentEntry {
+                id,
+                commitments: bytes,
+            });
+        }
+        self.next_commitment_id = next_id;
+        self.stats.commitments_made += entries.len() as u64;
+        self.next_sweep = Some(self.next_sweep.map_or(expires, |t| t.min(expires)));
+        Ok(Message::Commitments {
+            group: group.clone(),
+            epoch,
+            entries,
+        })
+    }
+
+    fn sign(
+        &mut self,
+        from: NodeId,
+        group: &GroupName,
+        epoch: u64,
+        commitment_id: u64,
+        package_bytes: &[u8],
+    ) -> Result<Message, Refusal> {
+        let max_signers = self.config.max_signers;
+        let fault = self.fault;
+        let share = self.group(group, epoch)?;
+        // Only the coordinator that asked for a commitment may spend it.
+        match share.nonces.get(&commitment_id) {
+            Some(p) if p.owner == from => {}
+            _ => return Err(Refusal::UnknownCommitment),
+        }
+        // Remove the nonces before anything else: whatever happens below, they are spent.
+        let pending = share
+            .nonces
+            .remove(&commitment_id)
+            .ok_or(Refusal::UnknownCommitment)?;
+        let package = frost::SigningPackage::deserialize(package_bytes)
+            .map_err(|_| Refusal::InvalidSigningPackage)?;
+        if package.message().len() > MAX_SIGN_MESSAGE_LEN {
+            return Err(Refusal::MessageTooLarge);
+        }
+        let signers = package.signing_commitments().len();
+        if signers < usize::from(*share.key_package.min_signers()) || signers > max_signers {
+            return Err(Refusal::InvalidSigningPackage);
+        }
+        if package.signing_commitment(share.key_package.identifier()) != Some(pending.commitments) {
+            return Err(Refusal::InvalidSigningPackage);
+        }
+        let signature_share = frost::round2::sign(&package, &pending.nonces, &share.key_package)
+            .map_err(|_| Refusal::InvalidSigningPackage)?;
+        drop(pending); // zeroizes the nonces
+        let mut bytes = signature_share.serialize();
+        if fault == Some(Fault::CorruptShares) {
+            if let Some(b) = bytes.first_mut() {
+                *b ^= 0x01;
+            }
+        }
+        self.stats.shares_signed += 1;
+        Ok(Message::SignatureShare {
+            commitment_id,
+            share: bytes,
+        })
+    }
+
+    /// Drops expired commitments.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|t| t > now) {
+            return;
+        }
+        let mut next: Option<Instant> = None;
+        for share in self.groups.values_mut() {
+            let before = share.nonces.len();
+            share.nonces.retain(|_, p| p.expires > now);
+            self.stats.nonces_expired += (before - share.nonces.len()) as u64;
+            for p in share.nonces.values() {
+                next = Some(next.map_or(p.expires, |t| t.min(p.expires)));
+            }
+        }
+        self.next_sweep = next;
+    }
+
+    /// The next reply to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conclave_keygen::{deal, NewMember};
+    use conclave_protocol::IdentityKey;
+
+    struct Fixture {
+        participants: Vec<Participant>,
+        ids: Vec<frost::Identifier>,
+        pkp: frost::keys::PublicKeyPackage,
+        group: GroupName,
+        coordinator: NodeId,
+    }
+
+    fn fixture() -> Fixture {
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<NewMember> = (0..3)
+            .map(|i| NewMember {
+                name: format!("p{i}"),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect();
+        let group = GroupName::new("g").unwrap();
+        let (manifest, shares) = deal(group.clone(), 2, &members, &mut rng).unwrap();
+        let ids = shares.iter().map(|s| *s.key_package.identifier()).collect();
+        let participants = shares
+            .into_iter()
+            .map(|s| {
+                Participant::new(
+                    vec![(group.clone(), 1, s.key_package)],
+                    ParticipantConfig::default(),
+                    &mut rng,
+                )
+            })
+            .collect();
+        Fixture {
+            participants,
+            ids,
+            pkp: manifest.public_key_package().unwrap(),
+            group,
+            coordinator: IdentityKey::generate(&mut rng).node_id(),
+        }
+    }
+
+    fn ask(p: &mut Participant, from: NodeId, msg: Message) -> Message {
+        p.handle(
+            Instant::now(),
+            from,
+            Envelope { id: 9, msg },
+            &mut rand::rngs::OsRng,
+        );
+        let t = p.poll_transmit().unwrap();
+        assert_eq!((t.to, t.envelope.id), (from, 9));
+        assert!(p.poll_transmit().is_none(), "exactly one reply per request");
+        t.envelope.msg
+    }
+
+    fn commitment(f: &mut Fixture, i: usize) -> (u64, frost::round1::SigningCommitments) {
+        let msg = Message::Commit {
+            group: f.group.clone(),
+            epoch: 1,
+            count: 1,
+        };
+        match ask(&mut f.participants[i], f.coordinator, msg) {
+            Message::Commitments { entries, .. } => {
+                let e = &entries[0];
+                (
+                    e.id,
+                    frost::round1::SigningCommitments::deserialize(&e.commitments).unwrap(),
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn sign_msg(f: &Fixture, id: u64, package: &frost::SigningPackage) -> Message {
+        Message::Sign {
+            group: f.group.clone(),
+            epoch: 1,
+            commitment_id: id,
+            signing_package: package.serialize().unwrap(),
+        }
+    }
+
+    #[test]
+    fn two_participants_produce_a_valid_signature() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let (c1, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"hello");
+        let mut shares = BTreeMap::new();
+        for (i, c) in [(0, c0), (1, c1)] {
+            let coord = f.coordinator;
+            match {
+                let m = sign_msg(&f, c, &package);
+                ask(&mut f.participants[i], coord, m)
+            } {
+                Message::SignatureShare { share, .. } => {
+                    shares.insert(
+                        f.ids[i],
+                        frost::round2::SignatureShare::deserialize(&share).unwrap(),
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        frost::aggregate(&package, &shares, &f.pkp).unwrap();
+    }
+
+    #[test]
+    fn a_commitment_cannot_be_signed_twice_even_for_another_message() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let first = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"one");
+        let second = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"two");
+        let coord = f.coordinator;
+        assert!(matches!(
+            {
+                let m = sign_msg(&f, c0, &first);
+                ask(&mut f.participants[0], coord, m)
+            },
+            Message::SignatureShare { .. }
+        ));
+        assert_eq!(
+            {
+                let m = sign_msg(&f, c0, &second);
+                ask(&mut f.participants[0], coord, m)
+            },
+            Message::Refused(Refusal::UnknownCommitment)
+        );
+        assert_eq!(f.participants[0].outstanding(&f.group), 0);
+    }
+
+    #[test]
+    fn a_rejected_package_still_burns_the_nonce() {
+        let mut f = fixture();
+        let (c0, _k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let (_, other) = commitment(&mut f, 0); // a different commitment of participant 0
+        let wrong = frost::SigningPackage::new([(f.ids[0], other), (f.ids[1], k1)].into(), b"x");
+        let coord = f.coordinator;
+        assert_eq!(
+            {
+                let m = sign_msg(&f, c0, &wrong);
+                ask(&mut f.participants[0], coord, m)
+            },
+            Message::Refused(Refusal::InvalidSigningPackage)
+        );
+        assert_eq!(
+            {
+                let m = sign_msg(&f, c0, &wrong);
+                ask(&mut f.participants[0], coord, m)
+            },
+            Message::Refused(Refusal::UnknownCommitment)
+        );
+    }
+
+    #[test]
+    fn package_below_threshold_is_refused() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let lonely = frost::SigningPackage::new([(f.ids[0], k0)].into(), b"x");
+        let coord = f.coordinator;
+        assert_eq!(
+            {
+                let m = sign_msg(&f, c0, &lonely);
+                ask(&mut f.participants[0], coord, m)
+            },
+            Message::Refused(Refusal::InvalidSigningPackage)
+        );
+    }
+
+    #[test]
+    fn another_coordinator_cannot_spend_or_burn_a_commitment() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"x");
+        let intruder = IdentityKey::generate(&mut rand::rngs::OsRng).node_id();
+        assert_eq!(
+            {
+                let m = sign_msg(&f, c0, &package);
+                ask(&mut f.participants[0], intruder, m)
+            },
+            Message::Refused(Refusal::UnknownCommitment)
+        );
+        let coord = f.coordinator;
+        assert!(matches!(
+            {
+                let m = sign_msg(&f, c0, &package);
+                ask(&mut f.participants[0], coord, m)
+            },
+            Message::SignatureShare { .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_epoch_and_unknown_group_are_refused() {
+        let mut f = fixture();
+        let coord = f.coordinator;
+        let g = f.group.clone();
+        assert_eq!(
+            ask(
+                &mut f.participants[0],
+                coord,
+                Message::Commit {
+                    group: g,
+                    epoch: 2,
+                    count: 1
+                }
+            ),
+            Message::Refused(Refusal::EpochMismatch { current: 1 })
+        );
+        let other = GroupName::new("other").unwrap();
+        assert_eq!(
+            ask(
+                &mut f.participants[0],
+                coord,
+                Message::Commit {
+                    group: other,
+                    epoch: 1,
+                    count: 1
+                }
+            ),
+            Message::Refused(Refusal::UnknownGroup)
+        );
+    }
+
+    #[test]
+    fn outstanding_commitments_are_bounded_and_expire() {
+        let mut f = fixture();
+        f.participants[0].config.max_outstanding = 5;
+        let coord = f.coordinator;
+        let g = f.group.clone();
+        let now = Instant::now();
+        let p = &mut f.participants[0];
+        p.handle(
+            now,
+            coord,
+            Envelope {
+                id: 1,
+                msg: Message::Commit {
+                    group: g.clone(),
+                    epoch: 1,
+                    count: 8,
+                },
+            },
+            &mut rand::rngs::OsRng,
+        );
+        match p.poll_transmit().unwrap().envelope.msg {
+            Message::Commitments { entries, .. } => assert_eq!(entries.len(), 5),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ask(
+                p,
+                coord,
+                Message::Commit {
+                    group: g.clone(),
+                    epoch: 1,
+                    count: 1
+                }
+            ),
+            Message::Refused(Refusal::Overloaded)
+        );
+        let deadline = p.poll_timeout().unwrap();
+        p.handle_timeout(deadline);
+        assert_eq!(p.outstanding(&g), 0);
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.stats.nonces_expired, 5);
+    }
+}
