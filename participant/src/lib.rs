@@ -10,4 +10,5 @@
 pub mod server;
 pub mod state;
 
-pub use state::{Fault, Participant, ParticipantConfig, Transmit};
+pub use conclave_protocol::Transmit;
+pub use state::{Fault, Participant, ParticipantConfig, ParticipantStats};

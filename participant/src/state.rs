@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use conclave_protocol::{
-    CommitmentEntry, Envelope, GroupName, Message, NodeId, Refusal, MAX_BATCH, MAX_SIGN_MESSAGE_LEN,
+    CommitmentEntry, Envelope, GroupName, Message, NodeId, Refusal, Transmit, MAX_BATCH,
+    MAX_SIGN_MESSAGE_LEN,
 };
 use frost_ed25519 as frost;
 use rand::{CryptoRng, RngCore};
@@ -44,13 +45,6 @@ impl Default for ParticipantConfig {
 pub enum Fault {
     /// Return signature shares that do not verify.
     CorruptShares,
-}
-
-/// A message to send: a reply to `to`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
-    pub to: NodeId,
-    pub envelope: Envelope,
 }
 
 struct PendingNonce {

@@ -62,6 +62,14 @@ pub struct Envelope {
     pub msg: Message,
 }
 
+/// A message a state machine wants sent: the output of `poll_transmit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The authenticated peer to send it to.
+    pub to: crate::NodeId,
+    pub envelope: Envelope,
+}
+
 /// One round-1 commitment held by a participant, named by the participant's own id for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitmentEntry {

@@ -1,0 +1,343 @@
+//! The coordinator state machine against real participant state machines, in memory.
+
+use std::collections::{HashMap, HashSet};
+
+use conclave_keygen::{deal, NewMember};
+use conclave_participant::{Participant, ParticipantConfig};
+use conclave_protocol::IdentityKey;
+
+use super::*;
+
+struct Net {
+    coord: Coordinator,
+    coord_id: NodeId,
+    parts: HashMap<NodeId, Participant>,
+    order: Vec<NodeId>,
+    silent: HashSet<NodeId>,
+    corrupt: HashSet<NodeId>,
+    now: Instant,
+    events: Vec<Event>,
+    sent: Vec<(NodeId, &'static str)>,
+    shares: HashMap<NodeId, frost::keys::KeyPackage>,
+    group: GroupName,
+}
+
+fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Commit { .. } => "commit",
+        Message::Sign { .. } => "sign",
+        _ => "other",
+    }
+}
+
+impl Net {
+    fn new(t: u16, n: usize) -> Self {
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<NewMember> = (0..n)
+            .map(|i| NewMember {
+                name: format!("p{i}"),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect();
+        let group = GroupName::new("g").unwrap();
+        let (manifest, dealt) = deal(group.clone(), t, &members, &mut rng).unwrap();
+        let now = Instant::now();
+        let mut coord = Coordinator::new(
+            vec![manifest],
+            CoordinatorConfig {
+                pool_target: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut parts = HashMap::new();
+        let mut shares = HashMap::new();
+        for s in dealt {
+            shares.insert(s.node_id, s.key_package.clone());
+            parts.insert(
+                s.node_id,
+                Participant::new(
+                    vec![(group.clone(), 1, s.key_package)],
+                    ParticipantConfig::default(),
+                    &mut rng,
+                ),
+            );
+        }
+        let order: Vec<NodeId> = members.iter().map(|m| m.node_id).collect();
+        for node in &order {
+            coord.peer_up(now, *node);
+        }
+        let mut net = Net {
+            coord,
+            coord_id: IdentityKey::generate(&mut rng).node_id(),
+            parts,
+            order,
+            silent: HashSet::new(),
+            corrupt: HashSet::new(),
+            now,
+            events: Vec::new(),
+            sent: Vec::new(),
+            shares,
+            group,
+        };
+        net.pump();
+        net
+    }
+
+    /// Delivers every queued request and its reply, with the configured faults.
+    fn pump(&mut self) {
+        while let Some(t) = self.coord.poll_transmit() {
+            self.sent.push((t.to, kind(&t.envelope.msg)));
+            if self.silent.contains(&t.to) {
+                continue;
+            }
+            let p = self.parts.get_mut(&t.to).unwrap();
+            p.handle(self.now, self.coord_id, t.envelope, &mut rand::rngs::OsRng);
+            let mut reply = p.poll_transmit().unwrap().envelope;
+            if self.corrupt.contains(&t.to) {
+                if let Message::SignatureShare { share, .. } = &mut reply.msg {
+                    share[0] ^= 1;
+                }
+            }
+            self.coord.handle(self.now, t.to, reply);
+        }
+        while let Some(e) = self.coord.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    fn sign(&mut self, msg: &[u8]) -> Result<SignOutcome, SignError> {
+        let start = self.now;
+        let sid = self.coord.submit(
+            self.now,
+            self.group.clone(),
+            msg.to_vec(),
+            Some(Duration::from_secs(10)),
+        );
+        for _ in 0..1000 {
+            self.pump();
+            if let Some(i) = self
+                .events
+                .iter()
+                .position(|e| matches!(e, Event::SignDone { session, .. } if *session == sid))
+            {
+                let Event::SignDone { result, .. } = self.events.remove(i) else {
+                    unreachable!()
+                };
+                assert!(
+                    self.now <= start + Duration::from_secs(10),
+                    "ended after its deadline"
+                );
+                if let Ok(o) = &result {
+                    let vk = ed25519_dalek::VerifyingKey::from_bytes(&o.public_key).unwrap();
+                    vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&o.signature))
+                        .unwrap();
+                }
+                return result;
+            }
+            let next = self
+                .coord
+                .poll_timeout()
+                .expect("a pending session always has a deadline");
+            self.now = self.now.max(next);
+            self.coord.handle_timeout(self.now);
+        }
+        panic!("session did not end");
+    }
+
+    fn culprits(&self) -> Vec<NodeId> {
+        self.events
+            .iter()
+            .filter_map(|e| {
+                if let Event::CulpritDetected { node, .. } = e {
+                    Some(*node)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn three_of_five_signs_and_verifies() {
+    let mut net = Net::new(3, 5);
+    let o = net.sign(b"hello").unwrap();
+    assert_eq!(o.signers.len(), 3);
+    assert_eq!(o.attempts, 1);
+    assert!(o.culprits.is_empty());
+}
+
+#[test]
+fn with_warm_pools_a_signature_needs_one_round_trip_per_signer() {
+    let mut net = Net::new(3, 5);
+    net.sign(b"warm-up").unwrap();
+    net.pump();
+    net.sent.clear();
+    net.sign(b"second").unwrap();
+    let kinds: Vec<&str> = net.sent.iter().map(|(_, k)| *k).collect();
+    assert_eq!(&kinds[..3], &["sign", "sign", "sign"], "{kinds:?}");
+    assert!(
+        kinds[3..].iter().all(|k| *k == "commit"),
+        "only pool refills follow: {kinds:?}"
+    );
+}
+
+#[test]
+fn two_disconnected_participants_do_not_stop_signing() {
+    let mut net = Net::new(3, 5);
+    for node in net.order[..2].to_vec() {
+        net.coord.peer_down(net.now, node);
+    }
+    let o = net.sign(b"m").unwrap();
+    assert!(!o.signers.contains(&"p0".to_string()) && !o.signers.contains(&"p1".to_string()));
+}
+
+#[test]
+fn two_silent_participants_are_timed_out_and_replaced() {
+    let mut net = Net::new(3, 5);
+    net.silent.extend(net.order[..2].iter().copied());
+    for i in 0..3 {
+        let o = net.sign(format!("m{i}").as_bytes()).unwrap();
+        assert!(!o.signers.contains(&"p0".to_string()) && !o.signers.contains(&"p1".to_string()));
+    }
+}
+
+#[test]
+fn three_disconnected_is_a_typed_failure_at_once() {
+    let mut net = Net::new(3, 5);
+    for node in net.order[..3].to_vec() {
+        net.coord.peer_down(net.now, node);
+    }
+    let start = net.now;
+    assert_eq!(
+        net.sign(b"m").unwrap_err(),
+        SignError::SignerUnavailable {
+            reachable: 2,
+            needed: 3
+        }
+    );
+    assert_eq!(net.now, start);
+}
+
+#[test]
+fn three_silent_fails_closed_before_the_deadline() {
+    let mut net = Net::new(3, 5);
+    net.sign(b"warm").unwrap();
+    net.silent.extend(net.order[..3].iter().copied());
+    let start = net.now;
+    let err = net.sign(b"m").unwrap_err();
+    assert!(
+        matches!(err, SignError::SignerUnavailable { needed: 3, .. }),
+        "{err:?}"
+    );
+    assert!(net.now < start + Duration::from_secs(10));
+}
+
+#[test]
+fn invalid_share_names_the_culprit_and_another_subset_signs() {
+    let mut net = Net::new(3, 5);
+    let bad = net.order[0];
+    net.corrupt.insert(bad);
+    for i in 0..4 {
+        let o = net.sign(format!("m{i}").as_bytes()).unwrap();
+        assert!(!o.signers.contains(&"p0".to_string()));
+    }
+    let culprits = net.culprits();
+    assert!(
+        !culprits.is_empty(),
+        "p0 must have been chosen and caught at least once"
+    );
+    assert!(
+        culprits.iter().all(|c| *c == bad),
+        "no honest participant is ever named"
+    );
+}
+
+#[test]
+fn restarted_participant_with_lost_nonces_does_not_break_signing() {
+    let mut net = Net::new(2, 3);
+    net.sign(b"warm").unwrap();
+    // Every participant restarts: all pooled commitments are now unknown to them.
+    for (node, kp) in net.shares.clone() {
+        net.parts.insert(
+            node,
+            Participant::new(
+                vec![(net.group.clone(), 1, kp)],
+                ParticipantConfig::default(),
+                &mut rand::rngs::OsRng,
+            ),
+        );
+    }
+    let o = net.sign(b"after restart").unwrap();
+    assert_eq!(o.signers.len(), 2);
+    assert!(net.culprits().is_empty(), "a restart is not misbehaviour");
+}
+
+#[test]
+fn participant_on_another_epoch_is_refused_and_reported() {
+    let mut net = Net::new(2, 3);
+    let stale = net.order[0];
+    let kp = net.shares[&stale].clone();
+    net.parts.insert(
+        stale,
+        Participant::new(
+            vec![(net.group.clone(), 7, kp)],
+            ParticipantConfig::default(),
+            &mut rand::rngs::OsRng,
+        ),
+    );
+    net.coord.peer_down(net.now, stale);
+    net.coord.peer_up(net.now, stale);
+    for i in 0..3 {
+        let o = net.sign(format!("m{i}").as_bytes()).unwrap();
+        assert!(!o.signers.contains(&"p0".to_string()));
+    }
+    assert!(net.events.iter().any(|e| matches!(e, Event::StaleEpoch { node, node_epoch: 7, group_epoch: 1, .. } if *node == stale)));
+}
+
+#[test]
+fn unknown_group_and_oversized_messages_are_refused() {
+    let mut net = Net::new(2, 3);
+    let sid = net.coord.submit(
+        net.now,
+        GroupName::new("nope").unwrap(),
+        b"m".to_vec(),
+        None,
+    );
+    assert_eq!(
+        net.coord.poll_event(),
+        Some(Event::SignDone {
+            session: sid,
+            result: Err(SignError::UnknownGroup)
+        })
+    );
+    assert!(matches!(
+        net.sign(&vec![0; MAX_SIGN_MESSAGE_LEN + 1]),
+        Err(SignError::MessageTooLarge { .. })
+    ));
+}
+
+#[test]
+fn reply_from_the_wrong_peer_is_ignored() {
+    let mut net = Net::new(2, 3);
+    let sid = net
+        .coord
+        .submit(net.now, net.group.clone(), b"m".to_vec(), None);
+    let _ = sid;
+    let t = net.coord.poll_transmit().unwrap();
+    let imposter = net.order.iter().copied().find(|n| *n != t.to).unwrap();
+    net.coord.handle(
+        net.now,
+        imposter,
+        Envelope {
+            id: t.envelope.id,
+            msg: Message::Refused(Refusal::Overloaded),
+        },
+    );
+    assert!(
+        net.coord.inflight.contains_key(&t.envelope.id),
+        "the real request is still pending"
+    );
+}
