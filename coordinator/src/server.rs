@@ -1,1 +1,456 @@
-//! placeholder
+//! The QUIC driver of the coordinator: keeps a connection to every participant (reconnecting
+//! with backoff), serves pinned clients, and loops the state machine: inputs in, requests out,
+//! timer armed. All protocol decisions are in [`crate::state`].
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_protocol::transport::{self, Pinned, TransportError};
+use conclave_protocol::{Envelope, GroupName, IdentityKey, Message, NodeId, Refusal, Transmit};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::SignError;
+use crate::state::{Coordinator, Event, GroupInfo, SessionId, SignOutcome};
+
+/// Most signing sessions running at once; more are refused with `Overloaded`.
+pub const MAX_SESSIONS: usize = 4096;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+enum Input {
+    Sign {
+        group: GroupName,
+        message: Vec<u8>,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<SignOutcome, SignError>>,
+    },
+    Info {
+        group: GroupName,
+        reply: oneshot::Sender<Option<GroupInfo>>,
+    },
+    Groups {
+        reply: oneshot::Sender<Vec<GroupInfo>>,
+    },
+    PeerUp {
+        node: NodeId,
+        conn: quinn::Connection,
+    },
+    PeerDown {
+        node: NodeId,
+        stable_id: usize,
+    },
+    Reply {
+        from: NodeId,
+        envelope: Envelope,
+    },
+    Failed {
+        id: u64,
+    },
+}
+
+/// In-process access to a running coordinator (what the QUIC client API does over the wire).
+#[derive(Clone)]
+pub struct CoordinatorHandle {
+    tx: mpsc::Sender<Input>,
+}
+
+impl CoordinatorHandle {
+    /// Signs `message` with `group`'s key. The signature returned has been verified.
+    pub async fn sign(
+        &self,
+        group: GroupName,
+        message: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<SignOutcome, SignError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Sign {
+                group,
+                message,
+                timeout,
+                reply,
+            })
+            .await
+            .map_err(|_| SignError::Internal("coordinator stopped"))?;
+        rx.await
+            .map_err(|_| SignError::Internal("coordinator stopped"))?
+    }
+
+    /// Public facts about a group.
+    pub async fn group_info(&self, group: GroupName) -> Option<GroupInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Info { group, reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+/// A bound, not yet running coordinator.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    identity: IdentityKey,
+    tx: mpsc::Sender<Input>,
+    rx: mpsc::Receiver<Input>,
+}
+
+impl Server {
+    /// Binds `listen` for clients (port 0 picks a free port), accepting only `clients`. The
+    /// same endpoint dials the participants.
+    pub fn bind(
+        identity: IdentityKey,
+        listen: SocketAddr,
+        clients: HashSet<NodeId>,
+    ) -> Result<Self, TransportError> {
+        let cfg = transport::server_config(&identity, Pinned::AnyOf(Arc::new(clients)))?;
+        let endpoint = transport::server_endpoint(listen, cfg)?;
+        let (tx, rx) = mpsc::channel(4096);
+        Ok(Self {
+            endpoint,
+            identity,
+            tx,
+            rx,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// In-process access, usable once `run` is going.
+    pub fn handle(&self) -> CoordinatorHandle {
+        CoordinatorHandle {
+            tx: self.tx.clone(),
+        }
+    }
+
+    /// Runs until `shutdown` completes. `addresses` says where each participant listens
+    /// (`host:port`, resolved at each connection attempt).
+    pub async fn run(
+        self,
+        mut coordinator: Coordinator,
+        addresses: HashMap<NodeId, String>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let Server {
+            endpoint,
+            identity,
+            tx,
+            mut rx,
+        } = self;
+        let identity = Arc::new(identity);
+        let mut tasks = tokio::task::JoinSet::new();
+        for node in coordinator.participants() {
+            let Some(addr) = addresses.get(&node).cloned() else {
+                tracing::warn!(node = %node.short(), "no address for participant; it will never be used");
+                continue;
+            };
+            tasks.spawn(maintain(
+                endpoint.clone(),
+                identity.clone(),
+                node,
+                addr,
+                tx.clone(),
+            ));
+        }
+        tasks.spawn(accept_clients(endpoint.clone(), tx.clone()));
+        let request_timeout = Duration::from_secs(30);
+        let mut conns: HashMap<NodeId, quinn::Connection> = HashMap::new();
+        let mut waiters: HashMap<SessionId, oneshot::Sender<Result<SignOutcome, SignError>>> =
+            HashMap::new();
+        tokio::pin!(shutdown);
+        loop {
+            flush(&mut coordinator, &conns, &tx, &mut waiters, request_timeout);
+            let deadline = coordinator.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = sleep => coordinator.handle_timeout(Instant::now()),
+                input = rx.recv() => {
+                    let Some(input) = input else { break };
+                    let now = Instant::now();
+                    match input {
+                        Input::Sign { group, message, timeout, reply } => {
+                            if coordinator.active_sessions() >= MAX_SESSIONS {
+                                let _ = reply.send(Err(SignError::Refused(Refusal::Overloaded)));
+                            } else {
+                                let id = coordinator.submit(now, group, message, timeout);
+                                waiters.insert(id, reply);
+                            }
+                        }
+                        Input::Info { group, reply } => {
+                            let _ = reply.send(coordinator.group_info(&group));
+                        }
+                        Input::Groups { reply } => {
+                            let _ = reply.send(coordinator.groups());
+                        }
+                        Input::PeerUp { node, conn } => {
+                            conns.insert(node, conn);
+                            coordinator.peer_up(now, node);
+                        }
+                        Input::PeerDown { node, stable_id } => {
+                            if conns.get(&node).is_some_and(|c| c.stable_id() == stable_id) {
+                                conns.remove(&node);
+                                coordinator.peer_down(now, node);
+                            }
+                        }
+                        Input::Reply { from, envelope } => coordinator.handle(now, from, envelope),
+                        Input::Failed { id } => coordinator.handle_failure(now, id),
+                    }
+                }
+            }
+        }
+        tasks.abort_all();
+        for (_, reply) in waiters.drain() {
+            let _ = reply.send(Err(SignError::Internal("coordinator stopped")));
+        }
+        endpoint.close(0u32.into(), b"shutdown");
+        endpoint.wait_idle().await;
+    }
+}
+
+/// Sends what the state machine queued and delivers what it decided.
+fn flush(
+    coordinator: &mut Coordinator,
+    conns: &HashMap<NodeId, quinn::Connection>,
+    tx: &mpsc::Sender<Input>,
+    waiters: &mut HashMap<SessionId, oneshot::Sender<Result<SignOutcome, SignError>>>,
+    request_timeout: Duration,
+) {
+    loop {
+        let mut progressed = false;
+        while let Some(Transmit { to, envelope }) = coordinator.poll_transmit() {
+            progressed = true;
+            match conns.get(&to) {
+                Some(conn) => {
+                    let (conn, tx) = (conn.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let id = envelope.id;
+                        let input = match transport::request(&conn, &envelope, request_timeout)
+                            .await
+                        {
+                            Ok(reply) => Input::Reply {
+                                from: to,
+                                envelope: reply,
+                            },
+                            Err(e) => {
+                                tracing::debug!(node = %to.short(), error = %e, "request failed");
+                                Input::Failed { id }
+                            }
+                        };
+                        let _ = tx.send(input).await;
+                    });
+                }
+                None => coordinator.handle_failure(Instant::now(), envelope.id),
+            }
+        }
+        while let Some(event) = coordinator.poll_event() {
+            progressed = true;
+            match event {
+                Event::SignDone { session, result } => {
+                    if let Some(w) = waiters.remove(&session) {
+                        let _ = w.send(result);
+                    }
+                }
+                Event::CulpritDetected { group, name, .. } => {
+                    tracing::warn!(%group, participant = %name, "culprit: invalid signature share");
+                }
+                Event::StaleEpoch {
+                    group,
+                    name,
+                    node_epoch,
+                    group_epoch,
+                    ..
+                } => {
+                    tracing::warn!(%group, participant = %name, node_epoch, group_epoch, "participant refused: stale epoch");
+                }
+            }
+        }
+        if !progressed {
+            return;
+        }
+    }
+}
+
+/// Keeps one connection to a participant, reconnecting with exponential backoff.
+async fn maintain(
+    endpoint: quinn::Endpoint,
+    identity: Arc<IdentityKey>,
+    node: NodeId,
+    addr: String,
+    tx: mpsc::Sender<Input>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut warned = false;
+    loop {
+        match connect(&endpoint, &identity, node, &addr).await {
+            Ok(conn) => {
+                tracing::info!(participant = %node.short(), %addr, "connected to participant");
+                backoff = MIN_BACKOFF;
+                warned = false;
+                let stable_id = conn.stable_id();
+                if tx
+                    .send(Input::PeerUp {
+                        node,
+                        conn: conn.clone(),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let reason = conn.closed().await;
+                tracing::info!(participant = %node.short(), %reason, "participant connection lost");
+                if tx.send(Input::PeerDown { node, stable_id }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(participant = %node.short(), %addr, error = %e, "cannot reach participant; retrying with backoff");
+                    warned = true;
+                } else {
+                    tracing::debug!(participant = %node.short(), %addr, error = %e, "still cannot reach participant");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    identity: &IdentityKey,
+    node: NodeId,
+    addr: &str,
+) -> Result<quinn::Connection, TransportError> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| TransportError::Tls(format!("cannot resolve {addr}")))?;
+    let connecting = transport::connect(endpoint, identity, node, resolved);
+    tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| TransportError::Timeout(Duration::from_secs(5)))?
+}
+
+async fn accept_clients(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(%remote, error = %e, "client handshake failed");
+                    return;
+                }
+            };
+            let Some(client) = transport::peer_node_id(&conn) else {
+                return;
+            };
+            tracing::debug!(%remote, client = %client.short(), "client connected");
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let reply = match transport::read_frame(&mut recv).await {
+                        Ok(request) => serve_client_request(request, &tx).await,
+                        Err(_) => Envelope {
+                            id: 0,
+                            msg: Message::Refused(Refusal::Malformed),
+                        },
+                    };
+                    let _ = transport::write_frame(&mut send, &reply).await;
+                });
+            }
+        });
+    }
+}
+
+async fn serve_client_request(request: Envelope, tx: &mpsc::Sender<Input>) -> Envelope {
+    let id = request.id;
+    let refused = |r| Envelope {
+        id,
+        msg: Message::Refused(r),
+    };
+    match request.msg {
+        Message::SignRequest {
+            group,
+            message,
+            timeout_ms,
+        } => {
+            let (reply, rx) = oneshot::channel();
+            let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+            if tx
+                .send(Input::Sign {
+                    group,
+                    message,
+                    timeout,
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                return refused(Refusal::Internal);
+            }
+            match rx.await {
+                Ok(Ok(o)) => Envelope {
+                    id,
+                    msg: Message::Signature {
+                        public_key: o.public_key,
+                        signature: o.signature.to_vec(),
+                        signers: o.signers,
+                    },
+                },
+                Ok(Err(e)) => refused(e.to_refusal()),
+                Err(_) => refused(Refusal::Internal),
+            }
+        }
+        Message::GroupInfoRequest { group } => {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Input::Info { group, reply }).await.is_err() {
+                return refused(Refusal::Internal);
+            }
+            match rx.await {
+                Ok(Some(info)) => Envelope {
+                    id,
+                    msg: Message::GroupInfo {
+                        group: info.group,
+                        public_key: info.public_key,
+                        threshold: info.threshold,
+                        epoch: info.epoch,
+                        participants: info.participants,
+                        reachable: u16::try_from(info.reachable).unwrap_or(u16::MAX),
+                    },
+                },
+                _ => refused(Refusal::UnknownGroup),
+            }
+        }
+        Message::Ping => {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Input::Groups { reply }).await.is_err() {
+                return refused(Refusal::Internal);
+            }
+            let groups = rx
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| (g.group, g.epoch))
+                .collect();
+            Envelope {
+                id,
+                msg: Message::Pong { groups },
+            }
+        }
+        _ => refused(Refusal::UnexpectedRequest),
+    }
+}

@@ -108,6 +108,8 @@ pub struct GroupInfo {
     pub threshold: u16,
     pub epoch: u64,
     pub participants: Vec<String>,
+    /// Participants connected and on the group's epoch right now.
+    pub reachable: usize,
 }
 
 /// Counters, for logs, benchmarks and the simulator.
@@ -270,6 +272,7 @@ impl Coordinator {
                     threshold: manifest.threshold,
                     epoch: manifest.epoch,
                     participants: members.iter().map(|m| m.name.clone()).collect(),
+                    reachable: 0,
                 },
                 by_identifier: members
                     .iter()
@@ -312,12 +315,24 @@ impl Coordinator {
 
     /// Public facts about a group.
     pub fn group_info(&self, group: &GroupName) -> Option<GroupInfo> {
-        self.groups.get(group).map(|g| g.info.clone())
+        let g = self.groups.get(group)?;
+        let reachable = g
+            .members
+            .iter()
+            .filter(|m| self.usable(&m.node, group))
+            .count();
+        Some(GroupInfo {
+            reachable,
+            ..g.info.clone()
+        })
     }
 
     /// All groups served.
     pub fn groups(&self) -> Vec<GroupInfo> {
-        self.groups.values().map(|g| g.info.clone()).collect()
+        self.groups
+            .keys()
+            .filter_map(|g| self.group_info(g))
+            .collect()
     }
 
     /// Number of sessions still running.

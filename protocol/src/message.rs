@@ -135,6 +135,8 @@ pub enum Message {
         threshold: u16,
         epoch: u64,
         participants: Vec<String>,
+        /// How many participants the coordinator can reach right now.
+        reachable: u16,
     },
 
     /// Any direction: the request was refused. A code, never free text.
