@@ -1,1 +1,4 @@
-fn main() {}
+//! The `conclave` binary: all logic is in the `conclave_cli` library.
+fn main() -> std::process::ExitCode {
+    conclave_cli::main()
+}

@@ -413,10 +413,9 @@ mod tests {
         let mut shares = BTreeMap::new();
         for (i, c) in [(0, c0), (1, c1)] {
             let coord = f.coordinator;
-            match {
-                let m = sign_msg(&f, c, &package);
-                ask(&mut f.participants[i], coord, m)
-            } {
+            let m = sign_msg(&f, c, &package);
+            let reply = ask(&mut f.participants[i], coord, m);
+            match reply {
                 Message::SignatureShare { share, .. } => {
                     shares.insert(
                         f.ids[i],

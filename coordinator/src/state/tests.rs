@@ -187,7 +187,8 @@ fn with_warm_pools_a_signature_needs_one_round_trip_per_signer() {
 #[test]
 fn two_disconnected_participants_do_not_stop_signing() {
     let mut net = Net::new(3, 5);
-    for node in net.order[..2].to_vec() {
+    let nodes: Vec<NodeId> = net.order[..2].to_vec();
+    for node in nodes {
         net.coord.peer_down(net.now, node);
     }
     let o = net.sign(b"m").unwrap();
@@ -207,7 +208,8 @@ fn two_silent_participants_are_timed_out_and_replaced() {
 #[test]
 fn three_disconnected_is_a_typed_failure_at_once() {
     let mut net = Net::new(3, 5);
-    for node in net.order[..3].to_vec() {
+    let nodes: Vec<NodeId> = net.order[..3].to_vec();
+    for node in nodes {
         net.coord.peer_down(net.now, node);
     }
     let start = net.now;

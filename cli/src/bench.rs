@@ -1,0 +1,224 @@
+//! `conclave bench`: signing latency and throughput through a real loopback cluster (QUIC,
+//! pinned TLS, the coordinator's pools and retries), next to the in-process frost-ed25519
+//! pipeline (commit + sign + aggregate, no network) measured in the same run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use conclave_keygen::{deal, NewMember};
+use conclave_protocol::{GroupName, IdentityKey};
+use frost_ed25519 as frost;
+
+use crate::cluster::{Kdf, LocalCluster};
+use crate::{BenchArgs, CmdResult};
+
+/// In-process FROST: mean time of one whole t-of-n signature (all signers' commits, the
+/// signing package, all signers' shares, aggregation with its verification).
+fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Duration> {
+    let mut rng = rand::rngs::OsRng;
+    let members: Vec<NewMember> = (0..n)
+        .map(|i| NewMember {
+            name: format!("p{i}"),
+            node_id: IdentityKey::generate(&mut rng).node_id(),
+            address: "x:1".into(),
+        })
+        .collect();
+    let (manifest, shares) = deal(
+        GroupName::new("bench").map_err(|e| anyhow::anyhow!("{e}"))?,
+        t,
+        &members,
+        &mut rng,
+    )?;
+    let pkp = manifest.public_key_package()?;
+    let signers = shares.get(..usize::from(t)).context("threshold above n")?;
+    let start = Instant::now();
+    for i in 0..iterations {
+        let message = format!("bench message {i}");
+        let mut nonces = BTreeMap::new();
+        let mut commitments = BTreeMap::new();
+        for s in signers {
+            let (n, c) = frost::round1::commit(s.key_package.signing_share(), &mut rng);
+            nonces.insert(*s.key_package.identifier(), n);
+            commitments.insert(*s.key_package.identifier(), c);
+        }
+        let package = frost::SigningPackage::new(commitments, message.as_bytes());
+        let mut sig_shares = BTreeMap::new();
+        for s in signers {
+            let id = *s.key_package.identifier();
+            let nonce = nonces.get(&id).context("nonce")?;
+            sig_shares.insert(id, frost::round2::sign(&package, nonce, &s.key_package)?);
+        }
+        frost::aggregate(&package, &sig_shares, &pkp)?;
+    }
+    Ok(start.elapsed() / iterations.max(1) as u32)
+}
+
+struct Run {
+    concurrency: usize,
+    requests: usize,
+    p50: Duration,
+    p99: Duration,
+    throughput: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted
+        .get(i.min(sorted.len() - 1))
+        .copied()
+        .unwrap_or_default()
+}
+
+async fn measure(
+    cluster: &Arc<LocalCluster>,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<Run> {
+    let key = cluster.public_key()?;
+    // Warm-up: fills the commitment pools.
+    for i in 0..20 {
+        cluster
+            .client
+            .sign(
+                &cluster.group,
+                format!("warm {i}").as_bytes(),
+                Duration::from_secs(10),
+                Some(key),
+            )
+            .await?;
+    }
+    let per_task = requests.div_ceil(concurrency);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let cluster = cluster.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                let msg = format!("bench {w}/{i}");
+                let t = Instant::now();
+                cluster
+                    .client
+                    .sign(
+                        &cluster.group,
+                        msg.as_bytes(),
+                        Duration::from_secs(30),
+                        Some(key),
+                    )
+                    .await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        });
+    }
+    let mut all = Vec::with_capacity(per_task * concurrency);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r??);
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Ok(Run {
+        concurrency,
+        requests: all.len(),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        throughput: all.len() as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub(crate) async fn run(args: BenchArgs) -> CmdResult {
+    let configs: &[(u16, usize)] = if args.quick {
+        &[(3, 5)]
+    } else {
+        &[(3, 5), (7, 10)]
+    };
+    let requests = if args.quick {
+        args.requests.min(100)
+    } else {
+        args.requests
+    };
+    let mut results = Vec::new();
+    if !args.json {
+        println!("conclave bench: real QUIC cluster on 127.0.0.1 vs in-process frost-ed25519, same run, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
+    for &(t, n) in configs {
+        let inproc = tokio::task::spawn_blocking(move || frost_pipeline(t, n, 200)).await??;
+        let dir = tempfile::Builder::new()
+            .prefix("conclave-bench-")
+            .tempdir()?;
+        let cluster = Arc::new(LocalCluster::start(dir.path(), t, n, Kdf::Light, |_| {}).await?);
+        let mut runs = Vec::new();
+        for (concurrency, count) in [(1, requests), (32, requests * 4)] {
+            if !args.json {
+                eprintln!("  {t}-of-{n}: {count} signatures at concurrency {concurrency} ...");
+            }
+            runs.push(measure(&cluster, concurrency, count).await?);
+        }
+        if let Ok(c) = Arc::try_unwrap(cluster) {
+            c.shutdown().await;
+        }
+        results.push((t, n, inproc, runs));
+    }
+    if args.json {
+        let out: Vec<_> = results
+            .iter()
+            .map(|(t, n, inproc, runs)| {
+                serde_json::json!({
+                    "threshold": t, "participants": n,
+                    "inprocess_frost_us": us(*inproc),
+                    "inprocess_frost_per_s": 1.0 / inproc.as_secs_f64(),
+                    "runs": runs.iter().map(|r| serde_json::json!({
+                        "concurrency": r.concurrency, "requests": r.requests,
+                        "p50_us": us(r.p50), "p99_us": us(r.p99), "throughput_per_s": r.throughput,
+                        "p50_over_inprocess": r.p50.as_secs_f64() / inproc.as_secs_f64(),
+                        "throughput_over_inprocess": r.throughput * inproc.as_secs_f64(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "bench": "sign", "results": out }));
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{:<8} {:>11} {:>6} {:>9} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "group",
+        "in-process",
+        "conc",
+        "requests",
+        "p50",
+        "p99",
+        "sig/s",
+        "p50/in-proc",
+        "rate/in-proc"
+    );
+    for (t, n, inproc, runs) in &results {
+        for r in runs {
+            println!(
+                "{:<8} {:>9.0}µs {:>6} {:>9} {:>8.0}µs {:>8.0}µs {:>10.0} {:>11.1}x {:>11.2}x",
+                format!("{t}-of-{n}"),
+                us(*inproc),
+                r.concurrency,
+                r.requests,
+                us(r.p50),
+                us(r.p99),
+                r.throughput,
+                r.p50.as_secs_f64() / inproc.as_secs_f64(),
+                r.throughput * inproc.as_secs_f64(),
+            );
+        }
+    }
+    println!();
+    println!("in-process: one whole FROST signature (t commits, t shares, aggregate) with no network, on one core.");
+    println!("p50/in-proc: latency over that cost; rate/in-proc: throughput over the in-process single-core rate.");
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! The subcommands other than `demo` and `bench`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use base64::Engine as _;
+use conclave_coordinator::client::Client;
+use conclave_keygen::{deal, GroupManifest, KdfParams, NewMember, ShareFile};
+use conclave_protocol::identity::read_node_id;
+use conclave_protocol::{GroupName, IdentityKey, MAX_SIGN_MESSAGE_LEN};
+use sha2::Digest;
+
+use crate::config::{self, Mode};
+use crate::{
+    passphrase, CmdResult, DealerArgs, Exit, KdfChoice, KeyFormat, SigFormat, SignArgs, StatusArgs,
+    VerifyArgs,
+};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub(crate) fn node_init(out: &Path, json: bool) -> CmdResult {
+    let key = IdentityKey::generate(&mut rand::rngs::OsRng);
+    key.write_to_dir(out)
+        .with_context(|| format!("cannot create identity in {}", out.display()))?;
+    let id = key.node_id().to_hex();
+    if json {
+        println!("{}", serde_json::json!({ "public_key": id, "dir": out }));
+    } else {
+        println!("{id}");
+        eprintln!(
+            "identity written to {} (identity.key is secret, mode 0600; share identity.pub)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn node_show(dir: &Path) -> CmdResult {
+    let id = read_node_id(&dir.to_string_lossy())
+        .with_context(|| format!("cannot read identity {}", dir.display()))?;
+    println!("{id}");
+    Ok(())
+}
+
+/// Parses `NAME=KEY@HOST:PORT`.
+fn parse_member(spec: &str) -> anyhow::Result<NewMember> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("participant {spec:?}: expected NAME=KEY@HOST:PORT"))?;
+    let (key, address) = rest
+        .rsplit_once('@')
+        .ok_or_else(|| anyhow!("participant {spec:?}: expected NAME=KEY@HOST:PORT (no '@')"))?;
+    if address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        bail!("participant {name:?}: address {address:?} must be HOST:PORT");
+    }
+    let node_id = read_node_id(key).with_context(|| format!("participant {name:?}: {key:?} is neither a hex identity key nor a readable identity.pub"))?;
+    Ok(NewMember {
+        name: name.to_owned(),
+        node_id,
+        address: address.to_owned(),
+    })
+}
+
+pub(crate) fn share_path(dir: &Path, group: &GroupName, member: &str) -> PathBuf {
+    dir.join(format!("{group}.{member}.share"))
+}
+
+pub(crate) fn manifest_path(dir: &Path, group: &GroupName) -> PathBuf {
+    dir.join(format!("{group}.manifest.toml"))
+}
+
+pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
+    let group =
+        GroupName::new(&args.group).map_err(|e| anyhow!("--group {:?}: {e}", args.group))?;
+    let members = args
+        .participants
+        .iter()
+        .map(|s| parse_member(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.kdf == KdfChoice::Light && args.mode != Mode::Dev {
+        fail!(
+            "--kdf light is for dev mode only (this is {}); add --mode dev for a lab setup",
+            args.mode
+        );
+    }
+    let manifest_file = manifest_path(&args.out, &group);
+    let share_files: Vec<PathBuf> = members
+        .iter()
+        .map(|m| share_path(&args.out, &group, &m.name))
+        .collect();
+    // Check for conflicts before any work: nothing is overwritten, nothing half-written.
+    for p in std::iter::once(&manifest_file).chain(&share_files) {
+        if p.exists() {
+            fail!(
+                "{} already exists; refusing to overwrite key material (choose another --out)",
+                p.display()
+            );
+        }
+    }
+    let pass = passphrase::obtain(
+        args.passphrase_file.as_deref(),
+        args.mode,
+        "the new share files",
+        true,
+    )?;
+    let mut rng = rand::rngs::OsRng;
+    let (manifest, shares) = deal(group.clone(), args.threshold, &members, &mut rng)?;
+    conclave_protocol::identity::create_private_dir(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let written: anyhow::Result<()> = (|| {
+        for (share, path) in shares.iter().zip(&share_files) {
+            let kdf = match args.kdf {
+                KdfChoice::Standard => KdfParams::standard(&mut rng),
+                KdfChoice::Light => KdfParams::light(&mut rng),
+            };
+            let header = share.header(&manifest, kdf)?;
+            ShareFile::write(path, &share.key_package, header, &pass, false, &mut rng)?;
+        }
+        let text = manifest.to_toml()?;
+        conclave_keygen::sharefile::write_atomic(&manifest_file, text.as_bytes(), &mut rng)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // All or nothing: remove whatever was written.
+        for p in std::iter::once(&manifest_file).chain(&share_files) {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e.into());
+    }
+    if args.json {
+        let shares: Vec<_> = members
+            .iter()
+            .zip(&share_files)
+            .map(|(m, p)| serde_json::json!({ "name": m.name, "share_file": p }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "group": group.as_str(), "threshold": manifest.threshold, "epoch": manifest.epoch,
+                "public_key": manifest.group_public_key, "manifest": manifest_file, "shares": shares,
+            })
+        );
+    } else {
+        println!(
+            "group {group}: {}-of-{}, public key {}",
+            manifest.threshold,
+            members.len(),
+            manifest.group_public_key
+        );
+        println!("manifest: {}", manifest_file.display());
+        for (m, p) in members.iter().zip(&share_files) {
+            println!("share for {}: {}", m.name, p.display());
+        }
+        eprintln!("Move each share file to its participant's host and delete it here: this host held the whole key.");
+    }
+    Ok(())
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub(crate) async fn run_participant(path: &Path) -> CmdResult {
+    let cfg = config::ParticipantConfig::read(path)?;
+    let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
+    let coordinators = config::node_ids(&cfg.coordinators, "coordinators")?;
+    let mut shares = Vec::new();
+    let mut seen = HashSet::new();
+    for entry in &cfg.shares {
+        let what = entry.file.display().to_string();
+        let pass = passphrase::obtain(entry.passphrase_file.as_deref(), cfg.mode, &what, false)?;
+        let share = ShareFile::read(&entry.file, &pass)?;
+        drop(pass);
+        if share.header.owner != identity.node_id() {
+            fail!(
+                "{what}: this share belongs to node {}, but this node's identity is {}",
+                share.header.owner.short(),
+                identity.node_id().short()
+            );
+        }
+        if !seen.insert(share.header.group.clone()) {
+            fail!(
+                "{what}: a second share of group {} (one share per group)",
+                share.header.group
+            );
+        }
+        tracing::info!(group = %share.header.group, epoch = share.header.epoch, "loaded share {what}");
+        let key_package = share.key_package.clone();
+        shares.push((share.header.group.clone(), share.header.epoch, key_package));
+    }
+    #[allow(unused_mut)]
+    let mut participant =
+        conclave_participant::Participant::new(shares, Default::default(), &mut rand::rngs::OsRng);
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("CONCLAVE_TEST_FAULT").as_deref() == Ok("corrupt-shares") {
+        tracing::warn!(
+            "TEST FAULT INJECTION ACTIVE: this participant returns corrupted signature shares"
+        );
+        participant.set_fault(Some(conclave_participant::Fault::CorruptShares));
+    }
+    let server = conclave_participant::server::Server::bind(&identity, cfg.listen, coordinators)?;
+    tracing::info!(mode = %cfg.mode, "participant starting");
+    let addr = server.local_addr()?;
+    println!("participant {} listening on {addr}", identity.node_id());
+    std::io::stdout().flush()?;
+    server.run(participant, shutdown_signal()).await;
+    tracing::info!("participant stopped");
+    Ok(())
+}
+
+pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
+    let cfg = config::CoordinatorConfig::read(path)?;
+    let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
+    let clients = config::node_ids(&cfg.clients, "clients")?;
+    let mut manifests = Vec::new();
+    let mut addresses = HashMap::new();
+    for m in &cfg.manifests {
+        let manifest =
+            GroupManifest::read(m).with_context(|| format!("manifest {}", m.display()))?;
+        for p in manifest.members()? {
+            addresses.entry(p.node_id).or_insert(p.address);
+        }
+        tracing::info!(group = %manifest.group, threshold = manifest.threshold, epoch = manifest.epoch, "serving group");
+        manifests.push(manifest);
+    }
+    let defaults = conclave_coordinator::CoordinatorConfig::default();
+    let sm_config = conclave_coordinator::CoordinatorConfig {
+        participant_timeout: cfg
+            .participant_timeout_ms
+            .map_or(defaults.participant_timeout, Duration::from_millis),
+        default_timeout: cfg
+            .default_timeout_ms
+            .map_or(defaults.default_timeout, Duration::from_millis),
+        pool_target: cfg.pool_target.unwrap_or(defaults.pool_target),
+        ..defaults
+    };
+    let coordinator = conclave_coordinator::Coordinator::new(manifests, sm_config)?;
+    let server = conclave_coordinator::server::Server::bind(identity.clone(), cfg.listen, clients)?;
+    let addr = server.local_addr()?;
+    tracing::info!(mode = %cfg.mode, "coordinator starting");
+    println!("coordinator {} listening on {addr}", identity.node_id());
+    std::io::stdout().flush()?;
+    server.run(coordinator, addresses, shutdown_signal()).await;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+/// Reads the message to sign or verify, refusing more than the protocol's limit.
+fn read_message(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    let limit = MAX_SIGN_MESSAGE_LEN as u64 + 1;
+    let mut buf = Vec::new();
+    match file {
+        Some(p) if p != Path::new("-") => {
+            std::fs::File::open(p)
+                .with_context(|| format!("cannot read message file {}", p.display()))?
+                .take(limit)
+                .read_to_end(&mut buf)?;
+        }
+        _ => {
+            std::io::stdin()
+                .take(limit)
+                .read_to_end(&mut buf)
+                .context("cannot read the message from stdin")?;
+        }
+    }
+    if buf.len() > MAX_SIGN_MESSAGE_LEN {
+        bail!("message is larger than {MAX_SIGN_MESSAGE_LEN} bytes; sign a hash of it instead");
+    }
+    Ok(buf)
+}
+
+async fn connect(args: &crate::ClientArgs) -> anyhow::Result<(Client, GroupName)> {
+    let group =
+        GroupName::new(&args.group).map_err(|e| anyhow!("--group {:?}: {e}", args.group))?;
+    let key = read_node_id(&args.coordinator_key)
+        .context("--coordinator-key is neither a hex key nor a readable identity.pub")?;
+    let identity =
+        IdentityKey::read_from(&args.identity).context("cannot load the client identity")?;
+    let addr = tokio::net::lookup_host(&args.coordinator)
+        .await
+        .with_context(|| format!("cannot resolve {}", args.coordinator))?
+        .next()
+        .ok_or_else(|| anyhow!("cannot resolve {}", args.coordinator))?;
+    let client = Client::connect(&identity, addr, key)
+        .await
+        .with_context(|| format!("cannot connect to the coordinator at {addr} (is this client's key in its `clients`?)"))?;
+    Ok((client, group))
+}
+
+pub(crate) async fn sign(args: SignArgs) -> CmdResult {
+    if args.format == SigFormat::Raw && !args.json && std::io::stdout().is_terminal() {
+        return Err(anyhow!("refusing to write a raw signature to a terminal; redirect stdout or use --format base64").into());
+    }
+    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return Err(anyhow!("--timeout must be between 0 and 3600 seconds").into());
+    }
+    let expected = match &args.manifest {
+        Some(m) => Some(
+            GroupManifest::read(m)
+                .with_context(|| format!("manifest {}", m.display()))?
+                .public_key_bytes()?,
+        ),
+        None => None,
+    };
+    let message = read_message(args.message_file.as_deref())?;
+    let (client, group) = connect(&args.client).await?;
+    let signed = match client
+        .sign(
+            &group,
+            &message,
+            Duration::from_secs_f64(args.timeout),
+            expected,
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(conclave_coordinator::client::ClientError::Sign(e)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": e.code(), "message": e.to_string() })
+                );
+            }
+            return Err(Exit::refused(anyhow!("{e} [{}]", e.code())));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "public_key": hex::encode(signed.public_key),
+                "signature": hex::encode(signed.signature),
+                "message_sha256": hex::encode(sha2::Sha256::digest(&message)),
+                "signers": signed.signers,
+            })
+        );
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        SigFormat::Base64 => writeln!(out, "{}", B64.encode(signed.signature))?,
+        SigFormat::Hex => writeln!(out, "{}", hex::encode(signed.signature))?,
+        SigFormat::Raw => out.write_all(&signed.signature)?,
+    }
+    Ok(())
+}
+
+/// Decodes a signature given as 64 raw bytes, hex or base64.
+fn parse_signature(bytes: &[u8]) -> anyhow::Result<[u8; 64]> {
+    if let Ok(raw) = <[u8; 64]>::try_from(bytes) {
+        if std::str::from_utf8(bytes).is_err() {
+            return Ok(raw);
+        }
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| anyhow!("signature is neither 64 raw bytes nor text"))?
+        .trim();
+    let decoded = if text.len() == 128 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).map_err(|_| anyhow!("signature is not valid hex"))?
+    } else {
+        B64.decode(text)
+            .map_err(|_| anyhow!("signature is neither hex (128 characters) nor base64"))?
+    };
+    <[u8; 64]>::try_from(decoded.as_slice()).map_err(|_| {
+        anyhow!(
+            "an Ed25519 signature is 64 bytes, this one has {}",
+            decoded.len()
+        )
+    })
+}
+
+pub(crate) fn verify(args: VerifyArgs) -> CmdResult {
+    let signature = match (&args.signature, &args.signature_file) {
+        (Some(s), _) => parse_signature(s.as_bytes())?,
+        (None, Some(f)) => {
+            let meta =
+                std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+            if meta.len() > 1024 {
+                return Err(anyhow!("{} is too large to be a signature", f.display()).into());
+            }
+            parse_signature(&std::fs::read(f)?)?
+        }
+        (None, None) => return Err(anyhow!("give --signature or --signature-file").into()),
+    };
+    let key: [u8; 32] = match (&args.manifest, &args.public_key) {
+        (Some(m), _) => GroupManifest::read(m)
+            .with_context(|| format!("manifest {}", m.display()))?
+            .public_key_bytes()?,
+        (None, Some(k)) => {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(k.trim(), &mut out)
+                .map_err(|_| anyhow!("--public-key must be 64 hex characters"))?;
+            out
+        }
+        (None, None) => return Err(anyhow!("give --manifest or --public-key").into()),
+    };
+    let message = read_message(args.message_file.as_deref())?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|_| anyhow!("the public key is not a valid Ed25519 point"))?;
+    let valid = vk
+        .verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&signature))
+        .is_ok();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "valid": valid, "public_key": hex::encode(key) })
+        );
+    } else if valid {
+        println!("signature is valid");
+    }
+    if valid {
+        Ok(())
+    } else {
+        Err(Exit::refused(anyhow!(
+            "signature is NOT valid for this message and key"
+        )))
+    }
+}
+
+/// The PEM (SubjectPublicKeyInfo) form of an Ed25519 public key, as OpenSSL reads it.
+pub(crate) fn public_key_pem(key: &[u8; 32]) -> String {
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    der.extend_from_slice(key);
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        B64.encode(der)
+    )
+}
+
+fn public_key_openssh(key: &[u8; 32], comment: &str) -> String {
+    let mut blob = Vec::new();
+    for part in [&b"ssh-ed25519"[..], &key[..]] {
+        blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        blob.extend_from_slice(part);
+    }
+    format!("ssh-ed25519 {} {comment}\n", B64.encode(blob))
+}
+
+pub(crate) fn pubkey(manifest: &Path, format: KeyFormat) -> CmdResult {
+    let m = GroupManifest::read(manifest)
+        .with_context(|| format!("manifest {}", manifest.display()))?;
+    let key = m.public_key_bytes()?;
+    match format {
+        KeyFormat::Hex => println!("{}", hex::encode(key)),
+        KeyFormat::Pem => print!("{}", public_key_pem(&key)),
+        KeyFormat::Openssh => print!(
+            "{}",
+            public_key_openssh(&key, &format!("conclave:{}", m.group))
+        ),
+    }
+    Ok(())
+}
+
+pub(crate) async fn status(args: StatusArgs) -> CmdResult {
+    let (client, group) = connect(&args.client).await?;
+    let info = client.group_info(&group).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "group": info.group.as_str(), "public_key": hex::encode(info.public_key),
+                "threshold": info.threshold, "epoch": info.epoch,
+                "participants": info.participants, "reachable": info.reachable,
+            })
+        );
+    } else {
+        println!(
+            "group {}: {}-of-{}, epoch {}",
+            info.group,
+            info.threshold,
+            info.participants.len(),
+            info.epoch
+        );
+        println!("public key: {}", hex::encode(info.public_key));
+        println!("participants: {}", info.participants.join(", "));
+        println!(
+            "reachable now: {} (signing needs {})",
+            info.reachable, info.threshold
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_parse_in_every_format() {
+        let sig = [7u8; 64];
+        assert_eq!(parse_signature(&sig).unwrap(), sig);
+        assert_eq!(parse_signature(hex::encode(sig).as_bytes()).unwrap(), sig);
+        assert_eq!(
+            parse_signature(format!("{}\n", B64.encode(sig)).as_bytes()).unwrap(),
+            sig
+        );
+        assert!(parse_signature(b"abc").is_err());
+    }
+
+    #[test]
+    fn member_specs_are_checked() {
+        let key = IdentityKey::generate(&mut rand::rngs::OsRng)
+            .node_id()
+            .to_hex();
+        let m = parse_member(&format!("alice={key}@10.0.0.1:7001")).unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.address.as_str()),
+            ("alice", "10.0.0.1:7001")
+        );
+        assert!(parse_member(&format!("alice={key}")).is_err());
+        assert!(parse_member(&format!("alice={key}@host")).is_err());
+        assert!(parse_member("alice=zz@host:1").is_err());
+    }
+
+    #[test]
+    fn pem_is_the_rfc8410_form() {
+        let pem = public_key_pem(&[0u8; 32]);
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Configuration files of the daemons (TOML) and the operating modes.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use conclave_protocol::NodeId;
+use serde::Deserialize;
+
+/// Largest config file read.
+const MAX_CONFIG_LEN: u64 = 1024 * 1024;
+
+/// How strict the node is about operator mistakes. Daemons default to `prod`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Allows shortcuts (passphrase from an environment variable, light KDF parameters).
+    Dev,
+    /// Like prod, but warns instead of refusing.
+    Test,
+    /// Refuses unsafe choices.
+    #[default]
+    Prod,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Dev => "dev",
+            Mode::Test => "test",
+            Mode::Prod => "prod",
+        })
+    }
+}
+
+/// One share a participant serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareEntry {
+    /// Path of the encrypted share file.
+    pub file: PathBuf,
+    /// File holding the passphrase (first line). Optional: see the passphrase sources.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// `conclave participant --config FILE`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    /// Identity directory made by `conclave node init`.
+    pub identity: PathBuf,
+    /// Address to listen on, e.g. "0.0.0.0:7001".
+    pub listen: SocketAddr,
+    /// Identity public keys (hex) of the coordinators allowed to connect.
+    pub coordinators: Vec<String>,
+    pub shares: Vec<ShareEntry>,
+}
+
+/// `conclave coordinator --config FILE`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    /// Identity directory made by `conclave node init`.
+    pub identity: PathBuf,
+    /// Address clients connect to, e.g. "0.0.0.0:7000".
+    pub listen: SocketAddr,
+    /// Identity public keys (hex) of the clients allowed to request signatures.
+    pub clients: Vec<String>,
+    /// Group manifests to serve.
+    pub manifests: Vec<PathBuf>,
+    /// How long one participant may take to answer one request (default 2000).
+    pub participant_timeout_ms: Option<u64>,
+    /// Deadline of a request whose client gives none (default 10000).
+    pub default_timeout_ms: Option<u64>,
+    /// Round-1 commitments kept pooled per participant (default 32).
+    pub pool_target: Option<u16>,
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    if meta.len() > MAX_CONFIG_LEN {
+        bail!(
+            "config {} is larger than {MAX_CONFIG_LEN} bytes",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
+}
+
+/// Resolves `p` against the directory of the config file.
+pub fn relative_to(config: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// Parses a list of hex identity keys.
+pub fn node_ids(keys: &[String], what: &str) -> Result<HashSet<NodeId>> {
+    keys.iter()
+        .map(|k| {
+            NodeId::from_hex(k).with_context(|| {
+                format!("{what}: {k:?} is not an identity public key (64 hex characters)")
+            })
+        })
+        .collect()
+}
+
+impl ParticipantConfig {
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut c: Self = read_toml(path)?;
+        c.identity = relative_to(path, &c.identity);
+        for s in &mut c.shares {
+            s.file = relative_to(path, &s.file);
+            s.passphrase_file = s.passphrase_file.as_ref().map(|p| relative_to(path, p));
+        }
+        if c.shares.is_empty() {
+            bail!("config {}: no [[shares]] listed", path.display());
+        }
+        if c.coordinators.is_empty() {
+            bail!(
+                "config {}: no coordinators listed; nobody could connect",
+                path.display()
+            );
+        }
+        Ok(c)
+    }
+}
+
+impl CoordinatorConfig {
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut c: Self = read_toml(path)?;
+        c.identity = relative_to(path, &c.identity);
+        c.manifests = c.manifests.iter().map(|m| relative_to(path, m)).collect();
+        if c.manifests.is_empty() {
+            bail!("config {}: no manifests listed", path.display());
+        }
+        Ok(c)
+    }
+}

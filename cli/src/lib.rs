@@ -1,0 +1,362 @@
+//! The `conclave` command line: parses flags, validates them into real objects, and wires the
+//! library crates together. No protocol logic lives here.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+/// Returns a usage/IO-class error (exit code 2) from a command.
+macro_rules! fail {
+    ($($t:tt)*) => {
+        return Err(crate::Exit::from(anyhow::anyhow!($($t)*)))
+    };
+}
+
+mod bench;
+mod cluster;
+mod commands;
+mod config;
+mod demo;
+mod passphrase;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use config::Mode;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success; 1 a signature did not verify or a signing request was refused
+(typed, fail-closed); 2 any other error (bad input, unreadable file, unreachable node).
+
+Start with `conclave demo`, then see README.md for a real cluster across hosts.";
+
+/// Threshold Ed25519 signing: a key whose secret never exists in one place.
+///
+/// Key shares live on separate participant nodes (t-of-n); a coordinator runs the two FROST
+/// rounds (RFC 9591) with any t of them over mutually authenticated QUIC and returns a standard
+/// Ed25519 signature that OpenSSL, OpenSSH or libsodium verify unchanged.
+#[derive(Parser, Debug)]
+#[command(name = "conclave", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or show this node's identity key (what peers pin).
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Generate a group key and its shares.
+    #[command(subcommand)]
+    Keygen(KeygenCmd),
+    /// Run a participant (signer) node: holds shares, answers the coordinator.
+    Participant {
+        /// Participant config file (TOML); see README.md, "Configuration".
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a coordinator: runs signing sessions for clients.
+    Coordinator {
+        /// Coordinator config file (TOML); see README.md, "Configuration".
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Ask a coordinator for a signature of a message (from a file or stdin).
+    Sign(SignArgs),
+    /// Verify an Ed25519 signature against a group manifest or a public key.
+    Verify(VerifyArgs),
+    /// Print a group's public key (hex, PEM for OpenSSL, or OpenSSH).
+    Pubkey {
+        /// Group manifest.
+        #[arg(long, short)]
+        manifest: PathBuf,
+        #[arg(long, value_enum, default_value_t = KeyFormat::Hex)]
+        format: KeyFormat,
+    },
+    /// Ask a coordinator about a group: key, threshold, epoch, reachable participants.
+    Status(StatusArgs),
+    /// Run a local 3-of-5 cluster on 127.0.0.1 and watch it sign, lose nodes, and fail closed.
+    Demo {
+        /// Print a JSON summary instead of the narration.
+        #[arg(long)]
+        json: bool,
+        /// Keep the cluster's files (keys, manifest, shares, signature) in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Measure signing latency and throughput on a loopback cluster against in-process FROST.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Create an identity key in a directory (identity.key mode 0600, identity.pub).
+    Init {
+        /// Directory to create the identity in.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the public key of an identity directory.
+    Show {
+        /// Identity directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeygenCmd {
+    /// Trusted dealer: this host generates the key and splits it (it holds the whole key for a
+    /// moment; for labs and tests; production deployments use DKG).
+    Dealer(DealerArgs),
+}
+
+#[derive(Args, Debug)]
+struct DealerArgs {
+    /// Group name (1-64 characters of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    group: String,
+    /// Signatures need this many participants.
+    #[arg(long, short)]
+    threshold: u16,
+    /// A participant as NAME=KEY@HOST:PORT, where KEY is its identity public key (hex) or the
+    /// path of its identity directory or identity.pub. Repeat once per participant.
+    #[arg(
+        long = "participant",
+        short = 'p',
+        value_name = "NAME=KEY@HOST:PORT",
+        required = true
+    )]
+    participants: Vec<String>,
+    /// Directory for the manifest and the share files.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// File whose first line is the passphrase that encrypts every share file.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
+    #[arg(long, value_enum, default_value_t = Mode::Prod)]
+    mode: Mode,
+    /// Argon2id cost: standard (64 MiB, 3 passes) or light (8 MiB, 1 pass; dev mode only).
+    #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
+    kdf: KdfChoice,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KdfChoice {
+    Standard,
+    Light,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SigFormat {
+    Base64,
+    Hex,
+    Raw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KeyFormat {
+    Hex,
+    Pem,
+    Openssh,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// Coordinator address, HOST:PORT.
+    #[arg(long)]
+    coordinator: String,
+    /// Coordinator identity public key (hex, or path of its identity.pub).
+    #[arg(long)]
+    coordinator_key: String,
+    /// This client's identity directory (its public key must be in the coordinator's clients).
+    #[arg(long)]
+    identity: PathBuf,
+    /// Group name.
+    #[arg(long, short)]
+    group: String,
+}
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// File holding the message; "-" or absent: standard input.
+    #[arg(long, short)]
+    message_file: Option<PathBuf>,
+    /// Output format of the signature.
+    #[arg(long, value_enum, default_value_t = SigFormat::Base64)]
+    format: SigFormat,
+    /// Print {"public_key", "signature", "message_sha256"} as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seconds the coordinator may take.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Group manifest: refuse a signature under any other key.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The signature: base64 or hex text.
+    #[arg(
+        long,
+        short,
+        conflicts_with = "signature_file",
+        required_unless_present = "signature_file"
+    )]
+    signature: Option<String>,
+    /// File holding the signature (64 raw bytes, or base64/hex text).
+    #[arg(long)]
+    signature_file: Option<PathBuf>,
+    /// Group manifest whose public key to verify against.
+    #[arg(
+        long,
+        conflicts_with = "public_key",
+        required_unless_present = "public_key"
+    )]
+    manifest: Option<PathBuf>,
+    /// Ed25519 public key (hex).
+    #[arg(long)]
+    public_key: Option<String>,
+    /// File holding the message; "-" or absent: standard input.
+    #[arg(long, short)]
+    message_file: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Signatures per configuration at concurrency 1 (concurrency 32 does 4x as many).
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+    /// Only 3-of-5, fewer requests: a smoke run.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn init_logging(verbose: u8, daemon: bool, narrated: bool) {
+    let default = match (verbose, daemon) {
+        (0, true) => "info",
+        // demo and bench narrate on stdout; the in-process nodes' warnings (a stopped
+        // participant is unreachable, as intended) would only interleave with it.
+        (0, false) if narrated => "error",
+        (0, false) => "warn",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Exit {
+    pub(crate) fn refused(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Exit {
+    fn from(e: E) -> Self {
+        Self {
+            code: 2,
+            error: e.into(),
+        }
+    }
+}
+
+pub(crate) type CmdResult = Result<(), Exit>;
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(
+        cli.command,
+        Command::Participant { .. } | Command::Coordinator { .. }
+    );
+    let narrated = matches!(cli.command, Command::Demo { .. } | Command::Bench(_));
+    init_logging(cli.verbose, daemon, narrated);
+    let result = run(cli.command);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit { code, error }) => {
+            if code != 1 || !error.to_string().is_empty() {
+                eprintln!("conclave: error: {error:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(command: Command) -> CmdResult {
+    match command {
+        Command::Node(NodeCmd::Init { out, json }) => commands::node_init(&out, json),
+        Command::Node(NodeCmd::Show { dir }) => commands::node_show(&dir),
+        Command::Keygen(KeygenCmd::Dealer(args)) => commands::keygen_dealer(args),
+        Command::Participant { config } => runtime()?.block_on(commands::run_participant(&config)),
+        Command::Coordinator { config } => runtime()?.block_on(commands::run_coordinator(&config)),
+        Command::Sign(args) => runtime()?.block_on(commands::sign(args)),
+        Command::Verify(args) => commands::verify(args),
+        Command::Pubkey { manifest, format } => commands::pubkey(&manifest, format),
+        Command::Status(args) => runtime()?.block_on(commands::status(args)),
+        Command::Demo { json, keep } => runtime()?.block_on(demo::run(json, keep)),
+        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,84 @@
+//! Where share passphrases come from, in order: a file named on the command line or in the
+//! config; the systemd credentials directory (`$CREDENTIALS_DIRECTORY/conclave-passphrase`);
+//! the `CONCLAVE_PASSPHRASE` environment variable, in dev mode only; a prompt on the terminal.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use conclave_keygen::Passphrase;
+use zeroize::Zeroizing;
+
+use crate::config::Mode;
+
+/// Environment variable honoured in dev mode only.
+pub const ENV_VAR: &str = "CONCLAVE_PASSPHRASE";
+/// File name looked up in `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "conclave-passphrase";
+const MAX_PASSPHRASE_FILE: u64 = 4096;
+
+fn from_file(path: &Path) -> Result<Passphrase> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read passphrase file {}", path.display()))?;
+    if meta.len() > MAX_PASSPHRASE_FILE {
+        bail!(
+            "passphrase file {} is larger than {MAX_PASSPHRASE_FILE} bytes",
+            path.display()
+        );
+    }
+    let bytes = Zeroizing::new(
+        std::fs::read(path)
+            .with_context(|| format!("cannot read passphrase file {}", path.display()))?,
+    );
+    let p = Passphrase::from_file_bytes(bytes)
+        .with_context(|| format!("passphrase file {} is not UTF-8", path.display()))?;
+    if p.is_empty() {
+        bail!("passphrase file {} is empty", path.display());
+    }
+    Ok(p)
+}
+
+/// Obtains a passphrase for `what` (a file name, for prompts). `new` asks twice on a terminal.
+pub fn obtain(file: Option<&Path>, mode: Mode, what: &str, new: bool) -> Result<Passphrase> {
+    if let Some(file) = file {
+        return from_file(file);
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let p = Path::new(&dir).join(CREDENTIAL_NAME);
+        if p.exists() {
+            return from_file(&p);
+        }
+    }
+    if let Some(value) = std::env::var_os(ENV_VAR) {
+        if mode == Mode::Dev {
+            let text = value
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("{ENV_VAR} is not UTF-8"))?;
+            if text.is_empty() {
+                bail!("{ENV_VAR} is empty");
+            }
+            return Ok(Passphrase::new(text));
+        }
+        bail!("{ENV_VAR} is set, but passphrases from the environment are accepted only in dev mode (this is {mode}); use a passphrase file or a systemd credential");
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase for {what}: give --passphrase-file (or passphrase_file in the config), a systemd credential {CREDENTIAL_NAME}, or run on a terminal");
+    }
+    let first = Zeroizing::new(
+        rpassword::prompt_password(format!("Passphrase for {what}: "))
+            .context("cannot read the passphrase")?,
+    );
+    if first.is_empty() {
+        bail!("empty passphrase");
+    }
+    if new {
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Repeat the passphrase: ")
+                .context("cannot read the passphrase")?,
+        );
+        if *again != *first {
+            bail!("the two passphrases differ");
+        }
+    }
+    Ok(Passphrase::new(first.to_string()))
+}
