@@ -39,8 +39,7 @@ pub(crate) fn node_init(out: &Path, json: bool) -> CmdResult {
 }
 
 pub(crate) fn node_show(dir: &Path) -> CmdResult {
-    let id = read_node_id(&dir.to_string_lossy())
-        .with_context(|| format!("cannot read identity {}", dir.display()))?;
+    let id = read_node_id(&dir.to_string_lossy()).context("cannot read the identity")?;
     println!("{id}");
     Ok(())
 }
@@ -373,10 +372,9 @@ pub(crate) async fn sign(args: SignArgs) -> CmdResult {
 
 /// Decodes a signature given as 64 raw bytes, hex or base64.
 fn parse_signature(bytes: &[u8]) -> anyhow::Result<[u8; 64]> {
+    // Exactly 64 bytes can only be raw: hex takes 128 characters and base64 88.
     if let Ok(raw) = <[u8; 64]>::try_from(bytes) {
-        if std::str::from_utf8(bytes).is_err() {
-            return Ok(raw);
-        }
+        return Ok(raw);
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| anyhow!("signature is neither 64 raw bytes nor text"))?

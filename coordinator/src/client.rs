@@ -34,7 +34,7 @@ pub struct RemoteGroup {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("cannot reach the coordinator: {0}")]
+    #[error("cannot reach the coordinator")]
     Transport(#[from] TransportError),
     #[error(transparent)]
     Sign(#[from] SignError),

@@ -128,7 +128,7 @@ pub struct CoordinatorStats {
 pub enum SetupError {
     #[error("group {0} is configured twice")]
     DuplicateGroup(GroupName),
-    #[error("group {group}: {source}")]
+    #[error("group {group}")]
     Manifest {
         group: GroupName,
         #[source]

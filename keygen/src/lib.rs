@@ -33,7 +33,7 @@ pub enum KeygenError {
         "invalid participant name {0:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
     )]
     BadName(String),
-    #[error("FROST key generation failed: {0}")]
+    #[error("FROST key generation failed")]
     Frost(#[from] frost_ed25519::Error),
     #[error(transparent)]
     Manifest(#[from] ManifestError),

@@ -150,7 +150,7 @@ pub struct ShareFileError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShareErrorKind {
-    #[error("cannot access the file: {0}")]
+    #[error("cannot access the file")]
     Io(#[from] std::io::Error),
     #[error("not a conclave share file")]
     NotAShareFile,

@@ -33,23 +33,23 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 pub enum TransportError {
     #[error("TLS setup failed: {0}")]
     Tls(String),
-    #[error("could not bind {addr}: {source}")]
+    #[error("could not bind {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("connection failed: {0}")]
+    #[error("connection failed")]
     Connect(#[from] quinn::ConnectError),
-    #[error("connection lost: {0}")]
+    #[error("connection lost")]
     Connection(#[from] quinn::ConnectionError),
-    #[error("stream write failed: {0}")]
+    #[error("stream write failed")]
     Write(#[from] quinn::WriteError),
-    #[error("stream closed: {0}")]
+    #[error("stream closed")]
     ClosedStream(#[from] quinn::ClosedStream),
-    #[error("stream read failed: {0}")]
+    #[error("stream read failed")]
     Read(#[from] quinn::ReadExactError),
-    #[error("bad frame from peer: {0}")]
+    #[error("bad frame from peer")]
     Codec(#[from] CodecError),
     #[error("peer did not answer within {0:?}")]
     Timeout(Duration),

@@ -1,0 +1,216 @@
+//! The CLI on its own: share-file errors, demo, help.
+
+mod common;
+
+use common::conclave;
+
+fn keygen(dir: &std::path::Path) {
+    std::fs::write(dir.join("pass"), "correct horse battery staple\n").unwrap();
+    let mut args = vec![
+        "keygen".to_string(),
+        "dealer".into(),
+        "--group".into(),
+        "g".into(),
+        "-t".into(),
+        "2".into(),
+    ];
+    args.extend(["--mode", "dev", "--kdf", "light", "--out"].map(String::from));
+    args.push(dir.display().to_string());
+    args.push("--passphrase-file".into());
+    args.push(dir.join("pass").display().to_string());
+    for name in ["a", "b", "c"] {
+        let out = conclave(&["node", "init", "--out", dir.join(name).to_str().unwrap()]);
+        let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        args.push("-p".into());
+        args.push(format!("{name}={key}@127.0.0.1:1"));
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = conclave(&refs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn participant_error(dir: &std::path::Path, share: &str, pass: &str) -> (Option<i32>, String) {
+    std::fs::write(dir.join("pass2"), pass).unwrap();
+    let coordinator =
+        String::from_utf8(conclave(&["node", "show", dir.join("b").to_str().unwrap()]).stdout)
+            .unwrap();
+    let config = format!(
+        "mode = \"dev\"\nidentity = \"a\"\nlisten = \"127.0.0.1:0\"\ncoordinators = [\"{}\"]\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass2\"\n",
+        coordinator.trim()
+    );
+    std::fs::write(dir.join("a.toml"), config).unwrap();
+    let out = conclave(&[
+        "participant",
+        "--config",
+        dir.join("a.toml").to_str().unwrap(),
+    ]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn share_file_failures_are_one_clear_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keygen(d);
+    let share = d.join("g.a.share");
+    let good = std::fs::read(&share).unwrap();
+
+    let mut messages = Vec::new();
+    let (code, err) = participant_error(d, "g.a.share", "wrong passphrase\n");
+    messages.push(err.clone());
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("g.a.share") && err.contains("wrong passphrase"),
+        "{err}"
+    );
+
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x04;
+    std::fs::write(d.join("flipped.share"), &flipped).unwrap();
+    let (code, err) = participant_error(d, "flipped.share", "correct horse battery staple\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("flipped.share") && err.contains("corrupted"),
+        "{err}"
+    );
+    messages.push(err.clone());
+
+    std::fs::write(d.join("short.share"), &good[..good.len() - 10]).unwrap();
+    let (code, err) = participant_error(d, "short.share", "correct horse battery staple\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("short.share") && err.contains("truncated"),
+        "{err}"
+    );
+
+    messages.push(err.clone());
+    for e in &messages {
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+        assert!(!e.contains("correct horse"), "no passphrase in errors: {e}");
+    }
+    // The three failures are told apart.
+    assert_eq!(messages.len(), 3);
+    assert!(messages[0] != messages[1] && messages[1] != messages[2]);
+
+    // The right passphrase on an intact share of another node: refused by owner.
+    let (code, err) = participant_error(d, "g.b.share", "correct horse battery staple\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("belongs to node"),
+        "a share of another node is refused: {err}"
+    );
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_and_light_kdf_outside_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let out = conclave(&[
+        "keygen", "dealer", "--group", "g", "-t", "2", "--mode", "prod", "--kdf", "light", "-p",
+        "x=00@h:1", "-p", "y=00@h:1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn passphrase_from_environment_only_in_dev_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = String::from_utf8(
+        conclave(&[
+            "node",
+            "init",
+            "--out",
+            dir.path().join("a").to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let key2 = String::from_utf8(
+        conclave(&[
+            "node",
+            "init",
+            "--out",
+            dir.path().join("b").to_str().unwrap(),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let run = |mode: &str| {
+        std::process::Command::new(common::bin())
+            .args([
+                "keygen", "dealer", "--group", "g", "-t", "2", "--mode", mode, "--out",
+            ])
+            .arg(dir.path().join(mode))
+            .args([
+                "-p",
+                &format!("a={}@h:1", key.trim()),
+                "-p",
+                &format!("b={}@h:1", key2.trim()),
+            ])
+            .env("CONCLAVE_PASSPHRASE", "from the environment")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let prod = run("prod");
+    assert_eq!(prod.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&prod.stderr).contains("only in dev mode"));
+    let dev = run("dev");
+    assert!(
+        dev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dev.stderr)
+    );
+}
+
+#[test]
+fn demo_runs_and_reports_json() {
+    let out = conclave(&["demo", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["signatures"].as_array().unwrap().len(), 2);
+    assert_eq!(v["below_threshold"]["error"], "signer_unavailable");
+    let key = hex::decode(v["public_key"].as_str().unwrap()).unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key.try_into().unwrap()).unwrap();
+    for s in v["signatures"].as_array().unwrap() {
+        let sig: [u8; 64] = hex::decode(s["signature"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        vk.verify_strict(
+            s["message"].as_str().unwrap().as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&sig),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn help_teaches_every_command() {
+    let out = conclave(&["--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    for cmd in [
+        "node",
+        "keygen",
+        "participant",
+        "coordinator",
+        "sign",
+        "verify",
+        "demo",
+        "bench",
+    ] {
+        assert!(help.contains(cmd), "{cmd} missing from --help");
+    }
+}

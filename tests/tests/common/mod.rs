@@ -1,0 +1,390 @@
+#![allow(dead_code)] // each test file uses a different part
+//! Shared by the integration tests: a t-of-n cluster of real `conclave` processes on
+//! 127.0.0.1, made with the CLI exactly as an operator would (node init, keygen dealer, config
+//! files), and torn down (processes killed, files removed) when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_conclave-testbin"))
+}
+
+/// Runs the binary to completion.
+pub fn conclave(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run conclave")
+}
+
+/// Runs the binary with `input` on stdin.
+pub fn conclave_with_input(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn conclave");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait conclave")
+}
+
+/// A free UDP port on 127.0.0.1, chosen by the OS.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn stdout_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// How one participant process should (mis)behave.
+#[derive(Clone, Debug, Default)]
+pub struct ParticipantSetup {
+    /// Start it with another identity than the one in the manifest.
+    pub impostor: bool,
+    /// List a coordinator key other than the real one in its config.
+    pub wrong_coordinator: bool,
+    /// Environment for the fault-injection hook (e.g. "corrupt-shares").
+    pub fault: Option<&'static str>,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub group: String,
+    pub manifest: PathBuf,
+    pub coordinator_addr: String,
+    pub coordinator_key: String,
+    pub client_dir: PathBuf,
+    pub participants: Vec<Option<Child>>,
+    coordinator: Option<Child>,
+    pub n: usize,
+}
+
+impl Cluster {
+    /// Makes keys with the CLI, starts `n` participants and a coordinator.
+    pub fn start(t: usize, n: usize, setups: Vec<ParticipantSetup>) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("conclave-it-")
+            .tempdir()
+            .expect("tempdir");
+        let d_owned = dir.path().to_path_buf();
+        let d = d_owned.as_path();
+        let init = |name: &str| -> String {
+            let out = conclave(&[
+                "node",
+                "init",
+                "--out",
+                d.join(name).to_str().expect("utf8"),
+            ]);
+            assert!(
+                out.status.success(),
+                "node init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout_line(&out)
+        };
+        let coordinator_key = init("coordinator");
+        let _client_key = init("client");
+        let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut args: Vec<String> = vec![
+            "keygen".into(),
+            "dealer".into(),
+            "--group".into(),
+            "it".into(),
+        ];
+        args.extend([
+            "--threshold".into(),
+            t.to_string(),
+            "--mode".into(),
+            "dev".into(),
+            "--kdf".into(),
+            "light".into(),
+        ]);
+        std::fs::write(d.join("pass"), "integration-test-passphrase\n").expect("pass");
+        args.extend([
+            "--passphrase-file".into(),
+            d.join("pass").display().to_string(),
+            "--out".into(),
+            d.display().to_string(),
+        ]);
+        for (name, port) in names.iter().zip(&ports) {
+            let key = init(name);
+            args.push("--participant".into());
+            args.push(format!("{name}={key}@127.0.0.1:{port}"));
+        }
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = conclave(&arg_refs);
+        assert!(
+            out.status.success(),
+            "keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let mut cluster = Cluster {
+            group: "it".into(),
+            manifest: d.join("it.manifest.toml"),
+            coordinator_addr: String::new(),
+            coordinator_key: coordinator_key.clone(),
+            client_dir: d.join("client"),
+            participants: Vec::new(),
+            coordinator: None,
+            n,
+            dir,
+        };
+        let d = cluster.dir.path().to_path_buf();
+        for (i, (name, port)) in names.iter().zip(&ports).enumerate() {
+            let setup = setups.get(i).cloned().unwrap_or_default();
+            // An impostor listens at the participant's address with an identity the manifest
+            // does not list, serving a share it legitimately owns (of another group).
+            let (identity, share) = if setup.impostor {
+                let imp = format!("{name}-impostor");
+                let imp_key = init(&imp);
+                let other_key = init(&format!("{name}-impostor-peer"));
+                let out = conclave(&[
+                    "keygen",
+                    "dealer",
+                    "--group",
+                    "other",
+                    "--threshold",
+                    "2",
+                    "--mode",
+                    "dev",
+                    "--kdf",
+                    "light",
+                    "--passphrase-file",
+                    d.join("pass").to_str().expect("utf8"),
+                    "--out",
+                    d.to_str().expect("utf8"),
+                    "--participant",
+                    &format!("{imp}={imp_key}@127.0.0.1:{port}"),
+                    "--participant",
+                    &format!("peer={other_key}@127.0.0.1:1"),
+                ]);
+                assert!(
+                    out.status.success(),
+                    "impostor keygen: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (imp.clone(), format!("other.{imp}.share"))
+            } else {
+                (name.clone(), format!("it.{name}.share"))
+            };
+            let coord = if setup.wrong_coordinator {
+                init(&format!("{name}-other-coordinator"))
+            } else {
+                coordinator_key.clone()
+            };
+            let config = format!(
+                "mode = \"dev\"\nidentity = \"{identity}\"\nlisten = \"127.0.0.1:{port}\"\ncoordinators = [\"{coord}\"]\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n"
+            );
+            let path = d.join(format!("{name}.toml"));
+            std::fs::write(&path, config).expect("config");
+            let child = cluster.spawn(
+                "participant",
+                &path,
+                &d.join(format!("{name}.log")),
+                setup.fault,
+            );
+            cluster.participants.push(Some(child));
+        }
+        let client_key = stdout_line(&conclave(&[
+            "node",
+            "show",
+            d.join("client").to_str().expect("utf8"),
+        ]));
+        let config = format!(
+            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\"]\nmanifests = [\"it.manifest.toml\"]\nparticipant_timeout_ms = 1500\n"
+        );
+        let path = d.join("coordinator.toml");
+        std::fs::write(&path, config).expect("config");
+        let mut child = cluster.spawn_raw("coordinator", &path, &d.join("coordinator.log"), None);
+        let line = first_line(&mut child);
+        cluster.coordinator_addr = line.rsplit(' ').next().expect("address").to_owned();
+        cluster.coordinator = Some(child);
+        cluster
+    }
+
+    fn spawn_raw(&self, role: &str, config: &Path, log: &Path, fault: Option<&str>) -> Child {
+        let mut cmd = Command::new(bin());
+        cmd.args([role, "--config", config.to_str().expect("utf8")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .env("RUST_LOG", "info");
+        if let Some(f) = fault {
+            cmd.env("CONCLAVE_TEST_FAULT", f);
+        }
+        cmd.spawn().expect("spawn daemon")
+    }
+
+    fn spawn(&self, role: &str, config: &Path, log: &Path, fault: Option<&str>) -> Child {
+        let mut child = self.spawn_raw(role, config, log, fault);
+        let line = first_line(&mut child);
+        assert!(
+            line.contains("listening on"),
+            "{role} did not start: {line:?}; log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        child
+    }
+
+    fn client_args<'a>(&'a self, cmd: &'a str) -> Vec<&'a str> {
+        vec![
+            cmd,
+            "--coordinator",
+            &self.coordinator_addr,
+            "--coordinator-key",
+            &self.coordinator_key,
+            "--identity",
+            self.client_dir.to_str().expect("utf8"),
+            "--group",
+            &self.group,
+        ]
+    }
+
+    /// `conclave status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let mut args = self.client_args("status");
+        args.push("--json");
+        let out = conclave(&args);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    /// Waits until the coordinator reaches exactly `want` participants.
+    pub fn wait_reachable(&self, want: u64) {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.status()["reachable"].as_u64().expect("reachable");
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "coordinator reaches {got} participants, expected {want}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `conclave sign --json` of `message`; the parsed output and the exit code.
+    pub fn sign(&self, message: &[u8], timeout_s: u32) -> (Option<i32>, serde_json::Value, String) {
+        let mut args = self.client_args("sign");
+        let timeout = timeout_s.to_string();
+        args.extend(["--json", "--timeout", &timeout]);
+        let out = conclave_with_input(&args, message);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (
+            out.status.code(),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Kills participant `i` (0-based) with SIGKILL: no goodbye on the wire.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.participants.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A log file's text.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The group public key (32 bytes) from the manifest, via the CLI.
+    pub fn public_key(&self) -> [u8; 32] {
+        let out = conclave(&[
+            "pubkey",
+            "--manifest",
+            self.manifest.to_str().expect("utf8"),
+        ]);
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(stdout_line(&out), &mut key).expect("hex key");
+        key
+    }
+}
+
+fn first_line(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    // Keep draining so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    line.trim().to_owned()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self
+            .participants
+            .iter_mut()
+            .filter_map(Option::as_mut)
+            .chain(self.coordinator.as_mut())
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Checks `signature` over `message` with OpenSSL's own Ed25519 code. Panics (loudly) when
+/// openssl is not installed: CI installs it, and a skipped interop test would prove nothing.
+pub fn openssl_verifies(
+    dir: &Path,
+    public_key_pem: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    let pem = dir.join("openssl.pub.pem");
+    let msg = dir.join("openssl.msg");
+    let sig = dir.join("openssl.sig");
+    std::fs::write(&pem, public_key_pem).expect("pem");
+    std::fs::write(&msg, message).expect("msg");
+    std::fs::write(&sig, signature).expect("sig");
+    let out = Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+        .arg(&pem)
+        .arg("-rawin")
+        .arg("-in")
+        .arg(&msg)
+        .arg("-sigfile")
+        .arg(&sig)
+        .output()
+        .expect(
+            "openssl is required for the interop test (CI installs it: apt-get install -y openssl)",
+        );
+    out.status.success()
+}
