@@ -808,18 +808,22 @@ impl Coordinator {
         pool.fetching = None;
         pool.entries.extend(parsed);
         // Sessions waiting in the collect phase for this participant can move on.
-        let waiting: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                s.group == asked
-                    && matches!(&s.phase, Phase::Collect { signers, have } if signers.contains(&to) && !have.contains_key(&to))
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let waiting = self.waiting_for_commitment(to, &asked);
         for id in waiting {
             self.collect(now, id);
         }
+    }
+
+    /// Sessions of `group` in the collect phase still waiting for a commitment from `node`.
+    fn waiting_for_commitment(&self, node: NodeId, group: &GroupName) -> Vec<SessionId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.group == *group
+                    && matches!(&s.phase, Phase::Collect { signers, have } if signers.contains(&node) && !have.contains_key(&node))
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn on_share(&mut self, now: Instant, req: u64, commitment_id: u64, share: &[u8]) {
@@ -1063,15 +1067,7 @@ impl Coordinator {
                 if let Some(pool) = self.pools.get_mut(&(node, group.clone())) {
                     pool.fetching = None;
                 }
-                let affected: Vec<SessionId> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| {
-                        s.group == group
-                            && matches!(&s.phase, Phase::Collect { signers, have } if signers.contains(&node) && !have.contains_key(&node))
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
+                let affected = self.waiting_for_commitment(node, &group);
                 for sid in affected {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.excluded.insert(node);
