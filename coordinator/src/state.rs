@@ -6,7 +6,8 @@
 //! and [`Coordinator::handle_timeout`]. Outputs: [`Coordinator::poll_transmit`] (requests to
 //! send), [`Coordinator::poll_event`] (finished sessions, culprits, stale nodes) and
 //! [`Coordinator::poll_timeout`]. Time comes in as arguments; nothing here reads a clock or
-//! touches a socket, so the QUIC driver and the simulator run exactly this code.
+//! touches a socket, so the QUIC driver and the simulator run exactly this code. Every map is
+//! ordered (BTreeMap), so the same inputs give the same outputs in the same order.
 //!
 //! A signing session picks `threshold` reachable participants, takes one pooled round-1
 //! commitment from each (fetching a batch when a pool is empty), sends them the signing package,
@@ -16,7 +17,7 @@
 //! its deadline. Participants are known by the identity their connection authenticated, never
 //! by anything written in a message.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use conclave_keygen::GroupManifest;
@@ -146,7 +147,7 @@ struct GroupState {
     info: GroupInfo,
     members: Vec<MemberInfo>,
     by_identifier: BTreeMap<frost::Identifier, usize>,
-    by_node: HashMap<NodeId, usize>,
+    by_node: BTreeMap<NodeId, usize>,
     public_key_package: frost::keys::PublicKeyPackage,
     verifying_key: ed25519_dalek::VerifyingKey,
 }
@@ -156,7 +157,7 @@ struct PeerState {
     connected: bool,
     penalty_until: Option<Instant>,
     /// Groups for which this node answered with another epoch: group → its epoch.
-    stale: HashMap<GroupName, u64>,
+    stale: BTreeMap<GroupName, u64>,
 }
 
 #[derive(Default)]
@@ -225,9 +226,9 @@ enum Failure {
 pub struct Coordinator {
     config: CoordinatorConfig,
     groups: BTreeMap<GroupName, GroupState>,
-    peers: HashMap<NodeId, PeerState>,
-    pools: HashMap<(NodeId, GroupName), Pool>,
-    inflight: HashMap<u64, InFlight>,
+    peers: BTreeMap<NodeId, PeerState>,
+    pools: BTreeMap<(NodeId, GroupName), Pool>,
+    inflight: BTreeMap<u64, InFlight>,
     sessions: BTreeMap<SessionId, Session>,
     timers: BTreeSet<(Instant, Timer)>,
     outbox: VecDeque<Transmit>,
@@ -242,7 +243,7 @@ impl Coordinator {
     /// connections with [`peer_up`](Self::peer_up).
     pub fn new(groups: Vec<GroupManifest>, config: CoordinatorConfig) -> Result<Self, SetupError> {
         let mut states = BTreeMap::new();
-        let mut peers = HashMap::new();
+        let mut peers = BTreeMap::new();
         for manifest in groups {
             let group = manifest.group.clone();
             let err = |source| SetupError::Manifest {
@@ -296,8 +297,8 @@ impl Coordinator {
             config,
             groups: states,
             peers,
-            pools: HashMap::new(),
-            inflight: HashMap::new(),
+            pools: BTreeMap::new(),
+            inflight: BTreeMap::new(),
             sessions: BTreeMap::new(),
             timers: BTreeSet::new(),
             outbox: VecDeque::new(),
@@ -1084,6 +1085,28 @@ impl Coordinator {
                 }
                 if !(stale_pool && s.forgiven.insert(node)) {
                     s.excluded.insert(node);
+                }
+                // Co-signers of this attempt that are overdue too are as silent as this one:
+                // exclude them now rather than discover it one timeout per attempt.
+                let overdue: Vec<(NodeId, u64)> = match &s.phase {
+                    Phase::Sign { waiting, .. } => waiting
+                        .iter()
+                        .filter(|(_, req)| {
+                            self.inflight.get(req).is_some_and(|r| r.deadline <= now)
+                        })
+                        .map(|(n, req)| (*n, *req))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for (other, req) in overdue {
+                    if let Some(r) = self.inflight.remove(&req) {
+                        self.timers.remove(&(r.deadline, Timer::Request(req)));
+                    }
+                    self.stats.timeouts += 1;
+                    self.penalize(now, other, failure_penalty);
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.excluded.insert(other);
+                    }
                 }
                 self.restart(now, session);
             }

@@ -1,0 +1,24 @@
+//! conclave's simulator: deterministic discrete-event runs of the real coordinator and
+//! participant state machines (virtual clock, one seeded RNG, a network model, crashes,
+//! partitions, byzantine participants, invariants checked at every step), and a chaos UDP
+//! proxy that injects the same kinds of faults between real processes.
+//!
+//! ```no_run
+//! use conclave_sim::{run, Behaviour, Scenario};
+//! let report = run(Scenario::new(3, 5).requests(200).byzantine(2, Behaviour::InvalidShares)).unwrap();
+//! assert!(report.violations.is_empty());
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod plot;
+pub mod proxy;
+pub mod report;
+pub mod scenario;
+pub mod world;
+
+pub use report::{Report, Violation, ViolationKind};
+pub use scenario::{
+    Behaviour, Byzantine, Crash, Jitter, Link, Partition, Scenario, ScenarioError, Slow, Transport,
+};
+pub use world::{run, Simulation};

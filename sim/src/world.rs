@@ -1,0 +1,795 @@
+//! The discrete-event simulator. One virtual clock, one seeded RNG (every node's RNG is derived
+//! from it), one event queue ordered by (time, sequence number): the same scenario gives the
+//! same event trace, byte for byte. It drives the real `Coordinator` and `Participant` state
+//! machines; the only behaviour written here is the network's and the adversaries'.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use conclave_coordinator::{Coordinator, CoordinatorConfig, Event, SessionId};
+use conclave_keygen::{deal, NewMember};
+use conclave_participant::{Participant, ParticipantConfig};
+use conclave_protocol::{Envelope, GroupName, IdentityKey, Message, NodeId, Refusal};
+use frost_ed25519 as frost;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+
+use crate::report::{Report, Violation, ViolationKind};
+use crate::scenario::{Behaviour, Jitter, Scenario, ScenarioError, Transport};
+
+/// Virtual time in nanoseconds since the start.
+type Nanos = u64;
+
+const MS: Nanos = 1_000_000;
+
+fn ms(x: f64) -> Nanos {
+    (x.max(0.0) * MS as f64) as Nanos
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// A message arrives at a participant (index) from the coordinator.
+    ToParticipant {
+        p: usize,
+        envelope: Envelope,
+    },
+    /// A message arrives at the coordinator from participant `p`.
+    ToCoordinator {
+        p: usize,
+        envelope: Envelope,
+    },
+    CoordinatorWake,
+    Crash {
+        p: usize,
+    },
+    Restart {
+        p: usize,
+    },
+    PeerDown {
+        p: usize,
+        incarnation: u32,
+    },
+    PeerUp {
+        p: usize,
+        incarnation: u32,
+    },
+}
+
+struct Scheduled {
+    at: Nanos,
+    seq: u64,
+    kind: Kind,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Node {
+    name: String,
+    id: NodeId,
+    identifier: frost::Identifier,
+    key_package: frost::keys::KeyPackage,
+    state: Option<Participant>,
+    rng: ChaCha20Rng,
+    incarnation: u32,
+    /// The coordinator believes the connection is up.
+    connected: bool,
+    behaviour: Option<(Behaviour, f64)>,
+    slow: Nanos,
+    /// For replay: the last share this node produced, and the last reply it sent.
+    last_share: Option<Vec<u8>>,
+    last_reply: Option<Envelope>,
+}
+
+struct Pending {
+    submitted: Nanos,
+    deadline: Nanos,
+    /// Nodes that sent an invalid (corrupted or replayed) share in this session.
+    invalid_senders: BTreeSet<usize>,
+}
+
+/// A simulation in progress. Build with [`Simulation::new`], run with [`Simulation::run`].
+pub struct Simulation<'t> {
+    scenario: Scenario,
+    rng: ChaCha20Rng,
+    base: Instant,
+    now: Nanos,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    coordinator: Coordinator,
+    coordinator_id: NodeId,
+    nodes: Vec<Node>,
+    by_id: BTreeMap<NodeId, usize>,
+    group: GroupName,
+    verifying_key: ed25519_dalek::VerifyingKey,
+    pending: BTreeMap<SessionId, Pending>,
+    submitted: usize,
+    /// Session of each message being signed (messages are derived from session ids).
+    by_message: std::collections::HashMap<Vec<u8>, SessionId>,
+    /// Commitments used to sign, per node: (node, serialized commitments). A second use is a
+    /// nonce reuse.
+    used_nonces: HashSet<(usize, Vec<u8>)>,
+    wake_at: Option<Nanos>,
+    report: Report,
+    trace: Option<&'t mut dyn Write>,
+    hasher: Sha256,
+    events: u64,
+}
+
+impl<'t> Simulation<'t> {
+    /// Sets up the group (dealer keygen from the seeded RNG) and the nodes.
+    pub fn new(scenario: Scenario) -> Result<Self, ScenarioError> {
+        scenario.validate()?;
+        let mut rng = ChaCha20Rng::seed_from_u64(scenario.seed);
+        let group = GroupName::new("sim").map_err(|e| ScenarioError(e.to_string()))?;
+        let n = scenario.participants;
+        let identities: Vec<IdentityKey> =
+            (0..n).map(|_| IdentityKey::generate(&mut rng)).collect();
+        let members: Vec<NewMember> = identities
+            .iter()
+            .enumerate()
+            .map(|(i, id)| NewMember {
+                name: format!("p{}", i + 1),
+                node_id: id.node_id(),
+                address: format!("sim:{}", i + 1),
+            })
+            .collect();
+        let (manifest, shares) = deal(group.clone(), scenario.threshold, &members, &mut rng)
+            .map_err(|e| ScenarioError(e.to_string()))?;
+        let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(
+            &manifest
+                .public_key_bytes()
+                .map_err(|e| ScenarioError(e.to_string()))?,
+        )
+        .map_err(|e| ScenarioError(e.to_string()))?;
+        let config = CoordinatorConfig {
+            participant_timeout: Duration::from_millis(scenario.participant_timeout_ms),
+            default_timeout: Duration::from_millis(scenario.request_timeout_ms),
+            max_timeout: Duration::from_millis(scenario.request_timeout_ms.max(1)),
+            pool_target: scenario.pool_target,
+            ..CoordinatorConfig::default()
+        };
+        let coordinator =
+            Coordinator::new(vec![manifest], config).map_err(|e| ScenarioError(e.to_string()))?;
+        let coordinator_id = IdentityKey::generate(&mut rng).node_id();
+        let mut nodes = Vec::with_capacity(n);
+        for (i, share) in shares.into_iter().enumerate() {
+            let number = i + 1;
+            let mut node_rng = ChaCha20Rng::seed_from_u64(rng.next_u64());
+            let state = Participant::new(
+                vec![(group.clone(), 1, share.key_package.clone())],
+                ParticipantConfig::default(),
+                &mut node_rng,
+            );
+            nodes.push(Node {
+                name: share.name.clone(),
+                id: share.node_id,
+                identifier: *share.key_package.identifier(),
+                key_package: share.key_package,
+                state: Some(state),
+                rng: node_rng,
+                incarnation: 0,
+                connected: false,
+                behaviour: scenario
+                    .byzantine
+                    .iter()
+                    .rev()
+                    .find(|b| b.participant == number)
+                    .map(|b| (b.behaviour, b.rate)),
+                slow: scenario
+                    .slow
+                    .iter()
+                    .filter(|s| s.participant == number)
+                    .map(|s| s.delay_ms * MS)
+                    .sum(),
+                last_share: None,
+                last_reply: None,
+            });
+        }
+        let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
+        let mut sim = Simulation {
+            report: Report::new(&scenario),
+            scenario,
+            rng,
+            base: Instant::now(),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            coordinator,
+            coordinator_id,
+            nodes,
+            by_id,
+            group,
+            verifying_key,
+            pending: BTreeMap::new(),
+            submitted: 0,
+            by_message: std::collections::HashMap::new(),
+            used_nonces: HashSet::new(),
+            wake_at: None,
+            trace: None,
+            hasher: Sha256::new(),
+            events: 0,
+        };
+        for c in sim.scenario.crashes.clone() {
+            sim.schedule(
+                c.at_ms * MS,
+                Kind::Crash {
+                    p: c.participant - 1,
+                },
+            );
+            if let Some(r) = c.restart_at_ms {
+                sim.schedule(
+                    r * MS,
+                    Kind::Restart {
+                        p: c.participant - 1,
+                    },
+                );
+            }
+        }
+        for part in sim.scenario.partitions.clone() {
+            for &i in &part.participants {
+                let p = i - 1;
+                // A partition longer than the connection timeout brings the connection down;
+                // it comes back after the partition heals.
+                let down_at = part.from_ms + sim.scenario.connection_timeout_ms;
+                if down_at < part.until_ms {
+                    sim.schedule(
+                        down_at * MS,
+                        Kind::PeerDown {
+                            p,
+                            incarnation: u32::MAX,
+                        },
+                    );
+                    sim.schedule(
+                        (part.until_ms + sim.scenario.reconnect_ms) * MS,
+                        Kind::PeerUp {
+                            p,
+                            incarnation: u32::MAX,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(sim)
+    }
+
+    /// Writes every event as a line of text to `out` as the simulation runs.
+    pub fn with_trace(mut self, out: &'t mut dyn Write) -> Self {
+        self.trace = Some(out);
+        self
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    fn schedule(&mut self, at: Nanos, kind: Kind) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    fn log(&mut self, line: String) {
+        let text = format!("{:>12} {line}\n", self.now / 1000);
+        self.hasher.update(text.as_bytes());
+        if let Some(t) = self.trace.as_mut() {
+            if t.write_all(text.as_bytes()).is_err() {
+                self.trace = None;
+            }
+        }
+    }
+
+    fn partitioned(&self, p: usize) -> bool {
+        let t = self.now / MS;
+        let number = p + 1;
+        self.scenario
+            .partitions
+            .iter()
+            .any(|x| x.participants.contains(&number) && (x.from_ms..x.until_ms).contains(&t))
+    }
+
+    fn violation(&mut self, kind: ViolationKind, detail: String) {
+        self.log(format!("VIOLATION {kind:?} {detail}"));
+        self.report.violations.push(Violation {
+            kind,
+            at_ms: self.now as f64 / MS as f64,
+            detail,
+        });
+    }
+
+    /// Schedules the delivery of a message over participant `p`'s link, with loss, duplication,
+    /// reordering, partitions.
+    fn transmit(&mut self, p: usize, to_coordinator: bool, envelope: Envelope, extra: Nanos) {
+        let link = self.scenario.link_of(p + 1);
+        let copies = if self.rng.gen_bool(link.duplicate) {
+            2
+        } else {
+            1
+        };
+        for copy in 0..copies {
+            if self.partitioned(p) {
+                self.report.dropped += 1;
+                self.log(format!(
+                    "drop partition {} {}",
+                    self.nodes[p].name,
+                    kind_of(&envelope.msg)
+                ));
+                continue;
+            }
+            let base = ms(link.latency_ms);
+            let jitter = match link.jitter {
+                Jitter::Uniform if link.jitter_ms > 0.0 => {
+                    self.rng.gen_range(-link.jitter_ms..=link.jitter_ms)
+                }
+                Jitter::Exponential if link.jitter_ms > 0.0 => {
+                    -link.jitter_ms * (1.0 - self.rng.gen::<f64>()).ln()
+                }
+                _ => 0.0,
+            };
+            let mut delay = (base as f64 + jitter * MS as f64).max(0.0) as Nanos + extra;
+            if self.rng.gen_bool(link.reorder) {
+                delay += self.rng.gen_range(0..=2 * base.max(MS));
+            }
+            let mut lost = false;
+            while self.rng.gen_bool(link.loss) {
+                self.report.lost_transmissions += 1;
+                match self.scenario.transport {
+                    Transport::Quic => delay += (6 * base).max(10 * MS),
+                    Transport::Datagram => {
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+            if lost {
+                self.log(format!(
+                    "lost {} {}",
+                    self.nodes[p].name,
+                    kind_of(&envelope.msg)
+                ));
+                continue;
+            }
+            if copy == 1 {
+                self.report.duplicated += 1;
+            }
+            let kind = if to_coordinator {
+                Kind::ToCoordinator {
+                    p,
+                    envelope: envelope.clone(),
+                }
+            } else {
+                Kind::ToParticipant {
+                    p,
+                    envelope: envelope.clone(),
+                }
+            };
+            self.schedule(self.now + delay, kind);
+        }
+    }
+
+    /// Sends what the coordinator queued, handles its events, re-arms its timer.
+    fn drain_coordinator(&mut self) {
+        // Handling an event can submit a new request, which queues new transmits: loop until
+        // the coordinator has nothing more to say at this instant.
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.coordinator.poll_transmit() {
+                progressed = true;
+                let Some(&p) = self.by_id.get(&t.to) else {
+                    continue;
+                };
+                self.log(format!(
+                    "send c->{} #{} {}",
+                    self.nodes[p].name,
+                    t.envelope.id,
+                    kind_of(&t.envelope.msg)
+                ));
+                self.transmit(p, false, t.envelope, 0);
+            }
+            while let Some(e) = self.coordinator.poll_event() {
+                progressed = true;
+                self.on_event(e);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if let Some(at) = self.coordinator.poll_timeout() {
+            let at = at.saturating_duration_since(self.base).as_nanos() as Nanos;
+            if self.wake_at.is_none_or(|w| at < w || w <= self.now) {
+                self.wake_at = Some(at);
+                self.schedule(at.max(self.now), Kind::CoordinatorWake);
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::SignDone { session, result } => {
+                let Some(p) = self.pending.remove(&session) else {
+                    return;
+                };
+                self.by_message
+                    .remove(&message_for(session.0, self.scenario.message_bytes));
+                let latency = self.now - p.submitted;
+                if self.now > p.deadline {
+                    self.violation(
+                        ViolationKind::MissedDeadline,
+                        format!(
+                            "session {} ended {} µs after its deadline",
+                            session.0,
+                            (self.now - p.deadline) / 1000
+                        ),
+                    );
+                }
+                match result {
+                    Ok(o) => {
+                        let message = message_for(session.0, self.scenario.message_bytes);
+                        let sig = ed25519_dalek::Signature::from_bytes(&o.signature);
+                        if o.public_key != self.verifying_key.to_bytes()
+                            || self.verifying_key.verify_strict(&message, &sig).is_err()
+                        {
+                            self.violation(
+                                ViolationKind::UnverifiedSignature,
+                                format!("session {}", session.0),
+                            );
+                        }
+                        for name in &o.signers {
+                            if let Some(i) = self.nodes.iter().position(|n| &n.name == name) {
+                                if p.invalid_senders.contains(&i) {
+                                    self.violation(ViolationKind::CulpritMissed, format!("session {}: {name} sent an invalid share yet is a signer", session.0));
+                                }
+                            }
+                        }
+                        self.log(format!(
+                            "done s{} ok attempts={} signers={}",
+                            session.0,
+                            o.attempts,
+                            o.signers.join(",")
+                        ));
+                        self.report.record_ok(latency, o.attempts);
+                    }
+                    Err(err) => {
+                        self.log(format!("done s{} err {}", session.0, err.code()));
+                        self.report.record_err(latency, &err);
+                    }
+                }
+                self.submit_next();
+            }
+            Event::CulpritDetected {
+                session,
+                node,
+                name,
+                ..
+            } => {
+                self.log(format!("culprit s{} {name}", session.0));
+                *self.report.culprits.entry(name.clone()).or_default() += 1;
+                let idx = self.by_id.get(&node).copied();
+                let guilty = idx.is_some_and(|i| {
+                    self.pending
+                        .get(&session)
+                        .is_some_and(|p| p.invalid_senders.contains(&i))
+                });
+                if !guilty {
+                    self.violation(
+                        ViolationKind::HonestAccused,
+                        format!(
+                            "session {}: {name} named culprit without sending an invalid share",
+                            session.0
+                        ),
+                    );
+                }
+            }
+            Event::StaleEpoch { name, .. } => {
+                self.log(format!("stale-epoch {name}"));
+            }
+        }
+    }
+
+    fn submit_next(&mut self) {
+        if self.submitted >= self.scenario.requests {
+            return;
+        }
+        self.submitted += 1;
+        let timeout = Duration::from_millis(self.scenario.request_timeout_ms);
+        let now = self.instant();
+        // Session ids are sequential from 1, so the message can be derived from the id.
+        let next_id = self.report.requests_submitted + 1;
+        let message = message_for(next_id, self.scenario.message_bytes);
+        let sid = self
+            .coordinator
+            .submit(now, self.group.clone(), message.clone(), Some(timeout));
+        self.by_message.insert(message, sid);
+        self.report.requests_submitted += 1;
+        self.pending.insert(
+            sid,
+            Pending {
+                submitted: self.now,
+                deadline: self.now + timeout.as_nanos() as Nanos,
+                invalid_senders: BTreeSet::new(),
+            },
+        );
+        self.log(format!("submit s{}", sid.0));
+    }
+
+    fn deliver_to_participant(&mut self, p: usize, envelope: Envelope) {
+        let coordinator_id = self.coordinator_id;
+        let now = self.instant();
+        let node = &mut self.nodes[p];
+        let Some(state) = node.state.as_mut() else {
+            self.log(format!(
+                "drop crashed {} #{}",
+                self.nodes[p].name, envelope.id
+            ));
+            return;
+        };
+        if let Some((Behaviour::Selective, rate)) = node.behaviour {
+            if !self.rng.gen_bool(rate) {
+                self.log(format!("ignore {} #{}", self.nodes[p].name, envelope.id));
+                return;
+            }
+        }
+        // Parsed here only to check invariants; the participant parses its own copy.
+        let request_package = match &envelope.msg {
+            Message::Sign {
+                signing_package, ..
+            } => frost::SigningPackage::deserialize(signing_package).ok(),
+            _ => None,
+        };
+        let id = envelope.id;
+        let refuse = matches!(node.behaviour, Some((Behaviour::RefuseCommitments, _)))
+            && request_package.is_some();
+        let mut reply = if refuse {
+            // Keeps its nonce (it never signs) and refuses, as if it did not know the commitment.
+            Envelope {
+                id,
+                msg: Message::Refused(Refusal::UnknownCommitment),
+            }
+        } else {
+            state.handle(now, coordinator_id, envelope, &mut node.rng);
+            match state.poll_transmit() {
+                Some(t) => t.envelope,
+                None => return,
+            }
+        };
+        let mut invalid = false;
+        if let Message::SignatureShare { share, .. } = &mut reply.msg {
+            // Invariant: a nonce signs at most once. The package names the commitment used.
+            if let Some(c) = request_package
+                .as_ref()
+                .and_then(|pkg| pkg.signing_commitment(&node.identifier))
+                .and_then(|c| c.serialize().ok())
+            {
+                if !self.used_nonces.insert((p, c)) {
+                    let name = node.name.clone();
+                    self.violation(
+                        ViolationKind::NonceReuse,
+                        format!("{name} signed twice with one commitment"),
+                    );
+                }
+            }
+            let node = &mut self.nodes[p];
+            match node.behaviour {
+                Some((Behaviour::InvalidShares, _)) => {
+                    if let Some(b) = share.first_mut() {
+                        *b ^= 1;
+                    }
+                    invalid = true;
+                }
+                Some((Behaviour::Replay, _)) => {
+                    if let Some(old) = node.last_share.replace(share.clone()) {
+                        *share = old;
+                        invalid = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if invalid {
+            // Remember which session this invalid share belongs to (for the culprit invariants).
+            let sid = request_package
+                .as_ref()
+                .and_then(|pkg| self.by_message.get(pkg.message()).copied());
+            if let Some(pend) = sid.and_then(|sid| self.pending.get_mut(&sid)) {
+                pend.invalid_senders.insert(p);
+            }
+        }
+        let node = &mut self.nodes[p];
+        let replay_old = matches!(node.behaviour, Some((Behaviour::Replay, _)))
+            .then(|| node.last_reply.replace(reply.clone()))
+            .flatten();
+        let slow = node.slow;
+        self.log(format!(
+            "reply {}->c #{} {}",
+            self.nodes[p].name,
+            reply.id,
+            kind_of(&reply.msg)
+        ));
+        self.transmit(p, true, reply, slow);
+        if let Some(old) = replay_old {
+            self.log(format!(
+                "replay {}->c #{} {}",
+                self.nodes[p].name,
+                old.id,
+                kind_of(&old.msg)
+            ));
+            self.transmit(p, true, old, slow);
+        }
+    }
+
+    /// Runs to the end and returns the report.
+    pub fn run(mut self) -> Report {
+        let wall = std::time::Instant::now();
+        for p in 0..self.nodes.len() {
+            self.nodes[p].connected = true;
+            let now = self.instant();
+            self.coordinator.peer_up(now, self.nodes[p].id);
+        }
+        for _ in 0..self.scenario.concurrency {
+            self.submit_next();
+        }
+        self.drain_coordinator();
+        let max_events =
+            200 * self.scenario.requests as u64 * self.scenario.participants as u64 + 100_000;
+        while let Some(Reverse(ev)) = self.queue.pop() {
+            self.events += 1;
+            if self.events > max_events {
+                self.violation(
+                    ViolationKind::Livelock,
+                    format!("more than {max_events} events"),
+                );
+                break;
+            }
+            self.now = ev.at;
+            let now = self.instant();
+            match ev.kind {
+                Kind::ToParticipant { p, envelope } => self.deliver_to_participant(p, envelope),
+                Kind::ToCoordinator { p, envelope } => {
+                    let from = self.nodes[p].id;
+                    self.coordinator.handle(now, from, envelope);
+                }
+                Kind::CoordinatorWake => {
+                    if self.wake_at == Some(self.now) {
+                        self.wake_at = None;
+                    }
+                    self.coordinator.handle_timeout(now);
+                }
+                Kind::Crash { p } => {
+                    self.log(format!("crash {}", self.nodes[p].name));
+                    self.nodes[p].state = None;
+                    self.nodes[p].incarnation += 1;
+                    let inc = self.nodes[p].incarnation;
+                    // No goodbye: the coordinator notices when the connection times out.
+                    self.schedule(
+                        self.now + self.scenario.connection_timeout_ms * MS,
+                        Kind::PeerDown {
+                            p,
+                            incarnation: inc,
+                        },
+                    );
+                }
+                Kind::Restart { p } => {
+                    self.log(format!("restart {}", self.nodes[p].name));
+                    let node = &mut self.nodes[p];
+                    let state = Participant::new(
+                        vec![(self.group.clone(), 1, node.key_package.clone())],
+                        ParticipantConfig::default(),
+                        &mut node.rng,
+                    );
+                    node.state = Some(state);
+                    node.incarnation += 1;
+                    let inc = node.incarnation;
+                    if node.connected {
+                        // The old connection gets a stateless reset from the new process.
+                        node.connected = false;
+                        let id = node.id;
+                        self.coordinator.peer_down(now, id);
+                        self.log(format!("peer-down {}", self.nodes[p].name));
+                    }
+                    self.schedule(
+                        self.now + self.scenario.reconnect_ms * MS,
+                        Kind::PeerUp {
+                            p,
+                            incarnation: inc,
+                        },
+                    );
+                }
+                Kind::PeerDown { p, incarnation } => {
+                    let node = &mut self.nodes[p];
+                    if node.connected
+                        && (incarnation == u32::MAX || incarnation == node.incarnation)
+                    {
+                        node.connected = false;
+                        let id = node.id;
+                        self.coordinator.peer_down(now, id);
+                        self.log(format!("peer-down {}", self.nodes[p].name));
+                    }
+                }
+                Kind::PeerUp { p, incarnation } => {
+                    let node = &mut self.nodes[p];
+                    let alive = node.state.is_some()
+                        && (incarnation == u32::MAX || incarnation == node.incarnation);
+                    if !node.connected && alive && !self.partitioned(p) {
+                        self.nodes[p].connected = true;
+                        let id = self.nodes[p].id;
+                        self.coordinator.peer_up(now, id);
+                        self.log(format!("peer-up {}", self.nodes[p].name));
+                    }
+                }
+            }
+            self.drain_coordinator();
+            if self.pending.is_empty() && self.submitted >= self.scenario.requests {
+                break;
+            }
+        }
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            self.violation(
+                ViolationKind::MissedDeadline,
+                format!("{n} requests never ended"),
+            );
+        }
+        self.report.virtual_ms = self.now as f64 / MS as f64;
+        self.report.wall_ms = wall.elapsed().as_secs_f64() * 1e3;
+        self.report.events = self.events;
+        let stats = self.coordinator.stats;
+        self.report.timeouts = stats.timeouts;
+        self.report.trace_hash = hex::encode(self.hasher.finalize());
+        self.report.finish();
+        self.report
+    }
+}
+
+/// The message signed by session `id`: deterministic, so the simulator can verify results.
+pub fn message_for(id: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut counter = 0u64;
+    while out.len() < len {
+        let block = Sha256::new()
+            .chain_update(id.to_be_bytes())
+            .chain_update(counter.to_be_bytes())
+            .finalize();
+        out.extend_from_slice(&block);
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn kind_of(m: &Message) -> &'static str {
+    match m {
+        Message::Commit { .. } => "commit",
+        Message::Commitments { .. } => "commitments",
+        Message::Sign { .. } => "sign",
+        Message::SignatureShare { .. } => "share",
+        Message::Refused(_) => "refused",
+        Message::Ping => "ping",
+        Message::Pong { .. } => "pong",
+        _ => "other",
+    }
+}
+
+/// Runs a scenario without a trace.
+pub fn run(scenario: Scenario) -> Result<Report, ScenarioError> {
+    Ok(Simulation::new(scenario)?.run())
+}
