@@ -16,7 +16,7 @@ use crate::{BenchArgs, CmdResult};
 
 /// In-process FROST: mean time of one whole t-of-n signature (all signers' commits, the
 /// signing package, all signers' shares, aggregation with its verification).
-fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Duration> {
+pub(crate) fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Duration> {
     let mut rng = rand::rngs::OsRng;
     let members: Vec<NewMember> = (0..n)
         .map(|i| NewMember {

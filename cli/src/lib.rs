@@ -19,6 +19,7 @@ mod commands;
 mod config;
 mod demo;
 mod passphrase;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +95,8 @@ enum Command {
     },
     /// Measure signing latency and throughput on a loopback cluster against in-process FROST.
     Bench(BenchArgs),
+    /// Simulate a deployment (virtual network, faults, adversaries), or run a chaos proxy.
+    Sim(Box<sim::SimArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -316,7 +319,11 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Participant { .. } | Command::Coordinator { .. }
     );
-    let narrated = matches!(cli.command, Command::Demo { .. } | Command::Bench(_));
+    let narrated = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Bench(_) | Command::Sim(_)
+    );
+    let daemon = daemon || matches!(&cli.command, Command::Sim(a) if a.is_proxy());
     init_logging(cli.verbose, daemon, narrated);
     let result = run(cli.command);
     match result {
@@ -349,6 +356,7 @@ fn run(command: Command) -> CmdResult {
         Command::Status(args) => runtime()?.block_on(commands::status(args)),
         Command::Demo { json, keep } => runtime()?.block_on(demo::run(json, keep)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Sim(args) => runtime()?.block_on(sim::run(*args)),
     }
 }
 

@@ -84,7 +84,6 @@ impl Ord for Scheduled {
 struct Node {
     name: String,
     id: NodeId,
-    identifier: frost::Identifier,
     key_package: frost::keys::KeyPackage,
     state: Option<Participant>,
     rng: ChaCha20Rng,
@@ -123,9 +122,13 @@ pub struct Simulation<'t> {
     submitted: usize,
     /// Session of each message being signed (messages are derived from session ids).
     by_message: std::collections::HashMap<Vec<u8>, SessionId>,
+    /// Commitments handed out: (node, incarnation, commitment id) → serialized commitments.
+    handed_out: std::collections::HashMap<(usize, u32, u64), Vec<u8>>,
     /// Commitments used to sign, per node: (node, serialized commitments). A second use is a
     /// nonce reuse.
     used_nonces: HashSet<(usize, Vec<u8>)>,
+    /// Wall time spent inside the state machines (the rest is the simulator's own).
+    sm_time: Duration,
     wake_at: Option<Nanos>,
     report: Report,
     trace: Option<&'t mut dyn Write>,
@@ -181,7 +184,6 @@ impl<'t> Simulation<'t> {
             nodes.push(Node {
                 name: share.name.clone(),
                 id: share.node_id,
-                identifier: *share.key_package.identifier(),
                 key_package: share.key_package,
                 state: Some(state),
                 rng: node_rng,
@@ -221,7 +223,9 @@ impl<'t> Simulation<'t> {
             pending: BTreeMap::new(),
             submitted: 0,
             by_message: std::collections::HashMap::new(),
+            handed_out: std::collections::HashMap::new(),
             used_nonces: HashSet::new(),
+            sm_time: Duration::ZERO,
             wake_at: None,
             trace: None,
             hasher: Sha256::new(),
@@ -274,6 +278,14 @@ impl<'t> Simulation<'t> {
     pub fn with_trace(mut self, out: &'t mut dyn Write) -> Self {
         self.trace = Some(out);
         self
+    }
+
+    /// Runs `f` on the coordinator, counting its wall time as state-machine time.
+    fn timed<T>(&mut self, f: impl FnOnce(&mut Coordinator) -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = f(&mut self.coordinator);
+        self.sm_time += started.elapsed();
+        out
     }
 
     fn instant(&self) -> Instant {
@@ -393,7 +405,7 @@ impl<'t> Simulation<'t> {
         // the coordinator has nothing more to say at this instant.
         loop {
             let mut progressed = false;
-            while let Some(t) = self.coordinator.poll_transmit() {
+            while let Some(t) = self.timed(|c| c.poll_transmit()) {
                 progressed = true;
                 let Some(&p) = self.by_id.get(&t.to) else {
                     continue;
@@ -406,7 +418,7 @@ impl<'t> Simulation<'t> {
                 ));
                 self.transmit(p, false, t.envelope, 0);
             }
-            while let Some(e) = self.coordinator.poll_event() {
+            while let Some(e) = self.timed(|c| c.poll_event()) {
                 progressed = true;
                 self.on_event(e);
             }
@@ -516,9 +528,8 @@ impl<'t> Simulation<'t> {
         // Session ids are sequential from 1, so the message can be derived from the id.
         let next_id = self.report.requests_submitted + 1;
         let message = message_for(next_id, self.scenario.message_bytes);
-        let sid = self
-            .coordinator
-            .submit(now, self.group.clone(), message.clone(), Some(timeout));
+        let (group, msg) = (self.group.clone(), message.clone());
+        let sid = self.timed(|c| c.submit(now, group, msg, Some(timeout)));
         self.by_message.insert(message, sid);
         self.report.requests_submitted += 1;
         self.pending.insert(
@@ -549,11 +560,10 @@ impl<'t> Simulation<'t> {
                 return;
             }
         }
-        // Parsed here only to check invariants; the participant parses its own copy.
         let request_package = match &envelope.msg {
             Message::Sign {
                 signing_package, ..
-            } => frost::SigningPackage::deserialize(signing_package).ok(),
+            } => Some(signing_package.clone()),
             _ => None,
         };
         let id = envelope.id;
@@ -566,19 +576,33 @@ impl<'t> Simulation<'t> {
                 msg: Message::Refused(Refusal::UnknownCommitment),
             }
         } else {
+            let started = std::time::Instant::now();
             state.handle(now, coordinator_id, envelope, &mut node.rng);
-            match state.poll_transmit() {
+            let reply = state.poll_transmit();
+            self.sm_time += started.elapsed();
+            match reply {
                 Some(t) => t.envelope,
                 None => return,
             }
         };
+        let node = &mut self.nodes[p];
+        if let Message::Commitments { entries, .. } = &reply.msg {
+            for e in entries {
+                self.handed_out
+                    .insert((p, node.incarnation, e.id), e.commitments.clone());
+            }
+        }
         let mut invalid = false;
-        if let Message::SignatureShare { share, .. } = &mut reply.msg {
-            // Invariant: a nonce signs at most once. The package names the commitment used.
-            if let Some(c) = request_package
-                .as_ref()
-                .and_then(|pkg| pkg.signing_commitment(&node.identifier))
-                .and_then(|c| c.serialize().ok())
+        if let Message::SignatureShare {
+            share,
+            commitment_id,
+        } = &mut reply.msg
+        {
+            // Invariant: a nonce signs at most once. The commitment is known by the bytes the
+            // participant handed out under this id; no parsing needed.
+            if let Some(c) = self
+                .handed_out
+                .remove(&(p, node.incarnation, *commitment_id))
             {
                 if !self.used_nonces.insert((p, c)) {
                     let name = node.name.clone();
@@ -607,7 +631,10 @@ impl<'t> Simulation<'t> {
         }
         if invalid {
             // Remember which session this invalid share belongs to (for the culprit invariants).
-            let sid = request_package
+            let pkg = request_package
+                .as_deref()
+                .and_then(|b| frost::SigningPackage::deserialize(b).ok());
+            let sid = pkg
                 .as_ref()
                 .and_then(|pkg| self.by_message.get(pkg.message()).copied());
             if let Some(pend) = sid.and_then(|sid| self.pending.get_mut(&sid)) {
@@ -666,13 +693,13 @@ impl<'t> Simulation<'t> {
                 Kind::ToParticipant { p, envelope } => self.deliver_to_participant(p, envelope),
                 Kind::ToCoordinator { p, envelope } => {
                     let from = self.nodes[p].id;
-                    self.coordinator.handle(now, from, envelope);
+                    self.timed(|c| c.handle(now, from, envelope));
                 }
                 Kind::CoordinatorWake => {
                     if self.wake_at == Some(self.now) {
                         self.wake_at = None;
                     }
-                    self.coordinator.handle_timeout(now);
+                    self.timed(|c| c.handle_timeout(now));
                 }
                 Kind::Crash { p } => {
                     self.log(format!("crash {}", self.nodes[p].name));
@@ -752,6 +779,7 @@ impl<'t> Simulation<'t> {
         self.report.virtual_ms = self.now as f64 / MS as f64;
         self.report.wall_ms = wall.elapsed().as_secs_f64() * 1e3;
         self.report.events = self.events;
+        self.report.state_machine_ms = self.sm_time.as_secs_f64() * 1e3;
         let stats = self.coordinator.stats;
         self.report.timeouts = stats.timeouts;
         self.report.trace_hash = hex::encode(self.hasher.finalize());

@@ -271,3 +271,25 @@ fn three_byzantine_of_five_cannot_forge_and_honest_are_never_blamed() {
         "{r}"
     );
 }
+
+#[test]
+fn documented_example_scenarios_run_clean() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/scenarios");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let s = Scenario::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let r = run(s).unwrap();
+            assert!(
+                r.violations.is_empty(),
+                "{}: {:#?}",
+                path.display(),
+                r.violations
+            );
+            assert!(r.ok > 0, "{}: {r}", path.display());
+            ran += 1;
+        }
+    }
+    assert!(ran >= 3, "the example scenarios are missing");
+}

@@ -214,3 +214,59 @@ fn help_teaches_every_command() {
         assert!(help.contains(cmd), "{cmd} missing from --help");
     }
 }
+
+#[test]
+fn sim_cli_reports_json_and_writes_trace_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("run.trace");
+    let plot = dir.path().join("latency.svg");
+    let args = [
+        "sim",
+        "-t",
+        "2",
+        "-n",
+        "3",
+        "--requests",
+        "30",
+        "--latency-ms",
+        "20",
+        "--loss",
+        "0.05",
+        "--crash",
+        "1@100:400",
+        "--byzantine",
+        "3:invalid-shares",
+        "--json",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ];
+    let out = conclave(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["violations"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        r["ok"].as_u64().unwrap()
+            + r["failed"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>(),
+        30
+    );
+    assert!(std::fs::read_to_string(&trace).unwrap().lines().count() > 30);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<rect"),
+        "an SVG histogram"
+    );
+    // The same run again gives the same trace hash.
+    let again: serde_json::Value = serde_json::from_slice(&conclave(&args).stdout).unwrap();
+    assert_eq!(again["trace_hash"], r["trace_hash"]);
+}

@@ -66,6 +66,14 @@ pub struct ParticipantSetup {
     pub fault: Option<&'static str>,
 }
 
+/// A chaos proxy (`conclave sim proxy`) in front of every participant.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyOpts {
+    pub delay_ms: f64,
+    pub jitter_ms: f64,
+    pub loss: f64,
+}
+
 /// A running cluster.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -76,12 +84,24 @@ pub struct Cluster {
     pub client_dir: PathBuf,
     pub participants: Vec<Option<Child>>,
     coordinator: Option<Child>,
+    proxies: Vec<Child>,
     pub n: usize,
 }
 
 impl Cluster {
     /// Makes keys with the CLI, starts `n` participants and a coordinator.
     pub fn start(t: usize, n: usize, setups: Vec<ParticipantSetup>) -> Cluster {
+        Self::start_with(t, n, setups, None)
+    }
+
+    /// Like `start`, with a chaos proxy process in front of each participant: the manifest
+    /// names the proxies' addresses, so all coordinator ↔ participant traffic crosses them.
+    pub fn start_with(
+        t: usize,
+        n: usize,
+        setups: Vec<ParticipantSetup>,
+        proxy: Option<ProxyOpts>,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("conclave-it-")
             .tempdir()
@@ -106,6 +126,11 @@ impl Cluster {
         let _client_key = init("client");
         let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let public_ports: Vec<u16> = if proxy.is_some() {
+            (0..n).map(|_| free_port()).collect()
+        } else {
+            ports.clone()
+        };
         let mut args: Vec<String> = vec![
             "keygen".into(),
             "dealer".into(),
@@ -127,7 +152,7 @@ impl Cluster {
             "--out".into(),
             d.display().to_string(),
         ]);
-        for (name, port) in names.iter().zip(&ports) {
+        for (name, port) in names.iter().zip(&public_ports) {
             let key = init(name);
             args.push("--participant".into());
             args.push(format!("{name}={key}@127.0.0.1:{port}"));
@@ -148,10 +173,55 @@ impl Cluster {
             client_dir: d.join("client"),
             participants: Vec::new(),
             coordinator: None,
+            proxies: Vec::new(),
             n,
             dir,
         };
         let d = cluster.dir.path().to_path_buf();
+        if let Some(opts) = proxy {
+            for (i, (name, (port, public))) in names
+                .iter()
+                .zip(ports.iter().zip(&public_ports))
+                .enumerate()
+            {
+                let mut child = Command::new(bin())
+                    .args([
+                        "sim",
+                        "proxy",
+                        "--listen",
+                        &format!("127.0.0.1:{public}"),
+                        "--upstream",
+                        &format!("127.0.0.1:{port}"),
+                    ])
+                    .args([
+                        "--delay-ms",
+                        &opts.delay_ms.to_string(),
+                        "--jitter-ms",
+                        &opts.jitter_ms.to_string(),
+                    ])
+                    .args([
+                        "--loss",
+                        &opts.loss.to_string(),
+                        "--seed",
+                        &(i + 1).to_string(),
+                    ])
+                    .arg("--blackhole-file")
+                    .arg(d.join(format!("{name}.blackhole")))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(
+                        std::fs::File::create(d.join(format!("{name}-proxy.log"))).expect("log"),
+                    )
+                    .spawn()
+                    .expect("spawn proxy");
+                let line = first_line(&mut child);
+                assert!(
+                    line.contains("proxy listening on"),
+                    "proxy did not start: {line:?}"
+                );
+                cluster.proxies.push(child);
+            }
+        }
         for (i, (name, port)) in names.iter().zip(&ports).enumerate() {
             let setup = setups.get(i).cloned().unwrap_or_default();
             // An impostor listens at the participant's address with an identity the manifest
@@ -313,6 +383,16 @@ impl Cluster {
         }
     }
 
+    /// Starts (or stops) dropping all traffic of participant `i` (0-based) at its proxy.
+    pub fn blackhole(&self, i: usize, on: bool) {
+        let path = self.dir.path().join(format!("p{}.blackhole", i + 1));
+        if on {
+            std::fs::write(&path, b"").expect("blackhole file");
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
     /// A log file's text.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
@@ -348,12 +428,12 @@ fn first_line(child: &mut Child) -> String {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for c in self
+        let daemons = self
             .participants
             .iter_mut()
             .filter_map(Option::as_mut)
-            .chain(self.coordinator.as_mut())
-        {
+            .chain(self.coordinator.as_mut());
+        for c in daemons.chain(self.proxies.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
