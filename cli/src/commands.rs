@@ -109,6 +109,7 @@ pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
         "the new share files",
         true,
     )?;
+    passphrase::check_new(&pass, args.mode)?;
     let mut rng = rand::rngs::OsRng;
     let (manifest, shares) = deal(group.clone(), args.threshold, &members, &mut rng)?;
     conclave_protocol::identity::create_private_dir(&args.out)
@@ -185,6 +186,17 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub(crate) async fn run_participant(path: &Path) -> CmdResult {
+    // Before any secret is read: no core dumps, memory locked if the limits allow.
+    let hardening = conclave_participant::hygiene::harden_process();
+    if hardening.core_dumps_disabled {
+        tracing::info!(
+            memory_locked = hardening.memory_locked,
+            "core dumps disabled"
+        );
+    }
+    for problem in &hardening.problems {
+        tracing::warn!("{problem}");
+    }
     let cfg = config::ParticipantConfig::read(path)?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
     let coordinators = config::node_ids(&cfg.coordinators, "coordinators")?;
@@ -542,5 +554,93 @@ mod tests {
     fn pem_is_the_rfc8410_form() {
         let pem = public_key_pem(&[0u8; 32]);
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"));
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch (proleptic Gregorian, UTC).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub(crate) fn share_inspect(file: &Path, json: bool) -> CmdResult {
+    let h = ShareFile::inspect(file)?;
+    let k = &h.kdf;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": file, "group": h.group.as_str(), "epoch": h.epoch, "threshold": h.threshold,
+                "owner_identity": h.owner.to_hex(), "identifier": hex::encode(h.identifier),
+                "group_public_key": hex::encode(h.group_public_key), "manifest_sha256": hex::encode(h.manifest_hash),
+                "created_at": utc(h.created_at), "created_at_unix": h.created_at,
+                "kdf": { "algorithm": "argon2id", "memory_kib": k.memory_kib, "iterations": k.iterations, "parallelism": k.parallelism },
+            })
+        );
+    } else {
+        println!("share file {}", file.display());
+        println!(
+            "  group:            {} (epoch {}, threshold {})",
+            h.group, h.epoch, h.threshold
+        );
+        println!("  owner identity:   {}", h.owner);
+        println!("  identifier:       {}", hex::encode(h.identifier));
+        println!("  group public key: {}", hex::encode(h.group_public_key));
+        println!("  manifest sha256:  {}", hex::encode(h.manifest_hash));
+        println!("  created:          {}", utc(h.created_at));
+        println!(
+            "  kdf:              argon2id, {} KiB, {} passes, {} lanes",
+            k.memory_kib, k.iterations, k.parallelism
+        );
+        println!("(header integrity checked; the passphrase is needed to check authenticity)");
+    }
+    Ok(())
+}
+
+pub(crate) fn share_passwd(
+    file: &Path,
+    old: Option<&Path>,
+    new: Option<&Path>,
+    mode: Mode,
+) -> CmdResult {
+    let what = file.display().to_string();
+    let old_pass = passphrase::obtain(old, mode, &format!("{what} (current)"), false)?;
+    let share = ShareFile::read(file, &old_pass)?;
+    drop(old_pass);
+    let new_pass = passphrase::obtain(new, mode, &format!("{what} (new)"), true)?;
+    passphrase::check_new(&new_pass, mode)?;
+    let mut rng = rand::rngs::OsRng;
+    let mut header = share.header.clone();
+    // Same cost, fresh salt (and a fresh AEAD nonce, drawn when sealing).
+    rand::RngCore::fill_bytes(&mut rng, &mut header.kdf.salt);
+    // Temp file, fsync, rename: the old file stays valid until the new one is complete.
+    ShareFile::write(file, &share.key_package, header, &new_pass, true, &mut rng)?;
+    println!("{what}: re-encrypted under the new passphrase");
+    Ok(())
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 }

@@ -74,6 +74,9 @@ enum Command {
     Sign(SignArgs),
     /// Verify an Ed25519 signature against a group manifest or a public key.
     Verify(VerifyArgs),
+    /// Inspect a share file, or change its passphrase.
+    #[command(subcommand)]
+    Share(ShareCmd),
     /// Print a group's public key (hex, PEM for OpenSSL, or OpenSSH).
     Pubkey {
         /// Group manifest.
@@ -113,6 +116,30 @@ enum NodeCmd {
     Show {
         /// Identity directory.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShareCmd {
+    /// Show a share file's public header (group, epoch, identifier, KDF, created-at); no passphrase.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-encrypt a share file under a new passphrase, atomically (the old file stays valid
+    /// until the new one is fully written and synced).
+    Passwd {
+        file: PathBuf,
+        /// File holding the current passphrase.
+        #[arg(long)]
+        old_passphrase_file: Option<PathBuf>,
+        /// File holding the new passphrase.
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// prod refuses weak new passphrases, test warns, dev allows (and reads CONCLAVE_PASSPHRASE).
+        #[arg(long, value_enum, default_value_t = Mode::Prod)]
+        mode: Mode,
     },
 }
 
@@ -353,6 +380,18 @@ fn run(command: Command) -> CmdResult {
         Command::Sign(args) => runtime()?.block_on(commands::sign(args)),
         Command::Verify(args) => commands::verify(args),
         Command::Pubkey { manifest, format } => commands::pubkey(&manifest, format),
+        Command::Share(ShareCmd::Inspect { file, json }) => commands::share_inspect(&file, json),
+        Command::Share(ShareCmd::Passwd {
+            file,
+            old_passphrase_file,
+            new_passphrase_file,
+            mode,
+        }) => commands::share_passwd(
+            &file,
+            old_passphrase_file.as_deref(),
+            new_passphrase_file.as_deref(),
+            mode,
+        ),
         Command::Status(args) => runtime()?.block_on(commands::status(args)),
         Command::Demo { json, keep } => runtime()?.block_on(demo::run(json, keep)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),

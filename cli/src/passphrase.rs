@@ -82,3 +82,68 @@ pub fn obtain(file: Option<&Path>, mode: Mode, what: &str, new: bool) -> Result<
     }
     Ok(Passphrase::new(first.to_string()))
 }
+
+/// Shortest new passphrase accepted in prod mode.
+pub const MIN_LEN: usize = 16;
+
+/// Checks a *new* passphrase: at least 16 characters and a zxcvbn score of 4. Prod refuses a
+/// weak one (with zxcvbn's feedback), test warns, dev allows.
+pub fn check_new(p: &Passphrase, mode: Mode) -> Result<()> {
+    if mode == Mode::Dev {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if p.len() < MIN_LEN {
+        problems.push(format!(
+            "it has {} characters, at least {MIN_LEN} are required",
+            p.len()
+        ));
+    }
+    let entropy = zxcvbn::zxcvbn(p.as_str(), &["conclave"]);
+    let score = u8::from(entropy.score());
+    if score < 4 {
+        let mut why = format!("zxcvbn rates it {score}/4");
+        if let Some(f) = entropy.feedback() {
+            if let Some(w) = f.warning() {
+                why.push_str(&format!(": {w}"));
+            }
+            for s in f.suggestions() {
+                why.push_str(&format!(" {s}"));
+            }
+        }
+        problems.push(why);
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let text = format!("weak passphrase: {}", problems.join("; "));
+    if mode == Mode::Prod {
+        bail!("{text} (prod mode refuses it; use a long random passphrase, e.g. 6+ random words)");
+    }
+    tracing::warn!("{text} (test mode allows it)");
+    eprintln!("conclave: warning: {text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strength_rules_follow_the_mode() {
+        let weak = Passphrase::new("password123".into());
+        let long_but_weak = Passphrase::new("aaaaaaaaaaaaaaaaaaaa".into());
+        let strong = Passphrase::new("correct horse battery staple orbit lantern".into());
+        assert!(check_new(&weak, Mode::Prod)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
+        assert!(check_new(&long_but_weak, Mode::Prod)
+            .unwrap_err()
+            .to_string()
+            .contains("zxcvbn"));
+        assert!(check_new(&strong, Mode::Prod).is_ok());
+        assert!(check_new(&weak, Mode::Test).is_ok(), "test mode warns only");
+        assert!(check_new(&weak, Mode::Dev).is_ok());
+    }
+}

@@ -363,7 +363,7 @@ async fn accept_clients(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>) {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let reply = match transport::read_frame(&mut recv).await {
+                    let reply = match transport::read_request(&mut recv).await {
                         Ok(request) => serve_client_request(request, &tx).await,
                         Err(_) => Envelope {
                             id: 0,

@@ -71,9 +71,10 @@ impl KdfParams {
         }
     }
 
-    /// Bounds that keep a hostile file from making us allocate or spin without limit.
+    /// Bounds that keep a hostile file from making us allocate or spin without limit
+    /// (at most 1 GiB of memory, 64 passes, 16 lanes).
     fn in_range(&self) -> bool {
-        (8..=4 * 1024 * 1024).contains(&self.memory_kib)
+        (8..=1024 * 1024).contains(&self.memory_kib)
             && (1..=64).contains(&self.iterations)
             && (1..=16).contains(&self.parallelism)
     }

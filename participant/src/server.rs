@@ -99,7 +99,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: Arc<Mutex<Participan
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let reply = match transport::read_frame(&mut recv).await {
+            let reply = match transport::read_request(&mut recv).await {
                 Ok(request) => answer(&state, peer, request),
                 Err(e) => {
                     tracing::debug!(coordinator = %peer.short(), error = %e, "bad request stream");

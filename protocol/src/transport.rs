@@ -338,6 +338,17 @@ pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Envelope, Transp
     Ok(codec::decode_body(&body)?)
 }
 
+/// How long a peer may take to deliver one whole request frame on a stream it opened.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads one request frame, giving up after [`REQUEST_READ_TIMEOUT`] so a stalled stream
+/// cannot hold a task forever.
+pub async fn read_request(recv: &mut quinn::RecvStream) -> Result<Envelope, TransportError> {
+    tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(recv))
+        .await
+        .map_err(|_| TransportError::Timeout(REQUEST_READ_TIMEOUT))?
+}
+
 /// Sends one request on a new stream and waits (at most `timeout`) for the reply.
 pub async fn request(
     conn: &quinn::Connection,

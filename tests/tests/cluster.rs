@@ -229,3 +229,17 @@ fn the_default_build_has_no_fault_hook() {
         "fault-injection must never be a default feature:\n{features}"
     );
 }
+
+#[test]
+fn participants_run_without_core_dumps() {
+    let c = Cluster::start(2, 3, vec![]);
+    let pid = c.participants[0].as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("Linux /proc");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+    assert!(c.log("p1").contains("core dumps disabled"));
+}
