@@ -83,6 +83,13 @@ pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
         .iter()
         .map(|s| parse_member(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    match (args.mode, args.allow_dealer) {
+        (Mode::Prod, false) => fail!(
+            "dealer keygen puts the whole key on this host for a moment; prod mode refuses it unless you pass --allow-dealer (production groups should use DKG)"
+        ),
+        (Mode::Test, false) => eprintln!("conclave: warning: dealer keygen holds the whole key on this host (allowed in test mode)"),
+        _ => {}
+    }
     if args.kdf == KdfChoice::Light && args.mode != Mode::Dev {
         fail!(
             "--kdf light is for dev mode only (this is {}); add --mode dev for a lab setup",
@@ -198,6 +205,7 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
         tracing::warn!("{problem}");
     }
     let cfg = config::ParticipantConfig::read(path)?;
+    enforce(&crate::checks::participant(path, &cfg))?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
     let coordinators = config::node_ids(&cfg.coordinators, "coordinators")?;
     let mut shares = Vec::new();
@@ -246,6 +254,7 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
 
 pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
     let cfg = config::CoordinatorConfig::read(path)?;
+    enforce(&crate::checks::coordinator(path, &cfg))?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
     let clients = config::node_ids(&cfg.clients, "clients")?;
     let mut manifests = Vec::new();
@@ -642,5 +651,63 @@ mod time_tests {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::utc(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}
+
+pub(crate) fn config_check(path: &Path, json: bool) -> CmdResult {
+    let checks = if let Ok(cfg) = config::ParticipantConfig::read(path) {
+        crate::checks::participant(path, &cfg)
+    } else {
+        let cfg = config::CoordinatorConfig::read(path).with_context(|| {
+            format!(
+                "{} is neither a valid participant nor a valid coordinator config",
+                path.display()
+            )
+        })?;
+        crate::checks::coordinator(path, &cfg)
+    };
+    if json {
+        println!("{}", serde_json::to_string(&checks)?);
+    } else {
+        println!("{} (mode {})", path.display(), checks.mode);
+        crate::checks::print(&checks);
+    }
+    match checks.failures() {
+        0 => Ok(()),
+        n => Err(Exit::refused(anyhow!("{n} check(s) failed"))),
+    }
+}
+
+/// Runs the mode checks at daemon start: prod refuses on any failure, test warns.
+fn enforce(checks: &crate::checks::Checks) -> anyhow::Result<()> {
+    for w in checks.warnings() {
+        tracing::warn!(
+            "{}: {} (fix: {})",
+            w.what,
+            w.detail,
+            w.fix.as_deref().unwrap_or("-")
+        );
+    }
+    let failed: Vec<String> = checks
+        .checks
+        .iter()
+        .filter(|c| c.level == crate::checks::Level::Fail)
+        .map(|c| {
+            format!(
+                "{}: {} (fix: {})",
+                c.what,
+                c.detail,
+                c.fix.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "refusing to start in {} mode: {}",
+            checks.mode,
+            failed.join("; ")
+        )
     }
 }

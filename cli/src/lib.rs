@@ -14,6 +14,7 @@ macro_rules! fail {
 }
 
 mod bench;
+mod checks;
 mod cluster;
 mod commands;
 mod config;
@@ -74,6 +75,9 @@ enum Command {
     Sign(SignArgs),
     /// Verify an Ed25519 signature against a group manifest or a public key.
     Verify(VerifyArgs),
+    /// Check a participant or coordinator config in its mode (pass / warn / fail, with fixes).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Inspect a share file, or change its passphrase.
     #[command(subcommand)]
     Share(ShareCmd),
@@ -116,6 +120,17 @@ enum NodeCmd {
     Show {
         /// Identity directory.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate a config and the files it names; exit 1 if any check fails.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -176,6 +191,9 @@ struct DealerArgs {
     /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,
+    /// Required in prod mode: acknowledges that this host holds the whole key for a moment.
+    #[arg(long)]
+    allow_dealer: bool,
     /// Argon2id cost: standard (64 MiB, 3 passes) or light (8 MiB, 1 pass; dev mode only).
     #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
     kdf: KdfChoice,
@@ -380,6 +398,7 @@ fn run(command: Command) -> CmdResult {
         Command::Sign(args) => runtime()?.block_on(commands::sign(args)),
         Command::Verify(args) => commands::verify(args),
         Command::Pubkey { manifest, format } => commands::pubkey(&manifest, format),
+        Command::Config(ConfigCmd::Check { config, json }) => commands::config_check(&config, json),
         Command::Share(ShareCmd::Inspect { file, json }) => commands::share_inspect(&file, json),
         Command::Share(ShareCmd::Passwd {
             file,

@@ -50,7 +50,10 @@ pub fn obtain(file: Option<&Path>, mode: Mode, what: &str, new: bool) -> Result<
         }
     }
     if let Some(value) = std::env::var_os(ENV_VAR) {
-        if mode == Mode::Dev {
+        if mode != Mode::Prod {
+            if mode == Mode::Test {
+                eprintln!("conclave: warning: passphrase taken from {ENV_VAR} (test mode allows it; prod refuses it)");
+            }
             let text = value
                 .into_string()
                 .map_err(|_| anyhow::anyhow!("{ENV_VAR} is not UTF-8"))?;
@@ -59,7 +62,7 @@ pub fn obtain(file: Option<&Path>, mode: Mode, what: &str, new: bool) -> Result<
             }
             return Ok(Passphrase::new(text));
         }
-        bail!("{ENV_VAR} is set, but passphrases from the environment are accepted only in dev mode (this is {mode}); use a passphrase file or a systemd credential");
+        bail!("{ENV_VAR} is set, but prod mode does not accept passphrases from the environment (dev and test modes do); use a passphrase file or a systemd credential");
     }
     if !std::io::stdin().is_terminal() {
         bail!("no passphrase for {what}: give --passphrase-file (or passphrase_file in the config), a systemd credential {CREDENTIAL_NAME}, or run on a terminal");

@@ -108,7 +108,7 @@ fn share_file_failures_are_one_clear_line_each() {
     let (code, err) = participant_error(d, "g.b.share", "correct horse battery staple\n");
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("belongs to node"),
+        err.contains("belongs to"),
         "a share of another node is refused: {err}"
     );
 }
@@ -150,7 +150,16 @@ fn passphrase_from_environment_only_in_dev_mode() {
     let run = |mode: &str| {
         std::process::Command::new(common::bin())
             .args([
-                "keygen", "dealer", "--group", "g", "-t", "2", "--mode", mode, "--out",
+                "keygen",
+                "dealer",
+                "--allow-dealer",
+                "--group",
+                "g",
+                "-t",
+                "2",
+                "--mode",
+                mode,
+                "--out",
             ])
             .arg(dir.path().join(mode))
             .args([
@@ -166,7 +175,8 @@ fn passphrase_from_environment_only_in_dev_mode() {
     };
     let prod = run("prod");
     assert_eq!(prod.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&prod.stderr).contains("only in dev mode"));
+    assert!(String::from_utf8_lossy(&prod.stderr)
+        .contains("prod mode does not accept passphrases from the environment"));
     let dev = run("dev");
     assert!(
         dev.status.success(),

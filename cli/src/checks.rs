@@ -1,0 +1,299 @@
+//! Operator-error checks by mode: the same list backs `conclave config check` (a report) and
+//! daemon start-up (prod refuses on any failure, test warns, dev only notes).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{self, Mode};
+use crate::passphrase;
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One check: what was looked at, the outcome, and how to fix it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub level: Level,
+    pub what: String,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+/// A list of checks for one config in its mode.
+#[derive(Debug, Default, Serialize)]
+pub struct Checks {
+    pub mode: String,
+    pub checks: Vec<Check>,
+}
+
+impl Checks {
+    fn new(mode: Mode) -> Self {
+        Self {
+            mode: mode.to_string(),
+            checks: Vec::new(),
+        }
+    }
+
+    fn pass(&mut self, what: impl Into<String>, detail: impl Into<String>) {
+        self.checks.push(Check {
+            level: Level::Pass,
+            what: what.into(),
+            detail: detail.into(),
+            fix: None,
+        });
+    }
+
+    /// A problem: a failure in prod, a warning in test, a pass (noted) in dev.
+    fn problem(
+        &mut self,
+        mode: Mode,
+        what: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        let level = match mode {
+            Mode::Prod => Level::Fail,
+            Mode::Test => Level::Warn,
+            Mode::Dev => Level::Pass,
+        };
+        let mut detail = detail.into();
+        if mode == Mode::Dev {
+            detail.push_str(" (allowed in dev mode)");
+        }
+        self.checks.push(Check {
+            level,
+            what: what.into(),
+            detail,
+            fix: Some(fix.into()),
+        });
+    }
+
+    /// A problem in every mode.
+    fn fail(&mut self, what: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
+        self.checks.push(Check {
+            level: Level::Fail,
+            what: what.into(),
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
+    pub fn failures(&self) -> usize {
+        self.checks
+            .iter()
+            .filter(|c| c.level == Level::Fail)
+            .count()
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.level == Level::Warn)
+    }
+
+    /// Checks a secret or config file: not readable by group or others, and its directory not
+    /// writable by others (who could swap the file).
+    fn private_file(&mut self, mode: Mode, what: &str, path: &Path) {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail(
+                    what,
+                    format!("{}: {e}", path.display()),
+                    "check the path in the config",
+                );
+                return;
+            }
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let perm = meta.permissions().mode() & 0o777;
+            if perm & 0o077 != 0 {
+                self.problem(
+                    mode,
+                    what,
+                    format!(
+                        "{} is readable or writable by group/others (mode {perm:03o})",
+                        path.display()
+                    ),
+                    format!("chmod 600 {}", path.display()),
+                );
+            } else {
+                self.pass(what, format!("{} mode {perm:03o}", path.display()));
+            }
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if let Ok(dmeta) = std::fs::metadata(&dir) {
+                let dperm = dmeta.permissions().mode();
+                let sticky = dperm & 0o1000 != 0;
+                if dperm & 0o002 != 0 {
+                    let extra = if sticky {
+                        " (sticky, but others can still add files)"
+                    } else {
+                        ""
+                    };
+                    self.problem(
+                        mode,
+                        format!("{what} directory"),
+                        format!("{} is writable by others{extra}", dir.display()),
+                        format!(
+                            "keep it in a directory only its owner can write (chmod o-w {})",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (mode, meta);
+            self.pass(
+                what,
+                format!("{} (permissions not checked on this OS)", path.display()),
+            );
+        }
+    }
+
+    /// Where a passphrase would come from, and whether the mode allows it.
+    fn passphrase_source(&mut self, mode: Mode, what: &str, file: Option<&Path>) {
+        if let Some(f) = file {
+            self.private_file(mode, &format!("{what} passphrase file"), f);
+            return;
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            if Path::new(&dir).join(passphrase::CREDENTIAL_NAME).exists() {
+                self.pass(format!("{what} passphrase"), "from the systemd credential");
+                return;
+            }
+        }
+        if std::env::var_os(passphrase::ENV_VAR).is_some() {
+            self.problem(
+                mode,
+                format!("{what} passphrase"),
+                format!("would come from the environment variable {}", passphrase::ENV_VAR),
+                "use passphrase_file or a systemd credential (LoadCredential=conclave-passphrase:...)",
+            );
+            return;
+        }
+        self.pass(
+            format!("{what} passphrase"),
+            "will be asked on the terminal",
+        );
+    }
+}
+
+/// Checks a participant config (and the files it names) in its mode.
+pub fn participant(path: &Path, cfg: &config::ParticipantConfig) -> Checks {
+    let mode = cfg.mode;
+    let mut c = Checks::new(mode);
+    c.private_file(mode, "config", path);
+    c.private_file(
+        mode,
+        "identity key",
+        &cfg.identity.join(conclave_protocol::identity::KEY_FILE),
+    );
+    let identity = conclave_protocol::identity::read_node_id(&cfg.identity.to_string_lossy()).ok();
+    match config::node_ids(&cfg.coordinators, "coordinators") {
+        Ok(ids) => c.pass("coordinators", format!("{} pinned", ids.len())),
+        Err(e) => c.fail(
+            "coordinators",
+            format!("{e:#}"),
+            "list coordinator identity keys as 64 hex characters",
+        ),
+    }
+    for s in &cfg.shares {
+        let what = format!("share {}", s.file.display());
+        c.private_file(mode, &what, &s.file);
+        match conclave_keygen::ShareFile::inspect(&s.file) {
+            Ok(h) => {
+                if identity.is_some_and(|id| id != h.owner) {
+                    c.fail(
+                        &what,
+                        "belongs to another node's identity",
+                        "use the share made for this node's identity key",
+                    );
+                } else {
+                    c.pass(
+                        &what,
+                        format!("group {} epoch {} (header intact)", h.group, h.epoch),
+                    );
+                }
+            }
+            Err(e) => c.fail(
+                &what,
+                e.kind.to_string(),
+                "restore the share file from backup",
+            ),
+        }
+        c.passphrase_source(mode, &what, s.passphrase_file.as_deref());
+    }
+    c
+}
+
+/// Checks a coordinator config (and the files it names) in its mode.
+pub fn coordinator(path: &Path, cfg: &config::CoordinatorConfig) -> Checks {
+    let mode = cfg.mode;
+    let mut c = Checks::new(mode);
+    c.private_file(mode, "config", path);
+    c.private_file(
+        mode,
+        "identity key",
+        &cfg.identity.join(conclave_protocol::identity::KEY_FILE),
+    );
+    match config::node_ids(&cfg.clients, "clients") {
+        Ok(ids) if ids.is_empty() => c.problem(
+            mode,
+            "clients",
+            "no client may request signatures",
+            "list client identity keys",
+        ),
+        Ok(ids) => c.pass("clients", format!("{} pinned", ids.len())),
+        Err(e) => c.fail(
+            "clients",
+            format!("{e:#}"),
+            "list client identity keys as 64 hex characters",
+        ),
+    }
+    for m in &cfg.manifests {
+        let what = format!("manifest {}", m.display());
+        match conclave_keygen::GroupManifest::read(m) {
+            Ok(g) => c.pass(
+                &what,
+                format!(
+                    "group {} {}-of-{} epoch {}",
+                    g.group,
+                    g.threshold,
+                    g.participants.len(),
+                    g.epoch
+                ),
+            ),
+            Err(e) => c.fail(&what, e.to_string(), "use the manifest written by keygen"),
+        }
+    }
+    c
+}
+
+/// Prints checks as a table, one line each.
+pub fn print(checks: &Checks) {
+    for c in &checks.checks {
+        let tag = match c.level {
+            Level::Pass => "pass",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        match &c.fix {
+            Some(fix) if c.level != Level::Pass => {
+                println!("{tag}  {}: {}  -> {fix}", c.what, c.detail)
+            }
+            _ => println!("{tag}  {}: {}", c.what, c.detail),
+        }
+    }
+}
