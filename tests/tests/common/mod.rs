@@ -42,13 +42,29 @@ pub fn conclave_with_input(args: &[&str], input: &[u8]) -> Output {
     child.wait_with_output().expect("wait conclave")
 }
 
-/// A free UDP port on 127.0.0.1, chosen by the OS.
-pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// A UDP port on 127.0.0.1 chosen by the OS, held by the returned socket until the caller
+/// drops it right before starting the process that binds the port (so no other process can
+/// take it in between).
+pub struct Reserved {
+    socket: Option<UdpSocket>,
+    pub port: u16,
+}
+
+impl Reserved {
+    pub fn new() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind port 0");
+        let port = socket.local_addr().expect("addr").port();
+        Self {
+            socket: Some(socket),
+            port,
+        }
+    }
+
+    /// Frees the port for the process about to bind it.
+    pub fn release(&mut self) -> u16 {
+        self.socket = None;
+        self.port
+    }
 }
 
 fn stdout_line(out: &Output) -> String {
@@ -125,9 +141,15 @@ impl Cluster {
         let coordinator_key = init("coordinator");
         let _client_key = init("client");
         let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut reserved: Vec<Reserved> = (0..n).map(|_| Reserved::new()).collect();
+        let ports: Vec<u16> = reserved.iter().map(|r| r.port).collect();
+        let mut public_reserved: Vec<Reserved> = if proxy.is_some() {
+            (0..n).map(|_| Reserved::new()).collect()
+        } else {
+            Vec::new()
+        };
         let public_ports: Vec<u16> = if proxy.is_some() {
-            (0..n).map(|_| free_port()).collect()
+            public_reserved.iter().map(|r| r.port).collect()
         } else {
             ports.clone()
         };
@@ -184,6 +206,7 @@ impl Cluster {
                 .zip(ports.iter().zip(&public_ports))
                 .enumerate()
             {
+                public_reserved[i].release();
                 let mut child = Command::new(bin())
                     .args([
                         "sim",
@@ -269,6 +292,7 @@ impl Cluster {
             );
             let path = d.join(format!("{name}.toml"));
             std::fs::write(&path, config).expect("config");
+            reserved[i].release();
             let child = cluster.spawn(
                 "participant",
                 &path,
