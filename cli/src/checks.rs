@@ -41,6 +41,18 @@ impl Checks {
         }
     }
 
+    /// The checks every daemon config gets: the config file and the identity key are private.
+    fn common(mode: Mode, config: &Path, identity_dir: &Path) -> Self {
+        let mut c = Self::new(mode);
+        c.private_file(mode, "config", config);
+        c.private_file(
+            mode,
+            "identity key",
+            &identity_dir.join(conclave_protocol::identity::KEY_FILE),
+        );
+        c
+    }
+
     fn pass(&mut self, what: impl Into<String>, detail: impl Into<String>) {
         self.checks.push(Check {
             level: Level::Pass,
@@ -193,13 +205,7 @@ impl Checks {
 /// Checks a participant config (and the files it names) in its mode.
 pub fn participant(path: &Path, cfg: &config::ParticipantConfig) -> Checks {
     let mode = cfg.mode;
-    let mut c = Checks::new(mode);
-    c.private_file(mode, "config", path);
-    c.private_file(
-        mode,
-        "identity key",
-        &cfg.identity.join(conclave_protocol::identity::KEY_FILE),
-    );
+    let mut c = Checks::common(mode, path, &cfg.identity);
     let identity = conclave_protocol::identity::read_node_id(&cfg.identity.to_string_lossy()).ok();
     match config::node_ids(&cfg.coordinators, "coordinators") {
         Ok(ids) => c.pass("coordinators", format!("{} pinned", ids.len())),
@@ -241,13 +247,7 @@ pub fn participant(path: &Path, cfg: &config::ParticipantConfig) -> Checks {
 /// Checks a coordinator config (and the files it names) in its mode.
 pub fn coordinator(path: &Path, cfg: &config::CoordinatorConfig) -> Checks {
     let mode = cfg.mode;
-    let mut c = Checks::new(mode);
-    c.private_file(mode, "config", path);
-    c.private_file(
-        mode,
-        "identity key",
-        &cfg.identity.join(conclave_protocol::identity::KEY_FILE),
-    );
+    let mut c = Checks::common(mode, path, &cfg.identity);
     match config::node_ids(&cfg.clients, "clients") {
         Ok(ids) if ids.is_empty() => c.problem(
             mode,

@@ -125,67 +125,6 @@ fn keygen_refuses_to_overwrite_and_light_kdf_outside_dev() {
 }
 
 #[test]
-fn passphrase_from_environment_only_in_dev_mode() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = String::from_utf8(
-        conclave(&[
-            "node",
-            "init",
-            "--out",
-            dir.path().join("a").to_str().unwrap(),
-        ])
-        .stdout,
-    )
-    .unwrap();
-    let key2 = String::from_utf8(
-        conclave(&[
-            "node",
-            "init",
-            "--out",
-            dir.path().join("b").to_str().unwrap(),
-        ])
-        .stdout,
-    )
-    .unwrap();
-    let run = |mode: &str| {
-        std::process::Command::new(common::bin())
-            .args([
-                "keygen",
-                "dealer",
-                "--allow-dealer",
-                "--group",
-                "g",
-                "-t",
-                "2",
-                "--mode",
-                mode,
-                "--out",
-            ])
-            .arg(dir.path().join(mode))
-            .args([
-                "-p",
-                &format!("a={}@h:1", key.trim()),
-                "-p",
-                &format!("b={}@h:1", key2.trim()),
-            ])
-            .env("CONCLAVE_PASSPHRASE", "from the environment")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let prod = run("prod");
-    assert_eq!(prod.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&prod.stderr)
-        .contains("prod mode does not accept passphrases from the environment"));
-    let dev = run("dev");
-    assert!(
-        dev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dev.stderr)
-    );
-}
-
-#[test]
 fn demo_runs_and_reports_json() {
     let out = conclave(&["demo", "--json"]);
     assert!(

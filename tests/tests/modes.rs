@@ -111,6 +111,9 @@ fn prod_refuses_passphrase_from_environment_and_test_warns() {
     let test = run("test");
     assert!(test.status.success(), "{}", stderr(&test));
     assert!(stderr(&test).contains("warning: passphrase taken from CONCLAVE_PASSPHRASE"));
+    let dev = run("dev");
+    assert!(dev.status.success(), "{}", stderr(&dev));
+    assert!(!stderr(&dev).contains("warning"), "dev allows it silently");
 }
 
 /// A participant set up correctly for `mode`: private files, passphrase file, config.

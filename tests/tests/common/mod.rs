@@ -71,6 +71,18 @@ fn stdout_line(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The `signers` names of a `conclave sign --json` output.
+pub fn signers(json: &serde_json::Value) -> Vec<String> {
+    json["signers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// How one participant process should (mis)behave.
 #[derive(Clone, Debug, Default)]
 pub struct ParticipantSetup {
