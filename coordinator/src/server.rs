@@ -79,6 +79,15 @@ impl CoordinatorHandle {
             .map_err(|_| SignError::Internal("coordinator stopped"))?
     }
 
+    /// Every group served, with its epoch and reachable participants.
+    pub async fn groups(&self) -> Vec<GroupInfo> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Input::Groups { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// Public facts about a group.
     pub async fn group_info(&self, group: GroupName) -> Option<GroupInfo> {
         let (reply, rx) = oneshot::channel();
@@ -155,7 +164,10 @@ impl Server {
                 tx.clone(),
             ));
         }
-        tasks.spawn(accept_clients(endpoint.clone(), tx.clone()));
+        tasks.spawn(accept_clients(
+            endpoint.clone(),
+            CoordinatorHandle { tx: tx.clone() },
+        ));
         let request_timeout = Duration::from_secs(30);
         let mut conns: HashMap<NodeId, quinn::Connection> = HashMap::new();
         let mut waiters: HashMap<SessionId, oneshot::Sender<Result<SignOutcome, SignError>>> =
@@ -344,9 +356,9 @@ async fn connect(
         .map_err(|_| TransportError::Timeout(Duration::from_secs(5)))?
 }
 
-async fn accept_clients(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>) {
+async fn accept_clients(endpoint: quinn::Endpoint, handle: CoordinatorHandle) {
     while let Some(incoming) = endpoint.accept().await {
-        let tx = tx.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -361,10 +373,10 @@ async fn accept_clients(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>) {
             };
             tracing::debug!(%remote, client = %client.short(), "client connected");
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let tx = tx.clone();
+                let handle = handle.clone();
                 tokio::spawn(async move {
                     let reply = match transport::read_request(&mut recv).await {
-                        Ok(request) => serve_client_request(request, &tx).await,
+                        Ok(request) => serve_client_request(request, &handle).await,
                         Err(_) => Envelope {
                             id: 0,
                             msg: Message::Refused(Refusal::Malformed),
@@ -377,81 +389,45 @@ async fn accept_clients(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>) {
     }
 }
 
-async fn serve_client_request(request: Envelope, tx: &mpsc::Sender<Input>) -> Envelope {
+/// Answers one client request through the same in-process handle the library exposes.
+async fn serve_client_request(request: Envelope, handle: &CoordinatorHandle) -> Envelope {
     let id = request.id;
-    let refused = |r| Envelope {
-        id,
-        msg: Message::Refused(r),
-    };
-    match request.msg {
+    let msg = match request.msg {
         Message::SignRequest {
             group,
             message,
             timeout_ms,
         } => {
-            let (reply, rx) = oneshot::channel();
             let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
-            if tx
-                .send(Input::Sign {
-                    group,
-                    message,
-                    timeout,
-                    reply,
-                })
-                .await
-                .is_err()
-            {
-                return refused(Refusal::Internal);
-            }
-            match rx.await {
-                Ok(Ok(o)) => Envelope {
-                    id,
-                    msg: Message::Signature {
-                        public_key: o.public_key,
-                        signature: o.signature.to_vec(),
-                        signers: o.signers,
-                    },
+            match handle.sign(group, message, timeout).await {
+                Ok(o) => Message::Signature {
+                    public_key: o.public_key,
+                    signature: o.signature.to_vec(),
+                    signers: o.signers,
                 },
-                Ok(Err(e)) => refused(e.to_refusal()),
-                Err(_) => refused(Refusal::Internal),
+                Err(e) => Message::Refused(e.to_refusal()),
             }
         }
-        Message::GroupInfoRequest { group } => {
-            let (reply, rx) = oneshot::channel();
-            if tx.send(Input::Info { group, reply }).await.is_err() {
-                return refused(Refusal::Internal);
-            }
-            match rx.await {
-                Ok(Some(info)) => Envelope {
-                    id,
-                    msg: Message::GroupInfo {
-                        group: info.group,
-                        public_key: info.public_key,
-                        threshold: info.threshold,
-                        epoch: info.epoch,
-                        participants: info.participants,
-                        reachable: u16::try_from(info.reachable).unwrap_or(u16::MAX),
-                    },
-                },
-                _ => refused(Refusal::UnknownGroup),
-            }
-        }
-        Message::Ping => {
-            let (reply, rx) = oneshot::channel();
-            if tx.send(Input::Groups { reply }).await.is_err() {
-                return refused(Refusal::Internal);
-            }
-            let groups = rx
+        Message::GroupInfoRequest { group } => match handle.group_info(group).await {
+            Some(info) => Message::GroupInfo {
+                group: info.group,
+                public_key: info.public_key,
+                threshold: info.threshold,
+                epoch: info.epoch,
+                participants: info.participants,
+                reachable: u16::try_from(info.reachable).unwrap_or(u16::MAX),
+            },
+            None => Message::Refused(Refusal::UnknownGroup),
+        },
+        Message::Ping => Message::Pong {
+            groups: handle
+                .groups()
                 .await
-                .unwrap_or_default()
                 .into_iter()
                 .map(|g| (g.group, g.epoch))
-                .collect();
-            Envelope {
-                id,
-                msg: Message::Pong { groups },
-            }
-        }
-        _ => refused(Refusal::UnexpectedRequest),
-    }
+                .collect(),
+        },
+        _ => Message::Refused(Refusal::UnexpectedRequest),
+    };
+    Envelope { id, msg }
 }
