@@ -14,6 +14,7 @@ macro_rules! fail {
 }
 
 mod bench;
+mod ceremony;
 mod checks;
 mod cluster;
 mod commands;
@@ -163,6 +164,102 @@ enum KeygenCmd {
     /// Trusted dealer: this host generates the key and splits it (it holds the whole key for a
     /// moment; for labs and tests; production deployments use DKG).
     Dealer(DealerArgs),
+    /// Distributed key generation: every participant runs `join` on its own host, the
+    /// coordinator runs `relay`; no host ever holds the whole key. Start with `plan`.
+    #[command(subcommand, after_help = DKG_HELP)]
+    Dkg(DkgCmd),
+}
+
+const DKG_HELP: &str = "\
+Steps: (1) anyone writes the plan with `conclave keygen dkg plan` and copies it to every host;
+(2) the coordinator runs `conclave keygen dkg relay --plan FILE --identity DIR`; (3) each
+participant runs `conclave keygen dkg join --plan FILE --identity DIR --out DIR`, in any order.
+The relay waits for everyone to join (--join-timeout), then every round must finish within
+--timeout. Any failure aborts the ceremony everywhere and leaves no share file; run it again
+with the same plan. Exit codes: 0 done; 1 the ceremony aborted (the reason names culprits);
+2 bad input or an unusable file.";
+
+#[derive(Subcommand, Debug)]
+enum DkgCmd {
+    /// Write a ceremony plan (public TOML) naming the group, threshold, participants and relay.
+    Plan(DkgPlanArgs),
+    /// Coordinator side: relay the ceremony's rounds (sees no secret), then write the manifest.
+    Relay(DkgRelayArgs),
+    /// Participant side: run the DKG, then write this participant's share file and the manifest.
+    Join(DkgJoinArgs),
+}
+
+#[derive(Args, Debug)]
+struct DkgPlanArgs {
+    /// Group name (1-64 characters of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    group: String,
+    /// Signatures need this many participants.
+    #[arg(long, short)]
+    threshold: u16,
+    /// A participant as NAME=KEY@HOST:PORT (KEY: identity public key in hex, or its identity
+    /// directory or identity.pub; HOST:PORT: where it will listen for signing). Repeat.
+    #[arg(
+        long = "participant",
+        short = 'p',
+        value_name = "NAME=KEY@HOST:PORT",
+        required = true
+    )]
+    participants: Vec<String>,
+    /// The coordinator relaying the ceremony, as NAME=KEY@HOST:PORT (where it listens for it).
+    #[arg(long, value_name = "NAME=KEY@HOST:PORT")]
+    coordinator: String,
+    /// Seconds each round may take once everyone has joined.
+    #[arg(long, default_value_t = conclave_keygen::ceremony::plan::DEFAULT_ROUND_TIMEOUT_SECS)]
+    timeout: u32,
+    /// Seconds the relay waits for every participant to join.
+    #[arg(long, default_value_t = conclave_keygen::ceremony::plan::DEFAULT_JOIN_TIMEOUT_SECS)]
+    join_timeout: u32,
+    /// Where to write the plan.
+    #[arg(long, default_value = "dkg-plan.toml")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct DkgRelayArgs {
+    /// The ceremony plan.
+    #[arg(long)]
+    plan: PathBuf,
+    /// The coordinator's identity directory (must be the plan's coordinator).
+    #[arg(long)]
+    identity: PathBuf,
+    /// Address to listen on (default: the plan's coordinator address).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory for the group manifest.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DkgJoinArgs {
+    /// The ceremony plan.
+    #[arg(long)]
+    plan: PathBuf,
+    /// This participant's identity directory (must be in the plan).
+    #[arg(long)]
+    identity: PathBuf,
+    /// Directory for this participant's share file and the manifest.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// File whose first line is the passphrase for the new share file.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
+    #[arg(long, value_enum, default_value_t = Mode::Prod)]
+    mode: Mode,
+    /// Argon2id cost: standard (64 MiB, 3 passes) or light (8 MiB, 1 pass; dev mode only).
+    #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
+    kdf: KdfChoice,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -393,6 +490,13 @@ fn run(command: Command) -> CmdResult {
         Command::Node(NodeCmd::Init { out, json }) => commands::node_init(&out, json),
         Command::Node(NodeCmd::Show { dir }) => commands::node_show(&dir),
         Command::Keygen(KeygenCmd::Dealer(args)) => commands::keygen_dealer(args),
+        Command::Keygen(KeygenCmd::Dkg(DkgCmd::Plan(args))) => ceremony::plan(args),
+        Command::Keygen(KeygenCmd::Dkg(DkgCmd::Relay(args))) => {
+            runtime()?.block_on(ceremony::relay(args))
+        }
+        Command::Keygen(KeygenCmd::Dkg(DkgCmd::Join(args))) => {
+            runtime()?.block_on(ceremony::join(args))
+        }
         Command::Participant { config } => runtime()?.block_on(commands::run_participant(&config)),
         Command::Coordinator { config } => runtime()?.block_on(commands::run_coordinator(&config)),
         Command::Sign(args) => runtime()?.block_on(commands::sign(args)),

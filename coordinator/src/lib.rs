@@ -7,6 +7,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod ceremony;
 pub mod client;
 pub mod error;
 pub mod server;

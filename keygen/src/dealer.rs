@@ -41,28 +41,37 @@ impl DealtShare {
         manifest: &GroupManifest,
         kdf: KdfParams,
     ) -> Result<ShareHeader, KeygenError> {
-        Ok(ShareHeader {
-            group: manifest.group.clone(),
-            epoch: manifest.epoch,
-            threshold: manifest.threshold,
-            owner: self.node_id,
-            identifier: self
-                .key_package
-                .identifier()
-                .serialize()
-                .try_into()
-                .map_err(|_| KeygenError::Frost(frost::Error::MalformedIdentifier))?,
-            group_public_key: manifest.public_key_bytes()?,
-            manifest_hash: manifest.hash()?,
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            kdf,
-            nonce: [0; 24],
-            key_check: [0; 32],
-        })
+        share_header(manifest, self.node_id, &self.key_package, kdf)
     }
+}
+
+/// The share-file header of `owner`'s `key_package` under `manifest` (any keygen ceremony).
+pub fn share_header(
+    manifest: &GroupManifest,
+    owner: NodeId,
+    key_package: &frost::keys::KeyPackage,
+    kdf: KdfParams,
+) -> Result<ShareHeader, KeygenError> {
+    Ok(ShareHeader {
+        group: manifest.group.clone(),
+        epoch: manifest.epoch,
+        threshold: manifest.threshold,
+        owner,
+        identifier: key_package
+            .identifier()
+            .serialize()
+            .try_into()
+            .map_err(|_| KeygenError::Frost(frost::Error::MalformedIdentifier))?,
+        group_public_key: manifest.public_key_bytes()?,
+        manifest_hash: manifest.hash()?,
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        kdf,
+        nonce: [0; 24],
+        key_check: [0; 32],
+    })
 }
 
 /// Generates a fresh key and splits it `threshold`-of-`members.len()`, each share bound to the

@@ -7,12 +7,14 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod ceremony;
 pub mod dealer;
+pub mod dkg;
 pub mod manifest;
 pub mod secret;
 pub mod sharefile;
 
-pub use dealer::{deal, DealtShare, NewMember};
+pub use dealer::{deal, share_header, DealtShare, NewMember};
 pub use manifest::{identifier_for, GroupManifest, ManifestError, ManifestParticipant, Member};
 pub use secret::Passphrase;
 pub use sharefile::{KdfParams, ShareErrorKind, ShareFile, ShareFileError, ShareHeader};

@@ -7,6 +7,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod ceremony;
 pub mod hygiene;
 pub mod server;
 pub mod state;

@@ -17,8 +17,8 @@ pub mod transport;
 pub use codec::{decode_frame, encode_frame, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use identity::{IdentityError, IdentityKey, NodeId};
 pub use message::{
-    CommitmentEntry, Envelope, GroupName, Message, Refusal, Transmit, MAX_BATCH,
-    MAX_GROUP_NAME_LEN, MAX_SIGN_MESSAGE_LEN,
+    AbortWhy, CommitmentEntry, Delivered, Envelope, GroupName, Message, PostBody, Refusal,
+    Transmit, MAX_BATCH, MAX_GROUP_NAME_LEN, MAX_SIGN_MESSAGE_LEN,
 };
 
 /// Application protocol negotiated in the TLS handshake.

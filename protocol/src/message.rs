@@ -139,8 +139,70 @@ pub enum Message {
         reachable: u16,
     },
 
+    /// Ceremony member → relay (coordinator): this member's messages for `round` of the key
+    /// ceremony `ceremony` (DKG, refresh, reshare, repair). The relay answers when every
+    /// member has posted the round (a long poll): `CeremonyRound`, or `CeremonyAborted`.
+    CeremonyPost {
+        ceremony: [u8; 16],
+        /// SHA-256 of the ceremony plan; the relay refuses a member holding another plan.
+        plan_hash: [u8; 32],
+        round: u8,
+        body: PostBody,
+    },
+    /// Relay → member: everything addressed to this member in `round`, one item per member
+    /// in roster order.
+    CeremonyRound {
+        ceremony: [u8; 16],
+        round: u8,
+        items: Vec<Delivered>,
+    },
+    /// Relay → member: the ceremony is over without a result.
+    CeremonyAborted { ceremony: [u8; 16], why: AbortWhy },
+
     /// Any direction: the request was refused. A code, never free text.
     Refused(Refusal),
+}
+
+/// What a ceremony member posts for one round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PostBody {
+    /// A message for every member, and one message per named member (encrypted end to end
+    /// by the ceremony layer; the relay cannot read them).
+    Round {
+        broadcast: Vec<u8>,
+        direct: Vec<(crate::NodeId, Vec<u8>)>,
+    },
+    /// The member stops the ceremony; `complaint` is a complaint signed by the member (opaque
+    /// to the relay, checked by every other member).
+    Abort { complaint: Vec<u8> },
+}
+
+/// One member's contribution to a round, as delivered to one recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub from: crate::NodeId,
+    pub broadcast: Vec<u8>,
+    /// What `from` addressed to the recipient, if anything.
+    pub direct: Option<Vec<u8>>,
+}
+
+/// Why a ceremony ended without a result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AbortWhy {
+    /// A member complained (signed complaint, checked by the recipients).
+    Complaint {
+        from: crate::NodeId,
+        complaint: Vec<u8>,
+    },
+    /// These members did not post `round` before its deadline.
+    Timeout {
+        round: u8,
+        missing: Vec<crate::NodeId>,
+    },
+    /// This member's connection closed mid-ceremony (its ceremony state is gone).
+    Disconnected { node: crate::NodeId },
+    /// Posts did not follow the protocol (wrong round, missing or unexpected direct messages).
+    Malformed { node: crate::NodeId },
 }
 
 /// Why a request was refused. Codes only: a refusal never carries text that could hold
@@ -172,6 +234,12 @@ pub enum Refusal {
     Internal,
     #[error("request not understood by this kind of node")]
     UnexpectedRequest,
+    #[error("unknown ceremony, or the member holds a different ceremony plan")]
+    UnknownCeremony,
+    #[error("not a member of this ceremony")]
+    NotAMember,
+    #[error("post for the wrong round of the ceremony")]
+    WrongRound,
 }
 
 #[cfg(test)]

@@ -130,6 +130,22 @@ impl Cluster {
         setups: Vec<ParticipantSetup>,
         proxy: Option<ProxyOpts>,
     ) -> Cluster {
+        Self::start_full(t, n, setups, proxy, false)
+    }
+
+    /// Like `start`, with the key made by a DKG ceremony (`keygen dkg plan/relay/join`, one
+    /// process per participant and one relay) instead of a dealer.
+    pub fn start_dkg(t: usize, n: usize) -> Cluster {
+        Self::start_full(t, n, vec![], None, true)
+    }
+
+    fn start_full(
+        t: usize,
+        n: usize,
+        setups: Vec<ParticipantSetup>,
+        proxy: Option<ProxyOpts>,
+        dkg: bool,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("conclave-it-")
             .tempdir()
@@ -186,18 +202,34 @@ impl Cluster {
             "--out".into(),
             d.display().to_string(),
         ]);
+        let mut specs = vec![];
         for (name, port) in names.iter().zip(&public_ports) {
             let key = init(name);
-            args.push("--participant".into());
-            args.push(format!("{name}={key}@127.0.0.1:{port}"));
+            specs.push(format!("{name}={key}@127.0.0.1:{port}"));
         }
-        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = conclave(&arg_refs);
-        assert!(
-            out.status.success(),
-            "keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let share_of = |name: &str| {
+            if dkg {
+                format!("{name}-dkg/it.{name}.share")
+            } else {
+                format!("it.{name}.share")
+            }
+        };
+        if dkg {
+            let run = run_dkg(d, "it", t, &specs, &DkgFaults::default());
+            assert!(run.all_succeeded(), "dkg failed: {}", run.describe());
+        } else {
+            for spec in &specs {
+                args.push("--participant".into());
+                args.push(spec.clone());
+            }
+            let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = conclave(&arg_refs);
+            assert!(
+                out.status.success(),
+                "keygen: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
 
         let mut cluster = Cluster {
             group: "it".into(),
@@ -292,7 +324,7 @@ impl Cluster {
                 );
                 (imp.clone(), format!("other.{imp}.share"))
             } else {
-                (name.clone(), format!("it.{name}.share"))
+                (name.clone(), share_of(name))
             };
             let coord = if setup.wrong_coordinator {
                 init(&format!("{name}-other-coordinator"))
@@ -445,6 +477,211 @@ impl Cluster {
         hex::decode_to_slice(stdout_line(&out), &mut key).expect("hex key");
         key
     }
+}
+
+/// Faults to inject into a DKG run.
+#[derive(Clone, Debug, Default)]
+pub struct DkgFaults {
+    /// (participant index, CONCLAVE_TEST_FAULT value).
+    pub members: Vec<(usize, &'static str)>,
+    /// CONCLAVE_TEST_FAULT for the relay.
+    pub relay: Option<&'static str>,
+    /// Round timeout in seconds (default 60).
+    pub timeout: Option<u32>,
+    /// Extra arguments for every process (e.g. "-vv").
+    pub verbose: bool,
+}
+
+/// The processes of one DKG ceremony, finished.
+pub struct DkgRun {
+    pub relay: Output,
+    pub members: Vec<Output>,
+    pub elapsed: Duration,
+}
+
+impl DkgRun {
+    pub fn all_succeeded(&self) -> bool {
+        self.relay.status.success() && self.members.iter().all(|m| m.status.success())
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "relay {:?}: {}\n",
+            self.relay.status.code(),
+            String::from_utf8_lossy(&self.relay.stderr)
+        );
+        for (i, m) in self.members.iter().enumerate() {
+            s += &format!(
+                "member {i} {:?}: {}\n",
+                m.status.code(),
+                String::from_utf8_lossy(&m.stderr)
+            );
+        }
+        s
+    }
+}
+
+/// Runs a DKG with the CLI: writes a plan (`keygen dkg plan`) for the participants `specs`
+/// (NAME=KEY@HOST:PORT, identities in `d/NAME`), starts the relay (identity `d/coordinator`,
+/// an OS-chosen port) and one `join` process per participant (output in `d/NAME-dkg/`), and
+/// waits for all of them (killing everything after 120 s).
+pub fn run_dkg(d: &Path, group: &str, t: usize, specs: &[String], faults: &DkgFaults) -> DkgRun {
+    let coordinator_key = stdout_line(&conclave(&[
+        "node",
+        "show",
+        d.join("coordinator").to_str().expect("utf8"),
+    ]));
+    let mut relay_port = Reserved::new();
+    let plan = d.join(format!("{group}-plan.toml"));
+    let _ = std::fs::remove_file(&plan);
+    let mut args: Vec<String> = vec![
+        "keygen".into(),
+        "dkg".into(),
+        "plan".into(),
+        "--group".into(),
+        group.into(),
+        "--threshold".into(),
+        t.to_string(),
+        "--coordinator".into(),
+        format!(
+            "coordinator={coordinator_key}@127.0.0.1:{}",
+            relay_port.port
+        ),
+        "--timeout".into(),
+        faults.timeout.unwrap_or(60).to_string(),
+        "--out".into(),
+        plan.display().to_string(),
+    ];
+    for s in specs {
+        args.push("--participant".into());
+        args.push(s.clone());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = conclave(&refs);
+    assert!(
+        out.status.success(),
+        "dkg plan: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verbose: &[&str] = if faults.verbose { &["-vv"] } else { &[] };
+    let spawn = |args: &[&str], fault: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(verbose)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if faults.verbose {
+            cmd.env("RUST_LOG", "trace");
+        }
+        if let Some(f) = fault {
+            cmd.env("CONCLAVE_TEST_FAULT", f);
+        }
+        cmd.spawn().expect("spawn dkg process")
+    };
+    let started = Instant::now();
+    relay_port.release();
+    let relay = spawn(
+        &[
+            "keygen",
+            "dkg",
+            "relay",
+            "--plan",
+            plan.to_str().expect("utf8"),
+            "--identity",
+            d.join("coordinator").to_str().expect("utf8"),
+            "--out",
+            d.to_str().expect("utf8"),
+            "--json",
+        ],
+        faults.relay,
+    );
+    let members: Vec<Child> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = s.split('=').next().expect("name");
+            let fault = faults
+                .members
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, f)| *f);
+            spawn(
+                &[
+                    "keygen",
+                    "dkg",
+                    "join",
+                    "--plan",
+                    plan.to_str().expect("utf8"),
+                    "--identity",
+                    d.join(name).to_str().expect("utf8"),
+                    "--out",
+                    d.join(format!("{name}-dkg")).to_str().expect("utf8"),
+                    "--mode",
+                    "dev",
+                    "--kdf",
+                    "light",
+                    "--passphrase-file",
+                    d.join("pass").to_str().expect("utf8"),
+                    "--json",
+                ],
+                fault,
+            )
+        })
+        .collect();
+    // wait_with_output drains both pipes (verbose runs write a lot); a watchdog kills
+    // every process still running after 120 s so a hung ceremony fails instead of hanging.
+    let pids: Vec<u32> = std::iter::once(relay.id())
+        .chain(members.iter().map(Child::id))
+        .collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if Instant::now() > deadline {
+                    for pid in &pids {
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let readers: Vec<_> = members
+        .into_iter()
+        .map(|c| std::thread::spawn(move || c.wait_with_output().expect("wait dkg member")))
+        .collect();
+    let relay = relay.wait_with_output().expect("wait dkg relay");
+    let members = readers
+        .into_iter()
+        .map(|h| h.join().expect("join"))
+        .collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watchdog.join();
+    DkgRun {
+        relay,
+        members,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Every file under `dir` (recursively) whose name ends with one of `suffixes`.
+pub fn files_ending(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_ending(&p, suffixes));
+            } else if suffixes.iter().any(|s| p.to_string_lossy().ends_with(s)) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn first_line(child: &mut Child) -> String {

@@ -1,0 +1,428 @@
+//! Key ceremonies (DKG now; refresh, reshare and repair reuse the same machinery): every
+//! participant runs its side on its own host, and the coordinator relays rounds between them
+//! without seeing any secret.
+//!
+//! Three layers, all sans-IO:
+//! - [`Relay`] (coordinator): a bulletin board with synchronous rounds. Each member posts one
+//!   message per round (a broadcast plus one direct message per recipient); when every member
+//!   has posted, each member gets everything addressed to it. It understands nothing else.
+//! - [`Member`] (each participant): the round bookkeeping every ceremony shares: join, the
+//!   protocol rounds, then *confirm* (every member signs the hash of the manifest it computed;
+//!   all must agree) and *store* (each member writes its share as a pending file; only when
+//!   every member has stored does anyone activate it).
+//! - a [`Protocol`] ([`crate::dkg::Dkg`]): the cryptography of one kind of ceremony.
+//!
+//! Direct messages are sealed with HPKE (RFC 9180, X25519-HKDF-SHA256, ChaCha20-Poly1305) to
+//! a per-ceremony X25519 key of the recipient and signed by the sender's identity key; the
+//! relay can drop or delay messages, never read or forge them.
+
+mod member;
+pub mod plan;
+mod relay;
+
+pub use member::{completed_manifest, AbortReport, Member, MemberEvent};
+pub use plan::{CeremonyKind, CeremonyPlan, PlanError, PlanMember, PlanNode};
+#[cfg(feature = "fault-injection")]
+pub use relay::RelayFault;
+pub use relay::{Relay, RelayEvent};
+
+use conclave_protocol::{AbortWhy, Delivered, IdentityKey, NodeId};
+use ed25519_dalek::Signer;
+use frost_ed25519 as frost;
+use hpke::{Deserializable, Serializable};
+use rand::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::manifest::GroupManifest;
+
+type Kem = hpke::kem::X25519HkdfSha256;
+type Kdf = hpke::kdf::HkdfSha256;
+type Aead = hpke::aead::ChaCha20Poly1305;
+
+/// The id and plan hash of a ceremony: bound into every signature and every HPKE context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ctx {
+    pub id: [u8; 16],
+    pub plan_hash: [u8; 32],
+}
+
+impl Ctx {
+    /// The context of `plan`.
+    pub fn of(plan: &CeremonyPlan) -> Result<Self, PlanError> {
+        Ok(Self {
+            id: plan.id()?,
+            plan_hash: plan.hash()?,
+        })
+    }
+
+    /// The bytes a signature or an HPKE context covers: a domain label, this context, the
+    /// round, the sender, the recipient (if any) and a payload, each length-framed.
+    fn statement(
+        &self,
+        domain: &[u8],
+        round: u8,
+        from: &NodeId,
+        to: Option<&NodeId>,
+        parts: &[&[u8]],
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"conclave/ceremony/v1\0");
+        out.extend_from_slice(&(domain.len() as u32).to_be_bytes());
+        out.extend_from_slice(domain);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.plan_hash);
+        out.push(round);
+        out.extend_from_slice(&from.0);
+        out.extend_from_slice(&to.map(|t| t.0).unwrap_or([0; 32]));
+        for p in parts {
+            out.extend_from_slice(&(p.len() as u64).to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    /// Signs a statement with `identity`.
+    pub fn sign(
+        &self,
+        identity: &IdentityKey,
+        domain: &[u8],
+        round: u8,
+        to: Option<&NodeId>,
+        parts: &[&[u8]],
+    ) -> Vec<u8> {
+        let msg = self.statement(domain, round, &identity.node_id(), to, parts);
+        identity.signing_key().sign(&msg).to_bytes().to_vec()
+    }
+
+    /// Checks a statement signed by `from`.
+    pub fn verify(
+        &self,
+        from: &NodeId,
+        signature: &[u8],
+        domain: &[u8],
+        round: u8,
+        to: Option<&NodeId>,
+        parts: &[&[u8]],
+    ) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&from.0) else {
+            return false;
+        };
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
+            return false;
+        };
+        let msg = self.statement(domain, round, from, to, parts);
+        key.verify_strict(&msg, &sig).is_ok()
+    }
+}
+
+/// A member's per-ceremony X25519 secret for HPKE. Zeroized on drop (x25519-dalek), prints
+/// `[redacted]`.
+pub struct EncryptionKey(<Kem as hpke::Kem>::PrivateKey);
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey([redacted])")
+    }
+}
+
+impl EncryptionKey {
+    /// A fresh key and its public half.
+    pub fn generate<R: RngCore + CryptoRng + ?Sized>(rng: &mut R) -> (Self, [u8; 32]) {
+        let (sk, pk) = <Kem as hpke::Kem>::gen_keypair(&mut &mut *rng);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&pk.to_bytes());
+        (Self(sk), out)
+    }
+}
+
+/// A direct message: HPKE ciphertext to the recipient, signed by the sender.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sealed {
+    pub enc: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+const SEAL_DOMAIN: &[u8] = b"direct";
+
+impl Ctx {
+    /// Encrypts `plaintext` to `to` (whose per-ceremony key is `to_key`) and signs it.
+    pub fn seal<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        identity: &IdentityKey,
+        round: u8,
+        to: &NodeId,
+        to_key: &[u8; 32],
+        plaintext: &[u8],
+        rng: &mut R,
+    ) -> Result<Sealed, Fault> {
+        let me = identity.node_id();
+        let info = self.statement(SEAL_DOMAIN, round, &me, Some(to), &[]);
+        let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(to_key).map_err(|_| Fault::Malformed)?;
+        let (enc, ciphertext) = hpke::single_shot_seal::<Aead, Kdf, Kem, _>(
+            &hpke::OpModeS::Base,
+            &pk,
+            &info,
+            plaintext,
+            &[],
+            &mut &mut *rng,
+        )
+        .map_err(|_| Fault::Malformed)?;
+        let enc = enc.to_bytes().to_vec();
+        let signature = self.sign(identity, SEAL_DOMAIN, round, Some(to), &[&enc, &ciphertext]);
+        Ok(Sealed {
+            enc,
+            ciphertext,
+            signature,
+        })
+    }
+
+    /// Checks the sender's signature and decrypts a direct message addressed to `me`.
+    pub fn open(
+        &self,
+        key: &EncryptionKey,
+        round: u8,
+        from: &NodeId,
+        me: &NodeId,
+        sealed: &Sealed,
+    ) -> Result<Zeroizing<Vec<u8>>, Fault> {
+        if !self.verify(
+            from,
+            &sealed.signature,
+            SEAL_DOMAIN,
+            round,
+            Some(me),
+            &[&sealed.enc, &sealed.ciphertext],
+        ) {
+            return Err(Fault::BadSignature);
+        }
+        let info = self.statement(SEAL_DOMAIN, round, from, Some(me), &[]);
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed.enc)
+            .map_err(|_| Fault::Undecryptable)?;
+        hpke::single_shot_open::<Aead, Kdf, Kem>(
+            &hpke::OpModeR::Base,
+            &key.0,
+            &enc,
+            &info,
+            &sealed.ciphertext,
+            &[],
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| Fault::Undecryptable)
+    }
+}
+
+/// What went wrong, as a member reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// Members saw different round-1 transcripts (the relay altered or substituted a message).
+    TranscriptMismatch,
+    /// A round-1 package's proof of knowledge of its secret does not verify.
+    InvalidProofOfKnowledge,
+    /// A secret share does not match its sender's public commitment.
+    InvalidSecretShare,
+    /// A message was not signed by its claimed sender.
+    BadSignature,
+    /// A direct message could not be decrypted.
+    Undecryptable,
+    /// A message could not be parsed or was missing.
+    Malformed,
+    /// Members computed different results (public key packages or manifests).
+    ResultMismatch,
+    /// The member itself failed (for example, it could not write its share file).
+    LocalFailure,
+}
+
+impl Fault {
+    fn describe(self) -> &'static str {
+        match self {
+            Fault::TranscriptMismatch => "members saw different round-1 messages (echo check failed: the relay altered or substituted a message)",
+            Fault::InvalidProofOfKnowledge => "invalid proof of knowledge in a round-1 package",
+            Fault::InvalidSecretShare => "a secret share does not match its sender's commitment",
+            Fault::BadSignature => "a message is not signed by its sender (altered in transit)",
+            Fault::Undecryptable => "a direct message could not be decrypted",
+            Fault::Malformed => "a message was missing or malformed",
+            Fault::ResultMismatch => "members computed different group keys or manifests",
+            Fault::LocalFailure => "a member failed locally (see its own output)",
+        }
+    }
+}
+
+/// A member's reason to stop a ceremony: the round, the fault, and whom it blames.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Complaint {
+    pub round: u8,
+    pub fault: Fault,
+    pub culprits: Vec<NodeId>,
+}
+
+impl Complaint {
+    /// A complaint blaming `culprits`.
+    pub fn new(round: u8, fault: Fault, culprits: Vec<NodeId>) -> Self {
+        Self {
+            round,
+            fault,
+            culprits,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignedComplaint {
+    complaint: Complaint,
+    signature: Vec<u8>,
+}
+
+const COMPLAINT_DOMAIN: &[u8] = b"complaint";
+
+impl Ctx {
+    fn seal_complaint(&self, identity: &IdentityKey, complaint: &Complaint) -> Vec<u8> {
+        let body = postcard::to_allocvec(complaint).unwrap_or_default();
+        let signature = self.sign(identity, COMPLAINT_DOMAIN, complaint.round, None, &[&body]);
+        postcard::to_allocvec(&SignedComplaint {
+            complaint: complaint.clone(),
+            signature,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Parses a complaint relayed as from `from`; `None` unless `from` signed it.
+    pub fn open_complaint(&self, from: &NodeId, bytes: &[u8]) -> Option<Complaint> {
+        let sc: SignedComplaint = postcard::from_bytes(bytes).ok()?;
+        let body = postcard::to_allocvec(&sc.complaint).ok()?;
+        self.verify(
+            from,
+            &sc.signature,
+            COMPLAINT_DOMAIN,
+            sc.complaint.round,
+            None,
+            &[&body],
+        )
+        .then_some(sc.complaint)
+    }
+}
+
+/// Explains why a ceremony ended, in words for an operator (names from the plan; never any
+/// secret: complaints hold only codes and node ids).
+pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> (String, Vec<String>) {
+    let names = |ids: &[NodeId]| ids.iter().map(|n| plan.name_of(n)).collect::<Vec<_>>();
+    match why {
+        AbortWhy::Complaint { from, complaint } => match ctx.open_complaint(from, complaint) {
+            Some(c) => {
+                let culprits = names(&c.culprits);
+                let blame = if culprits.is_empty() {
+                    String::new()
+                } else {
+                    format!("; culprit(s): {}", culprits.join(", "))
+                };
+                (
+                    format!(
+                        "{} reported in round {} ({}): {}{blame}",
+                        plan.name_of(from),
+                        c.round,
+                        plan.kind.round_name(c.round),
+                        c.fault.describe()
+                    ),
+                    culprits,
+                )
+            }
+            None => (
+                format!(
+                    "the relay reported a complaint from {} that is not signed by it (the relay is misbehaving)",
+                    plan.name_of(from)
+                ),
+                vec![],
+            ),
+        },
+        AbortWhy::Timeout { round, missing } => {
+            let m = names(missing);
+            (
+                format!(
+                    "timed out in round {round} ({}): no message from {}",
+                    plan.kind.round_name(*round),
+                    m.join(", ")
+                ),
+                m,
+            )
+        }
+        AbortWhy::Disconnected { node } => (
+            format!(
+                "{} disconnected mid-ceremony (its ceremony state is gone)",
+                plan.name_of(node)
+            ),
+            vec![plan.name_of(node)],
+        ),
+        AbortWhy::Malformed { node } => (
+            format!(
+                "{} posted a message that breaks the ceremony protocol",
+                plan.name_of(node)
+            ),
+            vec![plan.name_of(node)],
+        ),
+    }
+}
+
+/// The end result of a ceremony for one member: the manifest everyone confirmed, and this
+/// member's new share (`None` for a member that only gives, such as a leaving dealer).
+pub struct Outcome {
+    pub manifest: GroupManifest,
+    pub key_package: Option<frost::keys::KeyPackage>,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcome")
+            .field("group", &self.manifest.group)
+            .field("key_package", &"[redacted]")
+            .finish()
+    }
+}
+
+/// What a protocol wants to post next, or its result.
+pub enum Step {
+    Post {
+        broadcast: Vec<u8>,
+        direct: Vec<(NodeId, Vec<u8>)>,
+    },
+    Finished(Box<Outcome>),
+}
+
+/// The cryptography of one kind of ceremony, driven by [`Member`]. Round numbers start at 1;
+/// `items` holds one entry per roster member, in roster order, the member's own included.
+pub trait Protocol {
+    /// Round 1's post.
+    fn start(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        rng: &mut dyn RngCoreCrypto,
+    ) -> Result<Step, Complaint>;
+    /// Handles the delivery of `round` and returns the next post (or the result).
+    fn deliver(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        round: u8,
+        items: &[Delivered],
+        rng: &mut dyn RngCoreCrypto,
+    ) -> Result<Step, Complaint>;
+}
+
+/// An object-safe cryptographic RNG.
+pub trait RngCoreCrypto: RngCore + CryptoRng {}
+impl<T: RngCore + CryptoRng> RngCoreCrypto for T {}
+
+/// SHA-256 of a sequence of byte strings, each length-framed.
+pub(crate) fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests;

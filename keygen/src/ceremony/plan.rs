@@ -1,0 +1,269 @@
+//! The ceremony plan: a public TOML file that every host of a ceremony holds (the operator
+//! copies it to each). Its SHA-256 is bound into every signed ceremony message, so members
+//! holding different plans never agree on anything.
+
+use std::collections::BTreeSet;
+
+use conclave_protocol::{GroupName, NodeId};
+use frost_ed25519 as frost;
+use rand::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{identifier_for, MAX_PARTICIPANTS};
+
+/// Largest plan file read.
+pub const MAX_PLAN_LEN: u64 = 1024 * 1024;
+/// Default time a round may take once every member has joined.
+pub const DEFAULT_ROUND_TIMEOUT_SECS: u32 = 60;
+/// Default time the relay waits for every member to join.
+pub const DEFAULT_JOIN_TIMEOUT_SECS: u32 = 600;
+
+/// Which ceremony a plan describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CeremonyKind {
+    /// Distributed key generation: a new group key, nobody ever holds it whole.
+    Dkg,
+}
+
+impl CeremonyKind {
+    /// Number of protocol rounds between the join round and the confirm/store rounds.
+    pub fn protocol_rounds(self) -> u8 {
+        match self {
+            CeremonyKind::Dkg => crate::dkg::ROUNDS,
+        }
+    }
+
+    /// The last round: join (0), the protocol rounds, confirm, store.
+    pub fn final_round(self) -> u8 {
+        self.protocol_rounds() + 2
+    }
+
+    /// A short name for a round, for progress output.
+    pub fn round_name(self, round: u8) -> &'static str {
+        let r = self.protocol_rounds();
+        match round {
+            0 => "join",
+            x if x == r + 1 => "confirm",
+            x if x == r + 2 => "store",
+            x => match self {
+                CeremonyKind::Dkg => crate::dkg::round_name(x),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for CeremonyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CeremonyKind::Dkg => "dkg",
+        })
+    }
+}
+
+/// A node as named in a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanNode {
+    pub name: String,
+    /// Ed25519 identity public key (hex).
+    pub identity_key: String,
+    /// `host:port`: where a participant will listen for signing (goes into the manifest), or
+    /// where the coordinator listens for the ceremony.
+    pub address: String,
+}
+
+/// The public description of one ceremony.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeremonyPlan {
+    /// Random ceremony id (32 hex characters).
+    pub ceremony: String,
+    pub kind: CeremonyKind,
+    pub group: GroupName,
+    pub threshold: u16,
+    /// The epoch the resulting group starts at.
+    pub epoch: u64,
+    /// A round that has not completed this long after the previous one aborts the ceremony.
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_secs: u32,
+    /// How long the relay waits for every member to join.
+    #[serde(default = "default_join_timeout")]
+    pub join_timeout_secs: u32,
+    /// The coordinator relaying the ceremony.
+    pub coordinator: PlanNode,
+    pub participants: Vec<PlanNode>,
+}
+
+fn default_round_timeout() -> u32 {
+    DEFAULT_ROUND_TIMEOUT_SECS
+}
+fn default_join_timeout() -> u32 {
+    DEFAULT_JOIN_TIMEOUT_SECS
+}
+
+/// A plan that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error("plan is not valid TOML for a ceremony: {0}")]
+    Syntax(String),
+    #[error("plan is larger than {MAX_PLAN_LEN} bytes")]
+    TooLarge,
+    #[error("cannot read the plan: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("threshold {t} is impossible with {n} participants (need 2 <= t <= n <= {MAX_PARTICIPANTS})")]
+    BadThreshold { t: u16, n: usize },
+    #[error("{name:?}: {what}")]
+    BadNode { name: String, what: &'static str },
+    #[error("participant names and identity keys must be unique, and the coordinator cannot be a participant")]
+    Duplicate,
+    #[error("ceremony id must be 32 hex characters")]
+    BadId,
+    #[error("timeouts must be between 1 and 86400 seconds")]
+    BadTimeout,
+    #[error("could not serialize the plan: {0}")]
+    Serialize(String),
+}
+
+/// A plan participant with its keys parsed.
+#[derive(Clone, Debug)]
+pub struct PlanMember {
+    pub name: String,
+    pub node_id: NodeId,
+    pub identifier: frost::Identifier,
+    pub address: String,
+}
+
+impl CeremonyPlan {
+    /// A new DKG plan with a random ceremony id.
+    pub fn new_dkg<R: RngCore + CryptoRng>(
+        group: GroupName,
+        threshold: u16,
+        coordinator: PlanNode,
+        participants: Vec<PlanNode>,
+        rng: &mut R,
+    ) -> Result<Self, PlanError> {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let plan = Self {
+            ceremony: hex::encode(id),
+            kind: CeremonyKind::Dkg,
+            group,
+            threshold,
+            epoch: 1,
+            round_timeout_secs: DEFAULT_ROUND_TIMEOUT_SECS,
+            join_timeout_secs: DEFAULT_JOIN_TIMEOUT_SECS,
+            coordinator,
+            participants,
+        };
+        plan.members()?;
+        Ok(plan)
+    }
+
+    /// Parses and validates a plan.
+    pub fn from_toml(text: &str) -> Result<Self, PlanError> {
+        if text.len() as u64 > MAX_PLAN_LEN {
+            return Err(PlanError::TooLarge);
+        }
+        let p: Self =
+            toml::from_str(text).map_err(|e| PlanError::Syntax(e.message().to_owned()))?;
+        p.members()?;
+        Ok(p)
+    }
+
+    /// Reads and validates a plan file.
+    pub fn read(path: &std::path::Path) -> Result<Self, PlanError> {
+        if std::fs::metadata(path)?.len() > MAX_PLAN_LEN {
+            return Err(PlanError::TooLarge);
+        }
+        Self::from_toml(&std::fs::read_to_string(path)?)
+    }
+
+    /// The TOML text.
+    pub fn to_toml(&self) -> Result<String, PlanError> {
+        toml::to_string_pretty(self).map_err(|e| PlanError::Serialize(e.to_string()))
+    }
+
+    /// SHA-256 over a canonical (postcard) encoding.
+    pub fn hash(&self) -> Result<[u8; 32], PlanError> {
+        let bytes = postcard::to_allocvec(self).map_err(|e| PlanError::Serialize(e.to_string()))?;
+        Ok(Sha256::digest(&bytes).into())
+    }
+
+    /// The ceremony id.
+    pub fn id(&self) -> Result<[u8; 16], PlanError> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(&self.ceremony, &mut out).map_err(|_| PlanError::BadId)?;
+        Ok(out)
+    }
+
+    /// The coordinator's identity.
+    pub fn coordinator_id(&self) -> Result<NodeId, PlanError> {
+        NodeId::from_hex(&self.coordinator.identity_key).map_err(|_| PlanError::BadNode {
+            name: self.coordinator.name.clone(),
+            what: "identity_key is not a valid Ed25519 public key",
+        })
+    }
+
+    /// Every participant, parsed and checked, in roster order.
+    pub fn members(&self) -> Result<Vec<PlanMember>, PlanError> {
+        self.id()?;
+        let n = self.participants.len();
+        if n > MAX_PARTICIPANTS || self.threshold < 2 || usize::from(self.threshold) > n {
+            return Err(PlanError::BadThreshold {
+                t: self.threshold,
+                n,
+            });
+        }
+        for t in [self.round_timeout_secs, self.join_timeout_secs] {
+            if !(1..=86_400).contains(&t) {
+                return Err(PlanError::BadTimeout);
+            }
+        }
+        let coordinator = self.coordinator_id()?;
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::from([coordinator]);
+        let mut out = Vec::with_capacity(n);
+        for p in &self.participants {
+            let bad = |what| PlanError::BadNode {
+                name: p.name.clone(),
+                what,
+            };
+            GroupName::new(&p.name).map_err(|_| {
+                bad("name must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")
+            })?;
+            let node_id = NodeId::from_hex(&p.identity_key)
+                .map_err(|_| bad("identity_key is not a valid Ed25519 public key"))?;
+            let identifier =
+                identifier_for(&node_id).map_err(|_| bad("identifier cannot be derived"))?;
+            if p.address.rsplit_once(':').is_none() {
+                return Err(bad("address must be HOST:PORT"));
+            }
+            if !names.insert(p.name.clone()) || !keys.insert(node_id) {
+                return Err(PlanError::Duplicate);
+            }
+            out.push(PlanMember {
+                name: p.name.clone(),
+                node_id,
+                identifier,
+                address: p.address.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The name of `node` in this plan (its hex prefix if it is not in the plan).
+    pub fn name_of(&self, node: &NodeId) -> String {
+        let hex = node.to_hex();
+        if self.coordinator.identity_key == hex {
+            return self.coordinator.name.clone();
+        }
+        self.participants
+            .iter()
+            .find(|p| p.identity_key == hex)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| node.short())
+    }
+}

@@ -1,0 +1,308 @@
+//! Ceremonies run in memory: a relay and n members wired back to back.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use conclave_protocol::{GroupName, IdentityKey};
+use frost_ed25519 as frost;
+
+use super::*;
+use crate::dkg::Dkg;
+
+pub(crate) fn plan(t: u16, n: usize) -> (CeremonyPlan, Vec<IdentityKey>) {
+    let mut rng = rand::rngs::OsRng;
+    let ids: Vec<IdentityKey> = (0..n).map(|_| IdentityKey::generate(&mut rng)).collect();
+    let coord = IdentityKey::generate(&mut rng);
+    let participants = ids
+        .iter()
+        .enumerate()
+        .map(|(i, k)| PlanNode {
+            name: format!("p{i}"),
+            identity_key: k.node_id().to_hex(),
+            address: format!("127.0.0.1:{}", 7000 + i),
+        })
+        .collect();
+    let coordinator = PlanNode {
+        name: "coord".into(),
+        identity_key: coord.node_id().to_hex(),
+        address: "127.0.0.1:7400".into(),
+    };
+    let plan = CeremonyPlan::new_dkg(
+        GroupName::new("g").unwrap(),
+        t,
+        coordinator,
+        participants,
+        &mut rng,
+    )
+    .unwrap();
+    (plan, ids)
+}
+
+pub(crate) struct Run {
+    pub outcomes: Vec<Option<Box<Outcome>>>,
+    pub aborts: Vec<Option<AbortReport>>,
+    pub relay_events: Vec<RelayEvent>,
+    pub activated: Vec<bool>,
+}
+
+/// Runs members against a relay until everything is quiet. `silent` members never post after
+/// joining (a crashed node); `now` jumps past deadlines when nothing else can happen.
+pub(crate) fn run<P: Protocol>(
+    mut members: Vec<Member<P>>,
+    mut relay: Relay,
+    silent: Option<usize>,
+) -> Run {
+    let mut rng = rand::rngs::OsRng;
+    let mut now = Instant::now();
+    let roster = relay.roster().to_vec();
+    let n = members.len();
+    let mut run = Run {
+        outcomes: (0..n).map(|_| None).collect(),
+        aborts: vec![None; n],
+        relay_events: vec![],
+        activated: vec![false; n],
+    };
+    for m in &mut members {
+        m.start(now);
+    }
+    for _ in 0..10_000 {
+        let mut progress = false;
+        for (i, m) in members.iter_mut().enumerate() {
+            while let Some(env) = m.poll_transmit() {
+                if silent == Some(i) && m.round() >= 1 {
+                    continue;
+                }
+                relay.handle(now, roster[i], env);
+                progress = true;
+            }
+            while let Some(ev) = m.poll_event() {
+                progress = true;
+                match ev {
+                    MemberEvent::Store(o) => {
+                        run.outcomes[i] = Some(o);
+                        m.stored(now, true);
+                    }
+                    MemberEvent::Activate => run.activated[i] = true,
+                    MemberEvent::Aborted(r) => run.aborts[i] = Some(r),
+                    _ => {}
+                }
+            }
+        }
+        while let Some(t) = relay.poll_transmit() {
+            let i = roster.iter().position(|r| *r == t.to).unwrap();
+            members[i].handle(now, t.envelope, &mut rng);
+            progress = true;
+        }
+        while let Some(ev) = relay.poll_event() {
+            run.relay_events.push(ev);
+            progress = true;
+        }
+        if !progress {
+            if members.iter().all(|m| m.is_finished()) {
+                break;
+            }
+            now += Duration::from_secs(30);
+            relay.handle_timeout(now);
+            for m in &mut members {
+                m.handle_timeout(now);
+            }
+        }
+    }
+    run
+}
+
+fn dkg_members(plan: &CeremonyPlan, ids: Vec<IdentityKey>) -> Vec<Member<Dkg>> {
+    ids.into_iter()
+        .map(|k| {
+            let dkg = Dkg::new(plan, &k.node_id()).unwrap();
+            Member::new(plan, k, dkg).unwrap()
+        })
+        .collect()
+}
+
+fn sign_with(outcomes: &[&Outcome], msg: &[u8]) -> ed25519_dalek::Signature {
+    let mut rng = rand::rngs::OsRng;
+    let pkp = outcomes[0].manifest.public_key_package().unwrap();
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for o in outcomes {
+        let kp = o.key_package.as_ref().unwrap();
+        let (n, c) = frost::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let pkg = frost::SigningPackage::new(commitments, msg);
+    let shares: BTreeMap<_, _> = outcomes
+        .iter()
+        .map(|o| {
+            let kp = o.key_package.as_ref().unwrap();
+            let id = *kp.identifier();
+            (id, frost::round2::sign(&pkg, &nonces[&id], kp).unwrap())
+        })
+        .collect();
+    let sig = frost::aggregate(&pkg, &shares, &pkp).unwrap();
+    ed25519_dalek::Signature::from_slice(&sig.serialize().unwrap()).unwrap()
+}
+
+#[test]
+fn dkg_3_of_5_produces_one_key_that_signs() {
+    let (plan, ids) = plan(3, 5);
+    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let run = run(dkg_members(&plan, ids), relay, None);
+    assert!(run.aborts.iter().all(Option::is_none), "{:?}", run.aborts);
+    assert!(run.activated.iter().all(|a| *a));
+    let outcomes: Vec<&Outcome> = run.outcomes.iter().map(|o| o.as_deref().unwrap()).collect();
+    let m0 = &outcomes[0].manifest;
+    assert!(outcomes.iter().all(|o| o.manifest == *m0));
+    assert_eq!(m0.threshold, 3);
+    assert_eq!(m0.epoch, 1);
+    // The relay learns the same manifest, vouched for by every member.
+    let Some(RelayEvent::Completed { confirm, store }) = run.relay_events.last() else {
+        panic!("relay did not complete: {:?}", run.relay_events);
+    };
+    assert_eq!(completed_manifest(&plan, confirm, store).unwrap(), *m0);
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&m0.public_key_bytes().unwrap()).unwrap();
+    for subset in [[0, 1, 2], [2, 3, 4], [0, 2, 4]] {
+        let chosen: Vec<&Outcome> = subset.iter().map(|i| outcomes[*i]).collect();
+        let sig = sign_with(&chosen, b"dkg");
+        vk.verify_strict(b"dkg", &sig).unwrap();
+    }
+    // The relay never had anything secret: it saw only posts; no member's share equals
+    // another's.
+    let shares: std::collections::BTreeSet<Vec<u8>> = outcomes
+        .iter()
+        .map(|o| o.key_package.as_ref().unwrap().signing_share().serialize())
+        .collect();
+    assert_eq!(shares.len(), 5);
+}
+
+#[test]
+fn a_silent_member_times_out_and_nobody_stores() {
+    let (plan, ids) = plan(2, 3);
+    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let run = run(dkg_members(&plan, ids), relay, Some(1));
+    assert!(run.outcomes.iter().all(Option::is_none));
+    for (i, a) in run.aborts.iter().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        let a = a.as_ref().unwrap();
+        assert!(a.summary.contains("timed out"), "{}", a.summary);
+        assert_eq!(a.culprits, vec!["p1".to_string()]);
+    }
+}
+
+#[test]
+fn complaints_must_be_signed_by_their_member() {
+    let (plan, ids) = plan(2, 3);
+    let ctx = Ctx::of(&plan).unwrap();
+    let c = Complaint::new(3, Fault::InvalidSecretShare, vec![ids[2].node_id()]);
+    let bytes = ctx.seal_complaint(&ids[0], &c);
+    assert_eq!(ctx.open_complaint(&ids[0].node_id(), &bytes), Some(c));
+    // Relayed as if from another member: refused.
+    assert_eq!(ctx.open_complaint(&ids[1].node_id(), &bytes), None);
+    let (text, _) = describe_abort(
+        &plan,
+        &ctx,
+        &conclave_protocol::AbortWhy::Complaint {
+            from: ids[1].node_id(),
+            complaint: bytes,
+        },
+    );
+    assert!(text.contains("not signed"), "{text}");
+}
+
+#[test]
+fn sealed_messages_open_only_for_their_recipient_and_sender() {
+    let (plan, ids) = plan(2, 3);
+    let ctx = Ctx::of(&plan).unwrap();
+    let mut rng = rand::rngs::OsRng;
+    let (key, public) = EncryptionKey::generate(&mut rng);
+    let (other, _) = EncryptionKey::generate(&mut rng);
+    let (a, b) = (ids[0].node_id(), ids[1].node_id());
+    let sealed = ctx
+        .seal(&ids[0], 3, &b, &public, b"share", &mut rng)
+        .unwrap();
+    assert_eq!(&ctx.open(&key, 3, &a, &b, &sealed).unwrap()[..], b"share");
+    assert_eq!(
+        ctx.open(&other, 3, &a, &b, &sealed).unwrap_err(),
+        Fault::Undecryptable
+    );
+    // Claimed as from someone else, for another round, or altered: the signature fails.
+    assert_eq!(
+        ctx.open(&key, 3, &b, &b, &sealed).unwrap_err(),
+        Fault::BadSignature
+    );
+    assert_eq!(
+        ctx.open(&key, 2, &a, &b, &sealed).unwrap_err(),
+        Fault::BadSignature
+    );
+    let mut altered = sealed.clone();
+    altered.ciphertext[0] ^= 1;
+    assert_eq!(
+        ctx.open(&key, 3, &a, &b, &altered).unwrap_err(),
+        Fault::BadSignature
+    );
+}
+
+#[test]
+fn plans_are_validated() {
+    let (plan, _) = plan(2, 3);
+    let text = plan.to_toml().unwrap();
+    assert_eq!(CeremonyPlan::from_toml(&text).unwrap(), plan);
+    let mut p = plan.clone();
+    p.threshold = 4;
+    assert!(matches!(p.members(), Err(PlanError::BadThreshold { .. })));
+    let mut p = plan.clone();
+    p.participants[1].identity_key = p.participants[0].identity_key.clone();
+    assert!(matches!(p.members(), Err(PlanError::Duplicate)));
+    let mut p = plan.clone();
+    p.coordinator.identity_key = p.participants[0].identity_key.clone();
+    assert!(matches!(p.members(), Err(PlanError::Duplicate)));
+    let mut p = plan.clone();
+    p.round_timeout_secs = 0;
+    assert!(matches!(p.members(), Err(PlanError::BadTimeout)));
+    assert!(CeremonyPlan::from_toml("ceremony = 1").is_err());
+}
+
+#[cfg(feature = "fault-injection")]
+mod faults {
+    use super::*;
+    use crate::dkg::DkgFault;
+
+    #[test]
+    fn a_relay_substituting_a_round1_package_fails_the_echo_check() {
+        let (plan, ids) = plan(3, 5);
+        let mut relay = Relay::new(&plan, Instant::now()).unwrap();
+        relay.inject(RelayFault::SubstituteRound1);
+        let run = run(dkg_members(&plan, ids), relay, None);
+        assert!(run.outcomes.iter().all(Option::is_none));
+        for a in &run.aborts {
+            let a = a.as_ref().unwrap();
+            assert!(a.summary.contains("echo check failed"), "{}", a.summary);
+            // p4 was the one shown a different round 1.
+            assert_eq!(a.culprits, vec!["p4".to_string()]);
+        }
+    }
+
+    #[test]
+    fn a_bad_share_names_its_sender() {
+        let (plan, ids) = plan(3, 5);
+        let relay = Relay::new(&plan, Instant::now()).unwrap();
+        let mut members = vec![];
+        for (i, k) in ids.into_iter().enumerate() {
+            let mut dkg = Dkg::new(&plan, &k.node_id()).unwrap();
+            if i == 2 {
+                dkg.inject(DkgFault::BadShare);
+            }
+            members.push(Member::new(&plan, k, dkg).unwrap());
+        }
+        let run = run(members, relay, None);
+        assert!(run.outcomes.iter().all(Option::is_none));
+        for a in &run.aborts {
+            let a = a.as_ref().unwrap();
+            assert!(a.summary.contains("does not match"), "{}", a.summary);
+            assert_eq!(a.culprits, vec!["p2".to_string()]);
+        }
+    }
+}

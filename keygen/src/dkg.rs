@@ -1,0 +1,417 @@
+//! Distributed key generation: FROST DKG (frost-ed25519 `keys::dkg` part1/2/3) as a
+//! [`Protocol`] over the ceremony relay. No host ever holds the group secret.
+//!
+//! Rounds (after the join round):
+//! 1. *packages*: each member broadcasts its round-1 package (commitment to a random
+//!    polynomial and a proof of knowledge of its constant term) and a fresh X25519 key.
+//! 2. *echo*: each member signs the hash of the whole round-1 transcript it received (with
+//!    its own message as it sent it) and broadcasts it; all n hashes must match before
+//!    anyone goes on. This is what makes round 1 a broadcast although the relay could send
+//!    each member something different: a substitution shows up as a mismatch, and the
+//!    disagreeing members are named. Proofs of knowledge are checked only after the echo,
+//!    so a failing proof is blamed on its real author.
+//! 3. *shares*: each member sends every other member its secret share, HPKE-sealed to the
+//!    recipient's round-1 key and signed by the sender; recipients check signatures, decrypt,
+//!    and verify each share against the sender's commitment (part3), naming any culprit.
+//!
+//! The confirm and store rounds of [`crate::ceremony::Member`] follow.
+
+use std::collections::BTreeMap;
+
+use conclave_protocol::{Delivered, IdentityKey, NodeId};
+use frost::keys::dkg;
+use frost_ed25519 as frost;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::ceremony::{
+    hash_parts, CeremonyPlan, Complaint, Ctx, EncryptionKey, Fault, Outcome, PlanError, PlanMember,
+    Protocol, RngCoreCrypto, Sealed, Step,
+};
+use crate::manifest::{GroupManifest, ManifestParticipant};
+
+/// Protocol rounds of the DKG.
+pub const ROUNDS: u8 = 3;
+
+/// Progress names of the DKG rounds.
+pub fn round_name(round: u8) -> &'static str {
+    match round {
+        1 => "packages",
+        2 => "echo",
+        3 => "shares",
+        _ => "?",
+    }
+}
+
+const ECHO_DOMAIN: &[u8] = b"dkg-echo";
+
+#[derive(Serialize, Deserialize)]
+struct Round1 {
+    /// `frost::keys::dkg::round1::Package`, serialized by frost.
+    package: Vec<u8>,
+    /// This member's X25519 key for this ceremony's direct messages.
+    encryption_key: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct Echo {
+    transcript: [u8; 32],
+    signature: Vec<u8>,
+}
+
+/// Test-only misbehaviour of a DKG member.
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DkgFault {
+    /// Sends every other member the share meant for someone else (a valid scalar that does
+    /// not match this member's commitment).
+    BadShare,
+}
+
+/// One member's DKG state. Secret parts (frost's secret packages, the X25519 key) zeroize
+/// on drop.
+pub struct Dkg {
+    plan: CeremonyPlan,
+    members: Vec<PlanMember>,
+    me: usize,
+    secret1: Option<dkg::round1::SecretPackage>,
+    secret2: Option<dkg::round2::SecretPackage>,
+    my_round1: Vec<u8>,
+    transcript: Vec<(NodeId, Vec<u8>)>,
+    transcript_hash: [u8; 32],
+    round1: BTreeMap<frost::Identifier, dkg::round1::Package>,
+    keys: BTreeMap<NodeId, [u8; 32]>,
+    encryption: Option<EncryptionKey>,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<DkgFault>,
+}
+
+impl std::fmt::Debug for Dkg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dkg")
+            .field("group", &self.plan.group)
+            .field("secrets", &"[redacted]")
+            .finish()
+    }
+}
+
+fn local(round: u8) -> Complaint {
+    Complaint::new(round, Fault::LocalFailure, vec![])
+}
+
+impl Dkg {
+    /// The DKG side of `me` in `plan`.
+    pub fn new(plan: &CeremonyPlan, me: &NodeId) -> Result<Self, PlanError> {
+        let members = plan.members()?;
+        let me = members
+            .iter()
+            .position(|m| m.node_id == *me)
+            .ok_or(PlanError::BadNode {
+                name: me.short(),
+                what: "this identity is not a participant of the plan",
+            })?;
+        Ok(Self {
+            plan: plan.clone(),
+            members,
+            me,
+            secret1: None,
+            secret2: None,
+            my_round1: vec![],
+            transcript: vec![],
+            transcript_hash: [0; 32],
+            round1: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            encryption: None,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
+        })
+    }
+
+    /// Makes this member misbehave (tests only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject(&mut self, fault: DkgFault) {
+        self.fault = Some(fault);
+    }
+
+    fn my_node(&self) -> Result<NodeId, Complaint> {
+        self.members
+            .get(self.me)
+            .map(|m| m.node_id)
+            .ok_or_else(|| local(0))
+    }
+
+    fn identifier_of(&self, node: &NodeId) -> Option<frost::Identifier> {
+        self.members
+            .iter()
+            .find(|m| m.node_id == *node)
+            .map(|m| m.identifier)
+    }
+
+    fn node_of(&self, id: &frost::Identifier) -> Option<NodeId> {
+        self.members
+            .iter()
+            .find(|m| m.identifier == *id)
+            .map(|m| m.node_id)
+    }
+
+    /// Round 1 delivered: keep the transcript and echo its hash.
+    fn on_packages(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        items: &[Delivered],
+    ) -> Result<Step, Complaint> {
+        let me = self.my_node()?;
+        // Our own message as we sent it: an altered copy shows up in the others' hashes.
+        self.transcript = items
+            .iter()
+            .map(|d| {
+                let bytes = if d.from == me {
+                    self.my_round1.clone()
+                } else {
+                    d.broadcast.clone()
+                };
+                (d.from, bytes)
+            })
+            .collect();
+        self.transcript_hash = hash_parts(self.transcript.iter().map(|(_, b)| b.as_slice()));
+        let signature = ctx.sign(identity, ECHO_DOMAIN, 2, None, &[&self.transcript_hash]);
+        Ok(Step::Post {
+            broadcast: postcard::to_allocvec(&Echo {
+                transcript: self.transcript_hash,
+                signature,
+            })
+            .map_err(|_| local(2))?,
+            direct: vec![],
+        })
+    }
+
+    /// Round 2 delivered: every echo must match ours; then round 1 is trusted, the proofs of
+    /// knowledge are checked (part2), and the shares go out sealed.
+    fn on_echoes(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        items: &[Delivered],
+        rng: &mut dyn RngCoreCrypto,
+    ) -> Result<Step, Complaint> {
+        let mut hashes: BTreeMap<[u8; 32], Vec<NodeId>> = BTreeMap::new();
+        let mut bad = vec![];
+        for d in items {
+            match postcard::from_bytes::<Echo>(&d.broadcast) {
+                Ok(e)
+                    if ctx.verify(
+                        &d.from,
+                        &e.signature,
+                        ECHO_DOMAIN,
+                        2,
+                        None,
+                        &[&e.transcript],
+                    ) =>
+                {
+                    hashes.entry(e.transcript).or_default().push(d.from)
+                }
+                _ => bad.push(d.from),
+            }
+        }
+        if !bad.is_empty() {
+            return Err(Complaint::new(2, Fault::BadSignature, bad));
+        }
+        if hashes.len() > 1 {
+            // Name everyone outside the largest group of agreeing members (all of them on a tie).
+            let largest = hashes.values().map(Vec::len).max().unwrap_or(0);
+            let ties = hashes.values().filter(|v| v.len() == largest).count();
+            let mut disagreeing: Vec<NodeId> = hashes
+                .values()
+                .filter(|v| ties > 1 || v.len() != largest)
+                .flatten()
+                .copied()
+                .collect();
+            disagreeing.sort_by_key(|n| self.members.iter().position(|m| m.node_id == *n));
+            return Err(Complaint::new(2, Fault::TranscriptMismatch, disagreeing));
+        }
+        if hashes.keys().next() != Some(&self.transcript_hash) {
+            return Err(Complaint::new(2, Fault::TranscriptMismatch, vec![]));
+        }
+        // Everyone saw the same round 1: parse it; a malformed message is its author's fault.
+        let me = self.my_node()?;
+        let mut malformed = vec![];
+        for (from, bytes) in &self.transcript {
+            let parsed = postcard::from_bytes::<Round1>(bytes).ok().and_then(|r| {
+                dkg::round1::Package::deserialize(&r.package)
+                    .ok()
+                    .map(|p| (p, r.encryption_key))
+            });
+            match (parsed, self.identifier_of(from)) {
+                (Some((package, key)), Some(id)) => {
+                    if *from != me {
+                        self.round1.insert(id, package);
+                    }
+                    self.keys.insert(*from, key);
+                }
+                _ => malformed.push(*from),
+            }
+        }
+        if !malformed.is_empty() {
+            return Err(Complaint::new(1, Fault::Malformed, malformed));
+        }
+        let secret1 = self.secret1.take().ok_or_else(|| local(2))?;
+        let (secret2, packages) = dkg::part2(secret1, &self.round1).map_err(|e| match e {
+            frost::Error::InvalidProofOfKnowledge { culprit } => Complaint::new(
+                1,
+                Fault::InvalidProofOfKnowledge,
+                self.node_of(&culprit).into_iter().collect(),
+            ),
+            _ => Complaint::new(1, Fault::Malformed, vec![]),
+        })?;
+        self.secret2 = Some(secret2);
+        let mut direct = Vec::with_capacity(packages.len());
+        let others: Vec<NodeId> = self
+            .members
+            .iter()
+            .map(|m| m.node_id)
+            .filter(|n| *n != me)
+            .collect();
+        for (i, to) in others.iter().enumerate() {
+            let id = self.identifier_of(to).ok_or_else(|| local(3))?;
+            #[allow(unused_mut)]
+            let mut which = id;
+            #[cfg(feature = "fault-injection")]
+            if self.fault == Some(DkgFault::BadShare) {
+                if let Some(other) = others.get((i + 1) % others.len()) {
+                    which = self.identifier_of(other).ok_or_else(|| local(3))?;
+                }
+            }
+            let _ = i;
+            let package = packages.get(&which).ok_or_else(|| local(3))?;
+            let plain = Zeroizing::new(package.serialize().map_err(|_| local(3))?);
+            let key = self.keys.get(to).ok_or_else(|| local(3))?;
+            let sealed = ctx
+                .seal(identity, 3, to, key, &plain, rng)
+                .map_err(|_| Complaint::new(3, Fault::Malformed, vec![*to]))?;
+            direct.push((*to, postcard::to_allocvec(&sealed).map_err(|_| local(3))?));
+        }
+        Ok(Step::Post {
+            broadcast: vec![],
+            direct,
+        })
+    }
+
+    /// Round 3 delivered: open and verify every share (part3), build the manifest.
+    fn on_shares(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        items: &[Delivered],
+    ) -> Result<Step, Complaint> {
+        let me = identity.node_id();
+        let key = self.encryption.as_ref().ok_or_else(|| local(3))?;
+        let mut shares = BTreeMap::new();
+        for d in items.iter().filter(|d| d.from != me) {
+            let blame = |fault| Complaint::new(3, fault, vec![d.from]);
+            let sealed: Sealed = d
+                .direct
+                .as_deref()
+                .and_then(|b| postcard::from_bytes(b).ok())
+                .ok_or_else(|| blame(Fault::Malformed))?;
+            let plain = ctx.open(key, 3, &d.from, &me, &sealed).map_err(blame)?;
+            let package =
+                dkg::round2::Package::deserialize(&plain).map_err(|_| blame(Fault::Malformed))?;
+            let id = self.identifier_of(&d.from).ok_or_else(|| local(3))?;
+            shares.insert(id, package);
+        }
+        let secret2 = self.secret2.take().ok_or_else(|| local(3))?;
+        let (key_package, public) =
+            dkg::part3(&secret2, &self.round1, &shares).map_err(|e| match e {
+                frost::Error::InvalidSecretShare { culprit } => Complaint::new(
+                    3,
+                    Fault::InvalidSecretShare,
+                    culprit.and_then(|c| self.node_of(&c)).into_iter().collect(),
+                ),
+                _ => Complaint::new(3, Fault::Malformed, vec![]),
+            })?;
+        self.encryption = None;
+        let manifest = manifest_from(&self.plan, &self.members, &public).map_err(|_| local(3))?;
+        Ok(Step::Finished(Box::new(Outcome {
+            manifest,
+            key_package: Some(key_package),
+        })))
+    }
+}
+
+/// The manifest of a group made by `plan`, with the verifying shares of `public`.
+pub fn manifest_from(
+    plan: &CeremonyPlan,
+    members: &[PlanMember],
+    public: &frost::keys::PublicKeyPackage,
+) -> Result<GroupManifest, crate::KeygenError> {
+    let mut participants = Vec::with_capacity(members.len());
+    for m in members {
+        let share = public
+            .verifying_shares()
+            .get(&m.identifier)
+            .ok_or(frost::Error::UnknownIdentifier)?;
+        participants.push(ManifestParticipant {
+            name: m.name.clone(),
+            identifier: hex::encode(m.identifier.serialize()),
+            identity_key: m.node_id.to_hex(),
+            address: m.address.clone(),
+            verifying_share: hex::encode(share.serialize()?),
+        });
+    }
+    let manifest = GroupManifest {
+        group: plan.group.clone(),
+        threshold: plan.threshold,
+        epoch: plan.epoch,
+        group_public_key: hex::encode(public.verifying_key().serialize()?),
+        participants,
+    };
+    manifest.validate()?;
+    Ok(manifest)
+}
+
+impl Protocol for Dkg {
+    fn start(
+        &mut self,
+        _ctx: &Ctx,
+        _identity: &IdentityKey,
+        rng: &mut dyn RngCoreCrypto,
+    ) -> Result<Step, Complaint> {
+        let n = self.members.len() as u16;
+        let id = self
+            .members
+            .get(self.me)
+            .ok_or_else(|| local(1))?
+            .identifier;
+        let (secret, package) =
+            dkg::part1(id, n, self.plan.threshold, &mut *rng).map_err(|_| local(1))?;
+        let (key, encryption_key) = EncryptionKey::generate(&mut *rng);
+        self.secret1 = Some(secret);
+        self.encryption = Some(key);
+        self.my_round1 = postcard::to_allocvec(&Round1 {
+            package: package.serialize().map_err(|_| local(1))?,
+            encryption_key,
+        })
+        .map_err(|_| local(1))?;
+        Ok(Step::Post {
+            broadcast: self.my_round1.clone(),
+            direct: vec![],
+        })
+    }
+
+    fn deliver(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        round: u8,
+        items: &[Delivered],
+        rng: &mut dyn RngCoreCrypto,
+    ) -> Result<Step, Complaint> {
+        match round {
+            1 => self.on_packages(ctx, identity, items),
+            2 => self.on_echoes(ctx, identity, items, rng),
+            3 => self.on_shares(ctx, identity, items),
+            _ => Err(local(round)),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! DKG between real processes: `keygen dkg plan`, one `relay` and one `join` per participant,
+//! on 127.0.0.1; then signing with the result, and the ways a ceremony must abort cleanly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{files_ending, run_dkg, Cluster, DkgFaults, DkgRun};
+
+#[test]
+fn dkg_3_of_5_then_sign_and_verify_with_dalek_and_openssl() {
+    let cluster = Cluster::start_dkg(3, 5);
+    let d = cluster.dir.path();
+    // Every participant computed the manifest the relay wrote (same group key, same shares).
+    let relay_manifest = std::fs::read_to_string(&cluster.manifest).expect("relay manifest");
+    for i in 1..=5 {
+        let mine = std::fs::read_to_string(d.join(format!("p{i}-dkg/it.manifest.toml")))
+            .expect("member manifest");
+        assert_eq!(mine, relay_manifest, "p{i}'s manifest differs");
+        let inspect = common::conclave(&[
+            "share",
+            "inspect",
+            "--json",
+            d.join(format!("p{i}-dkg/it.p{i}.share")).to_str().unwrap(),
+        ]);
+        assert!(inspect.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(v["epoch"], 1);
+        assert_eq!(v["threshold"], 3);
+    }
+    assert!(files_ending(d, &[".pending"]).is_empty());
+    cluster.wait_reachable(5);
+    let msg = b"signed by a key nobody ever held";
+    let (code, json, stderr) = cluster.sign(msg, 10);
+    assert_eq!(code, Some(0), "sign failed: {stderr}");
+    let sig_hex = json["signature"].as_str().expect("signature");
+    let sig_bytes = hex::decode(sig_hex).expect("hex");
+    let key = cluster.public_key();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key).expect("key");
+    let sig = ed25519_dalek::Signature::from_slice(&sig_bytes).expect("sig");
+    vk.verify_strict(msg, &sig).expect("verify_strict");
+    let pem = common::conclave(&[
+        "pubkey",
+        "--format",
+        "pem",
+        "--manifest",
+        cluster.manifest.to_str().unwrap(),
+    ]);
+    assert!(common::openssl_verifies(
+        d,
+        &String::from_utf8_lossy(&pem.stdout),
+        msg,
+        &sig_bytes
+    ));
+}
+
+/// Sets up identities for a ceremony that is expected to fail; returns the temp dir and the
+/// participant specs.
+fn identities(n: usize) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::Builder::new()
+        .prefix("conclave-dkg-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pass"), "integration-test-passphrase\n").unwrap();
+    let init = |name: &str| {
+        let out = common::conclave(&["node", "init", "--out", d.join(name).to_str().unwrap()]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    init("coordinator");
+    let specs = (1..=n)
+        .map(|i| format!("p{i}={}@127.0.0.1:{}", init(&format!("p{i}")), 7000 + i))
+        .collect();
+    (dir, specs)
+}
+
+fn assert_aborted_cleanly(run: &DkgRun, d: &std::path::Path, needle: &str) {
+    assert_eq!(run.relay.status.code(), Some(1), "{}", run.describe());
+    let relay_err = String::from_utf8_lossy(&run.relay.stderr);
+    assert!(relay_err.contains("DKG aborted"), "{relay_err}");
+    assert!(relay_err.contains(needle), "relay: {relay_err}");
+    for (i, m) in run.members.iter().enumerate() {
+        let err = String::from_utf8_lossy(&m.stderr);
+        if m.status.code() == Some(9) {
+            continue; // the member that was made to die
+        }
+        assert_eq!(m.status.code(), Some(1), "member {i}: {err}");
+        assert!(err.contains(needle), "member {i}: {err}");
+    }
+    // No share file, pending file or manifest anywhere.
+    let left = files_ending(d, &[".share", ".pending", ".manifest.toml"]);
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+#[test]
+fn a_bad_round2_share_names_the_culprit_and_leaves_no_share() {
+    let (dir, specs) = identities(5);
+    let faults = DkgFaults {
+        members: vec![(2, "dkg-bad-share")],
+        ..Default::default()
+    };
+    let run = run_dkg(dir.path(), "bad", 3, &specs, &faults);
+    assert_aborted_cleanly(&run, dir.path(), "culprit(s): p3");
+    assert!(String::from_utf8_lossy(&run.relay.stderr)
+        .contains("does not match its sender's commitment"));
+}
+
+#[test]
+fn a_relay_altering_a_round1_package_fails_the_echo_check() {
+    let (dir, specs) = identities(5);
+    let faults = DkgFaults {
+        relay: Some("dkg-substitute-round1"),
+        ..Default::default()
+    };
+    let run = run_dkg(dir.path(), "echo", 3, &specs, &faults);
+    assert_aborted_cleanly(&run, dir.path(), "echo check failed");
+    // The relay showed p5 a different round 1: p5 is the disagreeing node named.
+    assert!(String::from_utf8_lossy(&run.relay.stderr).contains("culprit(s): p5"));
+}
+
+#[test]
+fn a_participant_dying_mid_ceremony_aborts_it_within_the_timeout() {
+    let (dir, specs) = identities(5);
+    let faults = DkgFaults {
+        members: vec![(1, "dkg-exit-after-round=2")],
+        timeout: Some(4),
+        ..Default::default()
+    };
+    let run = run_dkg(dir.path(), "dies", 3, &specs, &faults);
+    assert_eq!(run.members[1].status.code(), Some(9), "{}", run.describe());
+    assert_aborted_cleanly(&run, dir.path(), "p2");
+    // Detected by the relay's round timeout (4 s) or the lost connection (10 s idle
+    // timeout), whichever comes first; generous bound for a loaded 2-core machine.
+    assert!(
+        run.elapsed < Duration::from_secs(40),
+        "abort took {:?}",
+        run.elapsed
+    );
+}
