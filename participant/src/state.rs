@@ -591,4 +591,125 @@ mod tests {
         assert_eq!(p.poll_timeout(), None);
         assert_eq!(p.stats.nonces_expired, 5);
     }
+
+    /// Every printable form of `secret` a careless log line could carry.
+    fn leak_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        use base64::Engine as _;
+        let mut forms = vec![
+            secret.to_vec(),
+            hex::encode(secret).into_bytes(),
+            hex::encode_upper(secret).into_bytes(),
+            format!("{secret:?}").into_bytes(),
+        ];
+        for e in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+            forms.push(e.encode(secret).into_bytes());
+        }
+        forms
+    }
+
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Secret leakage: a signing flow and its failures (reused commitment, tampered package,
+    /// wrong epoch, unknown group, foreign coordinator) logged at TRACE level; no log line,
+    /// reply or Debug output holds a nonce or the share in raw, hex or base64 form.
+    #[test]
+    fn no_nonce_or_share_reaches_logs_replies_or_debug_output() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let mut secrets: Vec<Vec<u8>> = vec![];
+        let mut visible: Vec<u8> = vec![];
+        tracing::subscriber::with_default(subscriber, || {
+            let mut f = fixture();
+            for p in &f.participants {
+                for g in p.groups.values() {
+                    secrets.push(g.key_package.signing_share().serialize());
+                }
+            }
+            let (c0, k0) = commitment(&mut f, 0);
+            let (c1, k1) = commitment(&mut f, 1);
+            let (c2, k2) = commitment(&mut f, 2);
+            for (i, c) in [(0, c0), (1, c1), (2, c2)] {
+                let pending = &f.participants[i].groups[&f.group].nonces[&c].nonces;
+                secrets.push(pending.hiding().serialize());
+                secrets.push(pending.binding().serialize());
+            }
+            let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+            let coord = f.coordinator;
+            let mut replies = vec![];
+            // Success, then a reuse of the same commitment.
+            for _ in 0..2 {
+                let m = sign_msg(&f, c0, &package);
+                replies.push(ask(&mut f.participants[0], coord, m));
+            }
+            // A package that does not hold the participant's commitment.
+            let other = frost::SigningPackage::new([(f.ids[1], k1), (f.ids[2], k2)].into(), b"m");
+            let m = sign_msg(&f, c1, &other);
+            replies.push(ask(&mut f.participants[1], coord, m));
+            // Garbage package bytes, a wrong epoch, an unknown group, a foreign coordinator.
+            let m = Message::Sign {
+                group: f.group.clone(),
+                epoch: 1,
+                commitment_id: c2,
+                signing_package: vec![7; 40],
+            };
+            replies.push(ask(&mut f.participants[2], coord, m));
+            let m = Message::Commit {
+                group: f.group.clone(),
+                epoch: 2,
+                count: 1,
+            };
+            replies.push(ask(&mut f.participants[2], coord, m));
+            let m = Message::Commit {
+                group: GroupName::new("nope").unwrap(),
+                epoch: 1,
+                count: 1,
+            };
+            replies.push(ask(&mut f.participants[2], coord, m));
+            let stranger = IdentityKey::generate(&mut rand::rngs::OsRng).node_id();
+            let m = sign_msg(&f, c2, &package);
+            replies.push(ask(&mut f.participants[2], stranger, m));
+            f.participants[2].handle_timeout(Instant::now() + std::time::Duration::from_secs(3600));
+            for r in &replies {
+                visible.extend_from_slice(format!("{r:?}").as_bytes());
+            }
+            for p in &f.participants {
+                visible.extend_from_slice(format!("{p:?}").as_bytes());
+            }
+        });
+        let logs = capture.0.lock().unwrap().clone();
+        assert!(
+            logs.len() > 200,
+            "the flows must have logged something to check"
+        );
+        assert_eq!(secrets.len(), 3 + 6);
+        for haystack in [&logs, &visible] {
+            for s in &secrets {
+                for form in leak_forms(s) {
+                    assert!(
+                        !haystack.windows(form.len()).any(|w| w == form.as_slice()),
+                        "a secret appeared in logs or debug output"
+                    );
+                }
+            }
+        }
+    }
 }

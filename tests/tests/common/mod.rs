@@ -114,6 +114,7 @@ pub struct Cluster {
     coordinator: Option<Child>,
     proxies: Vec<Child>,
     pub n: usize,
+    verbose: bool,
 }
 
 impl Cluster {
@@ -130,13 +131,18 @@ impl Cluster {
         setups: Vec<ParticipantSetup>,
         proxy: Option<ProxyOpts>,
     ) -> Cluster {
-        Self::start_full(t, n, setups, proxy, false)
+        Self::start_full(t, n, setups, proxy, false, false)
     }
 
     /// Like `start`, with the key made by a DKG ceremony (`keygen dkg plan/relay/join`, one
     /// process per participant and one relay) instead of a dealer.
     pub fn start_dkg(t: usize, n: usize) -> Cluster {
-        Self::start_full(t, n, vec![], None, true)
+        Self::start_full(t, n, vec![], None, true, false)
+    }
+
+    /// DKG-made cluster whose every process (ceremony and daemons) logs at TRACE level.
+    pub fn start_dkg_verbose(t: usize, n: usize, setups: Vec<ParticipantSetup>) -> Cluster {
+        Self::start_full(t, n, setups, None, true, true)
     }
 
     fn start_full(
@@ -145,6 +151,7 @@ impl Cluster {
         setups: Vec<ParticipantSetup>,
         proxy: Option<ProxyOpts>,
         dkg: bool,
+        verbose: bool,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("conclave-it-")
@@ -215,7 +222,12 @@ impl Cluster {
             }
         };
         if dkg {
-            let run = run_dkg(d, "it", t, &specs, &DkgFaults::default());
+            let faults = DkgFaults {
+                verbose,
+                ..Default::default()
+            };
+            let run = run_dkg(d, "it", t, &specs, &faults);
+            std::fs::write(d.join("dkg-output.log"), run.describe()).expect("dkg log");
             assert!(run.all_succeeded(), "dkg failed: {}", run.describe());
         } else {
             for spec in &specs {
@@ -242,6 +254,7 @@ impl Cluster {
             proxies: Vec::new(),
             n,
             dir,
+            verbose,
         };
         let d = cluster.dir.path().to_path_buf();
         if let Some(opts) = proxy {
@@ -368,7 +381,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).expect("log file"))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", if self.verbose { "trace" } else { "info" });
         if let Some(f) = fault {
             cmd.env("CONCLAVE_TEST_FAULT", f);
         }
@@ -506,15 +519,17 @@ impl DkgRun {
 
     pub fn describe(&self) -> String {
         let mut s = format!(
-            "relay {:?}: {}\n",
+            "relay {:?}: {}{}\n",
             self.relay.status.code(),
-            String::from_utf8_lossy(&self.relay.stderr)
+            String::from_utf8_lossy(&self.relay.stderr),
+            String::from_utf8_lossy(&self.relay.stdout)
         );
         for (i, m) in self.members.iter().enumerate() {
             s += &format!(
-                "member {i} {:?}: {}\n",
+                "member {i} {:?}: {}{}\n",
                 m.status.code(),
-                String::from_utf8_lossy(&m.stderr)
+                String::from_utf8_lossy(&m.stderr),
+                String::from_utf8_lossy(&m.stdout)
             );
         }
         s
