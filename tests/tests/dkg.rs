@@ -137,4 +137,12 @@ fn a_participant_dying_mid_ceremony_aborts_it_within_the_timeout() {
         "abort took {:?}",
         run.elapsed
     );
+    // The same plan runs again, to completion, once everyone is healthy.
+    let again = DkgFaults {
+        reuse_plan: true,
+        ..Default::default()
+    };
+    let run = run_dkg(dir.path(), "dies", 3, &specs, &again);
+    assert!(run.all_succeeded(), "{}", run.describe());
+    assert_eq!(files_ending(dir.path(), &[".share"]).len(), 5);
 }

@@ -501,8 +501,10 @@ pub struct DkgFaults {
     pub relay: Option<&'static str>,
     /// Round timeout in seconds (default 60).
     pub timeout: Option<u32>,
-    /// Extra arguments for every process (e.g. "-vv").
+    /// Every process logs at TRACE level.
     pub verbose: bool,
+    /// Run again with the plan of the previous run for this group (re-running a ceremony).
+    pub reuse_plan: bool,
 }
 
 /// The processes of one DKG ceremony, finished.
@@ -548,7 +550,9 @@ pub fn run_dkg(d: &Path, group: &str, t: usize, specs: &[String], faults: &DkgFa
     ]));
     let mut relay_port = Reserved::new();
     let plan = d.join(format!("{group}-plan.toml"));
-    let _ = std::fs::remove_file(&plan);
+    if !faults.reuse_plan {
+        let _ = std::fs::remove_file(&plan);
+    }
     let mut args: Vec<String> = vec![
         "keygen".into(),
         "dkg".into(),
@@ -571,13 +575,15 @@ pub fn run_dkg(d: &Path, group: &str, t: usize, specs: &[String], faults: &DkgFa
         args.push("--participant".into());
         args.push(s.clone());
     }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = conclave(&refs);
-    assert!(
-        out.status.success(),
-        "dkg plan: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !faults.reuse_plan {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = conclave(&refs);
+        assert!(
+            out.status.success(),
+            "dkg plan: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let verbose: &[&str] = if faults.verbose { &["-vv"] } else { &[] };
     let spawn = |args: &[&str], fault: Option<&str>| {
         let mut cmd = Command::new(bin());
