@@ -628,16 +628,27 @@ mod tests {
     /// reply or Debug output holds a nonce or the share in raw, hex or base64 form.
     #[test]
     fn no_nonce_or_share_reaches_logs_replies_or_debug_output() {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
+        // A global subscriber: a scoped one (`with_default`) misses events whose callsites
+        // other test threads registered first without a subscriber. Other tests of this
+        // binary log into it too, which only adds haystack.
+        static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+        let capture = CAPTURE
+            .get_or_init(|| {
+                let capture = Capture::default();
+                let writer = capture.clone();
+                let subscriber = tracing_subscriber::fmt()
+                    .with_max_level(tracing::Level::TRACE)
+                    .with_writer(move || writer.clone())
+                    .with_ansi(false)
+                    .finish();
+                tracing::subscriber::set_global_default(subscriber)
+                    .expect("no other global subscriber in this test binary");
+                capture
+            })
+            .clone();
         let mut secrets: Vec<Vec<u8>> = vec![];
         let mut visible: Vec<u8> = vec![];
-        tracing::subscriber::with_default(subscriber, || {
+        {
             let mut f = fixture();
             for p in &f.participants {
                 for g in p.groups.values() {
@@ -694,7 +705,7 @@ mod tests {
             for p in &f.participants {
                 visible.extend_from_slice(format!("{p:?}").as_bytes());
             }
-        });
+        }
         let logs = capture.0.lock().unwrap().clone();
         assert!(
             logs.len() > 200,
