@@ -52,7 +52,7 @@ impl RelayServer {
         listen: SocketAddr,
     ) -> Result<Self, TransportError> {
         let members: HashSet<NodeId> = plan
-            .members()
+            .roster()
             .map_err(|e| TransportError::Tls(e.to_string()))?
             .into_iter()
             .map(|m| m.node_id)

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::ceremony::{
-    hash_parts, CeremonyPlan, Complaint, Ctx, EncryptionKey, Fault, Outcome, PlanError, PlanMember,
-    Protocol, RngCoreCrypto, Sealed, Step,
+    check_echoes, echo_post, transcript, CeremonyPlan, Complaint, Ctx, EncryptionKey, Fault,
+    Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Sealed, Step,
 };
 use crate::manifest::{GroupManifest, ManifestParticipant};
 
@@ -43,20 +43,12 @@ pub fn round_name(round: u8) -> &'static str {
     }
 }
 
-const ECHO_DOMAIN: &[u8] = b"dkg-echo";
-
 #[derive(Serialize, Deserialize)]
 struct Round1 {
     /// `frost::keys::dkg::round1::Package`, serialized by frost.
     package: Vec<u8>,
     /// This member's X25519 key for this ceremony's direct messages.
     encryption_key: [u8; 32],
-}
-
-#[derive(Serialize, Deserialize)]
-struct Echo {
-    transcript: [u8; 32],
-    signature: Vec<u8>,
 }
 
 /// Test-only misbehaviour of a DKG member.
@@ -82,6 +74,8 @@ pub struct Dkg {
     round1: BTreeMap<frost::Identifier, dkg::round1::Package>,
     keys: BTreeMap<NodeId, [u8; 32]>,
     encryption: Option<EncryptionKey>,
+    /// Refresh: this member's current share and the group's public key package.
+    refresh: Option<(frost::keys::KeyPackage, frost::keys::PublicKeyPackage)>,
     #[cfg(feature = "fault-injection")]
     fault: Option<DkgFault>,
 }
@@ -122,9 +116,46 @@ impl Dkg {
             round1: BTreeMap::new(),
             keys: BTreeMap::new(),
             encryption: None,
+            refresh: None,
             #[cfg(feature = "fault-injection")]
             fault: None,
         })
+    }
+
+    /// The refresh side of `me` (frost's refresh DKG: every member adds a sharing of zero to
+    /// its share; same members, threshold and group key). `old` is this member's current key
+    /// package and `old_manifest` the group's current manifest (checked against the plan).
+    pub fn refresh(
+        plan: &CeremonyPlan,
+        me: &NodeId,
+        old: frost::keys::KeyPackage,
+        old_manifest: &GroupManifest,
+    ) -> Result<Self, crate::reshare::ReshareError> {
+        use crate::reshare::ReshareError;
+        let from = plan
+            .from
+            .as_ref()
+            .filter(|_| plan.kind == crate::ceremony::CeremonyKind::Refresh)
+            .ok_or(ReshareError::Plan(PlanError::BadNode {
+                name: plan.group.to_string(),
+                what: "not a refresh plan",
+            }))?;
+        let hash = old_manifest.hash().map_err(|_| ReshareError::WrongShare)?;
+        let pkp = old_manifest
+            .public_key_package()
+            .map_err(|_| ReshareError::WrongShare)?;
+        let my_id = crate::manifest::identifier_for(me).map_err(|_| ReshareError::WrongShare)?;
+        let vs = old.verifying_share();
+        if hex::encode(hash) != from.manifest_hash
+            || *old.identifier() != my_id
+            || pkp.verifying_shares().get(&my_id) != Some(vs)
+            || pkp.verifying_key() != old.verifying_key()
+        {
+            return Err(ReshareError::WrongShare);
+        }
+        let mut dkg = Self::new(plan, me)?;
+        dkg.refresh = Some((old, pkp));
+        Ok(dkg)
     }
 
     /// Makes this member misbehave (tests only).
@@ -162,28 +193,10 @@ impl Dkg {
         items: &[Delivered],
     ) -> Result<Step, Complaint> {
         let me = self.my_node()?;
-        // Our own message as we sent it: an altered copy shows up in the others' hashes.
-        self.transcript = items
-            .iter()
-            .map(|d| {
-                let bytes = if d.from == me {
-                    self.my_round1.clone()
-                } else {
-                    d.broadcast.clone()
-                };
-                (d.from, bytes)
-            })
-            .collect();
-        self.transcript_hash = hash_parts(self.transcript.iter().map(|(_, b)| b.as_slice()));
-        let signature = ctx.sign(identity, ECHO_DOMAIN, 2, None, &[&self.transcript_hash]);
-        Ok(Step::Post {
-            broadcast: postcard::to_allocvec(&Echo {
-                transcript: self.transcript_hash,
-                signature,
-            })
-            .map_err(|_| local(2))?,
-            direct: vec![],
-        })
+        self.transcript = transcript(items, &me, &self.my_round1);
+        let (hash, step) = echo_post(ctx, identity, 2, &self.transcript)?;
+        self.transcript_hash = hash;
+        Ok(step)
     }
 
     /// Round 2 delivered: every echo must match ours; then round 1 is trusted, the proofs of
@@ -195,44 +208,7 @@ impl Dkg {
         items: &[Delivered],
         rng: &mut dyn RngCoreCrypto,
     ) -> Result<Step, Complaint> {
-        let mut hashes: BTreeMap<[u8; 32], Vec<NodeId>> = BTreeMap::new();
-        let mut bad = vec![];
-        for d in items {
-            match postcard::from_bytes::<Echo>(&d.broadcast) {
-                Ok(e)
-                    if ctx.verify(
-                        &d.from,
-                        &e.signature,
-                        ECHO_DOMAIN,
-                        2,
-                        None,
-                        &[&e.transcript],
-                    ) =>
-                {
-                    hashes.entry(e.transcript).or_default().push(d.from)
-                }
-                _ => bad.push(d.from),
-            }
-        }
-        if !bad.is_empty() {
-            return Err(Complaint::new(2, Fault::BadSignature, bad));
-        }
-        if hashes.len() > 1 {
-            // Name everyone outside the largest group of agreeing members (all of them on a tie).
-            let largest = hashes.values().map(Vec::len).max().unwrap_or(0);
-            let ties = hashes.values().filter(|v| v.len() == largest).count();
-            let mut disagreeing: Vec<NodeId> = hashes
-                .values()
-                .filter(|v| ties > 1 || v.len() != largest)
-                .flatten()
-                .copied()
-                .collect();
-            disagreeing.sort_by_key(|n| self.members.iter().position(|m| m.node_id == *n));
-            return Err(Complaint::new(2, Fault::TranscriptMismatch, disagreeing));
-        }
-        if hashes.keys().next() != Some(&self.transcript_hash) {
-            return Err(Complaint::new(2, Fault::TranscriptMismatch, vec![]));
-        }
+        check_echoes(ctx, 2, items, &self.transcript_hash)?;
         // Everyone saw the same round 1: parse it; a malformed message is its author's fault.
         let me = self.my_node()?;
         let mut malformed = vec![];
@@ -256,7 +232,12 @@ impl Dkg {
             return Err(Complaint::new(1, Fault::Malformed, malformed));
         }
         let secret1 = self.secret1.take().ok_or_else(|| local(2))?;
-        let (secret2, packages) = dkg::part2(secret1, &self.round1).map_err(|e| match e {
+        let parted = if self.refresh.is_some() {
+            frost::keys::refresh::refresh_dkg_part2(secret1, &self.round1)
+        } else {
+            dkg::part2(secret1, &self.round1)
+        };
+        let (secret2, packages) = parted.map_err(|e| match e {
             frost::Error::InvalidProofOfKnowledge { culprit } => Complaint::new(
                 1,
                 Fault::InvalidProofOfKnowledge,
@@ -321,15 +302,24 @@ impl Dkg {
             shares.insert(id, package);
         }
         let secret2 = self.secret2.take().ok_or_else(|| local(3))?;
-        let (key_package, public) =
-            dkg::part3(&secret2, &self.round1, &shares).map_err(|e| match e {
-                frost::Error::InvalidSecretShare { culprit } => Complaint::new(
-                    3,
-                    Fault::InvalidSecretShare,
-                    culprit.and_then(|c| self.node_of(&c)).into_iter().collect(),
-                ),
-                _ => Complaint::new(3, Fault::Malformed, vec![]),
-            })?;
+        let finished = match &self.refresh {
+            Some((old, pkp)) => frost::keys::refresh::refresh_dkg_shares(
+                &secret2,
+                &self.round1,
+                &shares,
+                pkp.clone(),
+                old.clone(),
+            ),
+            None => dkg::part3(&secret2, &self.round1, &shares),
+        };
+        let (key_package, public) = finished.map_err(|e| match e {
+            frost::Error::InvalidSecretShare { culprit } => Complaint::new(
+                3,
+                Fault::InvalidSecretShare,
+                culprit.and_then(|c| self.node_of(&c)).into_iter().collect(),
+            ),
+            _ => Complaint::new(3, Fault::Malformed, vec![]),
+        })?;
         self.encryption = None;
         let manifest = manifest_from(&self.plan, &self.members, &public).map_err(|_| local(3))?;
         Ok(Step::Finished(Box::new(Outcome {
@@ -383,8 +373,12 @@ impl Protocol for Dkg {
             .get(self.me)
             .ok_or_else(|| local(1))?
             .identifier;
-        let (secret, package) =
-            dkg::part1(id, n, self.plan.threshold, &mut *rng).map_err(|_| local(1))?;
+        let (secret, package) = if self.refresh.is_some() {
+            frost::keys::refresh::refresh_dkg_part1(id, n, self.plan.threshold, &mut *rng)
+        } else {
+            dkg::part1(id, n, self.plan.threshold, &mut *rng)
+        }
+        .map_err(|_| local(1))?;
         let (key, encryption_key) = EncryptionKey::generate(&mut *rng);
         self.secret1 = Some(secret);
         self.encryption = Some(key);

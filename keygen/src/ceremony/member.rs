@@ -83,7 +83,7 @@ pub struct Member<P> {
 impl<P: Protocol> Member<P> {
     /// A member of `plan` with `identity`, running `protocol`.
     pub fn new(plan: &CeremonyPlan, identity: IdentityKey, protocol: P) -> Result<Self, PlanError> {
-        let roster: Vec<NodeId> = plan.members()?.into_iter().map(|m| m.node_id).collect();
+        let roster: Vec<NodeId> = plan.roster()?.into_iter().map(|m| m.node_id).collect();
         if !roster.contains(&identity.node_id()) {
             return Err(PlanError::BadNode {
                 name: identity.node_id().short(),
@@ -388,7 +388,7 @@ pub fn completed_manifest(
 ) -> Result<GroupManifest, String> {
     let ctx = Ctx::of(plan).map_err(|e| e.to_string())?;
     let roster: Vec<NodeId> = plan
-        .members()
+        .roster()
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|m| m.node_id)

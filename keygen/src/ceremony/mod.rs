@@ -21,7 +21,7 @@ pub mod plan;
 mod relay;
 
 pub use member::{completed_manifest, AbortReport, Member, MemberEvent};
-pub use plan::{CeremonyKind, CeremonyPlan, PlanError, PlanMember, PlanNode};
+pub use plan::{CeremonyKind, CeremonyPlan, FromGroup, OldMember, PlanError, PlanMember, PlanNode};
 #[cfg(feature = "fault-injection")]
 pub use relay::RelayFault;
 pub use relay::{Relay, RelayEvent};
@@ -233,6 +233,9 @@ pub enum Fault {
     ResultMismatch,
     /// The member itself failed (for example, it could not write its share file).
     LocalFailure,
+    /// A reshare dealer's constant-term commitment does not match its old verifying share
+    /// (times its Lagrange coefficient), or its commitments are malformed.
+    InconsistentCommitment,
 }
 
 impl Fault {
@@ -246,6 +249,7 @@ impl Fault {
             Fault::Malformed => "a message was missing or malformed",
             Fault::ResultMismatch => "members computed different group keys or manifests",
             Fault::LocalFailure => "a member failed locally (see its own output)",
+            Fault::InconsistentCommitment => "a dealer's commitment does not match its old verifying share",
         }
     }
 }
@@ -413,6 +417,105 @@ pub trait Protocol {
 /// An object-safe cryptographic RNG.
 pub trait RngCoreCrypto: RngCore + CryptoRng {}
 impl<T: RngCore + CryptoRng> RngCoreCrypto for T {}
+
+const ECHO_DOMAIN: &[u8] = b"echo";
+
+/// Round-1 transcript of an echo broadcast: every member's broadcast in roster order, with
+/// `mine` (what this member actually sent) in place of its own delivered copy.
+pub(crate) fn transcript(items: &[Delivered], me: &NodeId, mine: &[u8]) -> Vec<(NodeId, Vec<u8>)> {
+    items
+        .iter()
+        .map(|d| {
+            let bytes = if d.from == *me {
+                mine.to_vec()
+            } else {
+                d.broadcast.clone()
+            };
+            (d.from, bytes)
+        })
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Echo {
+    transcript: [u8; 32],
+    signature: Vec<u8>,
+}
+
+/// The echo post for round `round`: the transcript hash signed by this member.
+pub(crate) fn echo_post(
+    ctx: &Ctx,
+    identity: &IdentityKey,
+    round: u8,
+    transcript: &[(NodeId, Vec<u8>)],
+) -> Result<([u8; 32], Step), Complaint> {
+    let hash = hash_parts(transcript.iter().map(|(_, b)| b.as_slice()));
+    let signature = ctx.sign(identity, ECHO_DOMAIN, round, None, &[&hash]);
+    let broadcast = postcard::to_allocvec(&Echo {
+        transcript: hash,
+        signature,
+    })
+    .map_err(|_| Complaint::new(round, Fault::LocalFailure, vec![]))?;
+    Ok((
+        hash,
+        Step::Post {
+            broadcast,
+            direct: vec![],
+        },
+    ))
+}
+
+/// Checks the echo round: every echo signed by its member and equal to `mine`. On a
+/// mismatch, names everyone outside the largest group of agreeing members (all, on a tie).
+pub(crate) fn check_echoes(
+    ctx: &Ctx,
+    round: u8,
+    items: &[Delivered],
+    mine: &[u8; 32],
+) -> Result<(), Complaint> {
+    let mut hashes: std::collections::BTreeMap<[u8; 32], Vec<NodeId>> = Default::default();
+    let mut bad = vec![];
+    for d in items {
+        match postcard::from_bytes::<Echo>(&d.broadcast) {
+            Ok(e)
+                if ctx.verify(
+                    &d.from,
+                    &e.signature,
+                    ECHO_DOMAIN,
+                    round,
+                    None,
+                    &[&e.transcript],
+                ) =>
+            {
+                hashes.entry(e.transcript).or_default().push(d.from)
+            }
+            _ => bad.push(d.from),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(Complaint::new(round, Fault::BadSignature, bad));
+    }
+    if hashes.len() > 1 {
+        let largest = hashes.values().map(Vec::len).max().unwrap_or(0);
+        let ties = hashes.values().filter(|v| v.len() == largest).count();
+        let mut disagreeing: Vec<NodeId> = hashes
+            .values()
+            .filter(|v| ties > 1 || v.len() != largest)
+            .flatten()
+            .copied()
+            .collect();
+        disagreeing.sort_by_key(|n| items.iter().position(|d| d.from == *n));
+        return Err(Complaint::new(
+            round,
+            Fault::TranscriptMismatch,
+            disagreeing,
+        ));
+    }
+    if hashes.keys().next() != Some(mine) {
+        return Err(Complaint::new(round, Fault::TranscriptMismatch, vec![]));
+    }
+    Ok(())
+}
 
 /// SHA-256 of a sequence of byte strings, each length-framed.
 pub(crate) fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {

@@ -25,13 +25,18 @@ pub const DEFAULT_JOIN_TIMEOUT_SECS: u32 = 600;
 pub enum CeremonyKind {
     /// Distributed key generation: a new group key, nobody ever holds it whole.
     Dkg,
+    /// New shares for the same members and threshold, same group key (frost's refresh DKG).
+    Refresh,
+    /// From (t, S) to (t', S'), same group key: a quorum of t old members deals.
+    Reshare,
 }
 
 impl CeremonyKind {
     /// Number of protocol rounds between the join round and the confirm/store rounds.
     pub fn protocol_rounds(self) -> u8 {
         match self {
-            CeremonyKind::Dkg => crate::dkg::ROUNDS,
+            CeremonyKind::Dkg | CeremonyKind::Refresh => crate::dkg::ROUNDS,
+            CeremonyKind::Reshare => crate::reshare::ROUNDS,
         }
     }
 
@@ -48,7 +53,8 @@ impl CeremonyKind {
             x if x == r + 1 => "confirm",
             x if x == r + 2 => "store",
             x => match self {
-                CeremonyKind::Dkg => crate::dkg::round_name(x),
+                CeremonyKind::Dkg | CeremonyKind::Refresh => crate::dkg::round_name(x),
+                CeremonyKind::Reshare => crate::reshare::round_name(x),
             },
         }
     }
@@ -58,6 +64,8 @@ impl std::fmt::Display for CeremonyKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             CeremonyKind::Dkg => "dkg",
+            CeremonyKind::Refresh => "refresh",
+            CeremonyKind::Reshare => "reshare",
         })
     }
 }
@@ -93,7 +101,34 @@ pub struct CeremonyPlan {
     pub join_timeout_secs: u32,
     /// The coordinator relaying the ceremony.
     pub coordinator: PlanNode,
+    /// The members of the resulting group (roster order).
     pub participants: Vec<PlanNode>,
+    /// Refresh and reshare: the group being replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<FromGroup>,
+}
+
+/// The group a refresh or reshare starts from, as every host must see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromGroup {
+    /// SHA-256 (hex) of the old manifest; every dealer checks its own copy against it.
+    pub manifest_hash: String,
+    pub epoch: u64,
+    pub threshold: u16,
+    pub group_public_key: String,
+    /// The old members who deal (reshare: exactly `threshold` of them; refresh: every member).
+    pub dealers: Vec<OldMember>,
+}
+
+/// A dealing member of the old group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldMember {
+    pub name: String,
+    pub identity_key: String,
+    /// Its verifying share in the old group (hex).
+    pub verifying_share: String,
 }
 
 fn default_round_timeout() -> u32 {
@@ -157,9 +192,124 @@ impl CeremonyPlan {
             join_timeout_secs: DEFAULT_JOIN_TIMEOUT_SECS,
             coordinator,
             participants,
+            from: None,
         };
         plan.members()?;
         Ok(plan)
+    }
+
+    /// A refresh (same members, threshold and key) or reshare plan changing `old`: the new
+    /// group has `threshold` and `participants`; `dealers` (names of old members) deal.
+    pub fn new_rotation<R: RngCore + CryptoRng>(
+        kind: CeremonyKind,
+        old: &crate::manifest::GroupManifest,
+        threshold: u16,
+        coordinator: PlanNode,
+        participants: Vec<PlanNode>,
+        dealers: &[String],
+        rng: &mut R,
+    ) -> Result<Self, PlanError> {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let mut chosen = Vec::with_capacity(dealers.len());
+        for name in dealers {
+            let p = old
+                .participants
+                .iter()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| PlanError::BadNode {
+                    name: name.clone(),
+                    what: "is not a member of the old group",
+                })?;
+            chosen.push(OldMember {
+                name: p.name.clone(),
+                identity_key: p.identity_key.clone(),
+                verifying_share: p.verifying_share.clone(),
+            });
+        }
+        let plan = Self {
+            ceremony: hex::encode(id),
+            kind,
+            group: old.group.clone(),
+            threshold,
+            epoch: old.epoch + 1,
+            round_timeout_secs: DEFAULT_ROUND_TIMEOUT_SECS,
+            join_timeout_secs: DEFAULT_JOIN_TIMEOUT_SECS,
+            coordinator,
+            participants,
+            from: Some(FromGroup {
+                manifest_hash: hex::encode(
+                    old.hash()
+                        .map_err(|e| PlanError::Serialize(e.to_string()))?,
+                ),
+                epoch: old.epoch,
+                threshold: old.threshold,
+                group_public_key: old.group_public_key.clone(),
+                dealers: chosen,
+            }),
+        };
+        plan.roster()?;
+        Ok(plan)
+    }
+
+    /// Every member of the ceremony in roster order: the new group's members, then the
+    /// dealers who leave the group (their address is empty).
+    pub fn roster(&self) -> Result<Vec<PlanMember>, PlanError> {
+        let mut out = self.members()?;
+        match (self.kind, &self.from) {
+            (CeremonyKind::Dkg, None) => return Ok(out),
+            (CeremonyKind::Dkg, Some(_)) | (_, None) => {
+                return Err(PlanError::BadNode {
+                    name: self.group.to_string(),
+                    what: "a DKG plan has no old group; a refresh or reshare plan needs one",
+                })
+            }
+            _ => {}
+        }
+        let Some(from) = &self.from else {
+            return Ok(out);
+        };
+        let n_old = from.dealers.len();
+        let bad = |what| PlanError::BadNode {
+            name: self.group.to_string(),
+            what,
+        };
+        if from.threshold < 2 || n_old < usize::from(from.threshold) {
+            return Err(bad("fewer dealers than the old threshold"));
+        }
+        if self.kind == CeremonyKind::Reshare && n_old != usize::from(from.threshold) {
+            return Err(bad("a reshare needs exactly old-threshold dealers"));
+        }
+        if self.kind == CeremonyKind::Refresh && self.threshold != from.threshold {
+            return Err(bad("a refresh keeps the threshold"));
+        }
+        if self.epoch != from.epoch + 1 {
+            return Err(bad("the new epoch must be the old epoch + 1"));
+        }
+        let mut seen = BTreeSet::new();
+        for d in &from.dealers {
+            let node_id = NodeId::from_hex(&d.identity_key).map_err(|_| PlanError::BadNode {
+                name: d.name.clone(),
+                what: "identity_key is not a valid Ed25519 public key",
+            })?;
+            if !seen.insert(node_id) {
+                return Err(PlanError::Duplicate);
+            }
+            if out.iter().any(|m| m.node_id == node_id) {
+                continue;
+            }
+            let identifier = identifier_for(&node_id).map_err(|_| PlanError::BadNode {
+                name: d.name.clone(),
+                what: "identifier cannot be derived",
+            })?;
+            out.push(PlanMember {
+                name: d.name.clone(),
+                node_id,
+                identifier,
+                address: String::new(),
+            });
+        }
+        Ok(out)
     }
 
     /// Parses and validates a plan.
@@ -169,7 +319,7 @@ impl CeremonyPlan {
         }
         let p: Self =
             toml::from_str(text).map_err(|e| PlanError::Syntax(e.message().to_owned()))?;
-        p.members()?;
+        p.roster()?;
         Ok(p)
     }
 
@@ -264,6 +414,14 @@ impl CeremonyPlan {
             .iter()
             .find(|p| p.identity_key == hex)
             .map(|p| p.name.clone())
+            .or_else(|| {
+                self.from.as_ref().and_then(|f| {
+                    f.dealers
+                        .iter()
+                        .find(|d| d.identity_key == hex)
+                        .map(|d| d.name.clone())
+                })
+            })
             .unwrap_or_else(|| node.short())
     }
 }

@@ -77,7 +77,7 @@ pub enum RelayFault {
 impl Relay {
     /// A relay for `plan`, waiting for members to join until `now + join timeout`.
     pub fn new(plan: &CeremonyPlan, now: Instant) -> Result<Self, PlanError> {
-        let roster = plan.members()?.into_iter().map(|m| m.node_id).collect();
+        let roster = plan.roster()?.into_iter().map(|m| m.node_id).collect();
         Ok(Self {
             ctx: Ctx::of(plan)?,
             kind: plan.kind,

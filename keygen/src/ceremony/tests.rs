@@ -306,3 +306,269 @@ mod faults {
         }
     }
 }
+
+mod rotation {
+    use super::*;
+    use crate::dealer::{deal, NewMember};
+    use crate::manifest::GroupManifest;
+    use crate::reshare::Reshare;
+
+    /// A node with its identity and (if it is in the current group) its share.
+    struct Node {
+        name: String,
+        key: IdentityKey,
+        share: Option<frost::keys::KeyPackage>,
+    }
+
+    fn node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            key: IdentityKey::generate(&mut rand::rngs::OsRng),
+            share: None,
+        }
+    }
+
+    fn coordinator() -> PlanNode {
+        PlanNode {
+            name: "coord".into(),
+            identity_key: IdentityKey::generate(&mut rand::rngs::OsRng)
+                .node_id()
+                .to_hex(),
+            address: "127.0.0.1:7400".into(),
+        }
+    }
+
+    fn plan_node(n: &Node) -> PlanNode {
+        PlanNode {
+            name: n.name.clone(),
+            identity_key: n.key.node_id().to_hex(),
+            address: "127.0.0.1:7000".into(),
+        }
+    }
+
+    fn signs(manifest: &GroupManifest, nodes: &[&Node]) -> bool {
+        let outcomes: Vec<Outcome> = nodes
+            .iter()
+            .map(|n| Outcome {
+                manifest: manifest.clone(),
+                key_package: n.share.clone(),
+            })
+            .collect();
+        let refs: Vec<&Outcome> = outcomes.iter().collect();
+        let vk =
+            ed25519_dalek::VerifyingKey::from_bytes(&manifest.public_key_bytes().unwrap()).unwrap();
+        std::panic::catch_unwind(|| sign_with(&refs, b"rotation"))
+            .map(|sig| vk.verify_strict(b"rotation", &sig).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Runs a reshare of `old` among `nodes`: the new group is `new` (indices), dealing by
+    /// `dealers` (indices), threshold `t`. Returns the new manifest and updates the shares.
+    fn reshare(
+        old: &GroupManifest,
+        nodes: &mut [Node],
+        new: &[usize],
+        dealers: &[usize],
+        t: u16,
+        bad_dealer: Option<usize>,
+    ) -> Result<GroupManifest, AbortReport> {
+        let participants = new.iter().map(|i| plan_node(&nodes[*i])).collect();
+        let dealer_names: Vec<String> = dealers.iter().map(|i| nodes[*i].name.clone()).collect();
+        let plan = CeremonyPlan::new_rotation(
+            CeremonyKind::Reshare,
+            old,
+            t,
+            coordinator(),
+            participants,
+            &dealer_names,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let roster = plan.roster().unwrap();
+        let mut members = vec![];
+        for m in &roster {
+            let n = nodes.iter().find(|n| n.key.node_id() == m.node_id).unwrap();
+            #[allow(unused_mut)]
+            let mut r = Reshare::new(&plan, &m.node_id, n.share.as_ref()).unwrap();
+            #[cfg(feature = "fault-injection")]
+            if bad_dealer.is_some_and(|b| nodes[b].key.node_id() == m.node_id) {
+                r.inject(crate::reshare::ReshareFault::BadSubShare);
+            }
+            members.push(Member::new(&plan, n.key.clone(), r).unwrap());
+        }
+        let _ = bad_dealer;
+        let relay = Relay::new(&plan, Instant::now()).unwrap();
+        let run = run(members, relay, None);
+        if let Some(a) = run.aborts.iter().flatten().next() {
+            return Err(a.clone());
+        }
+        assert!(run.activated.iter().all(|a| *a));
+        let manifest = run.outcomes[0].as_ref().unwrap().manifest.clone();
+        // Activate: members of the new group take their new share, leavers lose theirs.
+        for (m, o) in roster.iter().zip(&run.outcomes) {
+            let o = o.as_ref().unwrap();
+            assert_eq!(o.manifest, manifest);
+            let n = nodes
+                .iter_mut()
+                .find(|n| n.key.node_id() == m.node_id)
+                .unwrap();
+            n.share = o.key_package.clone();
+        }
+        Ok(manifest)
+    }
+
+    #[test]
+    fn reshare_and_refresh_keep_the_key_through_membership_and_threshold_changes() {
+        let mut rng = rand::rngs::OsRng;
+        let mut nodes: Vec<Node> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|n| node(n))
+            .collect();
+        let first: Vec<NewMember> = nodes[..3]
+            .iter()
+            .map(|n| NewMember {
+                name: n.name.clone(),
+                node_id: n.key.node_id(),
+                address: "127.0.0.1:7000".into(),
+            })
+            .collect();
+        let (m1, shares) = deal(GroupName::new("g").unwrap(), 2, &first, &mut rng).unwrap();
+        for (n, s) in nodes.iter_mut().zip(shares) {
+            n.share = Some(s.key_package);
+        }
+        let key = m1.group_public_key.clone();
+        let old_b = nodes[1].share.clone();
+
+        // 2-of-3 {a,b,c} → 3-of-5 {a,b,c,d,e}, dealt by a and c.
+        let m2 = reshare(&m1, &mut nodes, &[0, 1, 2, 3, 4], &[0, 2], 3, None).unwrap();
+        assert_eq!((m2.threshold, m2.epoch, m2.participants.len()), (3, 2, 5));
+        assert_eq!(m2.group_public_key, key);
+        assert!(signs(&m2, &[&nodes[1], &nodes[3], &nodes[4]]));
+        assert!(
+            !signs(&m2, &[&nodes[1], &nodes[3]]),
+            "below the new threshold"
+        );
+        // An old share no longer combines with new ones.
+        let stale = Node {
+            name: "b-old".into(),
+            key: nodes[1].key.clone(),
+            share: old_b,
+        };
+        assert!(!signs(&m2, &[&stale, &nodes[3], &nodes[4]]));
+
+        // 3-of-5 → 2-of-4 {a, c, d, f}: b and e removed, f added, dealt by b, d, e.
+        let m3 = reshare(&m2, &mut nodes, &[0, 2, 3, 5], &[1, 3, 4], 2, None).unwrap();
+        assert_eq!((m3.threshold, m3.epoch, m3.participants.len()), (2, 3, 4));
+        assert_eq!(m3.group_public_key, key);
+        assert!(nodes[1].share.is_none() && nodes[4].share.is_none());
+        assert!(signs(&m3, &[&nodes[5], &nodes[2]]));
+
+        // Refresh 2-of-4: same members, threshold and key, new shares.
+        let before = nodes[5].share.clone().unwrap();
+        let participants = [0, 2, 3, 5].iter().map(|i| plan_node(&nodes[*i])).collect();
+        let names: Vec<String> = [0, 2, 3, 5]
+            .iter()
+            .map(|i| nodes[*i].name.clone())
+            .collect();
+        let plan = CeremonyPlan::new_rotation(
+            CeremonyKind::Refresh,
+            &m3,
+            2,
+            coordinator(),
+            participants,
+            &names,
+            &mut rng,
+        )
+        .unwrap();
+        let members: Vec<Member<Dkg>> = [0, 2, 3, 5]
+            .iter()
+            .map(|i| {
+                let n = &nodes[*i];
+                let d =
+                    Dkg::refresh(&plan, &n.key.node_id(), n.share.clone().unwrap(), &m3).unwrap();
+                Member::new(&plan, n.key.clone(), d).unwrap()
+            })
+            .collect();
+        let run = run(members, Relay::new(&plan, Instant::now()).unwrap(), None);
+        assert!(run.aborts.iter().all(Option::is_none), "{:?}", run.aborts);
+        let m4 = run.outcomes[0].as_ref().unwrap().manifest.clone();
+        for (i, o) in [0, 2, 3, 5].iter().zip(&run.outcomes) {
+            nodes[*i].share = o.as_ref().unwrap().key_package.clone();
+        }
+        assert_eq!((m4.threshold, m4.epoch), (2, 4));
+        assert_eq!(m4.group_public_key, key);
+        assert_ne!(
+            before.signing_share().serialize(),
+            nodes[5].share.as_ref().unwrap().signing_share().serialize()
+        );
+        assert!(signs(&m4, &[&nodes[0], &nodes[5]]));
+        let stale = Node {
+            name: "f-old".into(),
+            key: nodes[5].key.clone(),
+            share: Some(before),
+        };
+        assert!(!signs(&m4, &[&nodes[0], &stale]));
+    }
+
+    #[test]
+    fn a_dealer_with_the_wrong_share_is_refused_before_the_ceremony() {
+        let mut rng = rand::rngs::OsRng;
+        let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| node(n)).collect();
+        let first: Vec<NewMember> = nodes
+            .iter()
+            .map(|n| NewMember {
+                name: n.name.clone(),
+                node_id: n.key.node_id(),
+                address: "127.0.0.1:7000".into(),
+            })
+            .collect();
+        let (m1, shares) = deal(GroupName::new("g").unwrap(), 2, &first, &mut rng).unwrap();
+        let plan = CeremonyPlan::new_rotation(
+            CeremonyKind::Reshare,
+            &m1,
+            2,
+            coordinator(),
+            nodes.iter().map(plan_node).collect(),
+            &["a".into(), "b".into()],
+            &mut rng,
+        )
+        .unwrap();
+        // b's share given as a's.
+        assert!(
+            Reshare::new(&plan, &nodes[0].key.node_id(), Some(&shares[1].key_package)).is_err()
+        );
+        assert!(Reshare::new(&plan, &nodes[0].key.node_id(), None).is_err());
+        assert!(Reshare::new(&plan, &nodes[2].key.node_id(), None).is_ok());
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn an_inconsistent_sub_share_names_its_dealer_and_changes_nothing() {
+        let mut rng = rand::rngs::OsRng;
+        let mut nodes: Vec<Node> = ["a", "b", "c", "d"].iter().map(|n| node(n)).collect();
+        let first: Vec<NewMember> = nodes[..3]
+            .iter()
+            .map(|n| NewMember {
+                name: n.name.clone(),
+                node_id: n.key.node_id(),
+                address: "127.0.0.1:7000".into(),
+            })
+            .collect();
+        let (m1, shares) = deal(GroupName::new("g").unwrap(), 2, &first, &mut rng).unwrap();
+        for (n, s) in nodes.iter_mut().zip(shares) {
+            n.share = Some(s.key_package);
+        }
+        let before: Vec<_> = nodes.iter().map(|n| n.share.clone()).collect();
+        let err = reshare(&m1, &mut nodes, &[0, 1, 2, 3], &[0, 2], 3, Some(2)).unwrap_err();
+        assert!(err.summary.contains("does not match"), "{}", err.summary);
+        assert_eq!(err.culprits, vec!["c".to_string()]);
+        // Old shares intact and still signing.
+        for (n, b) in nodes.iter().zip(&before) {
+            assert_eq!(
+                n.share.as_ref().map(|k| k.signing_share().serialize()),
+                b.as_ref().map(|k| k.signing_share().serialize())
+            );
+        }
+        assert!(signs(&m1, &[&nodes[0], &nodes[1]]));
+    }
+}
