@@ -20,7 +20,7 @@ use crate::commands::{manifest_path, share_path};
 use crate::config::Mode;
 use crate::{passphrase, CmdResult, DkgJoinArgs, DkgPlanArgs, DkgRelayArgs, Exit, KdfChoice};
 
-fn parse_node(spec: &str, what: &str) -> anyhow::Result<PlanNode> {
+pub(crate) fn parse_node(spec: &str, what: &str) -> anyhow::Result<PlanNode> {
     let (name, rest) = spec
         .split_once('=')
         .ok_or_else(|| anyhow!("{what} {spec:?}: expected NAME=KEY@HOST:PORT"))?;
@@ -101,17 +101,18 @@ fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{address} resolves to no address"))
 }
 
-fn read_plan(path: &Path) -> anyhow::Result<CeremonyPlan> {
+pub(crate) fn read_plan(path: &Path) -> anyhow::Result<CeremonyPlan> {
     CeremonyPlan::read(path).with_context(|| format!("plan {}", path.display()))
 }
 
-fn read_identity(dir: &Path) -> anyhow::Result<IdentityKey> {
+pub(crate) fn read_identity(dir: &Path) -> anyhow::Result<IdentityKey> {
     IdentityKey::read_from(&dir.join(conclave_protocol::identity::KEY_FILE))
         .with_context(|| format!("cannot read the identity in {}", dir.display()))
 }
 
 pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
     let plan = read_plan(&args.plan)?;
+    eprintln!("{}", plan.summary());
     let identity = read_identity(&args.identity)?;
     if identity.node_id() != plan.coordinator_id()? {
         fail!(
@@ -120,7 +121,7 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
             plan.coordinator.name
         );
     }
-    let manifest_file = manifest_path(&args.out, &plan.group);
+    let manifest_file = plan_manifest_path(&args.out, &plan);
     if manifest_file.exists() {
         fail!(
             "{} already exists; refusing to overwrite a manifest",
@@ -141,7 +142,8 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
     let server = RelayServer::bind(&plan, &identity, listen)?;
     let n = plan.participants.len();
     eprintln!(
-        "relaying DKG {} for group {} ({}-of-{n}) on {}; waiting for participants to join",
+        "relaying {} {} for group {} ({}-of-{n}) on {}; waiting for participants to join",
+        plan.kind.label(),
         plan.ceremony,
         plan.group,
         plan.threshold,
@@ -205,8 +207,28 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
         }
         RelayEnd::Aborted(why) => {
             let (summary, _) = describe_abort(&plan, &ctx, &why);
-            Err(Exit::refused(anyhow!("DKG aborted: {summary}")))
+            Err(Exit::refused(anyhow!(
+                "{} aborted: {summary}",
+                plan.kind.label()
+            )))
         }
+    }
+}
+
+/// The manifest a ceremony writes: `<group>.manifest.toml` for a new key, with the epoch
+/// (`<group>.epoch<E>.manifest.toml`) for a rotation, next to the old one.
+pub(crate) fn plan_manifest_path(dir: &Path, plan: &CeremonyPlan) -> PathBuf {
+    match plan.from {
+        None => manifest_path(dir, &plan.group),
+        Some(_) => dir.join(format!("{}.epoch{}.manifest.toml", plan.group, plan.epoch)),
+    }
+}
+
+/// The share file a ceremony writes for `name` (with the epoch for a rotation).
+pub(crate) fn plan_share_path(dir: &Path, plan: &CeremonyPlan, name: &str) -> PathBuf {
+    match plan.from {
+        None => share_path(dir, &plan.group, name),
+        Some(_) => dir.join(format!("{}.{name}.epoch{}.share", plan.group, plan.epoch)),
     }
 }
 
@@ -223,27 +245,75 @@ fn pending_path(share: &Path) -> PathBuf {
 
 pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
     let plan = read_plan(&args.plan)?;
-    let identity = read_identity(&args.identity)?;
-    let me = identity.node_id();
-    let my_name = plan
-        .participants
-        .iter()
-        .find(|p| p.identity_key == me.to_hex())
-        .map(|p| p.name.clone())
-        .ok_or_else(|| {
-            anyhow!(
-                "this identity ({}) is not a participant of the plan",
-                me.short()
-            )
-        })?;
-    if args.kdf == KdfChoice::Light && args.mode != Mode::Dev {
+    if plan.kind != conclave_keygen::ceremony::CeremonyKind::Dkg {
         fail!(
-            "--kdf light is for dev mode only (this is {}); add --mode dev for a lab setup",
-            args.mode
+            "this is a {} plan; run it with `conclave rotate join`",
+            plan.kind
         );
     }
-    let share_file = share_path(&args.out, &plan.group, &my_name);
-    let manifest_file = manifest_path(&args.out, &plan.group);
+    let identity = read_identity(&args.identity)?;
+    let me = identity.node_id();
+    #[allow(unused_mut)]
+    let mut dkg = Dkg::new(&plan, &me)?;
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("CONCLAVE_TEST_FAULT").as_deref() == Ok("dkg-bad-share") {
+        tracing::warn!("TEST FAULT INJECTION ACTIVE: this member sends bad round-2 shares");
+        dkg.inject(conclave_keygen::dkg::DkgFault::BadShare);
+    }
+    let out = Outputs {
+        dir: args.out.clone(),
+        share: None,
+        manifest: plan_manifest_path(&args.out, &plan),
+    };
+    run_join(
+        &plan,
+        identity,
+        dkg,
+        out,
+        args.passphrase_file.as_deref(),
+        args.mode,
+        args.kdf,
+        args.json,
+    )
+    .await
+}
+
+/// Where a member writes its results.
+pub(crate) struct Outputs {
+    pub dir: PathBuf,
+    /// The share file (default: `<dir>/<group>.<name>.share`).
+    pub share: Option<PathBuf>,
+    pub manifest: PathBuf,
+}
+
+/// Runs one member's side of any ceremony: checks the outputs, gets the new passphrase,
+/// runs the protocol over the relay, stores the share as pending, activates it when every
+/// member has stored, and cleans up on abort.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
+    plan: &CeremonyPlan,
+    identity: IdentityKey,
+    protocol: P,
+    out: Outputs,
+    passphrase_file: Option<&Path>,
+    mode: Mode,
+    kdf_choice: KdfChoice,
+    json: bool,
+) -> CmdResult {
+    let me = identity.node_id();
+    let my_name = plan.name_of(&me);
+    let in_new_group = plan
+        .participants
+        .iter()
+        .any(|p| p.identity_key == me.to_hex());
+    if kdf_choice == KdfChoice::Light && mode != Mode::Dev {
+        fail!("--kdf light is for dev mode only (this is {mode}); add --mode dev for a lab setup");
+    }
+    let share_file = out
+        .share
+        .clone()
+        .unwrap_or_else(|| plan_share_path(&out.dir, plan, &my_name));
+    let manifest_file = out.manifest.clone();
     let pending = pending_path(&share_file);
     for p in [&share_file, &manifest_file] {
         if p.exists() {
@@ -260,41 +330,37 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
         );
     }
     // Ask for the passphrase before joining, so nobody waits on a prompt mid-ceremony.
-    let pass = passphrase::obtain(
-        args.passphrase_file.as_deref(),
-        args.mode,
-        "the new share file",
-        true,
-    )?;
-    passphrase::check_new(&pass, args.mode)?;
-    conclave_protocol::identity::create_private_dir(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let pass = if in_new_group {
+        let pass = passphrase::obtain(passphrase_file, mode, "the new share file", true)?;
+        passphrase::check_new(&pass, mode)?;
+        Some(pass)
+    } else {
+        None
+    };
+    conclave_protocol::identity::create_private_dir(&out.dir)
+        .with_context(|| format!("cannot create {}", out.dir.display()))?;
     let relay_id = plan.coordinator_id()?;
     let relay_addr = resolve(&plan.coordinator.address)?;
-    #[allow(unused_mut)]
-    let mut dkg = Dkg::new(&plan, &me)?;
     #[cfg(feature = "fault-injection")]
-    let exit_after: Option<u8> = match std::env::var("CONCLAVE_TEST_FAULT").as_deref() {
-        Ok("dkg-bad-share") => {
-            tracing::warn!("TEST FAULT INJECTION ACTIVE: this member sends bad round-2 shares");
-            dkg.inject(conclave_keygen::dkg::DkgFault::BadShare);
-            None
-        }
-        Ok(s) => s
-            .strip_prefix("dkg-exit-after-round=")
-            .and_then(|r| r.parse().ok()),
-        Err(_) => None,
-    };
-    let mut member = Member::new(&plan, identity.clone(), dkg)?;
+    let exit_after: Option<u8> = std::env::var("CONCLAVE_TEST_FAULT").ok().and_then(|s| {
+        s.strip_prefix("dkg-exit-after-round=")
+            .and_then(|r| r.parse().ok())
+    });
+    let mut member = Member::new(plan, identity.clone(), protocol)?;
     let kind = plan.kind;
     let total = kind.final_round();
     eprintln!(
-        "joining DKG {} for group {} as {my_name}; relay {} at {}",
-        plan.ceremony, plan.group, plan.coordinator.name, plan.coordinator.address
+        "joining {} {} for group {} as {my_name}; relay {} at {}",
+        kind.label(),
+        plan.ceremony,
+        plan.group,
+        plan.coordinator.name,
+        plan.coordinator.address
     );
     let mut rng = rand::rngs::OsRng;
     let mut result: Option<Result<conclave_keygen::GroupManifest, String>> = None;
     let mut manifest_held = None;
+    let mut wrote_share = false;
     let started = Instant::now();
     conclave_participant::ceremony::run_member(
         &mut member,
@@ -304,7 +370,10 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
         |ev| {
             match ev {
                 MemberEvent::Joined => {
-                    eprintln!("all {} participants joined", plan.participants.len())
+                    eprintln!(
+                        "all {} members joined",
+                        plan.roster().map(|r| r.len()).unwrap_or(0)
+                    )
                 }
                 MemberEvent::RoundComplete { round } => {
                     eprintln!(
@@ -320,16 +389,19 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
                 }
                 MemberEvent::Store(outcome) => {
                     let written = (|| -> anyhow::Result<()> {
-                        let kp = outcome
-                            .key_package
-                            .as_ref()
-                            .ok_or_else(|| anyhow!("the ceremony gave this member no share"))?;
-                        let kdf = match args.kdf {
-                            KdfChoice::Standard => KdfParams::standard(&mut rng),
-                            KdfChoice::Light => KdfParams::light(&mut rng),
-                        };
-                        let header = share_header(&outcome.manifest, me, kp, kdf)?;
-                        ShareFile::write(&pending, kp, header, &pass, false, &mut rng)?;
+                        if let (Some(kp), Some(pass)) =
+                            (outcome.key_package.as_ref(), pass.as_ref())
+                        {
+                            let kdf = match kdf_choice {
+                                KdfChoice::Standard => KdfParams::standard(&mut rng),
+                                KdfChoice::Light => KdfParams::light(&mut rng),
+                            };
+                            let header = share_header(&outcome.manifest, me, kp, kdf)?;
+                            ShareFile::write(&pending, kp, header, pass, false, &mut rng)?;
+                            wrote_share = true;
+                        } else if in_new_group {
+                            anyhow::bail!("the ceremony gave this member no share");
+                        }
                         Ok(())
                     })();
                     return match written {
@@ -348,21 +420,23 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
                     let activated = (|| -> anyhow::Result<conclave_keygen::GroupManifest> {
                         let manifest = manifest_held
                             .take()
-                            .ok_or_else(|| anyhow!("no stored share to activate"))?;
-                        std::fs::rename(&pending, &share_file)?;
+                            .ok_or_else(|| anyhow!("no stored result to activate"))?;
+                        if wrote_share {
+                            std::fs::rename(&pending, &share_file)?;
+                        }
                         conclave_keygen::sharefile::write_atomic(
                             &manifest_file,
                             manifest.to_toml()?.as_bytes(),
                             &mut rng,
                         )?;
-                        std::fs::File::open(&args.out)?.sync_all()?;
+                        std::fs::File::open(&out.dir)?.sync_all()?;
                         Ok(manifest)
                     })();
                     result = Some(activated.map_err(|e| format!("{e:#}")));
                 }
                 MemberEvent::Aborted(report) => {
                     remove_if_present(&pending);
-                    result = Some(Err(format!("DKG aborted: {}", report.summary)));
+                    result = Some(Err(format!("{} aborted: {}", kind.label(), report.summary)));
                 }
             }
             false
@@ -371,14 +445,16 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
     .await?;
     match result {
         Some(Ok(manifest)) => {
-            if args.json {
+            let share_out = wrote_share.then_some(&share_file);
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "ceremony": plan.ceremony, "group": plan.group.as_str(), "name": my_name,
+                        "ceremony": plan.ceremony, "kind": kind.to_string(),
+                        "group": plan.group.as_str(), "name": my_name,
                         "threshold": manifest.threshold, "epoch": manifest.epoch,
                         "public_key": manifest.group_public_key,
-                        "share_file": share_file, "manifest": manifest_file,
+                        "share_file": share_out, "manifest": manifest_file,
                     })
                 );
             } else {
@@ -386,7 +462,10 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
                     "group {}: public key {}",
                     plan.group, manifest.group_public_key
                 );
-                println!("share for {my_name}: {}", share_file.display());
+                match share_out {
+                    Some(f) => println!("share for {my_name}: {}", f.display()),
+                    None => println!("{my_name} is not a member of the new group (no new share)"),
+                }
                 println!("manifest: {}", manifest_file.display());
             }
             Ok(())
@@ -397,7 +476,7 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
         }
         None => {
             remove_if_present(&pending);
-            Err(Exit::refused(anyhow!("DKG ended without a result")))
+            Err(Exit::refused(anyhow!("{kind} ended without a result")))
         }
     }
 }

@@ -314,7 +314,7 @@ fn read_message(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
-async fn connect(args: &crate::ClientArgs) -> anyhow::Result<(Client, GroupName)> {
+pub(crate) async fn connect(args: &crate::ClientArgs) -> anyhow::Result<(Client, GroupName)> {
     let group =
         GroupName::new(&args.group).map_err(|e| anyhow!("--group {:?}: {e}", args.group))?;
     let key = read_node_id(&args.coordinator_key)

@@ -21,6 +21,7 @@ mod commands;
 mod config;
 mod demo;
 mod passphrase;
+mod rotate;
 mod sim;
 
 use std::path::PathBuf;
@@ -105,6 +106,163 @@ enum Command {
     Bench(BenchArgs),
     /// Simulate a deployment (virtual network, faults, adversaries), or run a chaos proxy.
     Sim(Box<sim::SimArgs>),
+    /// Change a group's shares under the same key: refresh, or reshare to new members and
+    /// threshold; see status and retire superseded shares. Runbook: docs/ROTATION.md.
+    #[command(subcommand, after_help = ROTATE_HELP)]
+    Rotate(RotateCmd),
+}
+
+const ROTATE_HELP: &str = "\
+Steps: (1) `rotate plan` writes the plan (prints it and asks to confirm) and you copy it to the
+coordinator and every member; (2) the coordinator runs `rotate relay`; (3) every member of the
+old and of the new group that the plan names runs `rotate join` (dealers pass --old-share);
+(4) restart participants and the coordinator on the new share files and manifest (epoch + 1);
+(5) once the new group has signed, `rotate retire` destroys each old share. All or nothing: a
+failure leaves the old shares working and no new share anywhere. Exit codes: 0 done; 1 the
+ceremony aborted or the check before destroying failed; 2 bad input.";
+
+#[derive(Subcommand, Debug)]
+enum RotateCmd {
+    /// Write a refresh or reshare plan (public TOML) from the group's current manifest.
+    Plan(RotatePlanArgs),
+    /// Coordinator side: relay the ceremony (sees no secret), then write the new manifest.
+    Relay(DkgRelayArgs),
+    /// Member side: deal from the old share and/or receive a new share.
+    Join(RotateJoinArgs),
+    /// Epoch, threshold and members of each manifest, and which epoch the coordinator serves.
+    Status(RotateStatusArgs),
+    /// Destroy a superseded share once the new group has produced a verified signature.
+    Retire(RetireArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RotateKind {
+    /// New shares for the same members and threshold (frost refresh DKG).
+    Refresh,
+    /// New members and/or threshold; a quorum of old members deals.
+    Reshare,
+}
+
+#[derive(Args, Debug)]
+struct RotatePlanArgs {
+    #[arg(long, value_enum)]
+    kind: RotateKind,
+    /// The group's current manifest.
+    #[arg(long)]
+    old_manifest: PathBuf,
+    /// Reshare: the new threshold.
+    #[arg(long, short)]
+    threshold: Option<u16>,
+    /// Reshare: a member of the new group: NAME of a current member, or NAME=KEY@HOST:PORT
+    /// for a new one. Repeat for every member of the new group.
+    #[arg(
+        long = "participant",
+        short = 'p',
+        value_name = "NAME | NAME=KEY@HOST:PORT"
+    )]
+    participants: Vec<String>,
+    /// Reshare: an old member that deals (exactly old-threshold of them; default: members that
+    /// stay first).
+    #[arg(long = "dealer", value_name = "NAME")]
+    dealers: Vec<String>,
+    /// The coordinator relaying the ceremony, as NAME=KEY@HOST:PORT.
+    #[arg(long, value_name = "NAME=KEY@HOST:PORT")]
+    coordinator: String,
+    /// Seconds each round may take once everyone has joined.
+    #[arg(long, default_value_t = conclave_keygen::ceremony::plan::DEFAULT_ROUND_TIMEOUT_SECS)]
+    timeout: u32,
+    /// Seconds the relay waits for every member to join.
+    #[arg(long, default_value_t = conclave_keygen::ceremony::plan::DEFAULT_JOIN_TIMEOUT_SECS)]
+    join_timeout: u32,
+    #[arg(long, default_value = "rotate-plan.toml")]
+    out: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Args, Debug)]
+struct RotateJoinArgs {
+    #[arg(long)]
+    plan: PathBuf,
+    /// This node's identity directory.
+    #[arg(long)]
+    identity: PathBuf,
+    /// The group's current manifest (must be the one the plan changes).
+    #[arg(long)]
+    old_manifest: PathBuf,
+    /// This node's current share (required when it deals).
+    #[arg(long)]
+    old_share: Option<PathBuf>,
+    /// File with the current share's passphrase.
+    #[arg(long)]
+    old_passphrase_file: Option<PathBuf>,
+    /// Directory for the new share (`<group>.<name>.epoch<E>.share`) and manifest.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// File with the new share's passphrase.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Mode::Prod)]
+    mode: Mode,
+    #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
+    kdf: KdfChoice,
+    #[arg(long)]
+    json: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Args, Debug)]
+struct RotateStatusArgs {
+    /// Manifests of the group (old and new epochs). Repeat.
+    #[arg(long = "manifest", required = true)]
+    manifests: Vec<PathBuf>,
+    /// Also ask a coordinator which epoch it serves.
+    #[command(flatten)]
+    client: Option<OptClientArgs>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct OptClientArgs {
+    /// Coordinator address, HOST:PORT.
+    #[arg(long, requires_all = ["coordinator_key", "identity"])]
+    coordinator: Option<String>,
+    #[arg(long)]
+    coordinator_key: Option<String>,
+    #[arg(long)]
+    identity: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RetireArgs {
+    /// The superseded share file to destroy.
+    #[arg(long)]
+    share: PathBuf,
+    /// The group's new manifest.
+    #[arg(long)]
+    manifest: PathBuf,
+    #[command(flatten)]
+    client: ClientArgsNoGroup,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientArgsNoGroup {
+    /// Coordinator address, HOST:PORT.
+    #[arg(long)]
+    coordinator: String,
+    /// Coordinator identity public key (hex, or path of its identity.pub).
+    #[arg(long)]
+    coordinator_key: String,
+    /// A client identity directory the coordinator serves.
+    #[arg(long)]
+    identity: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -519,6 +677,11 @@ fn run(command: Command) -> CmdResult {
         Command::Demo { json, keep } => runtime()?.block_on(demo::run(json, keep)),
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Sim(args) => runtime()?.block_on(sim::run(*args)),
+        Command::Rotate(RotateCmd::Plan(args)) => rotate::plan(args),
+        Command::Rotate(RotateCmd::Relay(args)) => runtime()?.block_on(ceremony::relay(args)),
+        Command::Rotate(RotateCmd::Join(args)) => runtime()?.block_on(rotate::join(args)),
+        Command::Rotate(RotateCmd::Status(args)) => runtime()?.block_on(rotate::status(args)),
+        Command::Rotate(RotateCmd::Retire(args)) => runtime()?.block_on(rotate::retire(args)),
     }
 }
 

@@ -45,6 +45,15 @@ impl CeremonyKind {
         self.protocol_rounds() + 2
     }
 
+    /// The name operators read: "DKG", "refresh", "reshare".
+    pub fn label(self) -> &'static str {
+        match self {
+            CeremonyKind::Dkg => "DKG",
+            CeremonyKind::Refresh => "refresh",
+            CeremonyKind::Reshare => "reshare",
+        }
+    }
+
     /// A short name for a round, for progress output.
     pub fn round_name(self, round: u8) -> &'static str {
         let r = self.protocol_rounds();
@@ -423,5 +432,80 @@ impl CeremonyPlan {
                 })
             })
             .unwrap_or_else(|| node.short())
+    }
+}
+
+impl CeremonyPlan {
+    /// What the ceremony will do, for an operator to confirm: who deals, who receives, old
+    /// and new threshold and members, what is destroyed afterwards.
+    pub fn summary(&self) -> String {
+        let new: Vec<&str> = self.participants.iter().map(|p| p.name.as_str()).collect();
+        let mut out = format!(
+            "{} {} of group {}\n",
+            self.kind.label(),
+            self.ceremony,
+            self.group
+        );
+        match &self.from {
+            None => {
+                out += &format!(
+                    "  new key, {}-of-{}, epoch {}: {}\n",
+                    self.threshold,
+                    new.len(),
+                    self.epoch,
+                    new.join(", ")
+                );
+            }
+            Some(from) => {
+                let dealers: Vec<&str> = from.dealers.iter().map(|d| d.name.as_str()).collect();
+                out += &format!(
+                    "  group key {} (unchanged)\n  epoch {} -> {}\n  threshold {} -> {}\n",
+                    from.group_public_key, from.epoch, self.epoch, from.threshold, self.threshold
+                );
+                out += &format!("  dealers (old shares used): {}\n", dealers.join(", "));
+                out += &format!(
+                    "  receivers (new group, {}): {}\n",
+                    new.len(),
+                    new.join(", ")
+                );
+                let old_keys: Vec<&str> = from
+                    .dealers
+                    .iter()
+                    .map(|d| d.identity_key.as_str())
+                    .collect();
+                let added: Vec<&str> = self
+                    .participants
+                    .iter()
+                    .filter(|p| !old_keys.contains(&p.identity_key.as_str()))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                let leaving: Vec<&str> = from
+                    .dealers
+                    .iter()
+                    .filter(|d| {
+                        !self
+                            .participants
+                            .iter()
+                            .any(|p| p.identity_key == d.identity_key)
+                    })
+                    .map(|d| d.name.as_str())
+                    .collect();
+                if !added.is_empty() {
+                    out += &format!("  joining: {}\n", added.join(", "));
+                }
+                if !leaving.is_empty() {
+                    out += &format!("  leaving (dealers): {}\n", leaving.join(", "));
+                }
+                out += &format!(
+                    "  destroyed afterwards: every epoch-{} share of the group, once the new shares have produced a verified signature (`conclave rotate retire`)\n",
+                    from.epoch
+                );
+            }
+        }
+        out += &format!(
+            "  relay: {} at {}; round timeout {} s",
+            self.coordinator.name, self.coordinator.address, self.round_timeout_secs
+        );
+        out
     }
 }

@@ -67,7 +67,7 @@ impl Reserved {
     }
 }
 
-fn stdout_line(out: &Output) -> String {
+pub fn stdout_line(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -705,7 +705,7 @@ pub fn files_ending(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
     out
 }
 
-fn first_line(child: &mut Child) -> String {
+pub fn first_line(child: &mut Child) -> String {
     let stdout = child.stdout.take().expect("stdout");
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();

@@ -1,0 +1,588 @@
+//! Rotation over real processes, one continuous story under the same group public key:
+//! 2-of-3 (dealer) → reshare to 3-of-5 (two added) → reshare to 2-of-4 (one removed, one
+//! replaced; a first attempt with a dealer sending a bad sub-share aborts with the old
+//! shares intact) → refresh. After every step a signature through the coordinator verifies
+//! with ed25519-dalek `verify_strict` and OpenSSL under the unchanged key; a node left on its
+//! old share is refused as stale; `rotate retire` destroys an old share only once the new
+//! epoch is in service.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::{bin, conclave, files_ending, first_line, openssl_verifies, stdout_line, Reserved};
+
+struct World {
+    dir: tempfile::TempDir,
+    keys: BTreeMap<String, String>,
+    ports: BTreeMap<String, u16>,
+    reserved: BTreeMap<String, Reserved>,
+    coordinator_key: String,
+    relay_port: u16,
+}
+
+/// Running daemons of one epoch.
+struct Running {
+    children: Vec<Child>,
+    coordinator_addr: String,
+    log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl World {
+    fn new(names: &[&str]) -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("conclave-rotation-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("pass"), "integration-test-passphrase\n").unwrap();
+        let init = |name: &str| {
+            let out = conclave(&["node", "init", "--out", d.join(name).to_str().unwrap()]);
+            assert!(out.status.success());
+            stdout_line(&out)
+        };
+        let coordinator_key = init("coordinator");
+        init("client");
+        let mut keys = BTreeMap::new();
+        let mut ports = BTreeMap::new();
+        let mut reserved = BTreeMap::new();
+        for n in names {
+            keys.insert(n.to_string(), init(n));
+            let r = Reserved::new();
+            ports.insert(n.to_string(), r.port);
+            reserved.insert(n.to_string(), r);
+        }
+        let relay = Reserved::new();
+        let relay_port = relay.port;
+        drop(relay);
+        World {
+            dir,
+            keys,
+            ports,
+            reserved,
+            coordinator_key,
+            relay_port,
+        }
+    }
+
+    fn d(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spec(&self, name: &str) -> String {
+        format!("{name}={}@127.0.0.1:{}", self.keys[name], self.ports[name])
+    }
+
+    /// Starts participants (name, share file relative to the dir) and a coordinator serving
+    /// `manifest`.
+    fn start(&mut self, manifest: &str, shares: &[(&str, String)]) -> Running {
+        let d = self.d().to_path_buf();
+        let mut children = vec![];
+        for (name, share) in shares {
+            let config = format!(
+                "mode = \"dev\"\nidentity = \"{name}\"\nlisten = \"127.0.0.1:{}\"\ncoordinators = [\"{}\"]\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n",
+                self.ports[*name], self.coordinator_key
+            );
+            let path = d.join(format!("{name}.toml"));
+            std::fs::write(&path, config).unwrap();
+            if let Some(mut r) = self.reserved.remove(*name) {
+                r.release();
+            }
+            let mut child = Command::new(bin())
+                .args(["participant", "--config", path.to_str().unwrap()])
+                .current_dir(&d)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(d.join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            let line = first_line(&mut child);
+            assert!(line.contains("listening on"), "{name}: {line}");
+            children.push(child);
+        }
+        let client_key = stdout_line(&conclave(&[
+            "node",
+            "show",
+            d.join("client").to_str().unwrap(),
+        ]));
+        let config = format!(
+            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\"]\nmanifests = [\"{manifest}\"]\nparticipant_timeout_ms = 1500\n"
+        );
+        let path = d.join("coordinator.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = d.join(format!("coordinator-{manifest}.log"));
+        let mut child = Command::new(bin())
+            .args(["coordinator", "--config", path.to_str().unwrap()])
+            .current_dir(&d)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let line = first_line(&mut child);
+        let coordinator_addr = line.rsplit(' ').next().unwrap().to_owned();
+        children.push(child);
+        Running {
+            children,
+            coordinator_addr,
+            log,
+        }
+    }
+
+    fn client_args(&self, run: &Running) -> Vec<String> {
+        vec![
+            "--coordinator".into(),
+            run.coordinator_addr.clone(),
+            "--coordinator-key".into(),
+            self.coordinator_key.clone(),
+            "--identity".into(),
+            self.d().join("client").display().to_string(),
+        ]
+    }
+
+    /// Signs through the coordinator (waiting until enough members are connected) and checks
+    /// the signature with dalek and OpenSSL under `key`. Returns the signers.
+    fn sign_and_verify(&self, run: &Running, manifest: &str, key: &str) -> Vec<String> {
+        let msg = format!("rotation story, manifest {manifest}");
+        let msg_file = self.d().join("msg");
+        std::fs::write(&msg_file, &msg).unwrap();
+        let mut args: Vec<String> = vec!["sign".into(), "--group".into(), "story".into()];
+        args.extend(self.client_args(run));
+        args.extend([
+            "--message-file".into(),
+            msg_file.display().to_string(),
+            "--format".into(),
+            "hex".into(),
+            "--json".into(),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut last = None;
+        for _ in 0..50 {
+            let out = conclave(&refs);
+            if out.status.success() {
+                last = Some(out);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            last = Some(out);
+        }
+        let out = last.unwrap();
+        assert!(
+            out.status.success(),
+            "sign: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sig = hex::decode(json["signature"].as_str().unwrap()).unwrap();
+        let mut pk = [0u8; 32];
+        hex::decode_to_slice(key, &mut pk).unwrap();
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).unwrap();
+        vk.verify_strict(
+            msg.as_bytes(),
+            &ed25519_dalek::Signature::from_slice(&sig).unwrap(),
+        )
+        .expect("verify_strict");
+        let pem = conclave(&[
+            "pubkey",
+            "--format",
+            "pem",
+            "--manifest",
+            self.d().join(manifest).to_str().unwrap(),
+        ]);
+        assert!(openssl_verifies(
+            self.d(),
+            &String::from_utf8_lossy(&pem.stdout),
+            msg.as_bytes(),
+            &sig
+        ));
+        common::signers(&json)
+    }
+
+    /// Runs a rotation ceremony with the CLI: relay + one join per roster member.
+    fn ceremony(
+        &self,
+        plan: &str,
+        members: &[(&str, Option<String>)],
+        old_manifest: &str,
+        fault: Option<(&str, &str)>,
+    ) -> (Output, Vec<Output>) {
+        let d = self.d();
+        let spawn = |args: &[&str], fault: Option<&str>| {
+            let mut cmd = Command::new(bin());
+            cmd.args(args)
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if let Some(f) = fault {
+                cmd.env("CONCLAVE_TEST_FAULT", f);
+            }
+            cmd.spawn().unwrap()
+        };
+        let relay = spawn(
+            &[
+                "rotate",
+                "relay",
+                "--plan",
+                plan,
+                "--identity",
+                "coordinator",
+                "--out",
+                ".",
+                "--json",
+            ],
+            None,
+        );
+        let children: Vec<Child> = members
+            .iter()
+            .map(|(name, old_share)| {
+                let mut args = vec![
+                    "rotate",
+                    "join",
+                    "--plan",
+                    plan,
+                    "--identity",
+                    name,
+                    "--old-manifest",
+                    old_manifest,
+                    "--old-passphrase-file",
+                    "pass",
+                    "--passphrase-file",
+                    "pass",
+                    "--out",
+                    name,
+                    "--mode",
+                    "dev",
+                    "--kdf",
+                    "light",
+                    "--yes",
+                    "--json",
+                ];
+                if let Some(s) = old_share {
+                    args.extend(["--old-share", s.as_str()]);
+                }
+                let f = fault.filter(|(who, _)| who == name).map(|(_, f)| f);
+                spawn(&args, f)
+            })
+            .collect();
+        let outs: Vec<Output> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        (relay.wait_with_output().unwrap(), outs)
+    }
+
+    fn plan(&self, out: &str, args: &[&str]) {
+        let coordinator = format!(
+            "coordinator={}@127.0.0.1:{}",
+            self.coordinator_key, self.relay_port
+        );
+        let mut all = vec![
+            "rotate",
+            "plan",
+            "--coordinator",
+            &coordinator,
+            "--out",
+            out,
+            "--yes",
+        ];
+        all.extend_from_slice(args);
+        let o = Command::new(bin())
+            .args(&all)
+            .current_dir(self.d())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "plan: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let summary = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            summary.contains("unchanged") && summary.contains("dealers"),
+            "{summary}"
+        );
+    }
+}
+
+fn describe(relay: &Output, members: &[Output]) -> String {
+    let mut s = format!("relay: {}\n", String::from_utf8_lossy(&relay.stderr));
+    for m in members {
+        s += &format!("member: {}\n", String::from_utf8_lossy(&m.stderr));
+    }
+    s
+}
+
+fn share(name: &str, epoch: u64) -> String {
+    if epoch == 1 {
+        format!("story.{name}.share")
+    } else {
+        format!("{name}/story.{name}.epoch{epoch}.share")
+    }
+}
+
+#[test]
+fn reshare_twice_then_refresh_under_one_key_over_real_processes() {
+    let mut w = World::new(&["a", "b", "c", "d", "e", "f"]);
+    let d = w.d().to_path_buf();
+
+    // Epoch 1: 2-of-3 {a, b, c} by a dealer.
+    let out = Command::new(bin())
+        .args([
+            "keygen", "dealer", "--group", "story", "-t", "2", "--mode", "dev",
+        ])
+        .args(["--kdf", "light", "--passphrase-file", "pass", "--out", "."])
+        .args(["-p", &w.spec("a"), "-p", &w.spec("b"), "-p", &w.spec("c")])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m1: serde_json::Value = {
+        let o = conclave(&[
+            "pubkey",
+            "--manifest",
+            d.join("story.manifest.toml").to_str().unwrap(),
+        ]);
+        serde_json::Value::String(stdout_line(&o))
+    };
+    let key = m1.as_str().unwrap().to_owned();
+    let run1 = w.start(
+        "story.manifest.toml",
+        &[
+            ("a", share("a", 1)),
+            ("b", share("b", 1)),
+            ("c", share("c", 1)),
+        ],
+    );
+    w.sign_and_verify(&run1, "story.manifest.toml", &key);
+
+    // Epoch 2: reshare to 3-of-5, adding d and e (dealt by a and b), while epoch 1 serves.
+    w.plan(
+        "plan2.toml",
+        &[
+            "--kind",
+            "reshare",
+            "--old-manifest",
+            "story.manifest.toml",
+            "-t",
+            "3",
+            "-p",
+            "a",
+            "-p",
+            "b",
+            "-p",
+            "c",
+            "-p",
+            &w.spec("d"),
+            "-p",
+            &w.spec("e"),
+        ],
+    );
+    let old = |n: &str| Some(share(n, 1));
+    let (relay, members) = w.ceremony(
+        "plan2.toml",
+        &[
+            ("a", old("a")),
+            ("b", old("b")),
+            ("c", old("c")),
+            ("d", None),
+            ("e", None),
+        ],
+        "story.manifest.toml",
+        None,
+    );
+    assert!(
+        relay.status.success() && members.iter().all(|m| m.status.success()),
+        "{}",
+        describe(&relay, &members)
+    );
+    let m2 = "story.epoch2.manifest.toml";
+    for n in ["a", "b", "c", "d", "e"] {
+        assert_eq!(
+            std::fs::read_to_string(d.join(n).join(m2)).unwrap(),
+            std::fs::read_to_string(d.join(m2)).unwrap()
+        );
+    }
+    // Retiring an epoch-1 share is refused while the coordinator still serves epoch 1.
+    let mut retire: Vec<String> = vec![
+        "rotate".into(),
+        "retire".into(),
+        "--share".into(),
+        share("a", 1),
+    ];
+    retire.extend(["--manifest".into(), m2.into(), "--yes".into()]);
+    let mut args = retire.clone();
+    args.extend(w.client_args(&run1));
+    let o = Command::new(bin())
+        .args(&args)
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not in service yet"));
+    assert!(d.join(share("a", 1)).exists());
+    drop(run1);
+
+    // Epoch 2 in service; c stays on its old epoch-1 share and is refused as stale.
+    let run2 = w.start(
+        m2,
+        &[
+            ("a", share("a", 2)),
+            ("b", share("b", 2)),
+            ("c", share("c", 1)),
+            ("d", share("d", 2)),
+            ("e", share("e", 2)),
+        ],
+    );
+    let signers = w.sign_and_verify(&run2, m2, &key);
+    assert!(!signers.contains(&"c".to_string()), "{signers:?}");
+    let log = std::fs::read_to_string(&run2.log).unwrap();
+    assert!(
+        log.contains("participant is on another epoch") && log.contains("participant=c"),
+        "{log}"
+    );
+    // Now the old share of a can be retired: overwritten, synced, unlinked.
+    let mut args = retire.clone();
+    args.extend(w.client_args(&run2));
+    let o = Command::new(bin())
+        .args(&args)
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!d.join(share("a", 1)).exists());
+    let status = Command::new(bin())
+        .args([
+            "rotate",
+            "status",
+            "--manifest",
+            "story.manifest.toml",
+            "--manifest",
+            m2,
+            "--json",
+        ])
+        .args(w.client_args(&run2))
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["coordinator"]["epoch"], 2);
+    assert_eq!(s["manifests"][1]["threshold"], 3);
+    drop(run2);
+
+    // Epoch 3: 2-of-4 {a, c, d, f}: b removed, e replaced by f; dealt by a, c, d (c from its
+    // epoch-2 share). First attempt: dealer c sends a bad sub-share → named, nothing changes.
+    w.plan(
+        "plan3.toml",
+        &[
+            "--kind",
+            "reshare",
+            "--old-manifest",
+            m2,
+            "-t",
+            "2",
+            "-p",
+            "a",
+            "-p",
+            "c",
+            "-p",
+            "d",
+            "-p",
+            &w.spec("f"),
+        ],
+    );
+    let e2 = |n: &str| Some(share(n, 2));
+    let members3 = [("a", e2("a")), ("c", e2("c")), ("d", e2("d")), ("f", None)];
+    let (relay, members) = w.ceremony(
+        "plan3.toml",
+        &members3,
+        m2,
+        Some(("c", "reshare-bad-sub-share")),
+    );
+    assert_eq!(
+        relay.status.code(),
+        Some(1),
+        "{}",
+        describe(&relay, &members)
+    );
+    let err = String::from_utf8_lossy(&relay.stderr);
+    assert!(err.contains("culprit(s): c"), "{err}");
+    assert!(files_ending(&d, &[".epoch3.share", ".pending", "epoch3.manifest.toml"]).is_empty());
+    assert!(d.join(share("c", 2)).exists());
+    // Same plan, healthy dealers: completes.
+    let (relay, members) = w.ceremony("plan3.toml", &members3, m2, None);
+    assert!(
+        relay.status.success() && members.iter().all(|m| m.status.success()),
+        "{}",
+        describe(&relay, &members)
+    );
+    let m3 = "story.epoch3.manifest.toml";
+    let run3 = w.start(
+        m3,
+        &[
+            ("a", share("a", 3)),
+            ("c", share("c", 3)),
+            ("d", share("d", 3)),
+            ("f", share("f", 3)),
+        ],
+    );
+    w.sign_and_verify(&run3, m3, &key);
+    drop(run3);
+
+    // Epoch 4: refresh (same members and threshold, new shares).
+    w.plan("plan4.toml", &["--kind", "refresh", "--old-manifest", m3]);
+    let e3 = |n: &str| Some(share(n, 3));
+    let (relay, members) = w.ceremony(
+        "plan4.toml",
+        &[
+            ("a", e3("a")),
+            ("c", e3("c")),
+            ("d", e3("d")),
+            ("f", e3("f")),
+        ],
+        m3,
+        None,
+    );
+    assert!(
+        relay.status.success() && members.iter().all(|m| m.status.success()),
+        "{}",
+        describe(&relay, &members)
+    );
+    let m4 = "story.epoch4.manifest.toml";
+    assert_ne!(
+        std::fs::read(d.join(share("f", 3))).unwrap(),
+        std::fs::read(d.join(share("f", 4))).unwrap()
+    );
+    let run4 = w.start(
+        m4,
+        &[
+            ("a", share("a", 4)),
+            ("c", share("c", 4)),
+            ("d", share("d", 4)),
+            ("f", share("f", 4)),
+        ],
+    );
+    w.sign_and_verify(&run4, m4, &key);
+    let pk4 = conclave(&["pubkey", "--manifest", d.join(m4).to_str().unwrap()]);
+    assert_eq!(stdout_line(&pk4), key, "the group key never changed");
+}
