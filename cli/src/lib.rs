@@ -14,6 +14,7 @@ macro_rules! fail {
 }
 
 mod bench;
+mod bench_reshare;
 mod ceremony;
 mod checks;
 mod cluster;
@@ -562,6 +563,9 @@ struct BenchArgs {
     /// Only 3-of-5, fewer requests: a smoke run.
     #[arg(long)]
     quick: bool,
+    /// Time reshare ceremonies (3-of-5 -> 5-of-7 and 67-of-100 -> 67-of-100) instead of signing.
+    #[arg(long)]
+    reshare: bool,
 }
 
 fn init_logging(verbose: u8, daemon: bool, narrated: bool) {
@@ -675,6 +679,9 @@ fn run(command: Command) -> CmdResult {
         ),
         Command::Status(args) => runtime()?.block_on(commands::status(args)),
         Command::Demo { json, keep } => runtime()?.block_on(demo::run(json, keep)),
+        Command::Bench(args) if args.reshare => {
+            runtime()?.block_on(bench_reshare::run(args.json, args.quick))
+        }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Sim(args) => runtime()?.block_on(sim::run(*args)),
         Command::Rotate(RotateCmd::Plan(args)) => rotate::plan(args),

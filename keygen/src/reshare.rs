@@ -22,7 +22,7 @@ use conclave_protocol::{Delivered, IdentityKey, NodeId};
 use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::Identity;
+use curve25519_dalek::traits::{Identity, VartimeMultiscalarMul};
 use frost_ed25519 as frost;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -127,11 +127,15 @@ fn point_hex(hex_str: &str) -> Option<EdwardsPoint> {
     point(&hex::decode(hex_str).ok()?)
 }
 
-/// Σ_k C_k·x^k (Horner).
+/// Σ_k C_k·x^k (public values: variable-time multiscalar multiplication).
 fn eval_commitments(c: &[EdwardsPoint], x: &Scalar) -> EdwardsPoint {
-    c.iter()
-        .rev()
-        .fold(EdwardsPoint::identity(), |acc, ck| acc * x + ck)
+    let mut powers = Vec::with_capacity(c.len());
+    let mut p = Scalar::ONE;
+    for _ in c {
+        powers.push(p);
+        p *= x;
+    }
+    EdwardsPoint::vartime_multiscalar_mul(&powers, c)
 }
 
 /// Σ_k a_k·x^k (Horner).
@@ -351,13 +355,24 @@ impl Reshare {
         identity: &IdentityKey,
         items: &[Delivered],
     ) -> Result<Step, Complaint> {
+        // The dealers' commitments summed coefficient by coefficient: A_k = Σ_i C_ik. Then
+        // Σ_i g_i(x)·B = Σ_k A_k·x^k, so one evaluation checks all sub-shares of a member at
+        // once and gives every new verifying share (per-dealer checks only find a culprit).
+        let t_new = usize::from(self.plan.threshold);
+        let mut aggregate = vec![EdwardsPoint::identity(); t_new];
+        for c in self.commitments.values() {
+            for (a, ck) in aggregate.iter_mut().zip(c) {
+                *a += ck;
+            }
+        }
         let my_x = self.new_member_x(&self.me);
         let mut share: Option<Zeroizing<Scalar>> = None;
         if let Some(x) = my_x {
             let key = self.encryption.as_ref().ok_or_else(|| local(3))?;
             let mut sum = Zeroizing::new(Scalar::ZERO);
+            let mut received: Vec<(NodeId, Zeroizing<Scalar>)> =
+                Vec::with_capacity(self.dealers.len());
             for dealer in &self.dealers {
-                let c = self.commitments.get(&dealer.node).ok_or_else(|| local(3))?;
                 let v = if dealer.node == self.me {
                     self.own_sub_share.take().ok_or_else(|| local(3))?
                 } else {
@@ -383,14 +398,20 @@ impl Reshare {
                             .ok_or_else(|| blame(Fault::Malformed))?,
                     )
                 };
-                if ED25519_BASEPOINT_TABLE * &*v != eval_commitments(c, &x) {
-                    return Err(Complaint::new(
-                        3,
-                        Fault::InvalidSecretShare,
-                        vec![dealer.node],
-                    ));
-                }
                 *sum += *v;
+                received.push((dealer.node, v));
+            }
+            if ED25519_BASEPOINT_TABLE * &*sum != eval_commitments(&aggregate, &x) {
+                let culprits: Vec<NodeId> = received
+                    .iter()
+                    .filter(|(node, v)| {
+                        self.commitments.get(node).is_none_or(|c| {
+                            ED25519_BASEPOINT_TABLE * &**v != eval_commitments(c, &x)
+                        })
+                    })
+                    .map(|(node, _)| *node)
+                    .collect();
+                return Err(Complaint::new(3, Fault::InvalidSecretShare, culprits));
             }
             share = Some(sum);
         }
@@ -400,12 +421,7 @@ impl Reshare {
         let mut participants = Vec::with_capacity(self.new_members.len());
         for m in &self.new_members {
             let x = id_scalar(&m.identifier).ok_or_else(|| local(3))?;
-            let y = self
-                .commitments
-                .values()
-                .fold(EdwardsPoint::identity(), |acc, c| {
-                    acc + eval_commitments(c, &x)
-                });
+            let y = eval_commitments(&aggregate, &x);
             let vs = frost::keys::VerifyingShare::deserialize(y.compress().as_bytes())
                 .map_err(|_| local(3))?;
             verifying.insert(m.identifier, vs);

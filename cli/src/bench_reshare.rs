@@ -1,0 +1,234 @@
+//! `conclave bench --reshare`: time a reshare ceremony over QUIC on 127.0.0.1 (one relay and
+//! every member in this process, each with its own connection), next to the same ceremony's
+//! state machines wired back to back in memory, measured in the same run.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use conclave_coordinator::ceremony::{RelayEnd, RelayServer};
+use conclave_keygen::ceremony::{CeremonyKind, CeremonyPlan, Member, MemberEvent, PlanNode, Relay};
+use conclave_keygen::reshare::Reshare;
+use conclave_keygen::{deal, GroupManifest, NewMember};
+use conclave_protocol::{GroupName, IdentityKey, NodeId};
+use frost_ed25519 as frost;
+
+use crate::CmdResult;
+
+/// A prepared reshare: the old group, the plan, and who holds what.
+struct Setup {
+    plan: CeremonyPlan,
+    old: GroupManifest,
+    identities: BTreeMap<NodeId, IdentityKey>,
+    old_shares: BTreeMap<NodeId, frost::keys::KeyPackage>,
+    coordinator: IdentityKey,
+}
+
+fn setup(t: u16, n: usize, t2: u16, n2: usize) -> anyhow::Result<Setup> {
+    let mut rng = rand::rngs::OsRng;
+    let total = n.max(n2);
+    let keys: Vec<IdentityKey> = (0..total)
+        .map(|_| IdentityKey::generate(&mut rng))
+        .collect();
+    let node = |i: usize, k: &IdentityKey| PlanNode {
+        name: format!("m{i}"),
+        identity_key: k.node_id().to_hex(),
+        address: format!("127.0.0.1:{}", 20000 + i),
+    };
+    let members: Vec<NewMember> = keys
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, k)| NewMember {
+            name: format!("m{i}"),
+            node_id: k.node_id(),
+            address: format!("127.0.0.1:{}", 20000 + i),
+        })
+        .collect();
+    let (old, shares) = deal(GroupName::new("bench")?, t, &members, &mut rng)?;
+    let coordinator = IdentityKey::generate(&mut rng);
+    let new_group: Vec<PlanNode> = keys
+        .iter()
+        .take(n2)
+        .enumerate()
+        .map(|(i, k)| node(i, k))
+        .collect();
+    let dealers: Vec<String> = (0..usize::from(t)).map(|i| format!("m{i}")).collect();
+    let mut plan = CeremonyPlan::new_rotation(
+        CeremonyKind::Reshare,
+        &old,
+        t2,
+        PlanNode {
+            name: "coordinator".into(),
+            identity_key: coordinator.node_id().to_hex(),
+            address: "127.0.0.1:0".into(),
+        },
+        new_group,
+        &dealers,
+        &mut rng,
+    )?;
+    plan.round_timeout_secs = 600;
+    Ok(Setup {
+        plan,
+        old,
+        identities: keys.into_iter().map(|k| (k.node_id(), k)).collect(),
+        old_shares: shares
+            .into_iter()
+            .map(|s| (s.node_id, s.key_package))
+            .collect(),
+        coordinator,
+    })
+}
+
+fn protocol(s: &Setup, node: &NodeId) -> anyhow::Result<Reshare> {
+    Ok(Reshare::new(&s.plan, node, s.old_shares.get(node))?)
+}
+
+/// The ceremony's state machines back to back, no network: the cost of the cryptography.
+fn in_memory(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
+    let started = Instant::now();
+    let now = Instant::now();
+    let mut rng = rand::rngs::OsRng;
+    let roster: Vec<NodeId> = s.plan.roster()?.into_iter().map(|m| m.node_id).collect();
+    let mut relay = Relay::new(&s.plan, now)?;
+    let mut members = vec![];
+    for node in &roster {
+        let id = s.identities.get(node).ok_or_else(|| anyhow!("identity"))?;
+        let mut m = Member::new(&s.plan, id.clone(), protocol(s, node)?)?;
+        m.start(now);
+        members.push(m);
+    }
+    let mut manifest = None;
+    loop {
+        let mut progress = false;
+        for (m, node) in members.iter_mut().zip(&roster) {
+            while let Some(env) = m.poll_transmit() {
+                relay.handle(now, *node, env);
+                progress = true;
+            }
+            while let Some(ev) = m.poll_event() {
+                progress = true;
+                match ev {
+                    MemberEvent::Store(o) => {
+                        manifest = Some(o.manifest.clone());
+                        m.stored(now, true);
+                    }
+                    MemberEvent::Aborted(r) => bail!("in-memory reshare aborted: {}", r.summary),
+                    _ => {}
+                }
+            }
+        }
+        while let Some(t) = relay.poll_transmit() {
+            if let Some(i) = roster.iter().position(|r| *r == t.to) {
+                if let Some(m) = members.get_mut(i) {
+                    m.handle(now, t.envelope, &mut rng);
+                }
+            }
+            progress = true;
+        }
+        while relay.poll_event().is_some() {}
+        if !progress {
+            break;
+        }
+    }
+    if !members.iter().all(|m| m.is_finished()) {
+        bail!("in-memory reshare did not finish");
+    }
+    Ok((
+        started.elapsed(),
+        manifest.ok_or_else(|| anyhow!("no result"))?,
+    ))
+}
+
+/// The same over QUIC on loopback: a relay server and one connection per member.
+async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
+    let started = Instant::now();
+    let server = RelayServer::bind(&s.plan, &s.coordinator, "127.0.0.1:0".parse()?)?;
+    let addr = server.local_addr()?;
+    let relay = Relay::new(&s.plan, Instant::now())?;
+    let relay_task = tokio::spawn(server.run(relay, |_, _| {}));
+    let relay_id = s.coordinator.node_id();
+    let mut tasks = vec![];
+    for m in s.plan.roster()? {
+        let id = s
+            .identities
+            .get(&m.node_id)
+            .ok_or_else(|| anyhow!("identity"))?
+            .clone();
+        let mut member = Member::new(&s.plan, id.clone(), protocol(s, &m.node_id)?)?;
+        tasks.push(tokio::spawn(async move {
+            let mut ok = false;
+            conclave_participant::ceremony::run_member(&mut member, &id, relay_id, addr, |ev| {
+                if matches!(ev, MemberEvent::Activate) {
+                    ok = true;
+                }
+                true
+            })
+            .await
+            .map(|()| ok)
+        }));
+    }
+    for t in tasks {
+        if !t.await?? {
+            bail!("a member did not complete the reshare");
+        }
+    }
+    let end = relay_task.await?;
+    let elapsed = started.elapsed();
+    match end {
+        RelayEnd::Completed { confirm, store } => Ok((
+            elapsed,
+            conclave_keygen::ceremony::completed_manifest(&s.plan, &confirm, &store)
+                .map_err(|e| anyhow!(e))?,
+        )),
+        RelayEnd::Aborted(why) => bail!("reshare over QUIC aborted: {why:?}"),
+    }
+}
+
+pub(crate) async fn run(json: bool, quick: bool) -> CmdResult {
+    let configs: &[(u16, usize, u16, usize)] = if quick {
+        &[(3, 5, 5, 7)]
+    } else {
+        &[(3, 5, 5, 7), (67, 100, 67, 100)]
+    };
+    let mut results = vec![];
+    if !json {
+        println!(
+            "conclave bench --reshare: reshare over QUIC on 127.0.0.1 (relay and every member in this process) vs the same state machines in memory, {} cores",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+    }
+    for &(t, n, t2, n2) in configs {
+        if !json {
+            eprintln!("  {t}-of-{n} -> {t2}-of-{n2}: dealing the old group, then resharing ...");
+        }
+        let s =
+            std::sync::Arc::new(tokio::task::spawn_blocking(move || setup(t, n, t2, n2)).await??);
+        let s2 = s.clone();
+        let (mem, m1) = tokio::task::spawn_blocking(move || in_memory(&s2)).await??;
+        let (quic, m2) = over_quic(&s).await?;
+        if m1.group_public_key != s.old.group_public_key
+            || m2.group_public_key != s.old.group_public_key
+            || m2.threshold != t2
+            || m2.participants.len() != n2
+        {
+            return Err(anyhow!("the reshare changed the group key or got the wrong shape").into());
+        }
+        let ratio = quic.as_secs_f64() / mem.as_secs_f64().max(1e-9);
+        if !json {
+            println!(
+                "{t}-of-{n} -> {t2}-of-{n2}: over QUIC {:.3} s, in memory {:.3} s (QUIC/in-memory {ratio:.2}x); group key unchanged",
+                quic.as_secs_f64(),
+                mem.as_secs_f64()
+            );
+        }
+        results.push(serde_json::json!({
+            "from": format!("{t}-of-{n}"), "to": format!("{t2}-of-{n2}"),
+            "quic_s": quic.as_secs_f64(), "in_memory_s": mem.as_secs_f64(), "ratio": ratio,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::json!({ "reshare": results }));
+    }
+    Ok(())
+}
