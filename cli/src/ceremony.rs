@@ -121,8 +121,9 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
             plan.coordinator.name
         );
     }
+    let repair = plan.kind == conclave_keygen::ceremony::CeremonyKind::Repair;
     let manifest_file = plan_manifest_path(&args.out, &plan);
-    if manifest_file.exists() {
+    if !repair && manifest_file.exists() {
         fail!(
             "{} already exists; refusing to overwrite a manifest",
             manifest_file.display()
@@ -263,7 +264,7 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
     let out = Outputs {
         dir: args.out.clone(),
         share: None,
-        manifest: plan_manifest_path(&args.out, &plan),
+        manifest: Some(plan_manifest_path(&args.out, &plan)),
     };
     run_join(
         &plan,
@@ -283,7 +284,8 @@ pub(crate) struct Outputs {
     pub dir: PathBuf,
     /// The share file (default: `<dir>/<group>.<name>.share`).
     pub share: Option<PathBuf>,
-    pub manifest: PathBuf,
+    /// Where to write the resulting manifest (`None`: the manifest does not change).
+    pub manifest: Option<PathBuf>,
 }
 
 /// Runs one member's side of any ceremony: checks the outputs, gets the new passphrase,
@@ -315,7 +317,8 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
         .unwrap_or_else(|| plan_share_path(&out.dir, plan, &my_name));
     let manifest_file = out.manifest.clone();
     let pending = pending_path(&share_file);
-    for p in [&share_file, &manifest_file] {
+    let writes_share = in_new_group.then_some(&share_file);
+    for p in writes_share.into_iter().chain(manifest_file.as_ref()) {
         if p.exists() {
             fail!(
                 "{} already exists; refusing to overwrite key material (choose another --out)",
@@ -424,11 +427,13 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                         if wrote_share {
                             std::fs::rename(&pending, &share_file)?;
                         }
-                        conclave_keygen::sharefile::write_atomic(
-                            &manifest_file,
-                            manifest.to_toml()?.as_bytes(),
-                            &mut rng,
-                        )?;
+                        if let Some(path) = &manifest_file {
+                            conclave_keygen::sharefile::write_atomic(
+                                path,
+                                manifest.to_toml()?.as_bytes(),
+                                &mut rng,
+                            )?;
+                        }
                         std::fs::File::open(&out.dir)?.sync_all()?;
                         Ok(manifest)
                     })();
@@ -466,7 +471,9 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                     Some(f) => println!("share for {my_name}: {}", f.display()),
                     None => println!("{my_name} is not a member of the new group (no new share)"),
                 }
-                println!("manifest: {}", manifest_file.display());
+                if let Some(path) = &manifest_file {
+                    println!("manifest: {}", path.display());
+                }
             }
             Ok(())
         }

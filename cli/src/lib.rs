@@ -142,6 +142,8 @@ enum RotateKind {
     Refresh,
     /// New members and/or threshold; a quorum of old members deals.
     Reshare,
+    /// Rebuild one member's lost share (-p NAME) with t helpers (--dealer); nothing else changes.
+    Repair,
 }
 
 #[derive(Args, Debug)]

@@ -79,6 +79,23 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             (CeremonyKind::Refresh, old.threshold, nodes, all)
         }
+        RotateKind::Repair => {
+            let [lost] = args.participants.as_slice() else {
+                fail!("a repair names the one member whose share is lost: -p NAME");
+            };
+            let lost = new_member(lost, &old)?;
+            let helpers: Vec<String> = if args.dealers.is_empty() {
+                old.participants
+                    .iter()
+                    .filter(|p| p.identity_key != lost.identity_key)
+                    .take(usize::from(old.threshold))
+                    .map(|p| p.name.clone())
+                    .collect()
+            } else {
+                args.dealers.clone()
+            };
+            (CeremonyKind::Repair, old.threshold, vec![lost], helpers)
+        }
         RotateKind::Reshare => {
             let Some(t) = args.threshold else {
                 fail!("--threshold is required for a reshare (the new group's threshold)");
@@ -202,7 +219,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
     let out = Outputs {
         dir: args.out.clone(),
         share: None,
-        manifest: plan_manifest_path(&args.out, &plan),
+        manifest: (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(&args.out, &plan)),
     };
     match plan.kind {
         CeremonyKind::Refresh => {
@@ -234,6 +251,20 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
                 &plan,
                 identity,
                 reshare,
+                out,
+                args.passphrase_file.as_deref(),
+                args.mode,
+                args.kdf,
+                args.json,
+            )
+            .await
+        }
+        CeremonyKind::Repair => {
+            let repair = conclave_keygen::repair::Repair::new(&plan, &me, &old, old_share)?;
+            run_join(
+                &plan,
+                identity,
+                repair,
                 out,
                 args.passphrase_file.as_deref(),
                 args.mode,

@@ -29,6 +29,8 @@ pub enum CeremonyKind {
     Refresh,
     /// From (t, S) to (t', S'), same group key: a quorum of t old members deals.
     Reshare,
+    /// Rebuild one member's lost share with t helpers; nothing else changes.
+    Repair,
 }
 
 impl CeremonyKind {
@@ -37,6 +39,7 @@ impl CeremonyKind {
         match self {
             CeremonyKind::Dkg | CeremonyKind::Refresh => crate::dkg::ROUNDS,
             CeremonyKind::Reshare => crate::reshare::ROUNDS,
+            CeremonyKind::Repair => crate::repair::ROUNDS,
         }
     }
 
@@ -51,6 +54,7 @@ impl CeremonyKind {
             CeremonyKind::Dkg => "DKG",
             CeremonyKind::Refresh => "refresh",
             CeremonyKind::Reshare => "reshare",
+            CeremonyKind::Repair => "repair",
         }
     }
 
@@ -64,6 +68,7 @@ impl CeremonyKind {
             x => match self {
                 CeremonyKind::Dkg | CeremonyKind::Refresh => crate::dkg::round_name(x),
                 CeremonyKind::Reshare => crate::reshare::round_name(x),
+                CeremonyKind::Repair => crate::repair::round_name(x),
             },
         }
     }
@@ -75,6 +80,7 @@ impl std::fmt::Display for CeremonyKind {
             CeremonyKind::Dkg => "dkg",
             CeremonyKind::Refresh => "refresh",
             CeremonyKind::Reshare => "reshare",
+            CeremonyKind::Repair => "repair",
         })
     }
 }
@@ -241,7 +247,11 @@ impl CeremonyPlan {
             kind,
             group: old.group.clone(),
             threshold,
-            epoch: old.epoch + 1,
+            epoch: if kind == CeremonyKind::Repair {
+                old.epoch
+            } else {
+                old.epoch + 1
+            },
             round_timeout_secs: DEFAULT_ROUND_TIMEOUT_SECS,
             join_timeout_secs: DEFAULT_JOIN_TIMEOUT_SECS,
             coordinator,
@@ -286,13 +296,31 @@ impl CeremonyPlan {
         if from.threshold < 2 || n_old < usize::from(from.threshold) {
             return Err(bad("fewer dealers than the old threshold"));
         }
-        if self.kind == CeremonyKind::Reshare && n_old != usize::from(from.threshold) {
+        if matches!(self.kind, CeremonyKind::Reshare) && n_old != usize::from(from.threshold) {
             return Err(bad("a reshare needs exactly old-threshold dealers"));
         }
-        if self.kind == CeremonyKind::Refresh && self.threshold != from.threshold {
-            return Err(bad("a refresh keeps the threshold"));
+        if matches!(self.kind, CeremonyKind::Refresh | CeremonyKind::Repair)
+            && self.threshold != from.threshold
+        {
+            return Err(bad("a refresh or repair keeps the threshold"));
         }
-        if self.epoch != from.epoch + 1 {
+        if self.kind == CeremonyKind::Repair {
+            if self.epoch != from.epoch {
+                return Err(bad("a repair keeps the epoch"));
+            }
+            if self.participants.len() != 1 || n_old != usize::from(from.threshold) {
+                return Err(bad(
+                    "a repair names one member to repair and exactly threshold helpers",
+                ));
+            }
+            if from.dealers.iter().any(|d| {
+                self.participants
+                    .iter()
+                    .any(|p| p.identity_key == d.identity_key)
+            }) {
+                return Err(bad("the member being repaired cannot help"));
+            }
+        } else if self.epoch != from.epoch + 1 {
             return Err(bad("the new epoch must be the old epoch + 1"));
         }
         let mut seen = BTreeSet::new();
@@ -370,7 +398,16 @@ impl CeremonyPlan {
     pub fn members(&self) -> Result<Vec<PlanMember>, PlanError> {
         self.id()?;
         let n = self.participants.len();
-        if n > MAX_PARTICIPANTS || self.threshold < 2 || usize::from(self.threshold) > n {
+        // A repair plan names only the member being repaired; its threshold is the group's.
+        let n_for_threshold = if self.kind == CeremonyKind::Repair {
+            MAX_PARTICIPANTS
+        } else {
+            n
+        };
+        if n > MAX_PARTICIPANTS
+            || self.threshold < 2
+            || usize::from(self.threshold) > n_for_threshold
+        {
             return Err(PlanError::BadThreshold {
                 t: self.threshold,
                 n,
@@ -447,6 +484,17 @@ impl CeremonyPlan {
             self.group
         );
         match &self.from {
+            Some(from) if self.kind == CeremonyKind::Repair => {
+                let helpers: Vec<&str> = from.dealers.iter().map(|d| d.name.as_str()).collect();
+                out += &format!(
+                    "  rebuild the lost share of {} (epoch {}, {}-of-n, key {} unchanged)\n  helpers (their shares are used, not changed): {}\n  nothing is destroyed; the rebuilt share is checked against the manifest before it is written\n",
+                    new.join(", "),
+                    self.epoch,
+                    self.threshold,
+                    from.group_public_key,
+                    helpers.join(", ")
+                );
+            }
             None => {
                 out += &format!(
                     "  new key, {}-of-{}, epoch {}: {}\n",

@@ -511,6 +511,82 @@ mod rotation {
     }
 
     #[test]
+    fn repair_rebuilds_a_lost_share_that_matches_the_manifest() {
+        use crate::repair::Repair;
+        let mut rng = rand::rngs::OsRng;
+        let nodes: Vec<Node> = ["a", "b", "c", "d"].iter().map(|n| node(n)).collect();
+        let first: Vec<NewMember> = nodes
+            .iter()
+            .map(|n| NewMember {
+                name: n.name.clone(),
+                node_id: n.key.node_id(),
+                address: "127.0.0.1:7000".into(),
+            })
+            .collect();
+        let (m, shares) = deal(GroupName::new("g").unwrap(), 3, &first, &mut rng).unwrap();
+        let lost = shares[3].key_package.clone();
+        // d lost its share; a, b, c help.
+        let plan = CeremonyPlan::new_rotation(
+            CeremonyKind::Repair,
+            &m,
+            3,
+            coordinator(),
+            vec![plan_node(&nodes[3])],
+            &["a".into(), "b".into(), "c".into()],
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(plan.epoch, m.epoch);
+        let members: Vec<Member<Repair>> = plan
+            .roster()
+            .unwrap()
+            .iter()
+            .map(|pm| {
+                let i = nodes
+                    .iter()
+                    .position(|n| n.key.node_id() == pm.node_id)
+                    .unwrap();
+                let share = (i < 3).then(|| shares[i].key_package.clone());
+                let r = Repair::new(&plan, &pm.node_id, &m, share).unwrap();
+                Member::new(&plan, nodes[i].key.clone(), r).unwrap()
+            })
+            .collect();
+        let run = run(members, Relay::new(&plan, Instant::now()).unwrap(), None);
+        assert!(run.aborts.iter().all(Option::is_none), "{:?}", run.aborts);
+        let roster = plan.roster().unwrap();
+        let d = roster
+            .iter()
+            .position(|r| r.node_id == nodes[3].key.node_id())
+            .unwrap();
+        let rebuilt = run.outcomes[d]
+            .as_ref()
+            .unwrap()
+            .key_package
+            .clone()
+            .unwrap();
+        assert_eq!(rebuilt.signing_share(), lost.signing_share());
+        assert_eq!(run.outcomes[d].as_ref().unwrap().manifest, m);
+        // Helpers get nothing new.
+        assert!(run
+            .outcomes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != d)
+            .all(|(_, o)| o.as_ref().unwrap().key_package.is_none()));
+        // A helper cannot be the member being repaired, and repair needs t helpers.
+        assert!(CeremonyPlan::new_rotation(
+            CeremonyKind::Repair,
+            &m,
+            3,
+            coordinator(),
+            vec![plan_node(&nodes[3])],
+            &["a".into(), "b".into()],
+            &mut rng,
+        )
+        .is_err());
+    }
+
+    #[test]
     fn a_dealer_with_the_wrong_share_is_refused_before_the_ceremony() {
         let mut rng = rand::rngs::OsRng;
         let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| node(n)).collect();
