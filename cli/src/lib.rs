@@ -21,6 +21,7 @@ mod cluster;
 mod commands;
 mod config;
 mod demo;
+mod migrate;
 mod passphrase;
 mod rotate;
 mod sim;
@@ -111,6 +112,73 @@ enum Command {
     /// threshold; see status and retire superseded shares. Runbook: docs/ROTATION.md.
     #[command(subcommand, after_help = ROTATE_HELP)]
     Rotate(RotateCmd),
+    /// Move to a new group key (made by DKG) with a key-transition statement signed by both
+    /// keys; verify statements; destroy the old key's shares.
+    #[command(subcommand, after_help = MIGRATE_HELP)]
+    Migrate(MigrateCmd),
+}
+
+const MIGRATE_HELP: &str = "\
+Steps: (1) make the new group with `conclave keygen dkg` (another group name); (2) serve both
+groups (list both manifests in the coordinator config, both shares in each participant's);
+(3) `migrate statement` writes the statement; (4) `migrate sign --key old` and `--key new`
+add each group's threshold signature; (5) publish it; anyone checks it with `migrate verify`
+(exit 0 valid, 1 invalid); (6) `migrate retire` destroys each old-key share once the new
+group signs. Format: docs/ROTATION.md.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WhichKey {
+    Old,
+    New,
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrateCmd {
+    /// Write an unsigned key-transition statement from the old and new manifests.
+    Statement {
+        #[arg(long)]
+        old_manifest: PathBuf,
+        #[arg(long)]
+        new_manifest: PathBuf,
+        /// Why the key changes (one line, at most 1024 bytes).
+        #[arg(long)]
+        reason: String,
+        /// Unix seconds from which verifiers should use the new key (default: now).
+        #[arg(long)]
+        not_before: Option<u64>,
+        #[arg(long, default_value = "key-transition.toml")]
+        out: PathBuf,
+    },
+    /// Have one group (old or new key) sign the statement through a coordinator; the
+    /// signature is verified, then written into the statement file.
+    Sign {
+        #[arg(long)]
+        statement: PathBuf,
+        #[arg(long, value_enum)]
+        key: WhichKey,
+        #[command(flatten)]
+        client: ClientArgsNoGroup,
+    },
+    /// Check both signatures of a statement (exit 0 valid, 1 invalid).
+    Verify {
+        statement: PathBuf,
+        /// Print the exact signed bytes (to check with another Ed25519 verifier) and exit.
+        #[arg(long)]
+        print_message: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy a share of the old key once the statement verifies and the new group signs.
+    Retire {
+        #[arg(long)]
+        share: PathBuf,
+        #[arg(long)]
+        statement: PathBuf,
+        #[command(flatten)]
+        client: ClientArgsNoGroup,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 const ROTATE_HELP: &str = "\
@@ -686,6 +754,7 @@ fn run(command: Command) -> CmdResult {
         }
         Command::Bench(args) => runtime()?.block_on(bench::run(args)),
         Command::Sim(args) => runtime()?.block_on(sim::run(*args)),
+        Command::Migrate(cmd) => runtime()?.block_on(migrate::run(cmd)),
         Command::Rotate(RotateCmd::Plan(args)) => rotate::plan(args),
         Command::Rotate(RotateCmd::Relay(args)) => runtime()?.block_on(ceremony::relay(args)),
         Command::Rotate(RotateCmd::Join(args)) => runtime()?.block_on(rotate::join(args)),

@@ -452,7 +452,7 @@ pub(crate) async fn retire(args: RetireArgs) -> CmdResult {
 }
 
 /// Overwrites a file with random bytes, syncs it, unlinks it and syncs its directory.
-fn destroy(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn destroy(path: &Path) -> anyhow::Result<()> {
     let len = std::fs::metadata(path)?.len();
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(path)?;

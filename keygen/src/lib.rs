@@ -11,6 +11,7 @@ pub mod ceremony;
 pub mod dealer;
 pub mod dkg;
 pub mod manifest;
+pub mod migrate;
 pub mod repair;
 pub mod reshare;
 pub mod secret;

@@ -87,13 +87,26 @@ impl World {
     /// Starts participants (name, share file relative to the dir) and a coordinator serving
     /// `manifest`.
     fn start(&mut self, manifest: &str, shares: &[(&str, String)]) -> Running {
+        let shares: Vec<(&str, Vec<String>)> =
+            shares.iter().map(|(n, s)| (*n, vec![s.clone()])).collect();
+        self.start_multi(&[manifest], &shares)
+    }
+
+    /// Like `start`, with several groups: each participant serves several shares and the
+    /// coordinator several manifests (a migration's transition window).
+    fn start_multi(&mut self, manifests: &[&str], shares: &[(&str, Vec<String>)]) -> Running {
+        let manifest = manifests.join("\", \"");
         let d = self.d().to_path_buf();
         let mut children = vec![];
-        for (name, share) in shares {
-            let config = format!(
-                "mode = \"dev\"\nidentity = \"{name}\"\nlisten = \"127.0.0.1:{}\"\ncoordinators = [\"{}\"]\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n",
+        for (name, files) in shares {
+            let mut config = format!(
+                "mode = \"dev\"\nidentity = \"{name}\"\nlisten = \"127.0.0.1:{}\"\ncoordinators = [\"{}\"]\n",
                 self.ports[*name], self.coordinator_key
             );
+            for share in files {
+                config +=
+                    &format!("\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n");
+            }
             let path = d.join(format!("{name}.toml"));
             std::fs::write(&path, config).unwrap();
             if let Some(mut r) = self.reserved.remove(*name) {
@@ -121,7 +134,7 @@ impl World {
         );
         let path = d.join("coordinator.toml");
         std::fs::write(&path, config).unwrap();
-        let log = d.join(format!("coordinator-{manifest}.log"));
+        let log = d.join(format!("coordinator-{}.log", manifests.join("+")));
         let mut child = Command::new(bin())
             .args(["coordinator", "--config", path.to_str().unwrap()])
             .current_dir(&d)
@@ -154,10 +167,14 @@ impl World {
     /// Signs through the coordinator (waiting until enough members are connected) and checks
     /// the signature with dalek and OpenSSL under `key`. Returns the signers.
     fn sign_and_verify(&self, run: &Running, manifest: &str, key: &str) -> Vec<String> {
+        self.sign_group(run, "story", manifest, key)
+    }
+
+    fn sign_group(&self, run: &Running, group: &str, manifest: &str, key: &str) -> Vec<String> {
         let msg = format!("rotation story, manifest {manifest}");
         let msg_file = self.d().join("msg");
         std::fs::write(&msg_file, &msg).unwrap();
-        let mut args: Vec<String> = vec!["sign".into(), "--group".into(), "story".into()];
+        let mut args: Vec<String> = vec!["sign".into(), "--group".into(), group.into()];
         args.extend(self.client_args(run));
         args.extend([
             "--message-file".into(),
@@ -634,4 +651,170 @@ fn reshare_twice_then_refresh_under_one_key_over_real_processes() {
     assert!(signers.contains(&"f".to_string()), "{signers:?}");
     let pk4 = conclave(&["pubkey", "--manifest", d.join(m4).to_str().unwrap()]);
     assert_eq!(stdout_line(&pk4), key, "the group key never changed");
+}
+
+fn run_in(d: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn migrate_to_a_new_key_with_a_statement_signed_by_both_keys() {
+    let mut w = World::new(&["a", "b", "c"]);
+    let d = w.d().to_path_buf();
+    // Old key "story" and new key "story-2" (the new one would come from `keygen dkg` in
+    // production; a dealer keeps this test short, DKG is tested in dkg.rs).
+    for group in ["story", "story-2"] {
+        let out = Command::new(bin())
+            .args([
+                "keygen", "dealer", "--group", group, "-t", "2", "--mode", "dev",
+            ])
+            .args(["--kdf", "light", "--passphrase-file", "pass", "--out", "."])
+            .args(["-p", &w.spec("a"), "-p", &w.spec("b"), "-p", &w.spec("c")])
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let key_of = |m: &str| {
+        stdout_line(&conclave(&[
+            "pubkey",
+            "--manifest",
+            d.join(m).to_str().unwrap(),
+        ]))
+    };
+    let (old_key, new_key) = (
+        key_of("story.manifest.toml"),
+        key_of("story-2.manifest.toml"),
+    );
+    // Transition window: one coordinator and the same participants serve both groups.
+    let both = |n: &str| vec![format!("story.{n}.share"), format!("story-2.{n}.share")];
+    let run = w.start_multi(
+        &["story.manifest.toml", "story-2.manifest.toml"],
+        &[("a", both("a")), ("b", both("b")), ("c", both("c"))],
+    );
+    w.sign_group(&run, "story", "story.manifest.toml", &old_key);
+    w.sign_group(&run, "story-2", "story-2.manifest.toml", &new_key);
+
+    let o = run_in(
+        &d,
+        &[
+            "migrate",
+            "statement",
+            "--old-manifest",
+            "story.manifest.toml",
+            "--new-manifest",
+            "story-2.manifest.toml",
+            "--reason",
+            "suspected compromise of b",
+            "--not-before",
+            "1800000000",
+            "--out",
+            "transition.toml",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Unsigned: does not verify.
+    assert_eq!(
+        run_in(&d, &["migrate", "verify", "transition.toml"])
+            .status
+            .code(),
+        Some(1)
+    );
+    for which in ["old", "new"] {
+        let mut args = vec![
+            "migrate".to_string(),
+            "sign".into(),
+            "--statement".into(),
+            "transition.toml".into(),
+            "--key".into(),
+            which.into(),
+        ];
+        args.extend(w.client_args(&run));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run_in(&d, &refs);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = run_in(&d, &["migrate", "verify", "transition.toml", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["new_public_key"], new_key.as_str());
+    // Both signatures are plain Ed25519 over the printed message: OpenSSL agrees.
+    let message = run_in(
+        &d,
+        &["migrate", "verify", "transition.toml", "--print-message"],
+    )
+    .stdout;
+    let text = std::fs::read_to_string(d.join("transition.toml")).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap()
+    };
+    for (sig_field, manifest) in [
+        ("old_signature", "story.manifest.toml"),
+        ("new_signature", "story-2.manifest.toml"),
+    ] {
+        let pem = conclave(&[
+            "pubkey",
+            "--format",
+            "pem",
+            "--manifest",
+            d.join(manifest).to_str().unwrap(),
+        ]);
+        let sig = hex::decode(field(sig_field)).unwrap();
+        assert!(openssl_verifies(
+            &d,
+            &String::from_utf8_lossy(&pem.stdout),
+            &message,
+            &sig
+        ));
+    }
+    // Tampering with either signature, or with a field, is detected.
+    for (from, to) in [
+        (field("old_signature"), flip(&field("old_signature"))),
+        (field("new_signature"), flip(&field("new_signature"))),
+        ("1800000000".to_string(), "1800000001".to_string()),
+    ] {
+        std::fs::write(d.join("tampered.toml"), text.replace(&from, &to)).unwrap();
+        let o = run_in(&d, &["migrate", "verify", "tampered.toml"]);
+        assert_eq!(o.status.code(), Some(1), "tampering {from} went unnoticed");
+    }
+    // Retire an old-key share: the statement verifies and the new group signs.
+    let mut args = vec![
+        "migrate".to_string(),
+        "retire".into(),
+        "--share".into(),
+        "story.a.share".into(),
+        "--statement".into(),
+        "transition.toml".into(),
+        "--yes".into(),
+    ];
+    args.extend(w.client_args(&run));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run_in(&d, &refs);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!d.join("story.a.share").exists());
+    assert!(d.join("story-2.a.share").exists());
+}
+
+/// The hex string with its first digit changed.
+fn flip(hex_str: &str) -> String {
+    let mut c: Vec<char> = hex_str.chars().collect();
+    c[0] = if c[0] == '0' { '1' } else { '0' };
+    c.into_iter().collect()
 }
