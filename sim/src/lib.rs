@@ -11,12 +11,14 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod ceremony;
 pub mod plot;
 pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod world;
 
+pub use ceremony::{run_reshare, CeremonyOutcome, CeremonyReport, ReshareScenario};
 pub use report::{Report, Violation, ViolationKind};
 pub use scenario::{
     Behaviour, Byzantine, Crash, Jitter, Link, Partition, Scenario, ScenarioError, Slow, Transport,

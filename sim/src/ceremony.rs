@@ -1,0 +1,502 @@
+//! Key ceremonies in the simulator: the real relay and member state machines
+//! (`conclave_keygen::ceremony`) running a reshare over simulated links (latency, jitter,
+//! loss as retransmission delay or as drops), with a dealer that may crash mid-ceremony.
+//! Deterministic: one seed drives the network, every member's randomness and the initial
+//! dealer keygen.
+//!
+//! Invariants checked on every run: all-or-nothing (either every live member activates the
+//! same result or none does), the group key never changes, a completed reshare's new shares
+//! sign under it, and every live member learns the outcome before its own deadline.
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use conclave_keygen::ceremony::{
+    CeremonyKind, CeremonyPlan, Member, MemberEvent, PlanNode, Relay, RelayEvent,
+};
+use conclave_keygen::reshare::Reshare;
+use conclave_keygen::{deal, GroupManifest, NewMember};
+use conclave_protocol::{Envelope, GroupName, IdentityKey, NodeId};
+use frost_ed25519 as frost;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::scenario::{Link, Transport};
+
+const MS: u64 = 1_000_000;
+
+/// A reshare to simulate.
+#[derive(Clone, Debug)]
+pub struct ReshareScenario {
+    /// Old group: threshold and size.
+    pub from: (u16, usize),
+    /// New group: threshold and size (the first members of the old group stay).
+    pub to: (u16, usize),
+    /// Every member ↔ relay link.
+    pub link: Link,
+    pub transport: Transport,
+    /// Crash the first dealer this many virtual milliseconds after the start.
+    pub crash_dealer_at_ms: Option<f64>,
+    /// How long after a crash the relay notices the lost connection (QUIC idle timeout).
+    pub connection_timeout_ms: f64,
+    pub round_timeout_secs: u32,
+    pub seed: u64,
+}
+
+impl Default for ReshareScenario {
+    fn default() -> Self {
+        Self {
+            from: (3, 5),
+            to: (4, 6),
+            link: Link {
+                latency_ms: 20.0,
+                jitter_ms: 5.0,
+                ..Link::default()
+            },
+            transport: Transport::Quic,
+            crash_dealer_at_ms: None,
+            connection_timeout_ms: 10_000.0,
+            round_timeout_secs: 60,
+            seed: 1,
+        }
+    }
+}
+
+/// How a simulated ceremony ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CeremonyOutcome {
+    /// Every member activated the new shares.
+    Completed,
+    /// Every live member aborted; the reason as members reported it.
+    Aborted(String),
+}
+
+/// What happened.
+#[derive(Clone, Debug)]
+pub struct CeremonyReport {
+    pub outcome: CeremonyOutcome,
+    /// Virtual time until the last live member finished.
+    pub virtual_ms: f64,
+    pub messages: u64,
+    pub lost_transmissions: u64,
+    /// Broken invariants (empty on a correct run).
+    pub violations: Vec<String>,
+}
+
+enum Event {
+    ToRelay { from: usize, env: Envelope },
+    ToMember { to: usize, env: Envelope },
+    Crash(usize),
+    Down(usize),
+    Wake,
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// Errors setting a scenario up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the reshare: {0}")]
+pub struct SetupError(String);
+
+fn setup_err(e: impl std::fmt::Display) -> SetupError {
+    SetupError(e.to_string())
+}
+
+/// Runs a reshare scenario to its end.
+pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
+    let mut rng = ChaCha20Rng::seed_from_u64(s.seed);
+    let (t, n) = s.from;
+    let (t2, n2) = s.to;
+    let keys: Vec<IdentityKey> = (0..n.max(n2))
+        .map(|_| IdentityKey::generate(&mut rng))
+        .collect();
+    let old_members: Vec<NewMember> = keys
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, k)| NewMember {
+            name: format!("m{i}"),
+            node_id: k.node_id(),
+            address: format!("10.0.0.{i}:7000"),
+        })
+        .collect();
+    let (old, shares) = deal(
+        GroupName::new("sim").map_err(setup_err)?,
+        t,
+        &old_members,
+        &mut rng,
+    )
+    .map_err(setup_err)?;
+    let coordinator = IdentityKey::generate(&mut rng);
+    let new_group = keys
+        .iter()
+        .take(n2)
+        .enumerate()
+        .map(|(i, k)| PlanNode {
+            name: format!("m{i}"),
+            identity_key: k.node_id().to_hex(),
+            address: format!("10.0.0.{i}:7000"),
+        })
+        .collect();
+    let dealers: Vec<String> = (0..usize::from(t)).map(|i| format!("m{i}")).collect();
+    let mut plan = CeremonyPlan::new_rotation(
+        CeremonyKind::Reshare,
+        &old,
+        t2,
+        PlanNode {
+            name: "coordinator".into(),
+            identity_key: coordinator.node_id().to_hex(),
+            address: "10.0.0.254:7400".into(),
+        },
+        new_group,
+        &dealers,
+        &mut rng,
+    )
+    .map_err(setup_err)?;
+    plan.round_timeout_secs = s.round_timeout_secs;
+    plan.join_timeout_secs = s.round_timeout_secs;
+    let old_shares: BTreeMap<NodeId, frost::keys::KeyPackage> = shares
+        .into_iter()
+        .map(|sh| (sh.node_id, sh.key_package))
+        .collect();
+    let roster: Vec<NodeId> = plan
+        .roster()
+        .map_err(setup_err)?
+        .into_iter()
+        .map(|m| m.node_id)
+        .collect();
+    let mut members = vec![];
+    for node in &roster {
+        let key = keys
+            .iter()
+            .find(|k| k.node_id() == *node)
+            .ok_or_else(|| setup_err("identity"))?;
+        let r = Reshare::new(&plan, node, old_shares.get(node)).map_err(setup_err)?;
+        members.push(Member::new(&plan, key.clone(), r).map_err(setup_err)?);
+    }
+    let first_dealer = roster
+        .iter()
+        .position(|n| Some(*n) == old_members.first().map(|m| m.node_id));
+    World {
+        s,
+        base: Instant::now(),
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        rng,
+        relay: Relay::new(&plan, Instant::now()).map_err(setup_err)?,
+        members,
+        roster,
+        crashed: vec![],
+        results: BTreeMap::new(),
+        activated: vec![],
+        aborted: BTreeMap::new(),
+        finished_at: BTreeMap::new(),
+        messages: 0,
+        lost: 0,
+        violations: vec![],
+        old,
+        first_dealer,
+    }
+    .run()
+}
+
+struct World<'s> {
+    s: &'s ReshareScenario,
+    base: Instant,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    rng: ChaCha20Rng,
+    relay: Relay,
+    members: Vec<Member<Reshare>>,
+    roster: Vec<NodeId>,
+    crashed: Vec<usize>,
+    results: BTreeMap<usize, (GroupManifest, Option<frost::keys::KeyPackage>)>,
+    activated: Vec<usize>,
+    aborted: BTreeMap<usize, String>,
+    finished_at: BTreeMap<usize, u64>,
+    messages: u64,
+    lost: u64,
+    violations: Vec<String>,
+    old: GroupManifest,
+    first_dealer: Option<usize>,
+}
+
+impl World<'_> {
+    fn at(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        });
+    }
+
+    /// One transmission over a link: latency, jitter, loss (retransmitted or dropped).
+    fn send(&mut self, event: Event) {
+        self.messages += 1;
+        let l = self.s.link;
+        let base = (l.latency_ms * MS as f64) as u64;
+        let jitter = if l.jitter_ms > 0.0 {
+            self.rng.gen_range(-l.jitter_ms..=l.jitter_ms)
+        } else {
+            0.0
+        };
+        let mut delay = (base as f64 + jitter * MS as f64).max(0.0) as u64;
+        while l.loss > 0.0 && self.rng.gen_bool(l.loss) {
+            self.lost += 1;
+            match self.s.transport {
+                Transport::Quic => delay += (6 * base).max(10 * MS),
+                Transport::Datagram => return,
+            }
+        }
+        self.schedule(self.now + delay, event);
+    }
+
+    fn drain(&mut self) {
+        loop {
+            let mut progress = false;
+            for i in 0..self.members.len() {
+                if self.crashed.contains(&i) {
+                    continue;
+                }
+                while let Some(env) = self.members.get_mut(i).and_then(Member::poll_transmit) {
+                    self.send(Event::ToRelay { from: i, env });
+                    progress = true;
+                }
+                while let Some(ev) = self.members.get_mut(i).and_then(Member::poll_event) {
+                    progress = true;
+                    let now = self.at();
+                    match ev {
+                        MemberEvent::Store(o) => {
+                            self.results
+                                .insert(i, (o.manifest.clone(), o.key_package.clone()));
+                            if let Some(m) = self.members.get_mut(i) {
+                                m.stored(now, true);
+                            }
+                        }
+                        MemberEvent::Activate => {
+                            self.activated.push(i);
+                            self.finished_at.insert(i, self.now);
+                        }
+                        MemberEvent::Aborted(r) => {
+                            self.aborted.insert(i, r.summary);
+                            self.finished_at.insert(i, self.now);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            while let Some(t) = self.relay.poll_transmit() {
+                if let Some(to) = self.roster.iter().position(|n| *n == t.to) {
+                    self.send(Event::ToMember {
+                        to,
+                        env: t.envelope,
+                    });
+                    progress = true;
+                }
+            }
+            while let Some(ev) = self.relay.poll_event() {
+                progress = true;
+                if let RelayEvent::Completed { .. } = ev {
+                    // The relay's view; members decide for themselves.
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        // Wake-ups for the relay's and the members' deadlines.
+        let mut wakes: Vec<Instant> = self.relay.poll_timeout().into_iter().collect();
+        for (i, m) in self.members.iter().enumerate() {
+            if !self.crashed.contains(&i) {
+                wakes.extend(m.poll_timeout());
+            }
+        }
+        if let Some(w) = wakes.into_iter().min() {
+            let at = w.saturating_duration_since(self.base).as_nanos() as u64;
+            if at > self.now {
+                self.schedule(at, Event::Wake);
+            }
+        }
+    }
+
+    fn run(mut self) -> Result<CeremonyReport, SetupError> {
+        let now = self.at();
+        for m in &mut self.members {
+            m.start(now);
+        }
+        if let (Some(at), Some(d)) = (self.s.crash_dealer_at_ms, self.first_dealer) {
+            self.schedule((at * MS as f64) as u64, Event::Crash(d));
+        }
+        self.drain();
+        let horizon = u64::from(self.s.round_timeout_secs) * 20 * 1_000 * MS;
+        while let Some(next) = self.queue.pop() {
+            if next.at > horizon {
+                self.violations
+                    .push("livelock: the ceremony did not end within 20 round timeouts".into());
+                break;
+            }
+            self.now = self.now.max(next.at);
+            let now = self.at();
+            match next.event {
+                Event::ToRelay { from, env } => {
+                    if !self.crashed.contains(&from) {
+                        let node = self.roster[from];
+                        self.relay.handle(now, node, env);
+                    }
+                }
+                Event::ToMember { to, env } => {
+                    if !self.crashed.contains(&to) {
+                        let mut rng = ChaCha20Rng::seed_from_u64(self.rng.gen());
+                        if let Some(m) = self.members.get_mut(to) {
+                            m.handle(now, env, &mut rng);
+                        }
+                    }
+                }
+                Event::Crash(i) => {
+                    if !self.crashed.contains(&i) && !self.finished_at.contains_key(&i) {
+                        self.crashed.push(i);
+                        let at = self.now + (self.s.connection_timeout_ms * MS as f64) as u64;
+                        self.schedule(at, Event::Down(i));
+                    }
+                }
+                Event::Down(i) => {
+                    let node = self.roster[i];
+                    self.relay.peer_down(now, node);
+                }
+                Event::Wake => {
+                    self.relay.handle_timeout(now);
+                    for (i, m) in self.members.iter_mut().enumerate() {
+                        if !self.crashed.contains(&i) {
+                            m.handle_timeout(now);
+                        }
+                    }
+                }
+            }
+            self.drain();
+            let live = (0..self.members.len()).filter(|i| !self.crashed.contains(i));
+            if live.clone().all(|i| self.finished_at.contains_key(&i)) {
+                break;
+            }
+        }
+        self.check()
+    }
+
+    fn check(mut self) -> Result<CeremonyReport, SetupError> {
+        let live: Vec<usize> = (0..self.members.len())
+            .filter(|i| !self.crashed.contains(i))
+            .collect();
+        let all_activated = live.iter().all(|i| self.activated.contains(i));
+        let none_activated = live.iter().all(|i| !self.activated.contains(i));
+        if !all_activated && !none_activated {
+            self.violations.push(format!(
+                "all-or-nothing broken: {} of {} live members activated",
+                self.activated.len(),
+                live.len()
+            ));
+        }
+        for i in &live {
+            if !self.finished_at.contains_key(i) {
+                self.violations
+                    .push(format!("member m{i} never learned the outcome"));
+            }
+        }
+        let outcome = if all_activated && !live.is_empty() {
+            let manifests: Vec<&GroupManifest> = self.results.values().map(|(m, _)| m).collect();
+            if manifests.windows(2).any(|w| w.first() != w.get(1)) {
+                self.violations
+                    .push("members activated different manifests".into());
+            }
+            if let Some(m) = manifests.first() {
+                if m.group_public_key != self.old.group_public_key {
+                    self.violations.push("the group key changed".into());
+                }
+                if let Err(e) = signs(m, &self.results) {
+                    self.violations.push(format!("new shares do not sign: {e}"));
+                }
+            }
+            CeremonyOutcome::Completed
+        } else {
+            let reason = self
+                .aborted
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| "no member finished".into());
+            CeremonyOutcome::Aborted(reason)
+        };
+        let last = self.finished_at.values().max().copied().unwrap_or(self.now);
+        Ok(CeremonyReport {
+            outcome,
+            virtual_ms: last as f64 / MS as f64,
+            messages: self.messages,
+            lost_transmissions: self.lost,
+            violations: self.violations,
+        })
+    }
+}
+
+/// Signs with the first `threshold` new shares and verifies under the manifest's key.
+fn signs(
+    manifest: &GroupManifest,
+    results: &BTreeMap<usize, (GroupManifest, Option<frost::keys::KeyPackage>)>,
+) -> Result<(), String> {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let kps: Vec<&frost::keys::KeyPackage> = results
+        .values()
+        .filter_map(|(_, k)| k.as_ref())
+        .take(usize::from(manifest.threshold))
+        .collect();
+    let pkp = manifest.public_key_package().map_err(|e| e.to_string())?;
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for kp in &kps {
+        let (n, c) = frost::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let pkg = frost::SigningPackage::new(commitments, b"sim reshare");
+    let mut shares = BTreeMap::new();
+    for kp in &kps {
+        let n = nonces.get(kp.identifier()).ok_or("nonce")?;
+        shares.insert(
+            *kp.identifier(),
+            frost::round2::sign(&pkg, n, kp).map_err(|e| e.to_string())?,
+        );
+    }
+    let sig = frost::aggregate(&pkg, &shares, &pkp).map_err(|e| e.to_string())?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(
+        &manifest.public_key_bytes().map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let sig = ed25519_dalek::Signature::from_slice(&sig.serialize().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    vk.verify_strict(b"sim reshare", &sig)
+        .map_err(|e| e.to_string())
+}
