@@ -113,6 +113,9 @@ pub(crate) fn read_identity(dir: &Path) -> anyhow::Result<IdentityKey> {
 pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
     let plan = read_plan(&args.plan)?;
     eprintln!("{}", plan.summary());
+    if plan.from.is_some() {
+        crate::rotate::confirm("relay this ceremony", args.yes)?;
+    }
     let identity = read_identity(&args.identity)?;
     if identity.node_id() != plan.coordinator_id()? {
         fail!(

@@ -508,6 +508,7 @@ pub(crate) async fn status(args: StatusArgs) -> CmdResult {
                 "group": info.group.as_str(), "public_key": hex::encode(info.public_key),
                 "threshold": info.threshold, "epoch": info.epoch,
                 "participants": info.participants, "reachable": info.reachable,
+                "on_other_epochs": info.stale.iter().map(|(n, e)| serde_json::json!({"name": n, "epoch": e})).collect::<Vec<_>>(),
             })
         );
     } else {
@@ -524,6 +525,12 @@ pub(crate) async fn status(args: StatusArgs) -> CmdResult {
             "reachable now: {} (signing needs {})",
             info.reachable, info.threshold
         );
+        for (name, epoch) in &info.stale {
+            println!(
+                "{name} is on epoch {epoch}, not {}: refused until it restarts with its current share",
+                info.epoch
+            );
+        }
     }
     Ok(())
 }

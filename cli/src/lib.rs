@@ -465,6 +465,9 @@ struct DkgRelayArgs {
     out: PathBuf,
     #[arg(long)]
     json: bool,
+    /// Rotations: do not ask for confirmation of the plan.
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Args, Debug)]

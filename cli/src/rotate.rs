@@ -326,6 +326,7 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
             serde_json::json!({
                 "epoch": i.epoch, "threshold": i.threshold, "reachable": i.reachable,
                 "members": i.participants,
+                "on_other_epochs": i.stale.iter().map(|(n, e)| serde_json::json!({"name": n, "epoch": e})).collect::<Vec<_>>(),
             })
         });
         println!(
@@ -355,6 +356,12 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
             i.participants.len(),
             i.reachable
         );
+        for (name, epoch) in &i.stale {
+            println!(
+                "  {name} is on epoch {epoch}: refused until it restarts on its epoch-{} share",
+                i.epoch
+            );
+        }
         if let Some((_, newest)) = rows.last() {
             if newest.epoch != i.epoch {
                 println!(

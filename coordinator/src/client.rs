@@ -28,6 +28,8 @@ pub struct RemoteGroup {
     pub participants: Vec<String>,
     /// Participants the coordinator reaches right now.
     pub reachable: u16,
+    /// Participants on another epoch (name, epoch), refused by the coordinator.
+    pub stale: Vec<(String, u64)>,
 }
 
 /// Client failures.
@@ -151,6 +153,7 @@ impl Client {
                 epoch,
                 participants,
                 reachable,
+                stale,
             } => Ok(RemoteGroup {
                 group,
                 public_key,
@@ -158,6 +161,7 @@ impl Client {
                 epoch,
                 participants,
                 reachable,
+                stale,
             }),
             Message::Refused(r) => Err(SignError::from_refusal(r).into()),
             _ => Err(ClientError::UnexpectedReply),

@@ -416,6 +416,7 @@ async fn serve_client_request(request: Envelope, handle: &CoordinatorHandle) -> 
                 epoch: info.epoch,
                 participants: info.participants,
                 reachable: u16::try_from(info.reachable).unwrap_or(u16::MAX),
+                stale: info.stale,
             },
             None => Message::Refused(Refusal::UnknownGroup),
         },

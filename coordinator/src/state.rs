@@ -111,6 +111,9 @@ pub struct GroupInfo {
     pub participants: Vec<String>,
     /// Participants connected and on the group's epoch right now.
     pub reachable: usize,
+    /// Participants that answered on another epoch (name, their epoch): refused until they
+    /// reconnect on the group's epoch.
+    pub stale: Vec<(String, u64)>,
 }
 
 /// Counters, for logs, benchmarks and the simulator.
@@ -274,6 +277,7 @@ impl Coordinator {
                     epoch: manifest.epoch,
                     participants: members.iter().map(|m| m.name.clone()).collect(),
                     reachable: 0,
+                    stale: vec![],
                 },
                 by_identifier: members
                     .iter()
@@ -322,8 +326,17 @@ impl Coordinator {
             .iter()
             .filter(|m| self.usable(&m.node, group))
             .count();
+        let stale = g
+            .members
+            .iter()
+            .filter_map(|m| {
+                let e = self.peers.get(&m.node)?.stale.get(group)?;
+                Some((m.name.clone(), *e))
+            })
+            .collect();
         Some(GroupInfo {
             reachable,
+            stale,
             ..g.info.clone()
         })
     }

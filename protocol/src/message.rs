@@ -137,6 +137,8 @@ pub enum Message {
         participants: Vec<String>,
         /// How many participants the coordinator can reach right now.
         reachable: u16,
+        /// Participants that answered on another epoch (name, their epoch).
+        stale: Vec<(String, u64)>,
     },
 
     /// Ceremony member → relay (coordinator): this member's messages for `round` of the key

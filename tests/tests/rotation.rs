@@ -258,6 +258,7 @@ impl World {
                 "--out",
                 ".",
                 "--json",
+                "--yes",
             ],
             None,
         );
@@ -503,6 +504,11 @@ fn reshare_twice_then_refresh_under_one_key_over_real_processes() {
         .unwrap();
     let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(s["coordinator"]["epoch"], 2);
+    assert_eq!(
+        s["coordinator"]["on_other_epochs"],
+        serde_json::json!([{"name": "c", "epoch": 1}]),
+        "{s}"
+    );
     assert_eq!(s["manifests"][1]["threshold"], 3);
     drop(run2);
 
