@@ -221,23 +221,12 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         share: None,
         manifest: (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(&args.out, &plan)),
     };
-    match plan.kind {
+    let protocol: Box<dyn conclave_keygen::ceremony::Protocol> = match plan.kind {
         CeremonyKind::Refresh => {
             let Some(kp) = old_share else {
                 fail!("a refresh needs this member's current share (--old-share)");
             };
-            let dkg = Dkg::refresh(&plan, &me, kp, &old)?;
-            run_join(
-                &plan,
-                identity,
-                dkg,
-                out,
-                args.passphrase_file.as_deref(),
-                args.mode,
-                args.kdf,
-                args.json,
-            )
-            .await
+            Box::new(Dkg::refresh(&plan, &me, kp, &old)?)
         }
         CeremonyKind::Reshare => {
             #[allow(unused_mut)]
@@ -247,34 +236,24 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
                 tracing::warn!("TEST FAULT INJECTION ACTIVE: this dealer sends a bad sub-share");
                 reshare.inject(conclave_keygen::reshare::ReshareFault::BadSubShare);
             }
-            run_join(
-                &plan,
-                identity,
-                reshare,
-                out,
-                args.passphrase_file.as_deref(),
-                args.mode,
-                args.kdf,
-                args.json,
-            )
-            .await
+            Box::new(reshare)
         }
-        CeremonyKind::Repair => {
-            let repair = conclave_keygen::repair::Repair::new(&plan, &me, &old, old_share)?;
-            run_join(
-                &plan,
-                identity,
-                repair,
-                out,
-                args.passphrase_file.as_deref(),
-                args.mode,
-                args.kdf,
-                args.json,
-            )
-            .await
-        }
+        CeremonyKind::Repair => Box::new(conclave_keygen::repair::Repair::new(
+            &plan, &me, &old, old_share,
+        )?),
         CeremonyKind::Dkg => fail!("this is a DKG plan; run it with `conclave keygen dkg join`"),
-    }
+    };
+    run_join(
+        &plan,
+        identity,
+        protocol,
+        out,
+        args.passphrase_file.as_deref(),
+        args.mode,
+        args.kdf,
+        args.json,
+    )
+    .await
 }
 
 /// `rotate status`: each manifest's epoch, threshold and members; with a coordinator, which

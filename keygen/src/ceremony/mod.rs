@@ -414,6 +414,27 @@ pub trait Protocol {
     ) -> Result<Step, Complaint>;
 }
 
+impl<P: Protocol + ?Sized> Protocol for Box<P> {
+    fn start(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        rng: &mut dyn RngCoreCrypto,
+    ) -> Result<Step, Complaint> {
+        (**self).start(ctx, identity, rng)
+    }
+    fn deliver(
+        &mut self,
+        ctx: &Ctx,
+        identity: &IdentityKey,
+        round: u8,
+        items: &[Delivered],
+        rng: &mut dyn RngCoreCrypto,
+    ) -> Result<Step, Complaint> {
+        (**self).deliver(ctx, identity, round, items, rng)
+    }
+}
+
 /// An object-safe cryptographic RNG.
 pub trait RngCoreCrypto: RngCore + CryptoRng {}
 impl<T: RngCore + CryptoRng> RngCoreCrypto for T {}
