@@ -108,8 +108,9 @@ enum Command {
     Bench(BenchArgs),
     /// Simulate a deployment (virtual network, faults, adversaries), or run a chaos proxy.
     Sim(Box<sim::SimArgs>),
-    /// Change a group's shares under the same key: refresh, or reshare to new members and
-    /// threshold; see status and retire superseded shares. Runbook: docs/ROTATION.md.
+    /// Change a group's shares under the same key: refresh, reshare to new members and
+    /// threshold, repair a lost share; see status and retire superseded shares. Runbook:
+    /// docs/ROTATION.md.
     #[command(subcommand, after_help = ROTATE_HELP)]
     Rotate(RotateCmd),
     /// Move to a new group key (made by DKG) with a key-transition statement signed by both
@@ -185,14 +186,15 @@ const ROTATE_HELP: &str = "\
 Steps: (1) `rotate plan` writes the plan (prints it and asks to confirm) and you copy it to the
 coordinator and every member; (2) the coordinator runs `rotate relay`; (3) every member of the
 old and of the new group that the plan names runs `rotate join` (dealers pass --old-share);
-(4) restart participants and the coordinator on the new share files and manifest (epoch + 1);
+(4) restart participants and the coordinator on the new share files and manifest (epoch + 1;
+a repair only adds the rebuilt share file);
 (5) once the new group has signed, `rotate retire` destroys each old share. All or nothing: a
 failure leaves the old shares working and no new share anywhere. Exit codes: 0 done; 1 the
 ceremony aborted or the check before destroying failed; 2 bad input.";
 
 #[derive(Subcommand, Debug)]
 enum RotateCmd {
-    /// Write a refresh or reshare plan (public TOML) from the group's current manifest.
+    /// Write a refresh, reshare or repair plan (public TOML) from the group's current manifest.
     Plan(RotatePlanArgs),
     /// Coordinator side: relay the ceremony (sees no secret), then write the new manifest.
     Relay(DkgRelayArgs),
