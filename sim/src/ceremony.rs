@@ -8,7 +8,7 @@
 //! same result or none does), the group key never changes, a completed reshare's new shares
 //! sign under it, and every live member learns the outcome before its own deadline.
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use conclave_keygen::ceremony::{
@@ -21,6 +21,7 @@ use frost_ed25519 as frost;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use crate::queue::EventQueue;
 use crate::scenario::{Link, Transport};
 
 const MS: u64 = 1_000_000;
@@ -89,28 +90,6 @@ enum Event {
     Crash(usize),
     Down(usize),
     Wake,
-}
-
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    event: Event,
-}
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 /// Errors setting a scenario up.
@@ -201,8 +180,7 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
         s,
         base: Instant::now(),
         now: 0,
-        seq: 0,
-        queue: BinaryHeap::new(),
+        queue: EventQueue::new(),
         rng,
         relay: Relay::new(&plan, Instant::now()).map_err(setup_err)?,
         members,
@@ -225,8 +203,7 @@ struct World<'s> {
     s: &'s ReshareScenario,
     base: Instant,
     now: u64,
-    seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    queue: EventQueue<Event>,
     rng: ChaCha20Rng,
     relay: Relay,
     members: Vec<Member<Reshare>>,
@@ -249,12 +226,7 @@ impl World<'_> {
     }
 
     fn schedule(&mut self, at: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        });
+        self.queue.push(at, event);
     }
 
     /// One transmission over a link: latency, jitter, loss (retransmitted or dropped).
@@ -356,15 +328,15 @@ impl World<'_> {
         }
         self.drain();
         let horizon = u64::from(self.s.round_timeout_secs) * 20 * 1_000 * MS;
-        while let Some(next) = self.queue.pop() {
-            if next.at > horizon {
+        while let Some((at, event)) = self.queue.pop() {
+            if at > horizon {
                 self.violations
                     .push("livelock: the ceremony did not end within 20 round timeouts".into());
                 break;
             }
-            self.now = self.now.max(next.at);
+            self.now = self.now.max(at);
             let now = self.at();
-            match next.event {
+            match event {
                 Event::ToRelay { from, env } => {
                     if !self.crashed.contains(&from) {
                         let node = self.roster[from];

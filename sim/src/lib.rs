@@ -14,6 +14,7 @@
 pub mod ceremony;
 pub mod plot;
 pub mod proxy;
+mod queue;
 pub mod report;
 pub mod scenario;
 pub mod world;

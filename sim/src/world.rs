@@ -3,8 +3,8 @@
 //! same event trace, byte for byte. It drives the real `Coordinator` and `Participant` state
 //! machines; the only behaviour written here is the network's and the adversaries'.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
+use crate::queue::EventQueue;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -58,29 +58,6 @@ enum Kind {
     },
 }
 
-struct Scheduled {
-    at: Nanos,
-    seq: u64,
-    kind: Kind,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
 struct Node {
     name: String,
     id: NodeId,
@@ -110,8 +87,7 @@ pub struct Simulation<'t> {
     rng: ChaCha20Rng,
     base: Instant,
     now: Nanos,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Kind>,
     coordinator: Coordinator,
     coordinator_id: NodeId,
     nodes: Vec<Node>,
@@ -212,8 +188,7 @@ impl<'t> Simulation<'t> {
             rng,
             base: Instant::now(),
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             coordinator,
             coordinator_id,
             nodes,
@@ -293,12 +268,7 @@ impl<'t> Simulation<'t> {
     }
 
     fn schedule(&mut self, at: Nanos, kind: Kind) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            kind,
-        }));
+        self.queue.push(at, kind);
     }
 
     fn log(&mut self, line: String) {
@@ -678,7 +648,7 @@ impl<'t> Simulation<'t> {
         self.drain_coordinator();
         let max_events =
             200 * self.scenario.requests as u64 * self.scenario.participants as u64 + 100_000;
-        while let Some(Reverse(ev)) = self.queue.pop() {
+        while let Some((at, kind)) = self.queue.pop() {
             self.events += 1;
             if self.events > max_events {
                 self.violation(
@@ -687,9 +657,9 @@ impl<'t> Simulation<'t> {
                 );
                 break;
             }
-            self.now = ev.at;
+            self.now = at;
             let now = self.instant();
-            match ev.kind {
+            match kind {
                 Kind::ToParticipant { p, envelope } => self.deliver_to_participant(p, envelope),
                 Kind::ToCoordinator { p, envelope } => {
                     let from = self.nodes[p].id;
