@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::ceremony::{
     check_echoes, echo_post, transcript, CeremonyPlan, Complaint, Ctx, EncryptionKey, Fault,
-    Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Sealed, Step,
+    Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Step,
 };
 use crate::manifest::{GroupManifest, ManifestParticipant};
 
@@ -267,10 +267,7 @@ impl Dkg {
             let package = packages.get(&which).ok_or_else(|| local(3))?;
             let plain = Zeroizing::new(package.serialize().map_err(|_| local(3))?);
             let key = self.keys.get(to).ok_or_else(|| local(3))?;
-            let sealed = ctx
-                .seal(identity, 3, to, key, &plain, rng)
-                .map_err(|_| Complaint::new(3, Fault::Malformed, vec![*to]))?;
-            direct.push((*to, postcard::to_allocvec(&sealed).map_err(|_| local(3))?));
+            direct.push(ctx.seal_direct(identity, 3, to, key, &plain, rng)?);
         }
         Ok(Step::Post {
             broadcast: vec![],
@@ -290,12 +287,7 @@ impl Dkg {
         let mut shares = BTreeMap::new();
         for d in items.iter().filter(|d| d.from != me) {
             let blame = |fault| Complaint::new(3, fault, vec![d.from]);
-            let sealed: Sealed = d
-                .direct
-                .as_deref()
-                .and_then(|b| postcard::from_bytes(b).ok())
-                .ok_or_else(|| blame(Fault::Malformed))?;
-            let plain = ctx.open(key, 3, &d.from, &me, &sealed).map_err(blame)?;
+            let plain = ctx.open_direct(key, 3, items, &d.from, &me)?;
             let package =
                 dkg::round2::Package::deserialize(&plain).map_err(|_| blame(Fault::Malformed))?;
             let id = self.identifier_of(&d.from).ok_or_else(|| local(3))?;

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::ceremony::{
     CeremonyKind, CeremonyPlan, Complaint, Ctx, EncryptionKey, Fault, Outcome, PlanError, Protocol,
-    RngCoreCrypto, Sealed, Step,
+    RngCoreCrypto, Step,
 };
 use crate::manifest::GroupManifest;
 use crate::reshare::ReshareError;
@@ -147,18 +147,8 @@ impl Repair {
         items: &[Delivered],
         from: &NodeId,
     ) -> Result<Zeroizing<Vec<u8>>, Complaint> {
-        let blame = |fault| Complaint::new(round, fault, vec![*from]);
         let key = self.encryption.as_ref().ok_or_else(|| local(round))?;
-        let d = items
-            .iter()
-            .find(|d| d.from == *from)
-            .ok_or_else(|| blame(Fault::Malformed))?;
-        let sealed: Sealed = d
-            .direct
-            .as_deref()
-            .and_then(|b| postcard::from_bytes(b).ok())
-            .ok_or_else(|| blame(Fault::Malformed))?;
-        ctx.open(key, round, from, &self.me, &sealed).map_err(blame)
+        ctx.open_direct(key, round, items, from, &self.me)
     }
 
     fn seal_to(
@@ -171,13 +161,7 @@ impl Repair {
         rng: &mut dyn RngCoreCrypto,
     ) -> Result<(NodeId, Vec<u8>), Complaint> {
         let key = self.keys.get(to).ok_or_else(|| local(round))?;
-        let sealed = ctx
-            .seal(identity, round, to, key, plain, rng)
-            .map_err(|_| Complaint::new(round, Fault::Malformed, vec![*to]))?;
-        Ok((
-            *to,
-            postcard::to_allocvec(&sealed).map_err(|_| local(round))?,
-        ))
+        ctx.seal_direct(identity, round, to, key, plain, rng)
     }
 }
 

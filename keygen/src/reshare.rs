@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::ceremony::{
     check_echoes, echo_post, transcript, CeremonyKind, CeremonyPlan, Complaint, Ctx, EncryptionKey,
-    Fault, Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Sealed, Step,
+    Fault, Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Step,
 };
 use crate::manifest::{GroupManifest, ManifestParticipant};
 
@@ -329,13 +329,14 @@ impl Reshare {
                 }
                 let key = self.keys.get(&m.node_id).ok_or_else(|| local(3))?;
                 let plain = Zeroizing::new(v.to_bytes());
-                let sealed = ctx
-                    .seal(identity, 3, &m.node_id, key, plain.as_slice(), rng)
-                    .map_err(|_| Complaint::new(3, Fault::Malformed, vec![m.node_id]))?;
-                direct.push((
-                    m.node_id,
-                    postcard::to_allocvec(&sealed).map_err(|_| local(3))?,
-                ));
+                direct.push(ctx.seal_direct(
+                    identity,
+                    3,
+                    &m.node_id,
+                    key,
+                    plain.as_slice(),
+                    rng,
+                )?);
             }
             // The polynomial is no longer needed.
             self.coefficients = Zeroizing::new(vec![]);
@@ -377,18 +378,7 @@ impl Reshare {
                     self.own_sub_share.take().ok_or_else(|| local(3))?
                 } else {
                     let blame = |fault| Complaint::new(3, fault, vec![dealer.node]);
-                    let d = items
-                        .iter()
-                        .find(|d| d.from == dealer.node)
-                        .ok_or_else(|| blame(Fault::Malformed))?;
-                    let sealed: Sealed = d
-                        .direct
-                        .as_deref()
-                        .and_then(|b| postcard::from_bytes(b).ok())
-                        .ok_or_else(|| blame(Fault::Malformed))?;
-                    let plain = ctx
-                        .open(key, 3, &dealer.node, &self.me, &sealed)
-                        .map_err(blame)?;
+                    let plain = ctx.open_direct(key, 3, items, &dealer.node, &self.me)?;
                     let bytes: [u8; 32] = plain
                         .as_slice()
                         .try_into()

@@ -214,6 +214,47 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Seals `plaintext` for `to` (see [`seal`](Self::seal)) as one entry of a post's direct
+    /// messages; a recipient key that is not a valid X25519 key blames the recipient.
+    pub(crate) fn seal_direct<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        identity: &IdentityKey,
+        round: u8,
+        to: &NodeId,
+        to_key: &[u8; 32],
+        plaintext: &[u8],
+        rng: &mut R,
+    ) -> Result<(NodeId, Vec<u8>), Complaint> {
+        let sealed = self
+            .seal(identity, round, to, to_key, plaintext, rng)
+            .map_err(|_| Complaint::new(round, Fault::Malformed, vec![*to]))?;
+        let bytes = postcard::to_allocvec(&sealed)
+            .map_err(|_| Complaint::new(round, Fault::LocalFailure, vec![]))?;
+        Ok((*to, bytes))
+    }
+
+    /// Finds what `from` sent `me` in a delivered round, checks the signature and decrypts
+    /// it. Anything missing, unsigned or undecryptable blames `from`.
+    pub(crate) fn open_direct(
+        &self,
+        key: &EncryptionKey,
+        round: u8,
+        items: &[Delivered],
+        from: &NodeId,
+        me: &NodeId,
+    ) -> Result<Zeroizing<Vec<u8>>, Complaint> {
+        let blame = |fault| Complaint::new(round, fault, vec![*from]);
+        let sealed: Sealed = items
+            .iter()
+            .find(|d| d.from == *from)
+            .and_then(|d| d.direct.as_deref())
+            .and_then(|b| postcard::from_bytes(b).ok())
+            .ok_or_else(|| blame(Fault::Malformed))?;
+        self.open(key, round, from, me, &sealed).map_err(blame)
+    }
+}
+
 /// What went wrong, as a member reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Fault {
