@@ -25,6 +25,20 @@ pub fn identifier_for(node: &NodeId) -> Result<frost::Identifier, frost::Error> 
     frost::Identifier::derive(&input)
 }
 
+/// Checks a member's name and identity key (as written in a manifest or a plan) and derives
+/// its FROST identifier. The error says what is wrong, for the caller to attach the name.
+pub fn parse_identity(
+    name: &str,
+    identity_key: &str,
+) -> Result<(NodeId, frost::Identifier), &'static str> {
+    GroupName::new(name)
+        .map_err(|_| "name must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")?;
+    let node_id = NodeId::from_hex(identity_key)
+        .map_err(|_| "identity_key is not a valid Ed25519 public key")?;
+    let identifier = identifier_for(&node_id).map_err(|_| "identifier cannot be derived")?;
+    Ok((node_id, identifier))
+}
+
 /// One participant as listed in the manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,13 +177,7 @@ impl GroupManifest {
                 name: p.name.clone(),
                 what,
             };
-            GroupName::new(&p.name).map_err(|_| {
-                bad("name must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")
-            })?;
-            let node_id = NodeId::from_hex(&p.identity_key)
-                .map_err(|_| bad("identity_key is not a valid Ed25519 public key"))?;
-            let identifier =
-                identifier_for(&node_id).map_err(|_| bad("identifier cannot be derived"))?;
+            let (node_id, identifier) = parse_identity(&p.name, &p.identity_key).map_err(bad)?;
             if hex::encode(identifier.serialize()) != p.identifier {
                 return Err(bad("identifier does not match the identity key"));
             }

@@ -427,13 +427,8 @@ impl CeremonyPlan {
                 name: p.name.clone(),
                 what,
             };
-            GroupName::new(&p.name).map_err(|_| {
-                bad("name must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")
-            })?;
-            let node_id = NodeId::from_hex(&p.identity_key)
-                .map_err(|_| bad("identity_key is not a valid Ed25519 public key"))?;
-            let identifier =
-                identifier_for(&node_id).map_err(|_| bad("identifier cannot be derived"))?;
+            let (node_id, identifier) =
+                crate::manifest::parse_identity(&p.name, &p.identity_key).map_err(bad)?;
             if p.address.rsplit_once(':').is_none() {
                 return Err(bad("address must be HOST:PORT"));
             }
