@@ -663,7 +663,10 @@ pub fn run_dkg(d: &Path, group: &str, t: usize, specs: &[String], faults: &DkgFa
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 if Instant::now() > deadline {
                     for pid in &pids {
-                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        // The shell's builtin kill: no procps needed on a fresh machine.
+                        let _ = Command::new("sh")
+                            .args(["-c", &format!("kill -9 {pid}")])
+                            .status();
                     }
                     break;
                 }
