@@ -1,7 +1,7 @@
 //! The subcommands other than `demo` and `bench`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use base64::Engine as _;
 use conclave_coordinator::client::Client;
 use conclave_keygen::{deal, GroupManifest, KdfParams, NewMember, ShareFile};
 use conclave_protocol::identity::read_node_id;
-use conclave_protocol::{GroupName, IdentityKey, MAX_SIGN_MESSAGE_LEN};
+use conclave_protocol::{GroupName, IdentityKey, ReadError, MAX_SIGN_MESSAGE_LEN};
 use sha2::Digest;
 
 use crate::config::{self, Mode};
@@ -20,6 +20,8 @@ use crate::{
 };
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Largest signature file read: a signature is 64 bytes, 128 in hex, 88 in base64.
+const MAX_SIGNATURE_FILE_LEN: u64 = 1024;
 
 pub(crate) fn node_init(out: &Path, json: bool) -> CmdResult {
     let key = IdentityKey::generate(&mut rand::rngs::OsRng);
@@ -290,28 +292,23 @@ pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
     Ok(())
 }
 
-/// Reads the message to sign or verify, refusing more than the protocol's limit.
+/// Reads the message to sign or verify (a regular file, or stdin for none or "-"), refusing
+/// more than the protocol's limit.
 fn read_message(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    let limit = MAX_SIGN_MESSAGE_LEN as u64 + 1;
-    let mut buf = Vec::new();
-    match file {
-        Some(p) if p != Path::new("-") => {
-            std::fs::File::open(p)
-                .with_context(|| format!("cannot read message file {}", p.display()))?
-                .take(limit)
-                .read_to_end(&mut buf)?;
+    let limit = MAX_SIGN_MESSAGE_LEN as u64;
+    let read = match file {
+        Some(p) if p != Path::new("-") => conclave_protocol::read_bounded(p, limit)
+            .map_err(|e| (e, format!("message file {}", p.display()))),
+        _ => conclave_protocol::read_limited(std::io::stdin().lock(), limit)
+            .map_err(|e| (e, "the message from stdin".to_owned())),
+    };
+    match read {
+        Ok(buf) => Ok(buf),
+        Err((ReadError::TooLarge { .. }, what)) => {
+            bail!("{what} is larger than {MAX_SIGN_MESSAGE_LEN} bytes; sign a hash of it instead")
         }
-        _ => {
-            std::io::stdin()
-                .take(limit)
-                .read_to_end(&mut buf)
-                .context("cannot read the message from stdin")?;
-        }
+        Err((e, what)) => Err(anyhow::Error::new(e).context(format!("cannot read {what}"))),
     }
-    if buf.len() > MAX_SIGN_MESSAGE_LEN {
-        bail!("message is larger than {MAX_SIGN_MESSAGE_LEN} bytes; sign a hash of it instead");
-    }
-    Ok(buf)
 }
 
 pub(crate) async fn connect(args: &crate::ClientArgs) -> anyhow::Result<(Client, GroupName)> {
@@ -418,12 +415,9 @@ pub(crate) fn verify(args: VerifyArgs) -> CmdResult {
     let signature = match (&args.signature, &args.signature_file) {
         (Some(s), _) => parse_signature(s.as_bytes())?,
         (None, Some(f)) => {
-            let meta =
-                std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
-            if meta.len() > 1024 {
-                return Err(anyhow!("{} is too large to be a signature", f.display()).into());
-            }
-            parse_signature(&std::fs::read(f)?)?
+            let bytes = conclave_protocol::read_bounded(f, MAX_SIGNATURE_FILE_LEN)
+                .with_context(|| format!("cannot read signature file {}", f.display()))?;
+            parse_signature(&bytes)?
         }
         (None, None) => return Err(anyhow!("give --signature or --signature-file").into()),
     };

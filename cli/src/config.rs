@@ -82,15 +82,7 @@ pub struct CoordinatorConfig {
 }
 
 fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    if meta.len() > MAX_CONFIG_LEN {
-        bail!(
-            "config {} is larger than {MAX_CONFIG_LEN} bytes",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
+    let text = conclave_protocol::read_bounded_to_string(path, MAX_CONFIG_LEN)
         .with_context(|| format!("cannot read config {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
 }

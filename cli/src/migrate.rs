@@ -11,11 +11,8 @@ use crate::rotate::{confirm, destroy};
 use crate::{CmdResult, Exit, MigrateCmd, WhichKey};
 
 fn read_statement(path: &Path) -> anyhow::Result<Statement> {
-    if std::fs::metadata(path)?.len() > MAX_STATEMENT_LEN {
-        anyhow::bail!("{} is too large to be a statement", path.display());
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = conclave_protocol::read_bounded_to_string(path, MAX_STATEMENT_LEN)
+        .with_context(|| format!("cannot read statement {}", path.display()))?;
     Statement::from_toml(&text).with_context(|| format!("statement {}", path.display()))
 }
 

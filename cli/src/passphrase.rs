@@ -18,16 +18,8 @@ pub const CREDENTIAL_NAME: &str = "conclave-passphrase";
 const MAX_PASSPHRASE_FILE: u64 = 4096;
 
 fn from_file(path: &Path) -> Result<Passphrase> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("cannot read passphrase file {}", path.display()))?;
-    if meta.len() > MAX_PASSPHRASE_FILE {
-        bail!(
-            "passphrase file {} is larger than {MAX_PASSPHRASE_FILE} bytes",
-            path.display()
-        );
-    }
     let bytes = Zeroizing::new(
-        std::fs::read(path)
+        conclave_protocol::read_bounded(path, MAX_PASSPHRASE_FILE)
             .with_context(|| format!("cannot read passphrase file {}", path.display()))?,
     );
     let p = Passphrase::from_file_bytes(bytes)

@@ -130,6 +130,9 @@ struct ProxyArgs {
     blackhole_file: Option<PathBuf>,
 }
 
+/// Largest scenario file read (1 MiB; a scenario is a few dozen lines of TOML).
+const MAX_SCENARIO_LEN: u64 = 1024 * 1024;
+
 fn number<T: std::str::FromStr>(s: &str, what: &str) -> anyhow::Result<T> {
     s.trim()
         .parse()
@@ -139,8 +142,8 @@ fn number<T: std::str::FromStr>(s: &str, what: &str) -> anyhow::Result<T> {
 fn scenario(a: &RunArgs) -> anyhow::Result<Scenario> {
     let mut s = match &a.scenario {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
+            let text = conclave_protocol::read_bounded_to_string(p, MAX_SCENARIO_LEN)
+                .with_context(|| format!("cannot read scenario {}", p.display()))?;
             Scenario::from_toml(&text).with_context(|| format!("{}", p.display()))?
         }
         None => Scenario::default(),

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use conclave_protocol::{GroupName, NodeId};
+use conclave_protocol::{read_bounded_to_string, GroupName, NodeId, ReadError};
 use frost_ed25519 as frost;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -76,8 +76,10 @@ pub struct GroupManifest {
 pub enum ManifestError {
     #[error("manifest is not valid TOML for a group: {0}")]
     Syntax(String),
-    #[error("manifest is larger than {MAX_MANIFEST_LEN} bytes")]
+    #[error("manifest is larger than {MAX_MANIFEST_LEN} bytes: check the path")]
     TooLarge,
+    #[error("cannot read the manifest: {0}")]
+    Read(ReadError),
     #[error("threshold {t} is impossible with {n} participants")]
     BadThreshold { t: u16, n: usize },
     #[error("participant {name:?}: {what}")]
@@ -112,14 +114,13 @@ impl GroupManifest {
         Ok(m)
     }
 
-    /// Reads and validates a manifest file.
+    /// Reads and validates a manifest file. A FIFO, a device or a file over
+    /// [`MAX_MANIFEST_LEN`] is refused before any byte is read.
     pub fn read(path: &std::path::Path) -> Result<Self, ManifestError> {
-        let meta = std::fs::metadata(path).map_err(|e| ManifestError::Syntax(e.to_string()))?;
-        if meta.len() > MAX_MANIFEST_LEN {
-            return Err(ManifestError::TooLarge);
-        }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+        let text = read_bounded_to_string(path, MAX_MANIFEST_LEN).map_err(|e| match e {
+            ReadError::TooLarge { .. } => ManifestError::TooLarge,
+            other => ManifestError::Read(other),
+        })?;
         Self::from_toml(&text)
     }
 

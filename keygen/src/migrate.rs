@@ -13,6 +13,12 @@ use conclave_protocol::GroupName;
 
 /// The format tag of version 1.
 pub const FORMAT: &str = "conclave-key-transition/v1";
+/// The first bytes of every signed statement text ([`Statement::message`]): a NUL byte, then
+/// the format tag and a newline. The leading NUL keeps any ordinary text message (a release
+/// note, a commit, a document someone asks the group to sign) from ever reading as a
+/// key-transition statement, and lets a signer classify what it is asked to sign
+/// ([`is_transition_message`]).
+pub const MESSAGE_PREFIX: &[u8] = b"\0conclave-key-transition/v1\n";
 /// Longest reason accepted.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Largest statement file read.
@@ -33,7 +39,7 @@ pub struct Statement {
     pub new_epoch: u64,
     /// Unix seconds from which verifiers should use the new key.
     pub not_before: u64,
-    /// One line of text, at most 1024 bytes.
+    /// One line of printable ASCII (0x20 to 0x7E), at most 1024 bytes.
     pub reason: String,
     /// Ed25519 signature (hex) of [`message`](Self::message) by the old key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,7 +61,7 @@ pub enum StatementError {
     BadKey(&'static str),
     #[error("the old and new keys are the same")]
     SameKey,
-    #[error("the reason must be one line of printable text, at most {MAX_REASON_LEN} bytes")]
+    #[error("the reason must be printable ASCII (letters, digits, punctuation and spaces; no tabs, line breaks or other Unicode), at most {MAX_REASON_LEN} bytes")]
     BadReason,
     #[error("the {0} signature is missing")]
     Missing(&'static str),
@@ -63,6 +69,19 @@ pub enum StatementError {
     BadSignature(&'static str),
     #[error("statement file is larger than {MAX_STATEMENT_LEN} bytes")]
     TooLarge,
+}
+
+/// Whether `bytes` is the signed text of a key-transition statement (starts with
+/// [`MESSAGE_PREFIX`]), as opposed to an ordinary message.
+pub fn is_transition_message(bytes: &[u8]) -> bool {
+    bytes.starts_with(MESSAGE_PREFIX)
+}
+
+/// A reason is printable ASCII only (0x20 to 0x7E): no line breaks (U+2028 and U+2029
+/// included), no tabs, no bidirectional overrides, nothing a parser of the signed text, or a
+/// terminal showing it, could read as another line or another field.
+fn reason_is_valid(reason: &str) -> bool {
+    reason.len() <= MAX_REASON_LEN && reason.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
 fn key(hex_str: &str, what: &'static str) -> Result<ed25519_dalek::VerifyingKey, StatementError> {
@@ -98,25 +117,30 @@ impl Statement {
         if old == new {
             return Err(StatementError::SameKey);
         }
-        if self.reason.len() > MAX_REASON_LEN || self.reason.chars().any(|c| c.is_control()) {
+        if !reason_is_valid(&self.reason) {
             return Err(StatementError::BadReason);
         }
         Ok(())
     }
 
-    /// The exact bytes both keys sign: a fixed header and one `name=value` line per field.
+    /// The exact bytes both keys sign: [`MESSAGE_PREFIX`], then one `name=value` line per
+    /// field.
     pub fn message(&self) -> Vec<u8> {
-        format!(
-            "conclave key transition v1\nold_group={}\nold_public_key={}\nnew_group={}\nnew_public_key={}\nnew_epoch={}\nnot_before={}\nreason={}\n",
-            self.old_group,
-            self.old_public_key.to_ascii_lowercase(),
-            self.new_group,
-            self.new_public_key.to_ascii_lowercase(),
-            self.new_epoch,
-            self.not_before,
-            self.reason
-        )
-        .into_bytes()
+        let mut out = MESSAGE_PREFIX.to_vec();
+        out.extend_from_slice(
+            format!(
+                "old_group={}\nold_public_key={}\nnew_group={}\nnew_public_key={}\nnew_epoch={}\nnot_before={}\nreason={}\n",
+                self.old_group,
+                self.old_public_key.to_ascii_lowercase(),
+                self.new_group,
+                self.new_public_key.to_ascii_lowercase(),
+                self.new_epoch,
+                self.not_before,
+                self.reason
+            )
+            .as_bytes(),
+        );
+        out
     }
 
     /// Checks both signatures (strict Ed25519) over [`message`](Self::message).
@@ -207,5 +231,59 @@ mod tests {
         t.reason = "two\nlines".into();
         assert_eq!(t.verify(), Err(StatementError::BadReason));
         let _ = old;
+    }
+
+    #[test]
+    fn a_reason_that_is_not_printable_ascii_is_refused() {
+        let (s, _, _) = signed();
+        for reason in [
+            "rotation\u{2028}not_before=1", // LINE SEPARATOR: a new line to some parsers
+            "rotation\u{2029}not_before=1", // PARAGRAPH SEPARATOR
+            "rotation \u{202e}1=erofeb_ton", // RIGHT-TO-LEFT OVERRIDE
+            "rotation\tnot_before=1",       // a tab
+            "compromise of p\u{e9}",        // a non-ASCII letter
+            "nul\0byte",
+            "delete\u{7f}",
+        ] {
+            let mut t = s.clone();
+            t.reason = reason.into();
+            assert_eq!(
+                t.check_fields(),
+                Err(StatementError::BadReason),
+                "{reason:?}"
+            );
+        }
+        let mut t = s;
+        t.reason = " !\"#$%&'()*+,-./0-9:;<=>?@A-Z[\\]^_`a-z{|}~".into();
+        t.check_fields().unwrap();
+        t.reason = "x".repeat(MAX_REASON_LEN + 1);
+        assert_eq!(t.check_fields(), Err(StatementError::BadReason));
+        t.reason = "x".repeat(MAX_REASON_LEN);
+        t.check_fields().unwrap();
+    }
+
+    #[test]
+    fn the_signed_text_starts_with_the_domain_separation_prefix() {
+        let (s, _, _) = signed();
+        let msg = s.message();
+        assert!(msg.starts_with(b"\0conclave-key-transition/v1\nold_group=release\n"));
+        assert!(is_transition_message(&msg));
+        assert_eq!(
+            MESSAGE_PREFIX.strip_prefix(b"\0"),
+            Some(format!("{FORMAT}\n").as_bytes())
+        );
+    }
+
+    #[test]
+    fn an_ordinary_message_is_not_a_transition_message() {
+        for msg in [
+            &b""[..],
+            b"release v1.2.3",
+            b"conclave-key-transition/v1\nold_group=release\n",
+            b"conclave key transition v1\nold_group=release\n",
+            b"\0conclave-key-transition/v1",
+        ] {
+            assert!(!is_transition_message(msg), "{msg:?}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use conclave_protocol::{GroupName, NodeId};
+use conclave_protocol::{GroupName, NodeId, ReadError};
 use frost_ed25519 as frost;
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -151,7 +151,7 @@ pub struct ShareFileError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShareErrorKind {
-    #[error("cannot access the file")]
+    #[error("cannot access the file: {0}")]
     Io(#[from] std::io::Error),
     #[error("not a conclave share file")]
     NotAShareFile,
@@ -159,8 +159,12 @@ pub enum ShareErrorKind {
     UnsupportedVersion(u16),
     #[error("file is truncated ({actual} bytes, expected {expected})")]
     Truncated { expected: usize, actual: usize },
-    #[error("file is larger than a share file can be")]
+    #[error(
+        "file is larger than a share file can be ({MAX_SHARE_FILE_LEN} bytes): check the path"
+    )]
     TooLarge,
+    #[error(transparent)]
+    Read(ReadError),
     #[error("file is corrupted (checksum mismatch): restore it from backup")]
     Corrupted,
     #[error("header is malformed")]
@@ -368,16 +372,17 @@ impl ShareFile {
     }
 }
 
+/// Reads a share file through [`conclave_protocol::read_bounded`]: a FIFO, a device or a file
+/// over [`MAX_SHARE_FILE_LEN`] is refused before any byte is read.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, ShareFileError> {
-    let err = |kind| ShareFileError {
+    conclave_protocol::read_bounded(path, MAX_SHARE_FILE_LEN).map_err(|e| ShareFileError {
         path: path.to_path_buf(),
-        kind,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| err(ShareErrorKind::Io(e)))?;
-    if meta.len() > MAX_SHARE_FILE_LEN {
-        return Err(err(ShareErrorKind::TooLarge));
-    }
-    std::fs::read(path).map_err(|e| err(ShareErrorKind::Io(e)))
+        kind: match e {
+            ReadError::Io(e) => ShareErrorKind::Io(e),
+            ReadError::TooLarge { .. } => ShareErrorKind::TooLarge,
+            other => ShareErrorKind::Read(other),
+        },
+    })
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600: a temp file in the same directory,

@@ -11,6 +11,8 @@ use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::fsread::ReadError;
+
 /// File name of the secret key inside an identity directory.
 pub const KEY_FILE: &str = "identity.key";
 /// File name of the public key inside an identity directory.
@@ -85,6 +87,12 @@ pub enum IdentityError {
     BadKeyFile(PathBuf),
     #[error("{0}: file is too large to be an identity key")]
     TooLarge(PathBuf),
+    #[error("{}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: ReadError,
+    },
     #[error("not a valid Ed25519 public key (expected 64 hex characters)")]
     BadPublicKey,
     #[error("{0} already exists; refusing to overwrite an identity")]
@@ -184,15 +192,17 @@ pub fn read_node_id(spec: &str) -> Result<NodeId, IdentityError> {
 }
 
 fn read_small(path: &Path, max: u64) -> Result<String, IdentityError> {
-    let io = |source| IdentityError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.len() > max {
-        return Err(IdentityError::TooLarge(path.to_path_buf()));
-    }
-    std::fs::read_to_string(path).map_err(io)
+    crate::fsread::read_bounded_to_string(path, max).map_err(|e| match e {
+        ReadError::Io(source) => IdentityError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        ReadError::TooLarge { .. } => IdentityError::TooLarge(path.to_path_buf()),
+        other => IdentityError::Read {
+            path: path.to_path_buf(),
+            source: other,
+        },
+    })
 }
 
 /// Creates a directory (and parents) with mode 0700 on Unix.
