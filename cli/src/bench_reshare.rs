@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use conclave_coordinator::ceremony::{RelayEnd, RelayServer};
-use conclave_keygen::ceremony::{CeremonyKind, CeremonyPlan, Member, MemberEvent, PlanNode, Relay};
+use conclave_keygen::ceremony::{
+    CeremonyKind, CeremonyPlan, CheckedPlan, Member, MemberEvent, OldGroup, PlanNode, Relay,
+};
 use conclave_keygen::reshare::Reshare;
 use conclave_keygen::{deal, GroupManifest, NewMember};
 use conclave_protocol::{GroupName, IdentityKey, NodeId};
@@ -65,6 +67,7 @@ fn setup(t: u16, n: usize, t2: u16, n2: usize) -> anyhow::Result<Setup> {
         },
         new_group,
         &dealers,
+        &[],
         &mut rng,
     )?;
     plan.round_timeout_secs = 600;
@@ -81,7 +84,8 @@ fn setup(t: u16, n: usize, t2: u16, n2: usize) -> anyhow::Result<Setup> {
 }
 
 fn protocol(s: &Setup, node: &NodeId) -> anyhow::Result<Reshare> {
-    Ok(Reshare::new(&s.plan, node, s.old_shares.get(node))?)
+    let checked = CheckedPlan::check(&s.plan, OldGroup::Manifest(&s.old))?;
+    Ok(Reshare::new(&checked, node, s.old_shares.get(node))?)
 }
 
 /// The ceremony's state machines back to back, no network: the cost of the cryptography.
@@ -159,7 +163,7 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
         tasks.push(tokio::spawn(async move {
             let mut ok = false;
             conclave_participant::ceremony::run_member(&mut member, &id, relay_id, addr, |ev| {
-                if matches!(ev, MemberEvent::Activate) {
+                if matches!(ev, MemberEvent::Activate(_)) {
                     ok = true;
                 }
                 true
@@ -179,7 +183,8 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
         RelayEnd::Completed { confirm, store } => Ok((
             elapsed,
             conclave_keygen::ceremony::completed_manifest(&s.plan, &confirm, &store)
-                .map_err(|e| anyhow!(e))?,
+                .map_err(|e| anyhow!(e))?
+                .0,
         )),
         RelayEnd::Aborted(why) => bail!("reshare over QUIC aborted: {why:?}"),
     }

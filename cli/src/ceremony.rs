@@ -143,6 +143,13 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
         tracing::warn!("TEST FAULT INJECTION ACTIVE: this relay substitutes a round-1 package");
         relay.inject(conclave_keygen::ceremony::RelayFault::SubstituteRound1);
     }
+    #[cfg(feature = "fault-injection")]
+    if std::env::var("CONCLAVE_TEST_FAULT").as_deref() == Ok("relay-withhold-store") {
+        tracing::warn!(
+            "TEST FAULT INJECTION ACTIVE: this relay withholds the last member's store round"
+        );
+        relay.inject(conclave_keygen::ceremony::RelayFault::WithholdStore);
+    }
     let server = RelayServer::bind(&plan, &identity, listen)?;
     let n = plan.participants.len();
     eprintln!(
@@ -180,17 +187,28 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
     let ctx = Ctx::of(&plan)?;
     match end {
         RelayEnd::Completed { confirm, store } => {
-            let manifest = completed_manifest(&plan, &confirm, &store).map_err(|e| {
-                anyhow!("the ceremony completed but its manifest is not usable: {e}")
-            })?;
+            let (manifest, completion) =
+                completed_manifest(&plan, &confirm, &store).map_err(|e| {
+                    anyhow!("the ceremony completed but its manifest is not usable: {e}")
+                })?;
             conclave_protocol::identity::create_private_dir(&args.out)
                 .with_context(|| format!("cannot create {}", args.out.display()))?;
+            if !repair {
+                conclave_keygen::sharefile::write_atomic(
+                    &manifest_file,
+                    manifest.to_toml()?.as_bytes(),
+                    &mut rand::rngs::OsRng,
+                )
+                .with_context(|| format!("cannot write {}", manifest_file.display()))?;
+            }
+            // Every member's signed acknowledgement: lets a member left undecided finish.
+            let completion_file = completion_path(&args.out, &plan);
             conclave_keygen::sharefile::write_atomic(
-                &manifest_file,
-                manifest.to_toml()?.as_bytes(),
+                &completion_file,
+                completion.to_toml().as_bytes(),
                 &mut rand::rngs::OsRng,
             )
-            .with_context(|| format!("cannot write {}", manifest_file.display()))?;
+            .with_context(|| format!("cannot write {}", completion_file.display()))?;
             if args.json {
                 println!(
                     "{}",
@@ -210,10 +228,11 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
             Ok(())
         }
         RelayEnd::Aborted(why) => {
-            let (summary, _) = describe_abort(&plan, &ctx, &why);
+            let report = describe_abort(&plan, &ctx, &why);
             Err(Exit::refused(anyhow!(
-                "{} aborted: {summary}",
-                plan.kind.label()
+                "{} aborted: {}",
+                plan.kind.label(),
+                report.summary
             )))
         }
     }
@@ -241,10 +260,69 @@ fn remove_if_present(path: &Path) -> bool {
     std::fs::remove_file(path).is_ok()
 }
 
-fn pending_path(share: &Path) -> PathBuf {
-    let mut s = share.as_os_str().to_owned();
+/// Where a file waits until every member has acknowledged the ceremony.
+pub(crate) fn pending_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
     s.push(".pending");
     PathBuf::from(s)
+}
+
+/// The signed acknowledgements of a ceremony (public): `<dir>/<ceremony id>.completion.toml`.
+pub(crate) fn completion_path(dir: &Path, plan: &CeremonyPlan) -> PathBuf {
+    dir.join(format!("{}.completion.toml", plan.ceremony))
+}
+
+/// The files one member of a ceremony writes: its share (if it is in the new group) and the
+/// new manifest (if the ceremony changes it), each first as a pending file.
+pub(crate) struct MemberFiles {
+    pub dir: PathBuf,
+    pub share: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+}
+
+impl MemberFiles {
+    fn finals(&self) -> impl Iterator<Item = &PathBuf> {
+        self.share.iter().chain(self.manifest.iter())
+    }
+
+    /// Pending files present on disk.
+    pub(crate) fn pending_present(&self) -> Vec<PathBuf> {
+        self.finals()
+            .map(|p| pending_path(p))
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// Removes every pending file.
+    pub(crate) fn discard(&self) {
+        for p in self.finals() {
+            remove_if_present(&pending_path(p));
+        }
+    }
+
+    /// Activates the pending files (rename, then sync the directory) and keeps the
+    /// completion next to them.
+    pub(crate) fn activate(
+        &self,
+        completion_file: &Path,
+        completion: &conclave_keygen::ceremony::Completion,
+    ) -> anyhow::Result<()> {
+        for p in self.finals() {
+            let pending = pending_path(p);
+            if pending.exists() {
+                std::fs::rename(&pending, p)
+                    .with_context(|| format!("cannot activate {}", pending.display()))?;
+            }
+        }
+        conclave_keygen::sharefile::write_atomic(
+            completion_file,
+            completion.to_toml().as_bytes(),
+            &mut rand::rngs::OsRng,
+        )
+        .with_context(|| format!("cannot write {}", completion_file.display()))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
 }
 
 pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
@@ -291,9 +369,32 @@ pub(crate) struct Outputs {
     pub manifest: Option<PathBuf>,
 }
 
+/// The files `member`'s side of `plan` writes under `out`.
+pub(crate) fn member_files(
+    plan: &CeremonyPlan,
+    me: &conclave_protocol::NodeId,
+    out: &Outputs,
+) -> MemberFiles {
+    let my_name = plan.name_of(me);
+    let in_new_group = plan
+        .participants
+        .iter()
+        .any(|p| p.identity_key == me.to_hex());
+    MemberFiles {
+        dir: out.dir.clone(),
+        share: in_new_group.then(|| {
+            out.share
+                .clone()
+                .unwrap_or_else(|| plan_share_path(&out.dir, plan, &my_name))
+        }),
+        manifest: out.manifest.clone(),
+    }
+}
+
 /// Runs one member's side of any ceremony: checks the outputs, gets the new passphrase,
-/// runs the protocol over the relay, stores the share as pending, activates it when every
-/// member has stored, and cleans up on abort.
+/// runs the protocol over the relay, stores the share (and manifest) as pending, activates
+/// them when every member has signed that it stored, and cleans up on abort. A member left
+/// undecided (it acknowledged, but never saw every acknowledgement) keeps its pending files.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     plan: &CeremonyPlan,
@@ -307,21 +408,12 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
 ) -> CmdResult {
     let me = identity.node_id();
     let my_name = plan.name_of(&me);
-    let in_new_group = plan
-        .participants
-        .iter()
-        .any(|p| p.identity_key == me.to_hex());
     if kdf_choice == KdfChoice::Light && mode != Mode::Dev {
         fail!("--kdf light is for dev mode only (this is {mode}); add --mode dev for a lab setup");
     }
-    let share_file = out
-        .share
-        .clone()
-        .unwrap_or_else(|| plan_share_path(&out.dir, plan, &my_name));
-    let manifest_file = out.manifest.clone();
-    let pending = pending_path(&share_file);
-    let writes_share = in_new_group.then_some(&share_file);
-    for p in writes_share.into_iter().chain(manifest_file.as_ref()) {
+    let files = member_files(plan, &me, &out);
+    let in_new_group = files.share.is_some();
+    for p in files.finals() {
         if p.exists() {
             fail!(
                 "{} already exists; refusing to overwrite key material (choose another --out)",
@@ -329,10 +421,14 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
             );
         }
     }
-    if remove_if_present(&pending) {
-        eprintln!(
-            "removed {} left by an earlier, unfinished ceremony",
-            pending.display()
+    let left = files.pending_present();
+    if !left.is_empty() {
+        fail!(
+            "{} left by an unfinished ceremony: it may be acknowledged (others may have activated). \
+             Run `conclave rotate resume --plan PLAN --identity DIR --out {}` to finish it, or \
+             `--abandon` it once you know no member activated",
+            left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            out.dir.display()
         );
     }
     // Ask for the passphrase before joining, so nobody waits on a prompt mid-ceremony.
@@ -363,10 +459,15 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
         plan.coordinator.name,
         plan.coordinator.address
     );
+    let completion_file = completion_path(&out.dir, plan);
     let mut rng = rand::rngs::OsRng;
-    let mut result: Option<Result<conclave_keygen::GroupManifest, String>> = None;
+    enum End {
+        Done(conclave_keygen::GroupManifest),
+        Undecided(String),
+        Failed(String),
+    }
+    let mut result: Option<End> = None;
     let mut manifest_held = None;
-    let mut wrote_share = false;
     let started = Instant::now();
     conclave_participant::ceremony::run_member(
         &mut member,
@@ -395,19 +496,35 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                 }
                 MemberEvent::Store(outcome) => {
                     let written = (|| -> anyhow::Result<()> {
-                        if let (Some(kp), Some(pass)) =
-                            (outcome.key_package.as_ref(), pass.as_ref())
-                        {
-                            let kdf = match kdf_choice {
-                                KdfChoice::Standard => KdfParams::standard(&mut rng),
-                                KdfChoice::Light => KdfParams::light(&mut rng),
-                            };
-                            let header = share_header(&outcome.manifest, me, kp, kdf)?;
-                            ShareFile::write(&pending, kp, header, pass, false, &mut rng)?;
-                            wrote_share = true;
-                        } else if in_new_group {
-                            anyhow::bail!("the ceremony gave this member no share");
+                        match (&files.share, outcome.key_package.as_ref(), pass.as_ref()) {
+                            (Some(share), Some(kp), Some(pass)) => {
+                                let kdf = match kdf_choice {
+                                    KdfChoice::Standard => KdfParams::standard(&mut rng),
+                                    KdfChoice::Light => KdfParams::light(&mut rng),
+                                };
+                                let header = share_header(&outcome.manifest, me, kp, kdf)?;
+                                ShareFile::write(
+                                    &pending_path(share),
+                                    kp,
+                                    header,
+                                    pass,
+                                    false,
+                                    &mut rng,
+                                )?;
+                            }
+                            (Some(_), _, _) => {
+                                anyhow::bail!("the ceremony gave this member no share")
+                            }
+                            (None, _, _) => {}
                         }
+                        if let Some(path) = &files.manifest {
+                            conclave_keygen::sharefile::write_atomic(
+                                &pending_path(path),
+                                outcome.manifest.to_toml()?.as_bytes(),
+                                &mut rng,
+                            )?;
+                        }
+                        std::fs::File::open(&files.dir)?.sync_all()?;
                         Ok(())
                     })();
                     return match written {
@@ -417,34 +534,50 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                         }
                         Err(e) => {
                             eprintln!("cannot store the new share: {e:#}");
-                            remove_if_present(&pending);
+                            files.discard();
                             false
                         }
                     };
                 }
-                MemberEvent::Activate => {
+                MemberEvent::Activate(completion) => {
                     let activated = (|| -> anyhow::Result<conclave_keygen::GroupManifest> {
                         let manifest = manifest_held
                             .take()
                             .ok_or_else(|| anyhow!("no stored result to activate"))?;
-                        if wrote_share {
-                            std::fs::rename(&pending, &share_file)?;
-                        }
-                        if let Some(path) = &manifest_file {
-                            conclave_keygen::sharefile::write_atomic(
-                                path,
-                                manifest.to_toml()?.as_bytes(),
-                                &mut rng,
-                            )?;
-                        }
-                        std::fs::File::open(&out.dir)?.sync_all()?;
+                        files.activate(&completion_file, &completion)?;
                         Ok(manifest)
                     })();
-                    result = Some(activated.map_err(|e| format!("{e:#}")));
+                    result = Some(match activated {
+                        Ok(m) => End::Done(m),
+                        Err(e) => End::Failed(format!("{e:#}")),
+                    });
+                }
+                MemberEvent::Undecided { report, partial } => {
+                    // Keep the pending files and what we know of the acknowledgements.
+                    let mut merged = partial;
+                    if let Some(existing) = read_completion(&completion_file) {
+                        let _ = merged.merge(&existing);
+                    }
+                    let saved = conclave_keygen::sharefile::write_atomic(
+                        &completion_file,
+                        merged.to_toml().as_bytes(),
+                        &mut rng,
+                    );
+                    result = Some(End::Undecided(format!(
+                        "{} undecided: {}; pending files kept, acknowledgements known so far in {}{}",
+                        kind.label(),
+                        report.summary,
+                        completion_file.display(),
+                        if saved.is_err() { " (could not be written)" } else { "" }
+                    )));
                 }
                 MemberEvent::Aborted(report) => {
-                    remove_if_present(&pending);
-                    result = Some(Err(format!("{} aborted: {}", kind.label(), report.summary)));
+                    files.discard();
+                    result = Some(End::Failed(format!(
+                        "{} aborted: {}",
+                        kind.label(),
+                        report.summary
+                    )));
                 }
             }
             false
@@ -452,8 +585,8 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     )
     .await?;
     match result {
-        Some(Ok(manifest)) => {
-            let share_out = wrote_share.then_some(&share_file);
+        Some(End::Done(manifest)) => {
+            let share_out = files.share.as_ref();
             if json {
                 println!(
                     "{}",
@@ -462,7 +595,8 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                         "group": plan.group.as_str(), "name": my_name,
                         "threshold": manifest.threshold, "epoch": manifest.epoch,
                         "public_key": manifest.group_public_key,
-                        "share_file": share_out, "manifest": manifest_file,
+                        "share_file": share_out, "manifest": files.manifest,
+                        "completion": completion_file,
                     })
                 );
             } else {
@@ -474,19 +608,34 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                     Some(f) => println!("share for {my_name}: {}", f.display()),
                     None => println!("{my_name} is not a member of the new group (no new share)"),
                 }
-                if let Some(path) = &manifest_file {
+                if let Some(path) = &files.manifest {
                     println!("manifest: {}", path.display());
                 }
             }
             Ok(())
         }
-        Some(Err(e)) => {
-            remove_if_present(&pending);
+        Some(End::Undecided(e)) => Err(Exit::refused(anyhow!(e))),
+        Some(End::Failed(e)) => {
+            files.discard();
             Err(Exit::refused(anyhow!(e)))
         }
         None => {
-            remove_if_present(&pending);
-            Err(Exit::refused(anyhow!("{kind} ended without a result")))
+            // The driver stopped without an event (connection lost before the end): if this
+            // member had acknowledged, others may have activated.
+            if member.is_acknowledged() {
+                Err(Exit::refused(anyhow!(
+                    "{kind} ended without a result after this member acknowledged its pending share: it is kept; finish with `conclave rotate resume`"
+                )))
+            } else {
+                files.discard();
+                Err(Exit::refused(anyhow!("{kind} ended without a result")))
+            }
         }
     }
+}
+
+/// A completion file, if present and readable.
+pub(crate) fn read_completion(path: &Path) -> Option<conclave_keygen::ceremony::Completion> {
+    let text = conclave_protocol::fsread::read_bounded_to_string(path, 1024 * 1024).ok()?;
+    conclave_keygen::ceremony::Completion::from_toml(&text).ok()
 }

@@ -183,14 +183,19 @@ enum MigrateCmd {
 }
 
 const ROTATE_HELP: &str = "\
-Steps: (1) `rotate plan` writes the plan (prints it and asks to confirm) and you copy it to the
-coordinator and every member; (2) the coordinator runs `rotate relay`; (3) every member of the
-old and of the new group that the plan names runs `rotate join` (dealers pass --old-share);
-(4) restart participants and the coordinator on the new share files and manifest (epoch + 1;
-a repair only adds the rebuilt share file);
-(5) once the new group has signed, `rotate retire` destroys each old share. All or nothing: a
-failure leaves the old shares working and no new share anywhere. Exit codes: 0 done; 1 the
-ceremony aborted or the check before destroying failed; 2 bad input.";
+Steps: (1) `rotate plan` writes the plan (prints it with its fingerprint and asks to confirm)
+and you copy it to the coordinator and every member; (2) the coordinator runs `rotate relay`;
+(3) every member of the old and of the new group that the plan names runs `rotate join`
+(dealers pass --old-share). Every member checks the plan against its OWN copy of the old
+manifest before anything secret leaves it (a joining member without one checks the group key
+given by --expect-group-key), prints every member's key fingerprint and role and the plan
+fingerprint: compare that fingerprint with the plan's author out of band (prod mode: pass it
+as --expect-plan); (4) restart participants and the coordinator on the new share files and
+manifest (epoch + 1; a repair only adds the rebuilt share file); (5) once the new group has
+signed, `rotate retire` destroys each old share. All or nothing: a failure leaves the old
+shares working and no new share anywhere; a member cut off after it acknowledged its new
+share keeps it pending and finishes with `rotate resume`. Exit codes: 0 done; 1 the ceremony
+aborted, was refused, is undecided, or the check before destroying failed; 2 bad input.";
 
 #[derive(Subcommand, Debug)]
 enum RotateCmd {
@@ -204,6 +209,9 @@ enum RotateCmd {
     Status(RotateStatusArgs),
     /// Destroy a superseded share once the new group has produced a verified signature.
     Retire(RetireArgs),
+    /// Show, finish or abandon a ceremony this member left undecided (its new share acknowledged
+    /// but pending): activates once every member's signed acknowledgement is at hand.
+    Resume(RotateResumeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -238,6 +246,11 @@ struct RotatePlanArgs {
     /// stay first).
     #[arg(long = "dealer", value_name = "NAME")]
     dealers: Vec<String>,
+    /// Reshare: give the existing member NAME a new identity key (a lost or compromised
+    /// identity). Every host then shows "NAME: identity key CHANGES old -> new"; without this
+    /// option a plan that changes the key behind a name is refused by every member. Repeat.
+    #[arg(long = "replace", value_name = "NAME=KEY@HOST:PORT")]
+    replace: Vec<String>,
     /// The coordinator relaying the ceremony, as NAME=KEY@HOST:PORT.
     #[arg(long, value_name = "NAME=KEY@HOST:PORT")]
     coordinator: String,
@@ -261,9 +274,18 @@ struct RotateJoinArgs {
     /// This node's identity directory.
     #[arg(long)]
     identity: PathBuf,
-    /// The group's current manifest (must be the one the plan changes).
+    /// This host's own copy of the group's current manifest: the plan is checked against it
+    /// (required, except for a member joining a reshare, who may give --expect-group-key alone).
     #[arg(long)]
-    old_manifest: PathBuf,
+    old_manifest: Option<PathBuf>,
+    /// The group public key (hex), as told out of band: required for a member that was not in
+    /// the old group (joining) in prod mode; the dealers' commitments are checked against it.
+    #[arg(long, value_name = "HEX")]
+    expect_group_key: Option<String>,
+    /// The plan fingerprint the plan's author printed (`rotate plan`): refuse any other plan.
+    /// Given and matching, it confirms the plan; in prod mode --yes requires it.
+    #[arg(long, value_name = "FINGERPRINT")]
+    expect_plan: Option<String>,
     /// This node's current share (required when it deals).
     #[arg(long)]
     old_share: Option<PathBuf>,
@@ -283,6 +305,30 @@ struct RotateJoinArgs {
     #[arg(long)]
     json: bool,
     /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Args, Debug)]
+struct RotateResumeArgs {
+    #[arg(long)]
+    plan: PathBuf,
+    /// This node's identity directory.
+    #[arg(long)]
+    identity: PathBuf,
+    /// The directory `rotate join --out` wrote the pending files to.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// A completion file (`<ceremony>.completion.toml`) from another member or from the
+    /// relay: the signed acknowledgements it holds are added to this member's. Repeat.
+    #[arg(long = "completion", value_name = "FILE")]
+    completions: Vec<PathBuf>,
+    /// Discard the pending files instead (only when no member activated: check first).
+    #[arg(long)]
+    abandon: bool,
+    #[arg(long)]
+    json: bool,
+    /// Do not ask for confirmation (with --abandon).
     #[arg(long)]
     yes: bool,
 }
@@ -765,6 +811,7 @@ fn run(command: Command) -> CmdResult {
         Command::Rotate(RotateCmd::Join(args)) => runtime()?.block_on(rotate::join(args)),
         Command::Rotate(RotateCmd::Status(args)) => runtime()?.block_on(rotate::status(args)),
         Command::Rotate(RotateCmd::Retire(args)) => runtime()?.block_on(rotate::retire(args)),
+        Command::Rotate(RotateCmd::Resume(args)) => rotate::resume(args),
     }
 }
 

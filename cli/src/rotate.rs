@@ -5,18 +5,22 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use conclave_keygen::ceremony::{CeremonyKind, CeremonyPlan, PlanNode};
+use conclave_keygen::ceremony::{
+    key_fingerprint, CeremonyKind, CeremonyPlan, CheckedPlan, Completion, OldGroup, PlanNode,
+};
 use conclave_keygen::dkg::Dkg;
 use conclave_keygen::reshare::Reshare;
 use conclave_keygen::{GroupManifest, ShareFile};
 use sha2::Digest;
 
 use crate::ceremony::{
-    parse_node, plan_manifest_path, read_identity, read_plan, run_join, Outputs,
+    completion_path, member_files, parse_node, pending_path, plan_manifest_path, read_completion,
+    read_identity, read_plan, run_join, Outputs,
 };
+use crate::config::Mode;
 use crate::{
     passphrase, CmdResult, Exit, RetireArgs, RotateJoinArgs, RotateKind, RotatePlanArgs,
-    RotateStatusArgs,
+    RotateResumeArgs, RotateStatusArgs,
 };
 
 fn read_manifest(path: &Path) -> anyhow::Result<GroupManifest> {
@@ -42,10 +46,33 @@ pub(crate) fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
     }
 }
 
-/// `-p NAME` (a member of the old group, same key and address) or `-p NAME=KEY@HOST:PORT`.
+/// `-p NAME` (a member of the old group, same key and address) or `-p NAME=KEY@HOST:PORT` (a
+/// new member, or an old one moving to another address under the same key). A new key behind
+/// an existing name, or an old member's key under a new name, is refused here: a key change
+/// is made explicit with `--replace` (and every member refuses a plan that hides one anyway).
 fn new_member(spec: &str, old: &GroupManifest) -> anyhow::Result<PlanNode> {
     if spec.contains('=') {
-        return parse_node(spec, "participant");
+        let node = parse_node(spec, "participant")?;
+        if let Some(p) = old.participants.iter().find(|p| p.name == node.name) {
+            if !p.identity_key.eq_ignore_ascii_case(&node.identity_key) {
+                bail!(
+                    "participant {:?} is a member of the old group with identity key {}; to give it a new key use --replace {}=KEY@HOST:PORT (every host will then show the change)",
+                    node.name,
+                    fingerprint_hex(&p.identity_key),
+                    node.name
+                );
+            }
+        }
+        if let Some(p) = old.participants.iter().find(|p| {
+            p.identity_key.eq_ignore_ascii_case(&node.identity_key) && p.name != node.name
+        }) {
+            bail!(
+                "identity key {} is already the key of old member {:?}; one identity key is one member",
+                fingerprint_hex(&node.identity_key),
+                p.name
+            );
+        }
+        return Ok(node);
     }
     let p = old
         .participants
@@ -63,9 +90,18 @@ fn new_member(spec: &str, old: &GroupManifest) -> anyhow::Result<PlanNode> {
     })
 }
 
+fn fingerprint_hex(hex_key: &str) -> String {
+    conclave_protocol::NodeId::from_hex(hex_key)
+        .map(|n| key_fingerprint(&n))
+        .unwrap_or_else(|_| hex_key.to_owned())
+}
+
 pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
     let old = read_manifest(&args.old_manifest)?;
     let coordinator = parse_node(&args.coordinator, "--coordinator")?;
+    if !args.replace.is_empty() && args.kind != RotateKind::Reshare {
+        fail!("--replace gives a member a new identity key: only a reshare can do that (`--kind reshare`)");
+    }
     let (kind, threshold, participants, dealers) = match args.kind {
         RotateKind::Refresh => {
             if args.threshold.is_some() || !args.participants.is_empty() || !args.dealers.is_empty()
@@ -83,6 +119,11 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
             let [lost] = args.participants.as_slice() else {
                 fail!("a repair names the one member whose share is lost: -p NAME");
             };
+            if lost.contains('=') {
+                fail!(
+                    "a repair rebuilds the share of an existing member under its own identity key: name it as -p NAME (the key and address come from the manifest); a member that lost its identity key is replaced with a reshare (--replace)"
+                );
+            }
             let lost = new_member(lost, &old)?;
             let helpers: Vec<String> = if args.dealers.is_empty() {
                 old.participants
@@ -100,25 +141,54 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
             let Some(t) = args.threshold else {
                 fail!("--threshold is required for a reshare (the new group's threshold)");
             };
-            if args.participants.is_empty() {
+            if args.participants.is_empty() && args.replace.is_empty() {
                 fail!("--participant is required for a reshare (every member of the new group)");
             }
-            let nodes = args
+            let mut nodes = args
                 .participants
                 .iter()
                 .map(|s| new_member(s, &old))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            for spec in &args.replace {
+                let node = parse_node(spec, "--replace")?;
+                let Some(p) = old.participants.iter().find(|p| p.name == node.name) else {
+                    fail!(
+                        "--replace {:?}: not a member of the old group (a new member is -p NAME=KEY@HOST:PORT)",
+                        node.name
+                    );
+                };
+                if p.identity_key.eq_ignore_ascii_case(&node.identity_key) {
+                    fail!(
+                        "--replace {:?}: that is its current key; nothing to replace",
+                        node.name
+                    );
+                }
+                if nodes.iter().any(|n| n.name == node.name) {
+                    fail!(
+                        "{:?} is given both with -p and with --replace; give it once",
+                        node.name
+                    );
+                }
+                nodes.push(node);
+            }
             let dealers: Vec<String> = if args.dealers.is_empty() {
-                // Default: old members that stay, then the others, first t of them.
+                // Default: old members that stay under their key, then the others, first t.
+                let replaced = |name: &str| {
+                    args.replace
+                        .iter()
+                        .any(|r| r.split('=').next() == Some(name))
+                };
                 let mut order: Vec<String> = old
                     .participants
                     .iter()
+                    .filter(|p| !replaced(&p.name))
                     .filter(|p| nodes.iter().any(|n| n.identity_key == p.identity_key))
                     .map(|p| p.name.clone())
                     .collect();
                 order.extend(
                     old.participants
                         .iter()
+                        .filter(|p| !replaced(&p.name))
                         .filter(|p| !nodes.iter().any(|n| n.identity_key == p.identity_key))
                         .map(|p| p.name.clone()),
                 );
@@ -137,6 +207,11 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
             (CeremonyKind::Reshare, t, nodes, dealers)
         }
     };
+    let replace: Vec<String> = args
+        .replace
+        .iter()
+        .filter_map(|s| s.split_once('=').map(|(n, _)| n.to_owned()))
+        .collect();
     let mut plan = CeremonyPlan::new_rotation(
         kind,
         &old,
@@ -144,18 +219,22 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
         coordinator,
         participants,
         &dealers,
+        &replace,
         &mut rand::rngs::OsRng,
     )?;
     plan.round_timeout_secs = args.timeout;
     plan.join_timeout_secs = args.join_timeout;
     plan.roster()?;
+    // The author checks the plan as every member will, against the same manifest.
+    let checked = CheckedPlan::check(&plan, OldGroup::Manifest(&old))
+        .map_err(|e| anyhow!("the plan would be refused by every member: {e}"))?;
     if args.out.exists() {
         fail!(
             "{} already exists; refusing to overwrite a plan",
             args.out.display()
         );
     }
-    eprintln!("{}", plan.summary());
+    eprintln!("{}", checked.summary());
     confirm("write this plan", args.yes)?;
     conclave_keygen::sharefile::write_atomic(
         &args.out,
@@ -165,32 +244,104 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
     .with_context(|| format!("cannot write {}", args.out.display()))?;
     println!("{}", args.out.display());
     eprintln!(
-        "Copy the plan to the coordinator and every member, then run\n  \
+        "plan fingerprint {1}: give it to every member's operator by a channel other than the plan file.\n\
+         Copy the plan to the coordinator and every member, then run\n  \
          coordinator:  conclave rotate relay --plan {0} --identity DIR --out DIR\n  \
          each member:  conclave rotate join --plan {0} --identity DIR --old-manifest FILE \
-         [--old-share FILE] --out DIR",
-        args.out.display()
+         [--old-share FILE] --out DIR --expect-plan {1}",
+        args.out.display(),
+        checked.fingerprint()
     );
     Ok(())
 }
 
-pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
-    let plan = read_plan(&args.plan)?;
-    let Some(from) = plan.from.clone() else {
-        fail!("this is a DKG plan; run it with `conclave keygen dkg join`");
-    };
-    let identity = read_identity(&args.identity)?;
-    let me = identity.node_id();
-    let old = read_manifest(&args.old_manifest)?;
-    if hex::encode(old.hash()?) != from.manifest_hash {
-        fail!(
-            "{} is not the manifest this plan changes (epoch {} of {}); pass the group's current manifest",
-            args.old_manifest.display(),
-            from.epoch,
-            plan.group
+/// Confirms a checked plan: `--expect-plan` (must match) confirms it; otherwise the operator
+/// is asked, or `--yes`, which prod mode accepts only together with `--expect-plan`.
+fn confirm_plan(
+    checked: &CheckedPlan,
+    expect: Option<&str>,
+    yes: bool,
+    mode: Mode,
+) -> anyhow::Result<()> {
+    if let Some(fp) = expect {
+        if !checked.plan().matches_fingerprint(fp) {
+            bail!(
+                "this plan's fingerprint is {}, not the expected {fp}: the plan file is not the one its author made; nothing was sent",
+                checked.fingerprint()
+            );
+        }
+        return Ok(());
+    }
+    if yes && mode == Mode::Prod {
+        bail!(
+            "in prod mode --yes needs --expect-plan FINGERPRINT: compare the fingerprint above with the one the plan's author printed, out of band, then pass it"
         );
     }
-    let deals = from.dealers.iter().any(|d| d.identity_key == me.to_hex());
+    confirm("take part in this ceremony", yes)
+}
+
+pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
+    // A plan that breaks the rules (a name under two keys, a dealer count that cannot be, ...)
+    // is refused like one that contradicts this host's manifest.
+    let plan = CeremonyPlan::read(&args.plan).map_err(|e| {
+        let err = anyhow!("plan {}: {e}", args.plan.display());
+        if CeremonyPlan::is_refusal(&e) {
+            Exit::refused(anyhow!("plan refused, nothing was sent: {err:#}"))
+        } else {
+            Exit::from(err)
+        }
+    })?;
+    if plan.from.is_none() {
+        fail!("this is a DKG plan; run it with `conclave keygen dkg join`");
+    }
+    let identity = read_identity(&args.identity)?;
+    let me = identity.node_id();
+    let expected_key = match &args.expect_group_key {
+        Some(hex_key) => {
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(hex_key.trim(), &mut k).map_err(|_| {
+                anyhow!("--expect-group-key: expected 64 hex digits (the group public key)")
+            })?;
+            Some(k)
+        }
+        None => None,
+    };
+    let old = args
+        .old_manifest
+        .as_deref()
+        .map(read_manifest)
+        .transpose()?;
+    let was_member = old.as_ref().is_some_and(|m| {
+        m.participants
+            .iter()
+            .any(|p| p.identity_key.eq_ignore_ascii_case(&me.to_hex()))
+    });
+    let view = match (&old, expected_key) {
+        (Some(m), _) => OldGroup::Manifest(m),
+        (None, Some(k)) => OldGroup::Joining {
+            expected_group_key: k,
+        },
+        (None, None) => fail!(
+            "pass this host's copy of the group's current manifest (--old-manifest), or, for a member joining the group, the group public key told out of band (--expect-group-key)"
+        ),
+    };
+    if !was_member && expected_key.is_none() && args.mode == Mode::Prod {
+        fail!(
+            "this node is not a member of the old group: in prod mode it joins only with the group public key told out of band (--expect-group-key HEX); a manifest copied with the plan proves nothing"
+        );
+    }
+    let checked = CheckedPlan::check(&plan, view)
+        .map_err(|e| Exit::refused(anyhow!("plan refused, nothing was sent: {e}")))?;
+    if let (Some(k), Some(m)) = (expected_key, &old) {
+        if m.public_key_bytes()? != k {
+            return Err(Exit::refused(anyhow!(
+                "plan refused, nothing was sent: the manifest's group key {} is not the expected {}",
+                m.group_public_key,
+                hex::encode(k)
+            )));
+        }
+    }
+    let deals = checked.dealers().iter().any(|d| d.node_id == me);
     let old_share = if deals {
         let Some(path) = &args.old_share else {
             fail!("this node deals in the plan: pass its current share with --old-share FILE");
@@ -202,20 +353,35 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
             false,
         )?;
         let share = ShareFile::read(path, &pass)?;
-        if share.header.epoch != from.epoch || share.header.owner != me {
+        let from_epoch = old.as_ref().map_or(0, |m| m.epoch);
+        if share.header.epoch != from_epoch || share.header.owner != me {
             fail!(
                 "{} is this group's epoch-{} share of another node, or of another epoch (the plan changes epoch {})",
                 path.display(),
                 share.header.epoch,
-                from.epoch
+                from_epoch
             );
+        }
+        // The share itself names the manifest it was made with: this host's own evidence
+        // that the manifest the plan was checked against is the real one.
+        if let Some(m) = &old {
+            if share.header.manifest_hash != m.hash()? {
+                return Err(Exit::refused(anyhow!(
+                    "plan refused, nothing was sent: {} was made with another manifest than {}",
+                    path.display(),
+                    args.old_manifest
+                        .as_deref()
+                        .unwrap_or(Path::new("?"))
+                        .display()
+                )));
+            }
         }
         Some(share.key_package)
     } else {
         None
     };
-    eprintln!("{}", plan.summary());
-    confirm("take part in this ceremony", args.yes)?;
+    eprintln!("{}", checked.summary());
+    confirm_plan(&checked, args.expect_plan.as_deref(), args.yes, args.mode)?;
     let out = Outputs {
         dir: args.out.clone(),
         share: None,
@@ -226,11 +392,11 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
             let Some(kp) = old_share else {
                 fail!("a refresh needs this member's current share (--old-share)");
             };
-            Box::new(Dkg::refresh(&plan, &me, kp, &old)?)
+            Box::new(Dkg::refresh(&checked, &me, kp)?)
         }
         CeremonyKind::Reshare => {
             #[allow(unused_mut)]
-            let mut reshare = Reshare::new(&plan, &me, old_share.as_ref())?;
+            let mut reshare = Reshare::new(&checked, &me, old_share.as_ref())?;
             #[cfg(feature = "fault-injection")]
             if std::env::var("CONCLAVE_TEST_FAULT").as_deref() == Ok("reshare-bad-sub-share") {
                 tracing::warn!("TEST FAULT INJECTION ACTIVE: this dealer sends a bad sub-share");
@@ -239,7 +405,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
             Box::new(reshare)
         }
         CeremonyKind::Repair => Box::new(conclave_keygen::repair::Repair::new(
-            &plan, &me, &old, old_share,
+            &checked, &me, old_share,
         )?),
         CeremonyKind::Dkg => fail!("this is a DKG plan; run it with `conclave keygen dkg join`"),
     };
@@ -254,6 +420,143 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         args.json,
     )
     .await
+}
+
+/// `rotate resume`: a member left undecided (it acknowledged its pending share, but never saw
+/// every member's acknowledgement) shows what it knows, activates once every acknowledgement
+/// is at hand (from the relay's or another member's completion file), or abandons.
+pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
+    let plan = read_plan(&args.plan)?;
+    let identity = read_identity(&args.identity)?;
+    let me = identity.node_id();
+    let out = Outputs {
+        dir: args.out.clone(),
+        share: None,
+        // DKG, refresh and reshare write a manifest; a repair does not change it.
+        manifest: (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(&args.out, &plan)),
+    };
+    let files = member_files(&plan, &me, &out);
+    let pending = files.pending_present();
+    if pending.is_empty() {
+        let done = files
+            .share
+            .iter()
+            .chain(files.manifest.iter())
+            .all(|p| p.exists());
+        if done {
+            println!(
+                "nothing pending: ceremony {} is active on this host",
+                plan.ceremony
+            );
+            return Ok(());
+        }
+        fail!(
+            "no pending file of ceremony {} in {}: nothing to resume",
+            plan.ceremony,
+            args.out.display()
+        );
+    }
+    // The manifest hash the pending files were written for, from this host's own files.
+    let manifest_hash = match (&files.share, &files.manifest) {
+        (Some(share), _) => ShareFile::inspect(&pending_path(share))?.manifest_hash,
+        (None, Some(m)) => read_manifest(&pending_path(m))?.hash()?,
+        (None, None) => fail!("nothing pending for this member"),
+    };
+    if let Some(m) = &files.manifest {
+        let p = pending_path(m);
+        if p.exists() && read_manifest(&p)?.hash()? != manifest_hash {
+            fail!(
+                "{} does not match the pending share's manifest",
+                p.display()
+            );
+        }
+    }
+    let completion_file = completion_path(&args.out, &plan);
+    let mut completion = read_completion(&completion_file).unwrap_or(Completion {
+        ceremony: plan.ceremony.clone(),
+        plan_hash: hex::encode(plan.hash()?),
+        manifest_hash: hex::encode(manifest_hash),
+        acks: Default::default(),
+    });
+    for f in &args.completions {
+        let text = conclave_protocol::fsread::read_bounded_to_string(f, 1024 * 1024)
+            .with_context(|| format!("cannot read {}", f.display()))?;
+        let other = Completion::from_toml(&text).with_context(|| f.display().to_string())?;
+        completion
+            .merge(&other)
+            .with_context(|| format!("{}", f.display()))?;
+    }
+    let verdict = completion.verify(&plan, &manifest_hash);
+    if args.abandon {
+        if verdict.is_ok() {
+            fail!("every member acknowledged this ceremony: it completed, so abandon is refused; run resume without --abandon to activate");
+        }
+        eprintln!(
+            "abandon ceremony {} on this host: removes {}. Only safe if NO member activated (ask every member's operator first).",
+            plan.ceremony,
+            pending.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        confirm("discard the pending files", args.yes)?;
+        files.discard();
+        println!("abandoned: pending files removed");
+        return Ok(());
+    }
+    let roster = plan.roster()?;
+    let have: Vec<String> = roster
+        .iter()
+        .filter(|m| completion.acks.contains_key(&m.node_id.to_hex()))
+        .map(|m| m.name.clone())
+        .collect();
+    let missing: Vec<String> = roster
+        .iter()
+        .filter(|m| !completion.acks.contains_key(&m.node_id.to_hex()))
+        .map(|m| m.name.clone())
+        .collect();
+    match verdict {
+        Ok(()) => {
+            files.activate(&completion_file, &completion)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ceremony": plan.ceremony, "state": "activated",
+                        "share_file": files.share, "manifest": files.manifest})
+                );
+            } else {
+                println!(
+                    "activated: every member acknowledged ceremony {}{}",
+                    plan.ceremony,
+                    files
+                        .share
+                        .as_ref()
+                        .map(|s| format!("; share {}", s.display()))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ceremony": plan.ceremony, "state": "undecided",
+                        "acknowledged": have, "missing": missing, "reason": e.to_string(),
+                        "pending": pending})
+                );
+            } else {
+                println!(
+                    "undecided: ceremony {} pending on this host; acknowledged by {}; missing: {}\n  ({e})\n  \
+                     get `{}.completion.toml` from the relay's --out directory or from a member that activated, and run again with --completion FILE",
+                    plan.ceremony,
+                    if have.is_empty() { "nobody".into() } else { have.join(", ") },
+                    missing.join(", "),
+                    plan.ceremony
+                );
+            }
+            Err(Exit::refused(anyhow!(
+                "not every acknowledgement is at hand"
+            )))
+        }
+    }
 }
 
 /// `rotate status`: each manifest's epoch, threshold and members; with a coordinator, which

@@ -124,30 +124,28 @@ impl Dkg {
 
     /// The refresh side of `me` (frost's refresh DKG: every member adds a sharing of zero to
     /// its share; same members, threshold and group key). `old` is this member's current key
-    /// package and `old_manifest` the group's current manifest (checked against the plan).
+    /// package; the plan must have been checked against this host's own manifest
+    /// ([`crate::ceremony::CheckedPlan::check`], which refuses any change of members or keys).
     pub fn refresh(
-        plan: &CeremonyPlan,
+        checked: &crate::ceremony::CheckedPlan,
         me: &NodeId,
         old: frost::keys::KeyPackage,
-        old_manifest: &GroupManifest,
     ) -> Result<Self, crate::reshare::ReshareError> {
         use crate::reshare::ReshareError;
-        let from = plan
-            .from
-            .as_ref()
+        let plan = checked.plan();
+        let old_manifest = checked
+            .old_manifest()
             .filter(|_| plan.kind == crate::ceremony::CeremonyKind::Refresh)
             .ok_or(ReshareError::Plan(PlanError::BadNode {
                 name: plan.group.to_string(),
-                what: "not a refresh plan",
+                what: "not a refresh plan checked against this host's manifest",
             }))?;
-        let hash = old_manifest.hash().map_err(|_| ReshareError::WrongShare)?;
         let pkp = old_manifest
             .public_key_package()
             .map_err(|_| ReshareError::WrongShare)?;
         let my_id = crate::manifest::identifier_for(me).map_err(|_| ReshareError::WrongShare)?;
         let vs = old.verifying_share();
-        if hex::encode(hash) != from.manifest_hash
-            || *old.identifier() != my_id
+        if *old.identifier() != my_id
             || pkp.verifying_shares().get(&my_id) != Some(vs)
             || pkp.verifying_key() != old.verifying_key()
         {

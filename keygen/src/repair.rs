@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::ceremony::{
-    CeremonyKind, CeremonyPlan, Complaint, Ctx, EncryptionKey, Fault, Outcome, PlanError, Protocol,
-    RngCoreCrypto, Step,
+    CeremonyKind, CheckedPlan, Complaint, Ctx, EncryptionKey, Fault, Outcome, PlanError, Protocol,
+    RngCoreCrypto, Role, Step,
 };
 use crate::manifest::GroupManifest;
 use crate::reshare::ReshareError;
@@ -73,39 +73,45 @@ impl std::fmt::Debug for Repair {
 
 impl Repair {
     /// The repair side of `me`. Helpers give their current share; the member being repaired
-    /// gives none. `manifest` is the group's current manifest (its hash is in the plan).
+    /// gives none. The plan must have been checked against this host's own manifest
+    /// ([`CheckedPlan::check`]): the member being repaired is then an existing member under
+    /// exactly its manifest identity key, so the helpers' sigmas can only ever rebuild that
+    /// member's own share, sealed to a key only that identity signed.
     pub fn new(
-        plan: &CeremonyPlan,
+        checked: &CheckedPlan,
         me: &NodeId,
-        manifest: &GroupManifest,
         share: Option<frost::keys::KeyPackage>,
     ) -> Result<Self, ReshareError> {
+        let plan = checked.plan();
         let bad = |what| {
             ReshareError::Plan(PlanError::BadNode {
                 name: plan.group.to_string(),
                 what,
             })
         };
-        let from = plan
-            .from
-            .as_ref()
-            .filter(|_| plan.kind == CeremonyKind::Repair)
-            .ok_or(bad("not a repair plan"))?;
-        if hex::encode(manifest.hash().map_err(|_| ReshareError::WrongShare)?) != from.manifest_hash
-        {
-            return Err(bad("the manifest is not the one the plan repairs"));
+        if plan.kind != CeremonyKind::Repair {
+            return Err(bad("not a repair plan"));
         }
-        let lost = plan
-            .members()?
-            .first()
-            .map(|m| (m.node_id, m.identifier))
+        let manifest = checked
+            .old_manifest()
+            .ok_or(bad("a repair needs this host's manifest"))?;
+        let lost = checked
+            .entries()
+            .iter()
+            .find(|e| e.roles.contains(&Role::Repaired))
             .ok_or(bad("no member to repair"))?;
-        let mut helpers = vec![];
-        for d in &from.dealers {
-            let node = NodeId::from_hex(&d.identity_key).map_err(|_| bad("bad helper key"))?;
-            let id = crate::manifest::identifier_for(&node).map_err(|_| bad("bad helper key"))?;
-            helpers.push((node, id));
-        }
+        let lost_member = manifest
+            .members()
+            .map_err(|_| ReshareError::WrongShare)?
+            .into_iter()
+            .find(|m| m.node_id == lost.node_id)
+            .ok_or(bad("the member to repair is not in the manifest"))?;
+        let lost = (lost_member.node_id, lost_member.identifier);
+        let helpers: Vec<(NodeId, frost::Identifier)> = checked
+            .dealers()
+            .iter()
+            .map(|d| (d.node_id, d.identifier))
+            .collect();
         let is_helper = helpers.iter().any(|(n, _)| n == me);
         if !is_helper && lost.0 != *me {
             return Err(bad("this identity is not in the plan"));
@@ -198,7 +204,7 @@ impl Protocol for Repair {
                 // Keys, each signed by its member: the relay cannot substitute one.
                 for d in items {
                     let r: Round1 = postcard::from_bytes(&d.broadcast)
-                        .map_err(|_| Complaint::new(1, Fault::Malformed, vec![d.from]))?;
+                        .map_err(|_| Complaint::new(1, Fault::Missing, vec![d.from]))?;
                     if !ctx.verify(
                         &d.from,
                         &r.signature,

@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::ceremony::{
-    check_echoes, echo_post, transcript, CeremonyKind, CeremonyPlan, Complaint, Ctx, EncryptionKey,
-    Fault, Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Step,
+    check_echoes, echo_post, transcript, CeremonyKind, CeremonyPlan, CheckedPlan, Complaint, Ctx,
+    EncryptionKey, Fault, Outcome, PlanCheckError, PlanError, PlanMember, Protocol, RngCoreCrypto,
+    Step,
 };
 use crate::manifest::{GroupManifest, ManifestParticipant};
 
@@ -67,6 +68,8 @@ pub enum ReshareFault {
 pub enum ReshareError {
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("the plan was refused: {0}")]
+    Check(#[from] PlanCheckError),
     #[error("this node deals but no old share was given")]
     MissingShare,
     #[error("the old share does not belong to this plan's group, member or epoch")]
@@ -123,10 +126,6 @@ fn point(bytes: &[u8]) -> Option<EdwardsPoint> {
     CompressedEdwardsY::from_slice(bytes).ok()?.decompress()
 }
 
-fn point_hex(hex_str: &str) -> Option<EdwardsPoint> {
-    point(&hex::decode(hex_str).ok()?)
-}
-
 /// Σ_k C_k·x^k (public values: variable-time multiscalar multiplication).
 fn eval_commitments(c: &[EdwardsPoint], x: &Scalar) -> EdwardsPoint {
     let mut powers = Vec::with_capacity(c.len());
@@ -144,12 +143,16 @@ fn eval_polynomial(a: &[Scalar], x: &Scalar) -> Scalar {
 }
 
 impl Reshare {
-    /// The reshare side of `me`; `old` is its old key package if it deals.
+    /// The reshare side of `me`; `old` is its old key package if it deals. The plan must have
+    /// been checked against this host's own view of the old group ([`CheckedPlan::check`]):
+    /// the group key and every dealer's verifying share come from that view, never from the
+    /// plan alone.
     pub fn new(
-        plan: &CeremonyPlan,
+        checked: &CheckedPlan,
         me: &NodeId,
         old: Option<&frost::keys::KeyPackage>,
     ) -> Result<Self, ReshareError> {
+        let plan = checked.plan();
         let bad = |what| PlanError::BadNode {
             name: plan.group.to_string(),
             what,
@@ -158,24 +161,18 @@ impl Reshare {
         if !roster.iter().any(|m| m.node_id == *me) {
             return Err(bad("this identity is not a member of the plan").into());
         }
-        let from = plan
-            .from
-            .as_ref()
-            .filter(|_| plan.kind == CeremonyKind::Reshare)
-            .ok_or(bad("not a reshare plan"))?;
+        if plan.kind != CeremonyKind::Reshare {
+            return Err(bad("not a reshare plan").into());
+        }
         let group_key =
-            point_hex(&from.group_public_key).ok_or(bad("group public key is not a point"))?;
-        let mut dealers = Vec::with_capacity(from.dealers.len());
-        for d in &from.dealers {
-            let node = NodeId::from_hex(&d.identity_key)
-                .map_err(|_| bad("dealer identity key is invalid"))?;
-            let id = crate::manifest::identifier_for(&node)
-                .map_err(|_| bad("dealer identifier cannot be derived"))?;
+            point(&checked.group_key()).ok_or(bad("group public key is not a point"))?;
+        let mut dealers = Vec::with_capacity(checked.dealers().len());
+        for d in checked.dealers() {
             dealers.push(Dealer {
-                node,
-                x: id_scalar(&id).ok_or(bad("dealer identifier is not a scalar"))?,
+                node: d.node_id,
+                x: id_scalar(&d.identifier).ok_or(bad("dealer identifier is not a scalar"))?,
                 lambda: Scalar::ZERO,
-                old_verifying_share: point_hex(&d.verifying_share)
+                old_verifying_share: point(&d.verifying_share)
                     .ok_or(bad("dealer verifying share is not a point"))?,
             });
         }

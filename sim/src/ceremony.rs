@@ -4,15 +4,17 @@
 //! Deterministic: one seed drives the network, every member's randomness and the initial
 //! dealer keygen.
 //!
-//! Invariants checked on every run: all-or-nothing (either every live member activates the
-//! same result or none does), the group key never changes, a completed reshare's new shares
+//! Invariants checked on every run: all-or-nothing, eventually (either every live member
+//! activates the same result — members left undecided by a lost store round activating when
+//! shown the signed completion of one that did, as `rotate resume` does — or none does), the group key never changes, a completed reshare's new shares
 //! sign under it, and every live member learns the outcome before its own deadline.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use conclave_keygen::ceremony::{
-    CeremonyKind, CeremonyPlan, Member, MemberEvent, PlanNode, Relay, RelayEvent,
+    CeremonyKind, CeremonyPlan, CheckedPlan, Completion, Member, MemberEvent, OldGroup, PlanNode,
+    Relay, RelayEvent,
 };
 use conclave_keygen::reshare::Reshare;
 use conclave_keygen::{deal, GroupManifest, NewMember};
@@ -149,11 +151,14 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
         },
         new_group,
         &dealers,
+        &[],
         &mut rng,
     )
     .map_err(setup_err)?;
     plan.round_timeout_secs = s.round_timeout_secs;
     plan.join_timeout_secs = s.round_timeout_secs;
+    // Every member checks the plan against its own copy of the old manifest, as in production.
+    let checked = CheckedPlan::check(&plan, OldGroup::Manifest(&old)).map_err(setup_err)?;
     let old_shares: BTreeMap<NodeId, frost::keys::KeyPackage> = shares
         .into_iter()
         .map(|sh| (sh.node_id, sh.key_package))
@@ -170,7 +175,7 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
             .iter()
             .find(|k| k.node_id() == *node)
             .ok_or_else(|| setup_err("identity"))?;
-        let r = Reshare::new(&plan, node, old_shares.get(node)).map_err(setup_err)?;
+        let r = Reshare::new(&checked, node, old_shares.get(node)).map_err(setup_err)?;
         members.push(Member::new(&plan, key.clone(), r).map_err(setup_err)?);
     }
     let first_dealer = roster
@@ -188,12 +193,15 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
         crashed: vec![],
         results: BTreeMap::new(),
         activated: vec![],
+        completions: BTreeMap::new(),
+        undecided: BTreeMap::new(),
         aborted: BTreeMap::new(),
         finished_at: BTreeMap::new(),
         messages: 0,
         lost: 0,
         violations: vec![],
         old,
+        plan,
         first_dealer,
     }
     .run()
@@ -211,12 +219,15 @@ struct World<'s> {
     crashed: Vec<usize>,
     results: BTreeMap<usize, (GroupManifest, Option<frost::keys::KeyPackage>)>,
     activated: Vec<usize>,
+    completions: BTreeMap<usize, Completion>,
+    undecided: BTreeMap<usize, Completion>,
     aborted: BTreeMap<usize, String>,
     finished_at: BTreeMap<usize, u64>,
     messages: u64,
     lost: u64,
     violations: Vec<String>,
     old: GroupManifest,
+    plan: CeremonyPlan,
     first_dealer: Option<usize>,
 }
 
@@ -272,8 +283,13 @@ impl World<'_> {
                                 m.stored(now, true);
                             }
                         }
-                        MemberEvent::Activate => {
+                        MemberEvent::Activate(c) => {
                             self.activated.push(i);
+                            self.completions.insert(i, c);
+                            self.finished_at.insert(i, self.now);
+                        }
+                        MemberEvent::Undecided { partial, .. } => {
+                            self.undecided.insert(i, partial);
                             self.finished_at.insert(i, self.now);
                         }
                         MemberEvent::Aborted(r) => {
@@ -384,6 +400,25 @@ impl World<'_> {
         let live: Vec<usize> = (0..self.members.len())
             .filter(|i| !self.crashed.contains(i))
             .collect();
+        // `rotate resume`: an undecided member shown an activated member's completion
+        // activates if (and only if) it verifies against its own pending manifest.
+        if let Some(done) = self.completions.values().next().cloned() {
+            for (i, partial) in std::mem::take(&mut self.undecided) {
+                let mut merged = partial.clone();
+                let hash = self
+                    .results
+                    .get(&i)
+                    .and_then(|(m, _)| m.hash().ok())
+                    .unwrap_or_default();
+                if merged.merge(&done).is_ok() && merged.verify(&self.plan, &hash).is_ok() {
+                    self.activated.push(i);
+                } else {
+                    self.violations.push(format!(
+                        "undecided member m{i} cannot activate with a completion of the ceremony"
+                    ));
+                }
+            }
+        }
         let all_activated = live.iter().all(|i| self.activated.contains(i));
         let none_activated = live.iter().all(|i| !self.activated.contains(i));
         if !all_activated && !none_activated {

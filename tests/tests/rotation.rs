@@ -260,7 +260,7 @@ impl World {
                 "--json",
                 "--yes",
             ],
-            None,
+            fault.filter(|(who, _)| *who == "relay").map(|(_, f)| f),
         );
         let children: Vec<Child> = members
             .iter()
@@ -302,6 +302,18 @@ impl World {
     }
 
     fn plan(&self, out: &str, args: &[&str]) {
+        let o = self.try_plan(out, "30", args);
+        assert!(
+            o.status.success(),
+            "plan: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let summary = String::from_utf8_lossy(&o.stderr);
+        assert!(summary.contains("unchanged"), "{summary}");
+    }
+
+    /// `rotate plan` with the relay's join timeout (seconds); the output, success or not.
+    fn try_plan(&self, out: &str, join_timeout: &str, args: &[&str]) -> Output {
         let coordinator = format!(
             "coordinator={}@127.0.0.1:{}",
             self.coordinator_key, self.relay_port
@@ -314,22 +326,45 @@ impl World {
             "--out",
             out,
             "--join-timeout",
-            "30",
+            join_timeout,
             "--yes",
         ];
         all.extend_from_slice(args);
-        let o = Command::new(bin())
+        Command::new(bin())
             .args(&all)
+            .current_dir(self.d())
+            .output()
+            .unwrap()
+    }
+
+    /// A 2-of-3 group `story` of a, b, c made by the dealer; returns its public key.
+    fn dealer_group(&self) -> String {
+        let out = Command::new(bin())
+            .args([
+                "keygen", "dealer", "--group", "story", "-t", "2", "--mode", "dev",
+            ])
+            .args(["--kdf", "light", "--passphrase-file", "pass", "--out", "."])
+            .args([
+                "-p",
+                &self.spec("a"),
+                "-p",
+                &self.spec("b"),
+                "-p",
+                &self.spec("c"),
+            ])
             .current_dir(self.d())
             .output()
             .unwrap();
         assert!(
-            o.status.success(),
-            "plan: {}",
-            String::from_utf8_lossy(&o.stderr)
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        let summary = String::from_utf8_lossy(&o.stderr);
-        assert!(summary.contains("unchanged"), "{summary}");
+        stdout_line(&conclave(&[
+            "pubkey",
+            "--manifest",
+            self.d().join("story.manifest.toml").to_str().unwrap(),
+        ]))
     }
 }
 
@@ -823,4 +858,484 @@ fn flip(hex_str: &str) -> String {
     let mut c: Vec<char> = hex_str.chars().collect();
     c[0] = if c[0] == '0' { '1' } else { '0' };
     c.into_iter().collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every member refused the plan before sending anything, and the relay saw none of them join.
+fn refused_by_all(relay: &Output, members: &[Output], names: &[&str], what: &str) {
+    for (m, name) in members.iter().zip(names) {
+        assert_eq!(m.status.code(), Some(1), "{what}: {name}: {}", stderr(m));
+        assert!(
+            stderr(m).contains("plan refused, nothing was sent"),
+            "{what}: {name}: {}",
+            stderr(m)
+        );
+    }
+    let r = stderr(relay);
+    // The relay gives up when nobody joins (or refuses a plan that breaks the rules).
+    assert!(!relay.status.success(), "{what}: relay: {r}");
+    for name in names {
+        assert!(
+            !r.contains(&format!("(join): {name} ")),
+            "{what}: {name} joined the relay: {r}"
+        );
+    }
+    // No contribution of any round reached the relay.
+    assert!(!r.contains("round 1 ("), "{what}: {r}");
+}
+
+fn key_of(w: &World, name: &str) -> String {
+    w.keys[name].clone()
+}
+
+fn short(hex_key: &str) -> String {
+    hex_key[..16].to_owned()
+}
+
+/// Issue 10: repair to an outsider, repair for a non-member, a hidden key change in a reshare,
+/// a forged reshare plan that moves the group to the attacker's key: each one is refused by
+/// every honest member before anything secret leaves it, whether the plan came from
+/// `rotate plan` or was written by hand; a declared replacement works and is shown.
+#[test]
+fn plans_the_group_did_not_agree_to_are_refused_by_every_member() {
+    let w = World::new(&["a", "b", "c", "d", "x", "y"]);
+    let d = w.d().to_path_buf();
+    let key = w.dealer_group();
+    let m1 = "story.manifest.toml";
+    let old = |n: &str| Some(share(n, 1));
+
+    // 1. Repair to an outsider: `rotate plan` refuses a key for the lost member...
+    let x_as_c = format!("c={}@127.0.0.1:{}", key_of(&w, "x"), w.ports["x"]);
+    let o = w.try_plan(
+        "bad.toml",
+        "3",
+        &["--kind", "repair", "--old-manifest", m1, "-p", &x_as_c],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("existing member under its own identity key"),
+        "{}",
+        stderr(&o)
+    );
+    let mallory = format!("mallory={}@127.0.0.1:{}", key_of(&w, "x"), w.ports["x"]);
+    let o = w.try_plan(
+        "bad.toml",
+        "3",
+        &["--kind", "repair", "--old-manifest", m1, "-p", &mallory],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!d.join("bad.toml").exists());
+    // ... and a plan written by hand (the honest repair of c, c's key swapped for x's) is
+    // refused by each helper, naming the expected and the offered fingerprints.
+    let o = w.try_plan(
+        "repair.toml",
+        "3",
+        &[
+            "--kind",
+            "repair",
+            "--old-manifest",
+            m1,
+            "-p",
+            "c",
+            "--dealer",
+            "a",
+            "--dealer",
+            "b",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let honest_repair = std::fs::read_to_string(d.join("repair.toml")).unwrap();
+    let forged = honest_repair.replace(&key_of(&w, "c"), &key_of(&w, "x"));
+    assert_ne!(forged, honest_repair);
+    std::fs::write(d.join("repair-x.toml"), &forged).unwrap();
+    let (relay, members) = w.ceremony(
+        "repair-x.toml",
+        &[("a", old("a")), ("b", old("b"))],
+        m1,
+        None,
+    );
+    refused_by_all(&relay, &members, &["a", "b"], "repair to x under c's name");
+    for m in &members {
+        let e = stderr(m);
+        assert!(
+            e.contains(&short(&key_of(&w, "c"))) && e.contains(&short(&key_of(&w, "x"))),
+            "{e}"
+        );
+    }
+    // Under a name that is no member at all.
+    let forged = honest_repair
+        .replace(&key_of(&w, "c"), &key_of(&w, "x"))
+        .replace("name = \"c\"", "name = \"mallory\"");
+    std::fs::write(d.join("repair-mallory.toml"), &forged).unwrap();
+    let (relay, members) = w.ceremony(
+        "repair-mallory.toml",
+        &[("a", old("a")), ("b", old("b"))],
+        m1,
+        None,
+    );
+    refused_by_all(&relay, &members, &["a", "b"], "repair for mallory");
+    assert!(
+        stderr(&members[0]).contains("not a member"),
+        "{}",
+        stderr(&members[0])
+    );
+    assert!(files_ending(&d.join("x"), &[".share", ".pending"]).is_empty());
+
+    // 2. A reshare that swaps c's key for y's without saying so: `rotate plan` refuses...
+    let y_as_c = format!("c={}@127.0.0.1:{}", key_of(&w, "y"), w.ports["y"]);
+    let reshare_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--kind",
+            "reshare",
+            "--old-manifest",
+            m1,
+            "-t",
+            "2",
+            "-p",
+            "a",
+            "-p",
+            "b",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let args = reshare_args(&["-p", &y_as_c]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = w.try_plan("bad.toml", "3", &refs);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--replace c="), "{}", stderr(&o));
+    // ... and so does every member, given the same plan written by hand.
+    let d_spec = w.spec("d");
+    let args = reshare_args(&["-p", "c", "-p", &d_spec]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = w.try_plan("reshare.toml", "3", &refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let honest_reshare = std::fs::read_to_string(d.join("reshare.toml")).unwrap();
+    std::fs::write(
+        d.join("reshare-swap.toml"),
+        honest_reshare.replace(&key_of(&w, "c"), &key_of(&w, "y")),
+    )
+    .unwrap();
+    let (relay, members) = w.ceremony(
+        "reshare-swap.toml",
+        &[
+            ("a", old("a")),
+            ("b", old("b")),
+            ("c", old("c")),
+            ("d", None),
+        ],
+        m1,
+        None,
+    );
+    refused_by_all(&relay, &members, &["a", "b", "c", "d"], "hidden key swap");
+    assert!(
+        stderr(&members[0]).contains("changes its identity key"),
+        "{}",
+        stderr(&members[0])
+    );
+
+    // 3. The forged reshare of the issue: the attacker's own key (made with `keygen dealer`)
+    // and dealers that are outsider identities under the names a and b, the real manifest
+    // hash kept. Every honest member refuses; nobody stores anything.
+    let evil = d.join("evil");
+    std::fs::create_dir(&evil).unwrap();
+    let o = Command::new(bin())
+        .args([
+            "keygen", "dealer", "--group", "story", "-t", "2", "--mode", "dev",
+        ])
+        .args([
+            "--kdf",
+            "light",
+            "--passphrase-file",
+            "../pass",
+            "--out",
+            ".",
+        ])
+        .args([
+            "-p",
+            &format!("a={}@127.0.0.1:1", key_of(&w, "x")),
+            "-p",
+            &format!("b={}@127.0.0.1:2", key_of(&w, "y")),
+        ])
+        .current_dir(&evil)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let evil_m = conclave_keygen::GroupManifest::read(&evil.join("story.manifest.toml")).unwrap();
+    let real_m = conclave_keygen::GroupManifest::read(&d.join(m1)).unwrap();
+    let mut forged = honest_reshare.replace(&real_m.group_public_key, &evil_m.group_public_key);
+    for (real, fake) in real_m.participants[..2].iter().zip(&evil_m.participants) {
+        forged = forged
+            .replace(
+                &format!("identity_key = \"{}\"\nverifying_share", real.identity_key),
+                &format!("identity_key = \"{}\"\nverifying_share", fake.identity_key),
+            )
+            .replace(&real.verifying_share, &fake.verifying_share);
+    }
+    assert!(forged.contains(&evil_m.group_public_key) && forged.contains(&key_of(&w, "x")));
+    std::fs::write(d.join("reshare-evil.toml"), &forged).unwrap();
+    let (relay, members) = w.ceremony(
+        "reshare-evil.toml",
+        &[
+            ("a", old("a")),
+            ("b", old("b")),
+            ("c", old("c")),
+            ("d", None),
+        ],
+        m1,
+        None,
+    );
+    refused_by_all(&relay, &members, &["a", "b", "c", "d"], "forged reshare");
+    // A joiner without the manifest, told the real key out of band, refuses a plan that
+    // claims another key.
+    std::fs::write(
+        d.join("reshare-key.toml"),
+        honest_reshare.replace(&real_m.group_public_key, &evil_m.group_public_key),
+    )
+    .unwrap();
+    let o = run_in(
+        &d,
+        &[
+            "rotate",
+            "join",
+            "--plan",
+            "reshare-key.toml",
+            "--identity",
+            "d",
+            "--expect-group-key",
+            &key,
+            "--passphrase-file",
+            "pass",
+            "--out",
+            "d",
+            "--mode",
+            "dev",
+            "--kdf",
+            "light",
+            "--yes",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not the key this host was told to expect"),
+        "{}",
+        stderr(&o)
+    );
+    // In prod mode a joiner must be told the key: a manifest copied with the plan proves nothing.
+    let o = run_in(
+        &d,
+        &[
+            "rotate",
+            "join",
+            "--plan",
+            "reshare.toml",
+            "--identity",
+            "d",
+            "--old-manifest",
+            m1,
+            "--passphrase-file",
+            "pass",
+            "--out",
+            "d",
+            "--yes",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--expect-group-key"), "{}", stderr(&o));
+    // And prod mode refuses a blind --yes without the plan fingerprint.
+    let o = run_in(
+        &d,
+        &[
+            "rotate",
+            "join",
+            "--plan",
+            "reshare.toml",
+            "--identity",
+            "d",
+            "--expect-group-key",
+            &key,
+            "--passphrase-file",
+            "pass",
+            "--out",
+            "d",
+            "--yes",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--expect-plan"), "{}", stderr(&o));
+    assert!(
+        files_ending(&d, &[".epoch2.share", ".pending", "epoch2.manifest.toml"]).is_empty(),
+        "nobody stored anything"
+    );
+
+    // 4. The same key change, declared with --replace: every dealer shows the change, the
+    // reshare completes, y signs as c, and the old c share no longer combines.
+    let args = reshare_args(&["--replace", &y_as_c]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = w.try_plan("replace.toml", "30", &refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let change = format!(
+        "c: identity key CHANGES {} -> {}",
+        short(&key_of(&w, "c")),
+        short(&key_of(&w, "y"))
+    );
+    assert!(stderr(&o).contains(&change), "{}", stderr(&o));
+    let (relay, members) = w.ceremony(
+        "replace.toml",
+        &[("a", old("a")), ("b", old("b")), ("y", None)],
+        m1,
+        None,
+    );
+    assert!(
+        relay.status.success() && members.iter().all(|m| m.status.success()),
+        "{}",
+        describe(&relay, &members)
+    );
+    for dealer in &members[..2] {
+        assert!(stderr(dealer).contains(&change), "{}", stderr(dealer));
+        assert!(
+            stderr(dealer).contains("plan fingerprint:"),
+            "{}",
+            stderr(dealer)
+        );
+    }
+    let m2 = "story.epoch2.manifest.toml";
+    let new_m = conclave_keygen::GroupManifest::read(&d.join(m2)).unwrap();
+    assert_eq!(new_m.group_public_key, key);
+    let c_entry = new_m.participants.iter().find(|p| p.name == "c").unwrap();
+    assert_eq!(c_entry.identity_key, key_of(&w, "y"));
+    let pass = conclave_keygen::Passphrase::new("integration-test-passphrase".into());
+    let read = |p: PathBuf| {
+        conclave_keygen::ShareFile::read(&p, &pass)
+            .unwrap()
+            .key_package
+    };
+    let new_a = read(d.join(share("a", 2)));
+    let new_c = read(d.join("y").join("story.c.epoch2.share"));
+    let old_c = read(d.join(share("c", 1)));
+    let pkp = new_m.public_key_package().unwrap();
+    assert!(frost_signs(&pkp, &[&new_a, &new_c]), "the new shares sign");
+    assert!(
+        !frost_signs(&pkp, &[&new_a, &old_c]),
+        "the old c share does not combine"
+    );
+}
+
+/// Signs "x" with `kps` in process and aggregates (frost verifies the aggregate).
+fn frost_signs(
+    pkp: &frost_ed25519::keys::PublicKeyPackage,
+    kps: &[&frost_ed25519::keys::KeyPackage],
+) -> bool {
+    use frost_ed25519 as frost;
+    let mut rng = rand_core_rng();
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for kp in kps {
+        let (n, c) = frost::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let pkg = frost::SigningPackage::new(commitments, b"x");
+    let mut shares = BTreeMap::new();
+    for kp in kps {
+        match frost::round2::sign(&pkg, &nonces[kp.identifier()], kp) {
+            Ok(s) => {
+                shares.insert(*kp.identifier(), s);
+            }
+            Err(_) => return false,
+        }
+    }
+    frost::aggregate(&pkg, &shares, pkp).is_ok()
+}
+
+fn rand_core_rng() -> frost_ed25519::rand_core::OsRng {
+    frost_ed25519::rand_core::OsRng
+}
+
+/// A relay that completes the store round for everyone but the last member (it tries to split
+/// the outcome): that member never discards its acknowledged share; it is left undecided,
+/// `rotate resume` shows what is missing, and the relay's completion file (every member's
+/// signed acknowledgement) finishes it: all activate, eventually. Its share then signs.
+#[test]
+fn a_member_cut_off_after_acknowledging_keeps_its_share_and_resume_finishes_it() {
+    let mut w = World::new(&["a", "b", "c"]);
+    let d = w.d().to_path_buf();
+    let key = w.dealer_group();
+    let m1 = "story.manifest.toml";
+    let o = w.try_plan(
+        "refresh.toml",
+        "30",
+        &["--kind", "refresh", "--old-manifest", m1, "--timeout", "2"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let old = |n: &str| Some(share(n, 1));
+    let (relay, members) = w.ceremony(
+        "refresh.toml",
+        &[("a", old("a")), ("b", old("b")), ("c", old("c"))],
+        m1,
+        Some(("relay", "relay-withhold-store")),
+    );
+    assert!(relay.status.success(), "{}", describe(&relay, &members));
+    assert!(
+        members[0].status.success() && members[1].status.success(),
+        "{}",
+        describe(&relay, &members)
+    );
+    assert_eq!(
+        members[2].status.code(),
+        Some(1),
+        "{}",
+        describe(&relay, &members)
+    );
+    assert!(
+        stderr(&members[2]).contains("undecided"),
+        "{}",
+        stderr(&members[2])
+    );
+    let pending = d.join("c/story.c.epoch2.share.pending");
+    assert!(pending.exists(), "an acknowledged share is never discarded");
+    assert!(!d.join(share("c", 2)).exists());
+    // A new ceremony will not silently remove it.
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
+            "rotate",
+            "resume",
+            "--plan",
+            "refresh.toml",
+            "--identity",
+            "c",
+            "--out",
+            "c",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run_in(&d, &args)
+    };
+    let o = resume(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["state"], "undecided", "{shown}");
+    assert_eq!(shown["missing"], serde_json::json!(["a", "b"]), "{shown}");
+    // The relay's completion holds every signed acknowledgement.
+    let completion = files_ending(&d, &[".completion.toml"])
+        .into_iter()
+        .find(|p| p.parent() == Some(d.as_path()))
+        .expect("the relay wrote the completion");
+    let o = resume(&["--completion", completion.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let done: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(done["state"], "activated", "{done}");
+    assert!(!pending.exists() && d.join(share("c", 2)).exists());
+    assert!(d.join("c/story.epoch2.manifest.toml").exists());
+    // c's resumed share signs with a's.
+    let m2 = "story.epoch2.manifest.toml";
+    let run = w.start(m2, &[("a", share("a", 2)), ("c", share("c", 2))]);
+    let signers = w.sign_and_verify(&run, m2, &key);
+    assert!(signers.contains(&"c".to_string()), "{signers:?}");
 }

@@ -1,20 +1,32 @@
 //! A participant's side of a ceremony: join, the protocol rounds, confirm, store, activate.
+//!
+//! The store round is what makes a ceremony all-or-nothing against a malicious relay. Each
+//! member writes its new share as a *pending* file, then posts an acknowledgement signed with
+//! its identity key over the ceremony and the manifest hash. A member activates only when it
+//! holds the signed acknowledgements of **every** member ([`Completion`]); the relay cannot
+//! forge one. A member that has signed its own acknowledgement never discards its pending
+//! file on its own: if the acknowledgements do not arrive (timeout, an abort reported by the
+//! relay, a forged ack) it reports [`MemberEvent::Undecided`] and keeps the file, because
+//! others may have activated; shown the n acknowledgements later (`rotate resume`) it
+//! activates too. Before it has signed, an abort discards: nobody can activate without its
+//! acknowledgement. So the members end all activated, or none, eventually.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use conclave_protocol::{Delivered, Envelope, IdentityKey, Message, NodeId, PostBody};
+use conclave_protocol::{AbortWhy, Delivered, Envelope, IdentityKey, Message, NodeId, PostBody};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    describe_abort, CeremonyKind, CeremonyPlan, Complaint, Ctx, Fault, Outcome, PlanError,
-    Protocol, RngCoreCrypto, Step,
+    describe_abort, AbortReport, CeremonyKind, CeremonyPlan, Complaint, Ctx, Fault, Outcome,
+    PlanError, Protocol, RngCoreCrypto, Step,
 };
 use crate::manifest::GroupManifest;
 
 /// Extra time a member gives the relay beyond the plan's timeouts before giving up itself.
 const GRACE: Duration = Duration::from_secs(10);
 const CONFIRM_DOMAIN: &[u8] = b"confirm";
+const STORED_DOMAIN: &[u8] = b"stored";
 
 /// Progress and results of a ceremony, for the driver.
 #[derive(Debug)]
@@ -23,20 +35,145 @@ pub enum MemberEvent {
     Joined,
     /// `round` was delivered and processed.
     RoundComplete { round: u8 },
-    /// Every member confirmed the same result. The driver writes the share as a *pending*
-    /// file (not active), then calls [`Member::stored`].
+    /// Every member confirmed the same result. The driver writes the share (and manifest) as
+    /// *pending* files (not active), then calls [`Member::stored`].
     Store(Box<Outcome>),
-    /// Every member stored its share: the driver activates the pending file.
-    Activate,
-    /// The ceremony ended without a result: the driver removes any pending file.
+    /// Every member signed that it stored its share: the driver activates the pending files
+    /// and keeps the completion (public) so that an undecided member can be shown it.
+    Activate(Completion),
+    /// This member signed its acknowledgement but never saw all n: others may have activated,
+    /// so the driver keeps the pending files and the partial completion (this member's own
+    /// acknowledgement and any others it saw) for `rotate resume`.
+    Undecided {
+        report: AbortReport,
+        partial: Completion,
+    },
+    /// The ceremony ended without a result before this member acknowledged: the driver
+    /// removes any pending file.
     Aborted(AbortReport),
 }
 
-/// Why a ceremony aborted, for an operator: words, and the names of the members blamed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AbortReport {
-    pub summary: String,
-    pub culprits: Vec<String>,
+/// The signed acknowledgements of a ceremony's store round: every member's signature, with
+/// its identity key, over the ceremony id, the plan hash and the manifest hash. All n of them
+/// prove that every member holds its new share as a pending file: the condition to activate.
+/// Public (no secret); stored next to the share as `*.completion.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Completion {
+    /// Ceremony id (hex).
+    pub ceremony: String,
+    /// SHA-256 of the plan (hex).
+    pub plan_hash: String,
+    /// SHA-256 of the manifest every member stored (hex).
+    pub manifest_hash: String,
+    /// Identity key (hex) → Ed25519 signature (hex).
+    pub acks: BTreeMap<String, String>,
+}
+
+/// Why a completion does not allow activation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CompletionError {
+    #[error("the completion is for another ceremony or plan")]
+    OtherCeremony,
+    #[error("the completion is for another manifest than the pending one")]
+    OtherManifest,
+    #[error("the acknowledgement of {0} does not verify")]
+    BadAck(String),
+    #[error("{0} is not a member of this ceremony")]
+    NotAMember(String),
+    #[error("acknowledgements are missing from: {0}")]
+    Missing(String),
+    #[error("the completion is not valid TOML: {0}")]
+    Syntax(String),
+}
+
+impl Completion {
+    fn empty(ctx: &Ctx, manifest_hash: &[u8; 32]) -> Self {
+        Self {
+            ceremony: hex::encode(ctx.id),
+            plan_hash: hex::encode(ctx.plan_hash),
+            manifest_hash: hex::encode(manifest_hash),
+            acks: BTreeMap::new(),
+        }
+    }
+
+    /// Parses a completion file's text.
+    pub fn from_toml(text: &str) -> Result<Self, CompletionError> {
+        toml::from_str(text).map_err(|e| CompletionError::Syntax(e.message().to_owned()))
+    }
+
+    /// The TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Adds the acknowledgements of `other` (same ceremony and manifest) to these.
+    pub fn merge(&mut self, other: &Completion) -> Result<(), CompletionError> {
+        if other.ceremony != self.ceremony || other.plan_hash != self.plan_hash {
+            return Err(CompletionError::OtherCeremony);
+        }
+        if other.manifest_hash != self.manifest_hash {
+            return Err(CompletionError::OtherManifest);
+        }
+        for (k, v) in &other.acks {
+            self.acks.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Ok(())
+    }
+
+    /// Checks that every member of `plan` acknowledged `manifest_hash` (and nothing else
+    /// signed in). On success the pending files of this ceremony may be activated.
+    pub fn verify(
+        &self,
+        plan: &CeremonyPlan,
+        manifest_hash: &[u8; 32],
+    ) -> Result<(), CompletionError> {
+        let ctx = Ctx::of(plan).map_err(|_| CompletionError::OtherCeremony)?;
+        if self.ceremony != hex::encode(ctx.id) || self.plan_hash != hex::encode(ctx.plan_hash) {
+            return Err(CompletionError::OtherCeremony);
+        }
+        if self.manifest_hash != hex::encode(manifest_hash) {
+            return Err(CompletionError::OtherManifest);
+        }
+        let roster: Vec<NodeId> = plan
+            .roster()
+            .map_err(|_| CompletionError::OtherCeremony)?
+            .into_iter()
+            .map(|m| m.node_id)
+            .collect();
+        let round = plan.kind.final_round();
+        for (key, sig) in &self.acks {
+            let node =
+                NodeId::from_hex(key).map_err(|_| CompletionError::NotAMember(key.clone()))?;
+            if !roster.contains(&node) {
+                return Err(CompletionError::NotAMember(plan.name_of(&node)));
+            }
+            let sig = hex::decode(sig).unwrap_or_default();
+            if !ctx.verify(&node, &sig, STORED_DOMAIN, round, None, &[manifest_hash]) {
+                return Err(CompletionError::BadAck(plan.name_of(&node)));
+            }
+        }
+        let missing: Vec<String> = roster
+            .iter()
+            .filter(|n| !self.acks.contains_key(&n.to_hex()))
+            .map(|n| plan.name_of(n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(CompletionError::Missing(missing.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+/// What every member posts in the store round.
+#[derive(Serialize, Deserialize)]
+struct StoreAck {
+    manifest_hash: [u8; 32],
+    signature: Vec<u8>,
+    /// The first member in the roster also hands the relay the manifest text, so the
+    /// coordinator can write it; every acknowledgement vouches for its hash.
+    manifest: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,6 +192,7 @@ enum Phase {
     Aborting,
     Done,
     Aborted,
+    Undecided,
 }
 
 /// The member state machine. Input: [`start`](Self::start), [`handle`](Self::handle) (the
@@ -120,9 +258,15 @@ impl<P: Protocol> Member<P> {
         &self.ctx
     }
 
-    /// True once the ceremony completed or aborted.
+    /// True once this member has signed its store acknowledgement (from then on it never
+    /// discards its pending share on its own).
+    pub fn is_acknowledged(&self) -> bool {
+        matches!(self.phase, Phase::Stored | Phase::Undecided | Phase::Done)
+    }
+
+    /// True once the ceremony completed, aborted, or left this member undecided.
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Aborted)
+        matches!(self.phase, Phase::Done | Phase::Aborted | Phase::Undecided)
     }
 
     fn timeout_for(&self, round: u8) -> Duration {
@@ -170,6 +314,108 @@ impl<P: Protocol> Member<P> {
         self.events.push_back(MemberEvent::Aborted(report));
     }
 
+    /// After this member signed its store acknowledgement, anything but all n acks leaves it
+    /// undecided: its pending files stay, with what it knows of the acknowledgements.
+    fn undecided(&mut self, report: AbortReport, partial: Completion) {
+        self.phase = Phase::Undecided;
+        self.pending = None;
+        self.deadline = None;
+        self.events
+            .push_back(MemberEvent::Undecided { report, partial });
+    }
+
+    fn own_completion(&self) -> Completion {
+        let mut c = Completion::empty(&self.ctx, &self.manifest_hash);
+        let sig = self.ctx.sign(
+            &self.identity,
+            STORED_DOMAIN,
+            self.kind.final_round(),
+            None,
+            &[&self.manifest_hash],
+        );
+        c.acks
+            .insert(self.identity.node_id().to_hex(), hex::encode(sig));
+        c
+    }
+
+    /// The relay's answer to the store round (this member has signed its acknowledgement).
+    fn handle_stored(&mut self, msg: Message) {
+        let final_round = self.kind.final_round();
+        let mut partial = self.own_completion();
+        let why = match msg {
+            Message::CeremonyRound {
+                ceremony,
+                round,
+                items,
+            } if ceremony == self.ctx.id && round == final_round => {
+                self.events.push_back(MemberEvent::RoundComplete { round });
+                let mut bad = vec![];
+                for r in &self.roster {
+                    let ack = items
+                        .iter()
+                        .find(|d| d.from == *r)
+                        .and_then(|d| postcard::from_bytes::<StoreAck>(&d.broadcast).ok())
+                        .filter(|a| {
+                            a.manifest_hash == self.manifest_hash
+                                && self.ctx.verify(
+                                    r,
+                                    &a.signature,
+                                    STORED_DOMAIN,
+                                    final_round,
+                                    None,
+                                    &[&self.manifest_hash],
+                                )
+                        });
+                    match ack {
+                        Some(a) => {
+                            partial.acks.insert(r.to_hex(), hex::encode(&a.signature));
+                        }
+                        None => bad.push(*r),
+                    }
+                }
+                if bad.is_empty() {
+                    self.phase = Phase::Done;
+                    self.events.push_back(MemberEvent::Activate(partial));
+                    return;
+                }
+                let names: Vec<String> = bad.iter().map(|n| self.plan.name_of(n)).collect();
+                let report = AbortReport::nobody(format!(
+                    "the store round came back without a valid signed acknowledgement from {} or the relay; this member keeps its pending share (others may have activated): finish with `conclave rotate resume`",
+                    names.join(", ")
+                ));
+                return self.undecided(report, partial);
+            }
+            Message::CeremonyAborted { ceremony, why } if ceremony == self.ctx.id => why,
+            other => {
+                let report = AbortReport::nobody(format!(
+                    "the relay answered the store round with {}; this member keeps its pending share: finish with `conclave rotate resume`",
+                    match other {
+                        Message::Refused(r) => format!("a refusal ({r})"),
+                        _ => "an unexpected message".into(),
+                    }
+                ));
+                return self.undecided(report, partial);
+            }
+        };
+        let mut report = describe_abort(&self.plan, &self.ctx, &why);
+        // A member's own signed complaint in the store round means it did not store (an
+        // honest member never complains after acknowledging): nobody can hold all n acks,
+        // so discarding is safe. Anything else the relay could have made up.
+        let safe = match &why {
+            AbortWhy::Complaint { from, complaint } => self
+                .ctx
+                .open_complaint(from, complaint)
+                .is_some_and(|c| c.round == final_round && c.fault == Fault::LocalFailure),
+            _ => false,
+        };
+        if safe {
+            self.finish_aborted(report);
+        } else {
+            report.summary += "; this member had already acknowledged its pending share and keeps it (others may have activated): finish with `conclave rotate resume`";
+            self.undecided(report, partial);
+        }
+    }
+
     fn complain(&mut self, now: Instant, complaint: Complaint) {
         let bytes = self.ctx.seal_complaint(&self.identity, &complaint);
         self.phase = Phase::Aborting;
@@ -183,10 +429,13 @@ impl<P: Protocol> Member<P> {
         }
         self.pending = None;
         self.deadline = None;
+        if self.phase == Phase::Stored {
+            return self.handle_stored(env.msg);
+        }
         match env.msg {
             Message::CeremonyAborted { ceremony, why } if ceremony == self.ctx.id => {
-                let (summary, culprits) = describe_abort(&self.plan, &self.ctx, &why);
-                self.finish_aborted(AbortReport { summary, culprits });
+                let report = describe_abort(&self.plan, &self.ctx, &why);
+                self.finish_aborted(report);
             }
             Message::CeremonyRound {
                 ceremony,
@@ -199,15 +448,14 @@ impl<P: Protocol> Member<P> {
                 if items.len() != self.roster.len()
                     || items.iter().zip(&self.roster).any(|(d, r)| d.from != *r)
                 {
-                    return self.complain(now, Complaint::new(round, Fault::Malformed, vec![]));
+                    return self.complain(now, Complaint::new(round, Fault::Missing, vec![]));
                 }
                 self.delivered(now, round, &items, rng);
             }
-            Message::Refused(r) => self.finish_aborted(AbortReport {
-                summary: format!("the relay refused this member: {r}"),
-                culprits: vec![],
-            }),
-            _ => self.complain(now, Complaint::new(self.round, Fault::Malformed, vec![])),
+            Message::Refused(r) => self.finish_aborted(AbortReport::nobody(format!(
+                "the relay refused this member: {r}"
+            ))),
+            _ => self.complain(now, Complaint::new(self.round, Fault::Missing, vec![])),
         }
     }
 
@@ -231,9 +479,7 @@ impl<P: Protocol> Member<P> {
             self.events.push_back(MemberEvent::RoundComplete { round });
             return self.check_confirmations(now, round, items);
         } else {
-            self.events.push_back(MemberEvent::RoundComplete { round });
-            self.phase = Phase::Done;
-            self.events.push_back(MemberEvent::Activate);
+            // The store round is answered in `handle_stored`; nothing else reaches here.
             return;
         };
         self.round = round + 1;
@@ -329,17 +575,24 @@ impl<P: Protocol> Member<P> {
             return self.complain(now, c);
         }
         self.phase = Phase::Stored;
-        // The first member in the roster also hands the relay the manifest text, so the
-        // coordinator can write it; everyone else's confirmations vouch for its hash.
-        let broadcast = if self.roster.first() == Some(&self.identity.node_id()) {
-            self.manifest
-                .as_ref()
-                .and_then(|m| m.to_toml().ok())
-                .map(String::into_bytes)
-                .unwrap_or_default()
+        let manifest = if self.roster.first() == Some(&self.identity.node_id()) {
+            self.manifest.as_ref().and_then(|m| m.to_toml().ok())
         } else {
-            vec![]
+            None
         };
+        let signature = self.ctx.sign(
+            &self.identity,
+            STORED_DOMAIN,
+            self.kind.final_round(),
+            None,
+            &[&self.manifest_hash],
+        );
+        let broadcast = postcard::to_allocvec(&StoreAck {
+            manifest_hash: self.manifest_hash,
+            signature,
+            manifest,
+        })
+        .unwrap_or_default();
         self.post(
             now,
             PostBody::Round {
@@ -353,13 +606,18 @@ impl<P: Protocol> Member<P> {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) && !self.is_finished() {
             let round = self.round;
-            self.finish_aborted(AbortReport {
-                summary: format!(
-                    "no answer from the relay in round {round} ({}) within the timeout",
-                    self.kind.round_name(round)
-                ),
-                culprits: vec![],
-            });
+            let report = AbortReport::nobody(format!(
+                "no answer from the relay in round {round} ({}) within the timeout",
+                self.kind.round_name(round)
+            ));
+            if self.phase == Phase::Stored {
+                let partial = self.own_completion();
+                let mut report = report;
+                report.summary += "; this member keeps its acknowledged pending share: finish with `conclave rotate resume`";
+                self.undecided(report, partial);
+            } else {
+                self.finish_aborted(report);
+            }
         }
     }
 
@@ -379,13 +637,14 @@ impl<P: Protocol> Member<P> {
     }
 }
 
-/// The manifest of a completed ceremony, as the relay learns it: the first member's text,
-/// whose hash every member must have signed in the confirm round.
+/// The result of a completed ceremony, as the relay learns it: the first member's manifest
+/// text, whose hash every member signed in the confirm round, and every member's signed
+/// store acknowledgement of it (the completion that undecided members can be shown).
 pub fn completed_manifest(
     plan: &CeremonyPlan,
     confirm: &[Vec<u8>],
     store: &[Vec<u8>],
-) -> Result<GroupManifest, String> {
+) -> Result<(GroupManifest, Completion), String> {
     let ctx = Ctx::of(plan).map_err(|e| e.to_string())?;
     let roster: Vec<NodeId> = plan
         .roster()
@@ -393,14 +652,19 @@ pub fn completed_manifest(
         .into_iter()
         .map(|m| m.node_id)
         .collect();
-    let text = store.first().ok_or("no manifest was stored")?;
-    let text = std::str::from_utf8(text).map_err(|_| "the manifest is not text")?;
-    let manifest = GroupManifest::from_toml(text).map_err(|e| e.to_string())?;
+    if confirm.len() != roster.len() || store.len() != roster.len() {
+        return Err("confirmations or acknowledgements are missing".into());
+    }
+    let first: StoreAck = store
+        .first()
+        .and_then(|b| postcard::from_bytes(b).ok())
+        .ok_or("no manifest was stored")?;
+    let text = first
+        .manifest
+        .ok_or("the first member did not hand over the manifest")?;
+    let manifest = GroupManifest::from_toml(&text).map_err(|e| e.to_string())?;
     let hash = manifest.hash().map_err(|e| e.to_string())?;
     let round = plan.kind.protocol_rounds() + 1;
-    if confirm.len() != roster.len() {
-        return Err("confirmations are missing".into());
-    }
     for (bytes, node) in confirm.iter().zip(&roster) {
         let ok = postcard::from_bytes::<Confirm>(bytes).is_ok_and(|c| {
             c.manifest_hash == hash
@@ -413,5 +677,14 @@ pub fn completed_manifest(
             ));
         }
     }
-    Ok(manifest)
+    let mut completion = Completion::empty(&ctx, &hash);
+    for (bytes, node) in store.iter().zip(&roster) {
+        let ack: StoreAck = postcard::from_bytes(bytes)
+            .map_err(|_| format!("{} sent no acknowledgement", plan.name_of(node)))?;
+        completion
+            .acks
+            .insert(node.to_hex(), hex::encode(&ack.signature));
+    }
+    completion.verify(plan, &hash).map_err(|e| e.to_string())?;
+    Ok((manifest, completion))
 }

@@ -16,11 +16,13 @@
 //! a per-ceremony X25519 key of the recipient and signed by the sender's identity key; the
 //! relay can drop or delay messages, never read or forge them.
 
+pub mod check;
 mod member;
 pub mod plan;
 mod relay;
 
-pub use member::{completed_manifest, AbortReport, Member, MemberEvent};
+pub use check::{key_fingerprint, CheckedDealer, CheckedPlan, OldGroup, PlanCheckError, Role};
+pub use member::{completed_manifest, Completion, CompletionError, Member, MemberEvent};
 pub use plan::{CeremonyKind, CeremonyPlan, FromGroup, OldMember, PlanError, PlanMember, PlanNode};
 #[cfg(feature = "fault-injection")]
 pub use relay::RelayFault;
@@ -235,7 +237,8 @@ impl Ctx {
     }
 
     /// Finds what `from` sent `me` in a delivered round, checks the signature and decrypts
-    /// it. Anything missing, unsigned or undecryptable blames `from`.
+    /// it. Anything missing, unsigned or undecryptable names `from` as a suspect (the relay
+    /// could have caused it: see [`Fault::attribution`]).
     pub(crate) fn open_direct(
         &self,
         key: &EncryptionKey,
@@ -250,7 +253,7 @@ impl Ctx {
             .find(|d| d.from == *from)
             .and_then(|d| d.direct.as_deref())
             .and_then(|b| postcard::from_bytes(b).ok())
-            .ok_or_else(|| blame(Fault::Malformed))?;
+            .ok_or_else(|| blame(Fault::Missing))?;
         self.open(key, round, from, me, &sealed).map_err(blame)
     }
 }
@@ -268,8 +271,12 @@ pub enum Fault {
     BadSignature,
     /// A direct message could not be decrypted.
     Undecryptable,
-    /// A message could not be parsed or was missing.
+    /// A message, authenticated as its sender's (signed, or confirmed by the echo round),
+    /// could not be parsed.
     Malformed,
+    /// A message was missing, or could not be parsed before it was authenticated: the relay
+    /// could have dropped or replaced it, so the sender is only a suspect.
+    Missing,
     /// Members computed different results (public key packages or manifests).
     ResultMismatch,
     /// The member itself failed (for example, it could not write its share file).
@@ -279,7 +286,34 @@ pub enum Fault {
     InconsistentCommitment,
 }
 
+/// Whom a complaint's culprits can be held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// The evidence is signed by the culprits themselves (a sealed message they signed, a
+    /// round-1 message their own echo vouched for): they are to blame.
+    Sender,
+    /// The relay could have caused it (a missing, unauthenticated or undecryptable message,
+    /// members seeing different things): the culprits are only suspects, "S or the relay".
+    SenderOrRelay,
+}
+
 impl Fault {
+    /// Whether a complaint with this fault blames its culprits, or only suspects them.
+    pub fn attribution(self) -> Attribution {
+        match self {
+            Fault::InvalidProofOfKnowledge
+            | Fault::InvalidSecretShare
+            | Fault::Malformed
+            | Fault::InconsistentCommitment
+            | Fault::LocalFailure => Attribution::Sender,
+            Fault::TranscriptMismatch
+            | Fault::BadSignature
+            | Fault::Undecryptable
+            | Fault::Missing
+            | Fault::ResultMismatch => Attribution::SenderOrRelay,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Fault::TranscriptMismatch => "members saw different round-1 messages (echo check failed: the relay altered or substituted a message)",
@@ -287,7 +321,8 @@ impl Fault {
             Fault::InvalidSecretShare => "a secret share does not match its sender's commitment",
             Fault::BadSignature => "a message is not signed by its sender (altered in transit)",
             Fault::Undecryptable => "a direct message could not be decrypted",
-            Fault::Malformed => "a message was missing or malformed",
+            Fault::Malformed => "a message signed by its sender is malformed",
+            Fault::Missing => "a message was missing or unreadable before it could be authenticated",
             Fault::ResultMismatch => "members computed different group keys or manifests",
             Fault::LocalFailure => "a member failed locally (see its own output)",
             Fault::InconsistentCommitment => "a dealer's commitment does not match its old verifying share",
@@ -349,20 +384,69 @@ impl Ctx {
     }
 }
 
-/// Explains why a ceremony ended, in words for an operator (names from the plan; never any
-/// secret: complaints hold only codes and node ids).
-pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> (String, Vec<String>) {
+/// Why a ceremony ended, for an operator and for scripts: words, the members to blame (only
+/// on evidence they signed themselves) and the suspects ("S or the relay": a relay could have
+/// caused what was seen). Never any secret: complaints hold only codes and node ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbortReport {
+    pub summary: String,
+    /// Display names of the members blamed on evidence signed by them.
+    pub culprits: Vec<String>,
+    /// Their node ids, in the same order.
+    pub culprit_ids: Vec<NodeId>,
+    /// Display names of the members who, or the relay, caused the failure.
+    pub suspects: Vec<String>,
+    /// Their node ids, in the same order.
+    pub suspect_ids: Vec<NodeId>,
+}
+
+impl AbortReport {
+    fn new(plan: &CeremonyPlan, summary: String, culprits: &[NodeId], suspects: &[NodeId]) -> Self {
+        let names = |ids: &[NodeId]| ids.iter().map(|n| plan.name_of(n)).collect::<Vec<_>>();
+        Self {
+            summary,
+            culprits: names(culprits),
+            culprit_ids: culprits.to_vec(),
+            suspects: names(suspects),
+            suspect_ids: suspects.to_vec(),
+        }
+    }
+
+    /// A failure that blames nobody.
+    pub fn nobody(summary: String) -> Self {
+        Self {
+            summary,
+            culprits: vec![],
+            culprit_ids: vec![],
+            suspects: vec![],
+            suspect_ids: vec![],
+        }
+    }
+}
+
+/// Explains why a ceremony ended (names from the plan).
+pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortReport {
     let names = |ids: &[NodeId]| ids.iter().map(|n| plan.name_of(n)).collect::<Vec<_>>();
+    let or_relay = |ids: &[NodeId]| format!("{} or the relay", names(ids).join(", "));
     match why {
         AbortWhy::Complaint { from, complaint } => match ctx.open_complaint(from, complaint) {
             Some(c) => {
-                let culprits = names(&c.culprits);
-                let blame = if culprits.is_empty() {
-                    String::new()
+                // Blame only on evidence the culprits signed themselves (a member reporting
+                // its own local failure is one such case).
+                let (culprits, suspects): (Vec<NodeId>, Vec<NodeId>) =
+                    match c.fault.attribution() {
+                        Attribution::Sender => (c.culprits.clone(), vec![]),
+                        Attribution::SenderOrRelay => (vec![], c.culprits.clone()),
+                    };
+                let blame = if !culprits.is_empty() {
+                    format!("; culprit(s): {}", names(&culprits).join(", "))
+                } else if !suspects.is_empty() {
+                    format!("; caused by {}", or_relay(&suspects))
                 } else {
-                    format!("; culprit(s): {}", culprits.join(", "))
+                    String::new()
                 };
-                (
+                AbortReport::new(
+                    plan,
                     format!(
                         "{} reported in round {} ({}): {}{blame}",
                         plan.name_of(from),
@@ -370,41 +454,43 @@ pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> (String
                         plan.kind.round_name(c.round),
                         c.fault.describe()
                     ),
-                    culprits,
+                    &culprits,
+                    &suspects,
                 )
             }
-            None => (
-                format!(
-                    "the relay reported a complaint from {} that is not signed by it (the relay is misbehaving)",
-                    plan.name_of(from)
-                ),
-                vec![],
-            ),
+            None => AbortReport::nobody(format!(
+                "the relay reported a complaint from {} that is not signed by it (the relay is misbehaving)",
+                plan.name_of(from)
+            )),
         },
-        AbortWhy::Timeout { round, missing } => {
-            let m = names(missing);
-            (
-                format!(
-                    "timed out in round {round} ({}): no message from {}",
-                    plan.kind.round_name(*round),
-                    m.join(", ")
-                ),
-                m,
-            )
-        }
-        AbortWhy::Disconnected { node } => (
+        AbortWhy::Timeout { round, missing } => AbortReport::new(
+            plan,
             format!(
-                "{} disconnected mid-ceremony (its ceremony state is gone)",
-                plan.name_of(node)
+                "timed out in round {round} ({}): nothing relayed from {}",
+                plan.kind.round_name(*round),
+                or_relay(missing)
             ),
-            vec![plan.name_of(node)],
+            &[],
+            missing,
         ),
-        AbortWhy::Malformed { node } => (
+        AbortWhy::Disconnected { node } => AbortReport::new(
+            plan,
             format!(
-                "{} posted a message that breaks the ceremony protocol",
-                plan.name_of(node)
+                "the relay reports that {} disconnected mid-ceremony: {}",
+                plan.name_of(node),
+                or_relay(std::slice::from_ref(node))
             ),
-            vec![plan.name_of(node)],
+            &[],
+            std::slice::from_ref(node),
+        ),
+        AbortWhy::Malformed { node } => AbortReport::new(
+            plan,
+            format!(
+                "the relay reports a post that breaks the ceremony protocol from {}",
+                or_relay(std::slice::from_ref(node))
+            ),
+            &[],
+            std::slice::from_ref(node),
         ),
     }
 }

@@ -134,6 +134,11 @@ pub struct FromGroup {
     pub group_public_key: String,
     /// The old members who deal (reshare: exactly `threshold` of them; refresh: every member).
     pub dealers: Vec<OldMember>,
+    /// Reshare: names of old members that come back under another identity key (made with
+    /// `rotate plan --replace`). A name whose key changes without being listed here is
+    /// refused by every member. Last field: its absence keeps the hash of older plans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace: Vec<String>,
 }
 
 /// A dealing member of the old group.
@@ -163,6 +168,8 @@ pub enum PlanError {
     TooLarge,
     #[error("cannot read the plan: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot read the plan: {0}")]
+    Read(conclave_protocol::ReadError),
     #[error("threshold {t} is impossible with {n} participants (need 2 <= t <= n <= {MAX_PARTICIPANTS})")]
     BadThreshold { t: u16, n: usize },
     #[error("{name:?}: {what}")]
@@ -215,6 +222,7 @@ impl CeremonyPlan {
 
     /// A refresh (same members, threshold and key) or reshare plan changing `old`: the new
     /// group has `threshold` and `participants`; `dealers` (names of old members) deal.
+    #[allow(clippy::too_many_arguments)]
     pub fn new_rotation<R: RngCore + CryptoRng>(
         kind: CeremonyKind,
         old: &crate::manifest::GroupManifest,
@@ -222,6 +230,7 @@ impl CeremonyPlan {
         coordinator: PlanNode,
         participants: Vec<PlanNode>,
         dealers: &[String],
+        replace: &[String],
         rng: &mut R,
     ) -> Result<Self, PlanError> {
         let mut id = [0u8; 16];
@@ -265,6 +274,7 @@ impl CeremonyPlan {
                 threshold: old.threshold,
                 group_public_key: old.group_public_key.clone(),
                 dealers: chosen,
+                replace: replace.to_vec(),
             }),
         };
         plan.roster()?;
@@ -332,8 +342,17 @@ impl CeremonyPlan {
             if !seen.insert(node_id) {
                 return Err(PlanError::Duplicate);
             }
-            if out.iter().any(|m| m.node_id == node_id) {
+            if let Some(m) = out.iter().find(|m| m.node_id == node_id) {
+                // One identity key is one member: a dealer that stays keeps its name.
+                if m.name != d.name {
+                    return Err(PlanError::Duplicate);
+                }
                 continue;
+            }
+            if out.iter().any(|m| m.name == d.name) {
+                // One name is one key: a dealer's name in the new group under another key
+                // would be a replaced member dealing with its old key.
+                return Err(PlanError::Duplicate);
             }
             let identifier = identifier_for(&node_id).map_err(|_| PlanError::BadNode {
                 name: d.name.clone(),
@@ -362,10 +381,22 @@ impl CeremonyPlan {
 
     /// Reads and validates a plan file.
     pub fn read(path: &std::path::Path) -> Result<Self, PlanError> {
-        if std::fs::metadata(path)?.len() > MAX_PLAN_LEN {
-            return Err(PlanError::TooLarge);
-        }
-        Self::from_toml(&std::fs::read_to_string(path)?)
+        let text =
+            conclave_protocol::read_bounded_to_string(path, MAX_PLAN_LEN).map_err(|e| match e {
+                conclave_protocol::ReadError::TooLarge { .. } => PlanError::TooLarge,
+                conclave_protocol::ReadError::Io(e) => PlanError::Io(e),
+                other => PlanError::Read(other),
+            })?;
+        Self::from_toml(&text)
+    }
+
+    /// True for an error about what the plan says (not about reading or parsing the file):
+    /// a member refuses such a plan.
+    pub fn is_refusal(err: &PlanError) -> bool {
+        !matches!(
+            err,
+            PlanError::Syntax(_) | PlanError::TooLarge | PlanError::Io(_) | PlanError::Read(_)
+        )
     }
 
     /// The TOML text.
@@ -377,6 +408,31 @@ impl CeremonyPlan {
     pub fn hash(&self) -> Result<[u8; 32], PlanError> {
         let bytes = postcard::to_allocvec(self).map_err(|e| PlanError::Serialize(e.to_string()))?;
         Ok(Sha256::digest(&bytes).into())
+    }
+
+    /// A short fingerprint of the plan for operators to compare out of band: the first 80
+    /// bits of [`hash`](Self::hash), as five groups of four hex digits
+    /// (`3f2a-91c0-7d4e-b815-22aa`). Every host prints it before it confirms.
+    pub fn fingerprint(&self) -> Result<String, PlanError> {
+        let hash = self.hash()?;
+        let hex = hex::encode(hash.get(..10).unwrap_or_default());
+        let groups: Vec<&str> = (0..5).filter_map(|i| hex.get(i * 4..i * 4 + 4)).collect();
+        Ok(groups.join("-"))
+    }
+
+    /// True if `given` names this plan: its fingerprint or full hash, in any case, with or
+    /// without the dashes.
+    pub fn matches_fingerprint(&self, given: &str) -> bool {
+        let norm = |s: &str| -> String {
+            s.chars()
+                .filter(|c| !matches!(c, '-' | ':' | ' '))
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        };
+        let given = norm(given);
+        let Ok(hash) = self.hash() else { return false };
+        let full = hex::encode(hash);
+        given.len() >= 20 && full.starts_with(&given)
     }
 
     /// The ceremony id.
@@ -473,16 +529,17 @@ impl CeremonyPlan {
     pub fn summary(&self) -> String {
         let new: Vec<&str> = self.participants.iter().map(|p| p.name.as_str()).collect();
         let mut out = format!(
-            "{} {} of group {}\n",
+            "{} {} of group {}\n  plan fingerprint: {}\n",
             self.kind.label(),
             self.ceremony,
-            self.group
+            self.group,
+            self.fingerprint().unwrap_or_else(|_| "?".into())
         );
         match &self.from {
             Some(from) if self.kind == CeremonyKind::Repair => {
                 let helpers: Vec<&str> = from.dealers.iter().map(|d| d.name.as_str()).collect();
                 out += &format!(
-                    "  rebuild the lost share of {} (epoch {}, {}-of-n, key {} unchanged)\n  helpers (their shares are used, not changed): {}\n  nothing is destroyed; the rebuilt share is checked against the manifest before it is written\n",
+                    "  rebuild the lost share of {} (epoch {}, {}-of-n, key {} as the plan claims: every member checks it against its own manifest)\n  helpers (their shares are used, not changed): {}\n  nothing is destroyed; the rebuilt share is checked against the manifest before it is written\n",
                     new.join(", "),
                     self.epoch,
                     self.threshold,
@@ -502,7 +559,7 @@ impl CeremonyPlan {
             Some(from) => {
                 let dealers: Vec<&str> = from.dealers.iter().map(|d| d.name.as_str()).collect();
                 out += &format!(
-                    "  group key {} (unchanged)\n  epoch {} -> {}\n  threshold {} -> {}\n",
+                    "  group key {} (as the plan claims: every member checks it against its own manifest)\n  epoch {} -> {}\n  threshold {} -> {}\n",
                     from.group_public_key, from.epoch, self.epoch, from.threshold, self.threshold
                 );
                 out += &format!("  dealers (old shares used): {}\n", dealers.join(", "));

@@ -72,6 +72,9 @@ pub enum RelayFault {
     /// Delivers the second member's round-1 broadcast in place of the first member's, to the
     /// last member only (a coordinator substituting one relayed round-1 package).
     SubstituteRound1,
+    /// Completes the store round for every member but the last, whom it never answers (a
+    /// relay trying to split the outcome: that member is left undecided, never discards).
+    WithholdStore,
 }
 
 impl Relay {
@@ -213,6 +216,13 @@ impl Relay {
         let round = self.round;
         for to in &self.roster {
             let Some(mine) = posts.get(to) else { continue };
+            #[cfg(feature = "fault-injection")]
+            if self.fault == Some(RelayFault::WithholdStore)
+                && round == self.kind.final_round()
+                && Some(to) == self.roster.last()
+            {
+                continue;
+            }
             let mut items: Vec<Delivered> = self
                 .roster
                 .iter()

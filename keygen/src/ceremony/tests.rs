@@ -43,14 +43,26 @@ pub(crate) struct Run {
     pub aborts: Vec<Option<AbortReport>>,
     pub relay_events: Vec<RelayEvent>,
     pub activated: Vec<bool>,
+    pub undecided: Vec<Option<Completion>>,
 }
 
 /// Runs members against a relay until everything is quiet. `silent` members never post after
 /// joining (a crashed node); `now` jumps past deadlines when nothing else can happen.
 pub(crate) fn run<P: Protocol>(
+    members: Vec<Member<P>>,
+    relay: Relay,
+    silent: Option<usize>,
+) -> Run {
+    run_tampered(members, relay, silent, &mut |_, _| true)
+}
+
+/// [`run`] with a man in the middle on the relay's replies: `tamper(recipient, reply)` may
+/// change a reply and returns whether to deliver it at all (a malicious relay).
+pub(crate) fn run_tampered<P: Protocol>(
     mut members: Vec<Member<P>>,
     mut relay: Relay,
     silent: Option<usize>,
+    tamper: &mut dyn FnMut(usize, &mut conclave_protocol::Envelope) -> bool,
 ) -> Run {
     let mut rng = rand::rngs::OsRng;
     let mut now = Instant::now();
@@ -61,6 +73,7 @@ pub(crate) fn run<P: Protocol>(
         aborts: vec![None; n],
         relay_events: vec![],
         activated: vec![false; n],
+        undecided: vec![None; n],
     };
     for m in &mut members {
         m.start(now);
@@ -82,15 +95,18 @@ pub(crate) fn run<P: Protocol>(
                         run.outcomes[i] = Some(o);
                         m.stored(now, true);
                     }
-                    MemberEvent::Activate => run.activated[i] = true,
+                    MemberEvent::Activate(_) => run.activated[i] = true,
+                    MemberEvent::Undecided { partial, .. } => run.undecided[i] = Some(partial),
                     MemberEvent::Aborted(r) => run.aborts[i] = Some(r),
                     _ => {}
                 }
             }
         }
-        while let Some(t) = relay.poll_transmit() {
+        while let Some(mut t) = relay.poll_transmit() {
             let i = roster.iter().position(|r| *r == t.to).unwrap();
-            members[i].handle(now, t.envelope, &mut rng);
+            if tamper(i, &mut t.envelope) {
+                members[i].handle(now, t.envelope, &mut rng);
+            }
             progress = true;
         }
         while let Some(ev) = relay.poll_event() {
@@ -160,7 +176,11 @@ fn dkg_3_of_5_produces_one_key_that_signs() {
     let Some(RelayEvent::Completed { confirm, store }) = run.relay_events.last() else {
         panic!("relay did not complete: {:?}", run.relay_events);
     };
-    assert_eq!(completed_manifest(&plan, confirm, store).unwrap(), *m0);
+    let (relayed, completion) = completed_manifest(&plan, confirm, store).unwrap();
+    assert_eq!(relayed, *m0);
+    // ... and the signed acknowledgements of all five, which let an undecided member activate.
+    completion.verify(&plan, &m0.hash().unwrap()).unwrap();
+    assert_eq!(completion.acks.len(), 5);
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&m0.public_key_bytes().unwrap()).unwrap();
     for subset in [[0, 1, 2], [2, 3, 4], [0, 2, 4]] {
         let chosen: Vec<&Outcome> = subset.iter().map(|i| outcomes[*i]).collect();
@@ -188,7 +208,10 @@ fn a_silent_member_times_out_and_nobody_stores() {
         }
         let a = a.as_ref().unwrap();
         assert!(a.summary.contains("timed out"), "{}", a.summary);
-        assert_eq!(a.culprits, vec!["p1".to_string()]);
+        // The relay reports the silence: p1 or the relay, never p1 alone.
+        assert!(a.culprits.is_empty(), "{a:?}");
+        assert_eq!(a.suspects, vec!["p1".to_string()]);
+        assert!(a.summary.contains("p1 or the relay"), "{}", a.summary);
     }
 }
 
@@ -201,7 +224,7 @@ fn complaints_must_be_signed_by_their_member() {
     assert_eq!(ctx.open_complaint(&ids[0].node_id(), &bytes), Some(c));
     // Relayed as if from another member: refused.
     assert_eq!(ctx.open_complaint(&ids[1].node_id(), &bytes), None);
-    let (text, _) = describe_abort(
+    let text = describe_abort(
         &plan,
         &ctx,
         &conclave_protocol::AbortWhy::Complaint {
@@ -209,7 +232,8 @@ fn complaints_must_be_signed_by_their_member() {
             complaint: bytes,
         },
     );
-    assert!(text.contains("not signed"), "{text}");
+    assert!(text.summary.contains("not signed"), "{text:?}");
+    assert!(text.culprits.is_empty() && text.suspects.is_empty());
 }
 
 #[test]
@@ -280,8 +304,11 @@ mod faults {
         for a in &run.aborts {
             let a = a.as_ref().unwrap();
             assert!(a.summary.contains("echo check failed"), "{}", a.summary);
-            // p4 was the one shown a different round 1.
-            assert_eq!(a.culprits, vec!["p4".to_string()]);
+            // p4 was the one shown a different round 1: it, or the relay, is to blame;
+            // nobody is named alone.
+            assert!(a.culprits.is_empty(), "{a:?}");
+            assert_eq!(a.suspects, vec!["p4".to_string()]);
+            assert!(a.summary.contains("p4 or the relay"), "{}", a.summary);
         }
     }
 
@@ -381,15 +408,17 @@ mod rotation {
             coordinator(),
             participants,
             &dealer_names,
+            &[],
             &mut rand::rngs::OsRng,
         )
         .unwrap();
+        let checked = CheckedPlan::check(&plan, OldGroup::Manifest(old)).unwrap();
         let roster = plan.roster().unwrap();
         let mut members = vec![];
         for m in &roster {
             let n = nodes.iter().find(|n| n.key.node_id() == m.node_id).unwrap();
             #[allow(unused_mut)]
-            let mut r = Reshare::new(&plan, &m.node_id, n.share.as_ref()).unwrap();
+            let mut r = Reshare::new(&checked, &m.node_id, n.share.as_ref()).unwrap();
             #[cfg(feature = "fault-injection")]
             if bad_dealer.is_some_and(|b| nodes[b].key.node_id() == m.node_id) {
                 r.inject(crate::reshare::ReshareFault::BadSubShare);
@@ -477,15 +506,16 @@ mod rotation {
             coordinator(),
             participants,
             &names,
+            &[],
             &mut rng,
         )
         .unwrap();
+        let checked = CheckedPlan::check(&plan, OldGroup::Manifest(&m3)).unwrap();
         let members: Vec<Member<Dkg>> = [0, 2, 3, 5]
             .iter()
             .map(|i| {
                 let n = &nodes[*i];
-                let d =
-                    Dkg::refresh(&plan, &n.key.node_id(), n.share.clone().unwrap(), &m3).unwrap();
+                let d = Dkg::refresh(&checked, &n.key.node_id(), n.share.clone().unwrap()).unwrap();
                 Member::new(&plan, n.key.clone(), d).unwrap()
             })
             .collect();
@@ -533,10 +563,12 @@ mod rotation {
             coordinator(),
             vec![plan_node(&nodes[3])],
             &["a".into(), "b".into(), "c".into()],
+            &[],
             &mut rng,
         )
         .unwrap();
         assert_eq!(plan.epoch, m.epoch);
+        let checked = CheckedPlan::check(&plan, OldGroup::Manifest(&m)).unwrap();
         let members: Vec<Member<Repair>> = plan
             .roster()
             .unwrap()
@@ -547,7 +579,7 @@ mod rotation {
                     .position(|n| n.key.node_id() == pm.node_id)
                     .unwrap();
                 let share = (i < 3).then(|| shares[i].key_package.clone());
-                let r = Repair::new(&plan, &pm.node_id, &m, share).unwrap();
+                let r = Repair::new(&checked, &pm.node_id, share).unwrap();
                 Member::new(&plan, nodes[i].key.clone(), r).unwrap()
             })
             .collect();
@@ -581,6 +613,7 @@ mod rotation {
             coordinator(),
             vec![plan_node(&nodes[3])],
             &["a".into(), "b".into()],
+            &[],
             &mut rng,
         )
         .is_err());
@@ -606,9 +639,11 @@ mod rotation {
             coordinator(),
             nodes.iter().map(plan_node).collect(),
             &["a".into(), "b".into()],
+            &[],
             &mut rng,
         )
         .unwrap();
+        let plan = CheckedPlan::check(&plan, OldGroup::Manifest(&m1)).unwrap();
         // b's share given as a's.
         assert!(
             Reshare::new(&plan, &nodes[0].key.node_id(), Some(&shares[1].key_package)).is_err()
@@ -646,5 +681,577 @@ mod rotation {
             );
         }
         assert!(signs(&m1, &[&nodes[0], &nodes[1]]));
+    }
+}
+
+/// A malicious relay on the store round: per member it delivers the acknowledgements, or
+/// withholds them, forges one, reorders them, or reports a made-up abort. Whatever it does,
+/// members never end split (some discarding while others activate), every member left
+/// undecided activates when shown an activated member's completion, and no honest member is
+/// named as a culprit.
+#[test]
+fn a_malicious_relay_cannot_split_the_store_round_or_frame_a_member() {
+    use conclave_protocol::{AbortWhy, Message};
+    #[derive(Clone, Copy, Debug)]
+    enum Act {
+        Deliver,
+        Withhold,
+        Forge,
+        Reorder,
+        FakeTimeout,
+        FakeDisconnect,
+    }
+    let acts = [
+        Act::Deliver,
+        Act::Withhold,
+        Act::Forge,
+        Act::Reorder,
+        Act::FakeTimeout,
+        Act::FakeDisconnect,
+    ];
+    let (plan, ids) = plan(2, 3);
+    let final_round = plan.kind.final_round();
+    let outsider = IdentityKey::generate(&mut rand::rngs::OsRng);
+    // Every combination of what the relay does to each of the three members.
+    for a in acts {
+        for b in acts {
+            for c in acts {
+                let choice = [a, b, c];
+                let mut tamper = |to: usize, env: &mut conclave_protocol::Envelope| -> bool {
+                    let Message::CeremonyRound {
+                        round,
+                        items,
+                        ceremony,
+                    } = &mut env.msg
+                    else {
+                        return true;
+                    };
+                    if *round != final_round {
+                        return true;
+                    }
+                    match choice[to] {
+                        Act::Deliver => true,
+                        Act::Withhold => false,
+                        Act::Forge => {
+                            // Another member's ack replaced by one signed by an outsider.
+                            let victim = (to + 1) % items.len();
+                            let ctx = Ctx::of(&plan).unwrap();
+                            let sig = ctx.sign(&outsider, b"stored", *round, None, &[&[7u8; 32]]);
+                            items[victim].broadcast =
+                                postcard::to_allocvec(&([7u8; 32], sig, Option::<String>::None))
+                                    .unwrap();
+                            true
+                        }
+                        Act::Reorder => {
+                            items.reverse();
+                            true
+                        }
+                        Act::FakeTimeout | Act::FakeDisconnect => {
+                            let node = ids[(to + 1) % ids.len()].node_id();
+                            let why = match choice[to] {
+                                Act::FakeTimeout => AbortWhy::Timeout {
+                                    round: *round,
+                                    missing: vec![node],
+                                },
+                                _ => AbortWhy::Disconnected { node },
+                            };
+                            env.msg = Message::CeremonyAborted {
+                                ceremony: *ceremony,
+                                why,
+                            };
+                            true
+                        }
+                    }
+                };
+                let relay = Relay::new(&plan, Instant::now()).unwrap();
+                let run = run_tampered(dkg_members(&plan, ids.clone()), relay, None, &mut tamper);
+                let activated: Vec<usize> = (0..3).filter(|i| run.activated[*i]).collect();
+                let discarded: Vec<usize> = (0..3).filter(|i| run.aborts[*i].is_some()).collect();
+                assert!(
+                    activated.is_empty() || discarded.is_empty(),
+                    "{choice:?}: split: {activated:?} activated, {discarded:?} discarded"
+                );
+                // Nobody discards at all here: every member acknowledged before the relay
+                // misbehaved, so each one either activated or is undecided.
+                assert!(discarded.is_empty(), "{choice:?}: {:?}", run.aborts);
+                for i in 0..3 {
+                    assert!(
+                        run.activated[i] || run.undecided[i].is_some(),
+                        "{choice:?}: member {i} neither activated nor kept its share"
+                    );
+                }
+                // `rotate resume`: shown the completion of a member that activated (or the
+                // relay's), an undecided member activates; a forged ack never verifies.
+                let manifest_hash = run.outcomes[0].as_ref().unwrap().manifest.hash().unwrap();
+                let Some(RelayEvent::Completed { confirm, store }) = run.relay_events.last() else {
+                    panic!("{choice:?}: the (honest) relay state machine completed");
+                };
+                let (_, relay_completion) = completed_manifest(&plan, confirm, store).unwrap();
+                for i in 0..3 {
+                    if let Some(partial) = &run.undecided[i] {
+                        assert!(partial.verify(&plan, &manifest_hash).is_err());
+                        let mut merged = partial.clone();
+                        merged.merge(&relay_completion).unwrap();
+                        merged.verify(&plan, &manifest_hash).unwrap();
+                    }
+                }
+                // Made-up aborts blame nobody: at most "X or the relay".
+                for r in run.aborts.iter().flatten() {
+                    assert!(r.culprits.is_empty(), "{choice:?}: {r:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A member whose store fails complains (signed, in the store round); the others, who had
+/// acknowledged, may then discard safely (nobody can hold that member's acknowledgement).
+#[test]
+fn a_member_that_cannot_store_aborts_everyone_without_a_split() {
+    let (plan, ids) = plan(2, 3);
+    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let mut members = dkg_members(&plan, ids);
+    let mut rng = rand::rngs::OsRng;
+    let roster = relay.roster().to_vec();
+    let mut relay = relay;
+    let now = Instant::now();
+    for m in &mut members {
+        m.start(now);
+    }
+    let mut activated = [false; 3];
+    let mut aborted = [false; 3];
+    for _ in 0..1000 {
+        let mut progress = false;
+        for (i, m) in members.iter_mut().enumerate() {
+            while let Some(env) = m.poll_transmit() {
+                relay.handle(now, roster[i], env);
+                progress = true;
+            }
+            while let Some(ev) = m.poll_event() {
+                progress = true;
+                match ev {
+                    // Member 1's disk is full.
+                    MemberEvent::Store(_) => m.stored(now, i != 1),
+                    MemberEvent::Activate(_) => activated[i] = true,
+                    MemberEvent::Aborted(_) => aborted[i] = true,
+                    MemberEvent::Undecided { .. } => panic!("undecided although p1 complained"),
+                    _ => {}
+                }
+            }
+        }
+        while let Some(t) = relay.poll_transmit() {
+            let i = roster.iter().position(|r| *r == t.to).unwrap();
+            members[i].handle(now, t.envelope, &mut rng);
+            progress = true;
+        }
+        while relay.poll_event().is_some() {}
+        if !progress {
+            break;
+        }
+    }
+    assert_eq!(activated, [false; 3]);
+    assert_eq!(aborted, [true; 3]);
+}
+
+mod plan_writer {
+    //! A malicious plan writer (the coordinator's operator, or anyone who can swap the plan
+    //! file) tries to have members hand secrets to keys the group never agreed to. Every
+    //! honest member checks the plan against its own manifest and refuses before sending
+    //! anything; legitimate changes (a declared replacement, a new member) pass and are shown.
+    use super::*;
+    use crate::dealer::{deal, NewMember};
+    use crate::manifest::GroupManifest;
+
+    struct Group {
+        manifest: GroupManifest,
+        keys: Vec<IdentityKey>,
+    }
+
+    fn group(names: &[&str], t: u16) -> Group {
+        let mut rng = rand::rngs::OsRng;
+        let keys: Vec<IdentityKey> = names
+            .iter()
+            .map(|_| IdentityKey::generate(&mut rng))
+            .collect();
+        let members: Vec<NewMember> = names
+            .iter()
+            .zip(&keys)
+            .map(|(n, k)| NewMember {
+                name: n.to_string(),
+                node_id: k.node_id(),
+                address: "127.0.0.1:7000".into(),
+            })
+            .collect();
+        let (manifest, _) = deal(GroupName::new("g").unwrap(), t, &members, &mut rng).unwrap();
+        Group { manifest, keys }
+    }
+
+    fn node(name: &str, key: &IdentityKey) -> PlanNode {
+        PlanNode {
+            name: name.into(),
+            identity_key: key.node_id().to_hex(),
+            address: "127.0.0.1:7000".into(),
+        }
+    }
+
+    fn coordinator() -> PlanNode {
+        node("coord", &IdentityKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    /// Every member of the old group refuses `plan` (with its own manifest).
+    fn everyone_refuses(g: &Group, plan: &CeremonyPlan, what: &str) -> Vec<PlanCheckError> {
+        let errs: Vec<PlanCheckError> = g
+            .keys
+            .iter()
+            .map(|_| {
+                CheckedPlan::check(plan, OldGroup::Manifest(&g.manifest))
+                    .err()
+                    .unwrap_or_else(|| panic!("{what}: a member accepted the plan"))
+            })
+            .collect();
+        errs
+    }
+
+    fn repair_plan(g: &Group) -> CeremonyPlan {
+        let lost = &g.manifest.participants[3];
+        CeremonyPlan::new_rotation(
+            CeremonyKind::Repair,
+            &g.manifest,
+            3,
+            coordinator(),
+            vec![PlanNode {
+                name: lost.name.clone(),
+                identity_key: lost.identity_key.clone(),
+                address: lost.address.clone(),
+            }],
+            &["a".into(), "b".into(), "c".into()],
+            &[],
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_repair_never_rebuilds_a_share_for_an_outsider() {
+        let g = group(&["a", "b", "c", "d"], 3);
+        let outsider = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let honest = repair_plan(&g);
+        let checked = CheckedPlan::check(&honest, OldGroup::Manifest(&g.manifest)).unwrap();
+        assert!(checked.summary().contains("repaired"));
+        // Under the lost member's name with another key.
+        let mut p = honest.clone();
+        p.participants[0].identity_key = outsider.node_id().to_hex();
+        for e in everyone_refuses(&g, &p, "outsider key under d") {
+            match e {
+                PlanCheckError::UnapprovedReplacement {
+                    name,
+                    expected,
+                    plan,
+                } => {
+                    assert_eq!(name, "d");
+                    assert_eq!(expected, g.keys[3].node_id().short());
+                    assert_eq!(plan, outsider.node_id().short());
+                }
+                other => panic!("{other}"),
+            }
+        }
+        // Under a name that is not a member.
+        let mut p = honest.clone();
+        p.participants[0] = node("mallory", &outsider);
+        for e in everyone_refuses(&g, &p, "non-member") {
+            assert!(matches!(e, PlanCheckError::NotAMember { .. }), "{e}");
+        }
+        // Declared as a replacement: a repair cannot replace.
+        let mut p = honest.clone();
+        p.participants[0].identity_key = outsider.node_id().to_hex();
+        p.from.as_mut().unwrap().replace = vec!["d".into()];
+        for e in everyone_refuses(&g, &p, "repair with replace") {
+            assert!(matches!(e, PlanCheckError::BadReplacement { .. }), "{e}");
+        }
+        // A helper swapped for an outsider under its name.
+        let mut p = honest.clone();
+        p.from.as_mut().unwrap().dealers[1].identity_key = outsider.node_id().to_hex();
+        for e in everyone_refuses(&g, &p, "outsider helper") {
+            assert!(matches!(e, PlanCheckError::IdentityMismatch { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_forged_reshare_plan_never_moves_the_group_to_another_key() {
+        let g = group(&["a", "b", "c"], 2);
+        let attacker = group(&["a", "b"], 2);
+        let new_member = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let mut participants: Vec<PlanNode> = g
+            .manifest
+            .participants
+            .iter()
+            .map(|p| PlanNode {
+                name: p.name.clone(),
+                identity_key: p.identity_key.clone(),
+                address: p.address.clone(),
+            })
+            .collect();
+        participants.push(node("d", &new_member));
+        let honest = CeremonyPlan::new_rotation(
+            CeremonyKind::Reshare,
+            &g.manifest,
+            2,
+            coordinator(),
+            participants,
+            &["a".into(), "b".into()],
+            &[],
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let checked = CheckedPlan::check(&honest, OldGroup::Manifest(&g.manifest)).unwrap();
+        let summary = checked.summary();
+        assert!(
+            summary.contains("(unchanged)") && summary.contains("joining"),
+            "{summary}"
+        );
+        // Hole 3: the attacker's key and dealers under the real names, manifest hash kept.
+        let mut p = honest.clone();
+        {
+            let from = p.from.as_mut().unwrap();
+            from.group_public_key = attacker.manifest.group_public_key.clone();
+            for (d, a) in from.dealers.iter_mut().zip(&attacker.manifest.participants) {
+                d.identity_key = a.identity_key.clone();
+                d.verifying_share = a.verifying_share.clone();
+            }
+        }
+        everyone_refuses(&g, &p, "forged key and dealers");
+        // The same with the forged dealers leaving (so no name appears under two keys): the
+        // group key is checked against each member's own manifest.
+        p.participants.retain(|n| n.name == "c" || n.name == "d");
+        for e in everyone_refuses(&g, &p, "forged key, dealers leaving") {
+            assert!(
+                matches!(
+                    e,
+                    PlanCheckError::Field {
+                        field: "group public key",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        // Only the dealers forged (key kept): named by identity. (With the dealers staying,
+        // a forged dealer key under a staying name is refused as a name under two keys.)
+        let mut p = honest.clone();
+        p.from.as_mut().unwrap().dealers[0].identity_key =
+            attacker.manifest.participants[0].identity_key.clone();
+        everyone_refuses(&g, &p, "forged staying dealer");
+        let mut p = honest.clone();
+        p.participants.retain(|n| n.name == "c" || n.name == "d");
+        p.from.as_mut().unwrap().dealers[0].identity_key =
+            attacker.manifest.participants[0].identity_key.clone();
+        for e in everyone_refuses(&g, &p, "forged dealer") {
+            assert!(matches!(e, PlanCheckError::IdentityMismatch { .. }), "{e}");
+        }
+        // A dealer's verifying share forged.
+        let mut p = honest.clone();
+        p.from.as_mut().unwrap().dealers[1].verifying_share =
+            attacker.manifest.participants[1].verifying_share.clone();
+        for e in everyone_refuses(&g, &p, "forged verifying share") {
+            assert!(
+                matches!(e, PlanCheckError::VerifyingShareMismatch { .. }),
+                "{e}"
+            );
+        }
+        // Epoch or threshold claimed differently.
+        let mut p = honest.clone();
+        p.from.as_mut().unwrap().epoch += 1;
+        p.epoch += 1;
+        everyone_refuses(&g, &p, "epoch");
+        let mut p = honest.clone();
+        p.from.as_mut().unwrap().threshold = 3;
+        p.from
+            .as_mut()
+            .unwrap()
+            .dealers
+            .push(crate::ceremony::OldMember {
+                name: "c".into(),
+                identity_key: g.manifest.participants[2].identity_key.clone(),
+                verifying_share: g.manifest.participants[2].verifying_share.clone(),
+            });
+        everyone_refuses(&g, &p, "threshold");
+        // A joiner without the manifest refuses a key it was not told.
+        let real: [u8; 32] = g.manifest.public_key_bytes().unwrap();
+        let mut forged = honest.clone();
+        forged.from.as_mut().unwrap().group_public_key = attacker.manifest.group_public_key.clone();
+        assert!(matches!(
+            CheckedPlan::check(
+                &forged,
+                OldGroup::Joining {
+                    expected_group_key: real
+                }
+            ),
+            Err(PlanCheckError::UnexpectedGroupKey { .. })
+        ));
+        let joining = CheckedPlan::check(
+            &honest,
+            OldGroup::Joining {
+                expected_group_key: real,
+            },
+        )
+        .unwrap();
+        assert!(joining.is_joining(&new_member.node_id()));
+        assert!(joining.summary().contains("no old manifest"));
+    }
+
+    #[test]
+    fn a_key_change_behind_a_name_must_be_declared_and_is_shown() {
+        let g = group(&["a", "b", "c"], 2);
+        let fresh = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let mut participants: Vec<PlanNode> = g.manifest.participants[..2]
+            .iter()
+            .map(|p| PlanNode {
+                name: p.name.clone(),
+                identity_key: p.identity_key.clone(),
+                address: p.address.clone(),
+            })
+            .collect();
+        participants.push(node("c", &fresh));
+        let make = |replace: &[String]| {
+            CeremonyPlan::new_rotation(
+                CeremonyKind::Reshare,
+                &g.manifest,
+                2,
+                coordinator(),
+                participants.clone(),
+                &["a".into(), "b".into()],
+                replace,
+                &mut rand::rngs::OsRng,
+            )
+            .unwrap()
+        };
+        // Hole 2: not declared → refused by everyone, naming both fingerprints.
+        let hidden = make(&[]);
+        for e in everyone_refuses(&g, &hidden, "hidden key change") {
+            assert!(
+                matches!(e, PlanCheckError::UnapprovedReplacement { .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&fresh.node_id().short()), "{e}");
+        }
+        // Declared: accepted, and the change is on every member's screen.
+        let declared = make(&["c".into()]);
+        let checked = CheckedPlan::check(&declared, OldGroup::Manifest(&g.manifest)).unwrap();
+        let summary = checked.summary();
+        let line = format!(
+            "c: identity key CHANGES {} -> {}",
+            g.keys[2].node_id().short(),
+            fresh.node_id().short()
+        );
+        assert!(summary.contains(&line), "{summary}");
+        assert!(summary.contains(checked.fingerprint()), "{summary}");
+        // One identity key under two names.
+        let mut p = make(&[]);
+        p.participants[2] = PlanNode {
+            name: "c2".into(),
+            identity_key: g.manifest.participants[0].identity_key.clone(),
+            address: "127.0.0.1:7000".into(),
+        };
+        assert!(CheckedPlan::check(&p, OldGroup::Manifest(&g.manifest)).is_err());
+        // An old member renamed (its key under a new name).
+        let mut p = make(&[]);
+        p.participants[2] = PlanNode {
+            name: "c-renamed".into(),
+            identity_key: g.manifest.participants[2].identity_key.clone(),
+            address: "127.0.0.1:7000".into(),
+        };
+        for e in everyone_refuses(&g, &p, "renamed member") {
+            assert!(matches!(e, PlanCheckError::KeyUnderTwoNames { .. }), "{e}");
+        }
+        // A refresh that adds or drops a member.
+        let mut refresh = CeremonyPlan::new_rotation(
+            CeremonyKind::Refresh,
+            &g.manifest,
+            2,
+            coordinator(),
+            g.manifest
+                .participants
+                .iter()
+                .map(|p| PlanNode {
+                    name: p.name.clone(),
+                    identity_key: p.identity_key.clone(),
+                    address: p.address.clone(),
+                })
+                .collect(),
+            &["a".into(), "b".into(), "c".into()],
+            &[],
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        assert!(CheckedPlan::check(&refresh, OldGroup::Manifest(&g.manifest)).is_ok());
+        refresh.participants[2] = node("c", &fresh);
+        everyone_refuses(&g, &refresh, "refresh with a new key");
+    }
+
+    /// The property behind all of the above, on random mutations of a repair plan: whenever
+    /// an honest member accepts a plan, every node that would receive a secret from it is the
+    /// manifest's own key for that name (helpers and the repaired member).
+    #[test]
+    fn random_plan_mutations_never_address_a_secret_to_a_foreign_key() {
+        use rand::{Rng, SeedableRng};
+        let g = group(&["a", "b", "c", "d"], 3);
+        let outsiders: Vec<IdentityKey> = (0..3)
+            .map(|_| IdentityKey::generate(&mut rand::rngs::OsRng))
+            .collect();
+        let honest = repair_plan(&g);
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+        let keys: Vec<String> = g
+            .keys
+            .iter()
+            .chain(&outsiders)
+            .map(|k| k.node_id().to_hex())
+            .collect();
+        let names = ["a", "b", "c", "d", "mallory"];
+        let mut accepted = 0;
+        for _ in 0..500 {
+            let mut p = honest.clone();
+            for _ in 0..rng.gen_range(1..4) {
+                let from = p.from.as_mut().unwrap();
+                match rng.gen_range(0..5) {
+                    0 => {
+                        p.participants[0].identity_key = keys[rng.gen_range(0..keys.len())].clone()
+                    }
+                    1 => p.participants[0].name = names[rng.gen_range(0..names.len())].into(),
+                    2 => {
+                        let i = rng.gen_range(0..from.dealers.len());
+                        from.dealers[i].identity_key = keys[rng.gen_range(0..keys.len())].clone();
+                    }
+                    3 => {
+                        let i = rng.gen_range(0..from.dealers.len());
+                        from.dealers[i].name = names[rng.gen_range(0..names.len())].into();
+                    }
+                    _ => from.replace = vec![names[rng.gen_range(0..names.len())].into()],
+                }
+            }
+            let Ok(checked) = CheckedPlan::check(&p, OldGroup::Manifest(&g.manifest)) else {
+                continue;
+            };
+            accepted += 1;
+            let own = |name: &str| {
+                g.manifest
+                    .participants
+                    .iter()
+                    .find(|m| m.name == name)
+                    .map(|m| m.identity_key.clone())
+            };
+            for d in checked.dealers() {
+                assert_eq!(own(&d.name), Some(d.node_id.to_hex()), "{p:?}");
+            }
+            let target = &p.participants[0];
+            assert_eq!(
+                own(&target.name),
+                Some(target.identity_key.clone()),
+                "{p:?}"
+            );
+        }
+        assert!(
+            accepted > 0,
+            "some mutations are harmless (e.g. the same key set again)"
+        );
     }
 }
