@@ -75,11 +75,13 @@ pub(crate) fn plan(args: DkgPlanArgs) -> CmdResult {
     conclave_keygen::sharefile::write_atomic(&args.out, text.as_bytes(), &mut rand::rngs::OsRng)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     println!("{}", args.out.display());
+    eprintln!("{}", plan.summary());
     eprintln!(
         "DKG plan {} for group {}: {}-of-{}, relayed by {} at {}.\n\
          Copy this file to the coordinator and to every participant, then run\n  \
          coordinator:  conclave keygen dkg relay --plan {} --identity DIR\n  \
-         each participant: conclave keygen dkg join --plan {} --identity DIR --out DIR",
+         each participant: conclave keygen dkg join --plan {} --identity DIR --out DIR --expect-plan {}\n\
+         Give every participant's operator the plan fingerprint ({}) by another channel than the plan file.",
         plan.ceremony,
         plan.group,
         plan.threshold,
@@ -88,6 +90,8 @@ pub(crate) fn plan(args: DkgPlanArgs) -> CmdResult {
         plan.coordinator.address,
         args.out.display(),
         args.out.display(),
+        plan.fingerprint()?,
+        plan.fingerprint()?,
     );
     Ok(())
 }
@@ -335,6 +339,17 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
     }
     let identity = read_identity(&args.identity)?;
     let me = identity.node_id();
+    // A DKG makes a new key: there is no old group to check the plan against, so the operator
+    // compares the fingerprint and the members' key fingerprints with the plan's author.
+    eprintln!("{}", plan.summary());
+    if let Some(fp) = &args.expect_plan {
+        if !plan.matches_fingerprint(fp) {
+            return Err(Exit::refused(anyhow!(
+                "plan refused, nothing was sent: this plan's fingerprint is {}, not the expected {fp}",
+                plan.fingerprint()?
+            )));
+        }
+    }
     #[allow(unused_mut)]
     let mut dkg = Dkg::new(&plan, &me)?;
     #[cfg(feature = "fault-injection")]

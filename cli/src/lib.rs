@@ -141,7 +141,7 @@ enum MigrateCmd {
         old_manifest: PathBuf,
         #[arg(long)]
         new_manifest: PathBuf,
-        /// Why the key changes (one line, at most 1024 bytes).
+        /// Why the key changes (printable ASCII, one line, at most 1024 bytes).
         #[arg(long)]
         reason: String,
         /// Unix seconds from which verifiers should use the new key (default: now).
@@ -338,6 +338,11 @@ struct RotateStatusArgs {
     /// Manifests of the group (old and new epochs). Repeat.
     #[arg(long = "manifest", required = true)]
     manifests: Vec<PathBuf>,
+    /// A directory of share files on this host: lists shares of an older epoch than the newest
+    /// manifest (not yet retired: t old holders could still sign with them) and pending files
+    /// of an undecided ceremony. Repeat.
+    #[arg(long = "share-dir", value_name = "DIR")]
+    share_dirs: Vec<PathBuf>,
     /// Also ask a coordinator which epoch it serves.
     #[command(flatten)]
     client: Option<OptClientArgs>,
@@ -538,6 +543,9 @@ struct DkgJoinArgs {
     /// Argon2id cost: standard (64 MiB, 3 passes) or light (8 MiB, 1 pass; dev mode only).
     #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
     kdf: KdfChoice,
+    /// The plan fingerprint its author printed (`keygen dkg plan`): refuse any other plan.
+    #[arg(long, value_name = "FINGERPRINT")]
+    expect_plan: Option<String>,
     #[arg(long)]
     json: bool,
 }

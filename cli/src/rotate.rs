@@ -569,6 +569,41 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
         rows.push((path.clone(), m));
     }
     rows.sort_by_key(|(_, m)| (m.group.clone(), m.epoch));
+    // Share files on this host older than the newest manifest of their group, and pending
+    // files of ceremonies that are not finished.
+    let mut superseded = vec![];
+    let mut pending = vec![];
+    for dir in &args.share_dirs {
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        let mut paths: Vec<std::path::PathBuf> =
+            entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.ends_with(".pending") {
+                pending.push(path.clone());
+                continue;
+            }
+            if !name.ends_with(".share") {
+                continue;
+            }
+            let Ok(h) = ShareFile::inspect(&path) else {
+                continue;
+            };
+            let newest = rows
+                .iter()
+                .filter(|(_, m)| m.group == h.group)
+                .map(|(_, m)| m.epoch)
+                .max();
+            if let Some(newest) = newest.filter(|n| *n > h.epoch) {
+                superseded.push((path.clone(), h.group.to_string(), h.epoch, newest));
+            }
+        }
+    }
     let mut served = None;
     if let Some(crate::OptClientArgs {
         coordinator: Some(coordinator),
@@ -611,9 +646,16 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
                 "on_other_epochs": i.stale.iter().map(|(n, e)| serde_json::json!({"name": n, "epoch": e})).collect::<Vec<_>>(),
             })
         });
+        let superseded_json: Vec<_> = superseded
+            .iter()
+            .map(|(p, g, e, n)| serde_json::json!({"file": p, "group": g, "epoch": e, "newest_epoch": n}))
+            .collect();
         println!(
             "{}",
-            serde_json::json!({ "manifests": groups, "coordinator": coord })
+            serde_json::json!({
+                "manifests": groups, "coordinator": coord,
+                "superseded_shares": superseded_json, "pending": pending,
+            })
         );
         return Ok(());
     }
@@ -630,6 +672,19 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
             p.display()
         );
     }
+    for (p, g, e, n) in &superseded {
+        println!(
+            "{}: epoch-{e} share of {g}, superseded by epoch {n}: not retired (t old holders could still sign with their old shares); `conclave rotate retire --share {}` once epoch {n} signs",
+            p.display(),
+            p.display()
+        );
+    }
+    for p in &pending {
+        println!(
+            "{}: pending file of an unfinished ceremony: `conclave rotate resume` shows and finishes it",
+            p.display()
+        );
+    }
     if let Some(i) = served {
         println!(
             "coordinator serves epoch {}: {}-of-{}, {} member(s) reachable on that epoch",
@@ -639,10 +694,17 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
             i.reachable
         );
         for (name, epoch) in &i.stale {
-            println!(
-                "  {name} is on epoch {epoch}: refused until it restarts on its epoch-{} share",
-                i.epoch
-            );
+            if *epoch < i.epoch {
+                println!(
+                    "  {name} is on epoch {epoch}: refused until it restarts on its epoch-{} share (its epoch-{epoch} share still exists: retire it)",
+                    i.epoch
+                );
+            } else {
+                println!(
+                    "  {name} is on epoch {epoch}: refused until it restarts on its epoch-{} share",
+                    i.epoch
+                );
+            }
         }
         if let Some((_, newest)) = rows.last() {
             if newest.epoch != i.epoch {

@@ -61,6 +61,7 @@ impl SignError {
             SignError::MessageTooLarge { .. } => "message_too_large",
             SignError::SignerUnavailable { .. } => "signer_unavailable",
             SignError::DeadlineExceeded => "deadline_exceeded",
+            SignError::Refused(Refusal::EpochSuperseded { .. }) => "epoch_superseded",
             SignError::Refused(_) => "refused",
             SignError::Internal(_) => "internal",
         }

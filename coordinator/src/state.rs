@@ -387,7 +387,28 @@ impl Coordinator {
             );
             return id;
         }
-        let _ = g;
+        // Once a threshold of the group's members report a newer epoch, the shares of the epoch
+        // this coordinator serves are superseded: t old holders could still sign with them,
+        // but this coordinator will not ask them to (one member alone cannot trigger this).
+        let newer: Vec<u64> = g
+            .members
+            .iter()
+            .filter_map(|m| self.peers.get(&m.node)?.stale.get(&group).copied())
+            .filter(|e| *e > g.info.epoch)
+            .collect();
+        if newer.len() >= usize::from(g.info.threshold) {
+            let serving = g.info.epoch;
+            let newest = newer.iter().copied().max().unwrap_or(serving);
+            tracing::warn!(%group, serving, newer = newest, "refusing to sign at a superseded epoch: a threshold of members serve a newer one");
+            self.finish_early(
+                id,
+                SignError::Refused(Refusal::EpochSuperseded {
+                    serving,
+                    newer: newest,
+                }),
+            );
+            return id;
+        }
         let timeout = timeout
             .unwrap_or(self.config.default_timeout)
             .min(self.config.max_timeout);

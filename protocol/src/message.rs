@@ -242,6 +242,10 @@ pub enum Refusal {
     NotAMember,
     #[error("post for the wrong round of the ceremony")]
     WrongRound,
+    /// The coordinator serves `serving`, but a threshold of the group's members report the
+    /// newer epoch `newer`: the old shares are superseded and it will not ask them to sign.
+    #[error("epoch {serving} is superseded: a threshold of members serve epoch {newer}; restart the coordinator on the new manifest")]
+    EpochSuperseded { serving: u64, newer: u64 },
 }
 
 #[cfg(test)]

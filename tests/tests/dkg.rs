@@ -149,3 +149,71 @@ fn a_participant_dying_mid_ceremony_aborts_it_within_the_timeout() {
     assert!(run.all_succeeded(), "{}", run.describe());
     assert_eq!(files_ending(dir.path(), &[".share"]).len(), 5);
 }
+
+/// A DKG plan has no old group to check: every host prints the plan fingerprint and each
+/// member's key fingerprint, and `--expect-plan` refuses any other plan before joining.
+#[test]
+fn dkg_join_shows_the_plan_fingerprint_and_refuses_another_plan() {
+    let (dir, specs) = identities(3);
+    let d = dir.path();
+    let coordinator_key = common::stdout_line(&common::conclave(&[
+        "node",
+        "show",
+        d.join("coordinator").to_str().unwrap(),
+    ]));
+    let plan = d.join("plan.toml");
+    let mut args = vec![
+        "keygen".to_string(),
+        "dkg".into(),
+        "plan".into(),
+        "--group".into(),
+        "fp".into(),
+        "-t".into(),
+        "2".into(),
+        "--coordinator".into(),
+        format!("coordinator={coordinator_key}@127.0.0.1:9"),
+        "--out".into(),
+        plan.display().to_string(),
+    ];
+    for s in &specs {
+        args.extend(["-p".into(), s.clone()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::conclave(&refs);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed = String::from_utf8_lossy(&o.stderr).into_owned();
+    let fp = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("plan fingerprint: "))
+        .expect("the author sees the fingerprint")
+        .trim()
+        .to_owned();
+    let p1_key = specs[0].split(['=', '@']).nth(1).unwrap();
+    assert!(printed.contains(&p1_key[..16]), "{printed}");
+    let o = common::conclave(&[
+        "keygen",
+        "dkg",
+        "join",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--identity",
+        d.join("p1").to_str().unwrap(),
+        "--out",
+        d.join("p1-out").to_str().unwrap(),
+        "--passphrase-file",
+        d.join("pass").to_str().unwrap(),
+        "--mode",
+        "dev",
+        "--kdf",
+        "light",
+        "--expect-plan",
+        "0000-0000-0000-0000-0000",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("this plan's fingerprint is {fp}")),
+        "{err}"
+    );
+    assert!(!d.join("p1-out").exists(), "nothing was written");
+}

@@ -531,6 +531,8 @@ fn reshare_twice_then_refresh_under_one_key_over_real_processes() {
             "story.manifest.toml",
             "--manifest",
             m2,
+            "--share-dir",
+            ".",
             "--json",
         ])
         .args(w.client_args(&run2))
@@ -545,6 +547,15 @@ fn reshare_twice_then_refresh_under_one_key_over_real_processes() {
         "{s}"
     );
     assert_eq!(s["manifests"][1]["threshold"], 3);
+    // The epoch-1 shares not yet retired on this host are listed (a's was just destroyed).
+    let files: Vec<String> = s["superseded_shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(files, vec!["./story.b.share", "./story.c.share"], "{s}");
+    assert_eq!(s["superseded_shares"][0]["newest_epoch"], 2);
     drop(run2);
 
     // Epoch 3: 2-of-4 {a, c, d, f}: b removed, e replaced by f; dealt by a, c, d (c from its

@@ -343,3 +343,46 @@ fn reply_from_the_wrong_peer_is_ignored() {
         "the real request is still pending"
     );
 }
+
+#[test]
+fn a_superseded_epoch_is_refused_once_a_threshold_of_members_serve_a_newer_one() {
+    let mut net = Net::new(3, 5);
+    let to_epoch_2 = |net: &mut Net, i: usize| {
+        let node = net.order[i];
+        let kp = net.shares[&node].clone();
+        net.parts.insert(
+            node,
+            Participant::new(
+                vec![(net.group.clone(), 2, kp)],
+                ParticipantConfig::default(),
+                &mut rand::rngs::OsRng,
+            ),
+        );
+        // It restarted on its epoch-2 share: a new connection, empty pools.
+        net.coord.peer_down(net.now, node);
+        net.coord.peer_up(net.now, node);
+        net.pump();
+    };
+    // Two members (fewer than t = 3) on epoch 2: epoch 1 still signs with the other three, and
+    // one member alone can never stop a group.
+    to_epoch_2(&mut net, 0);
+    to_epoch_2(&mut net, 1);
+    net.sign(b"still epoch 1").unwrap();
+    // A threshold on epoch 2: epoch 1 is superseded, typed refusal, no attempt made.
+    to_epoch_2(&mut net, 2);
+    let _ = net.sign(b"learn the epochs");
+    match net.sign(b"after the switch") {
+        Err(SignError::Refused(Refusal::EpochSuperseded { serving, newer })) => {
+            assert_eq!((serving, newer), (1, 2));
+        }
+        other => panic!("expected epoch_superseded, got {other:?}"),
+    }
+    assert_eq!(
+        SignError::Refused(Refusal::EpochSuperseded {
+            serving: 1,
+            newer: 2
+        })
+        .code(),
+        "epoch_superseded"
+    );
+}

@@ -549,12 +549,17 @@ impl CeremonyPlan {
             }
             None => {
                 out += &format!(
-                    "  new key, {}-of-{}, epoch {}: {}\n",
+                    "  new key, {}-of-{}, epoch {}; members (name, identity-key fingerprint):\n",
                     self.threshold,
                     new.len(),
                     self.epoch,
-                    new.join(", ")
                 );
+                for p in &self.participants {
+                    let fp = NodeId::from_hex(&p.identity_key)
+                        .map(|n| n.short())
+                        .unwrap_or_else(|_| "(not a key)".into());
+                    out += &format!("    {}  {fp}\n", p.name);
+                }
             }
             Some(from) => {
                 let dealers: Vec<&str> = from.dealers.iter().map(|d| d.name.as_str()).collect();
