@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use conclave_coordinator::ceremony::{RelayEnd, RelayServer};
 use conclave_keygen::ceremony::{
     CeremonyKind, CeremonyPlan, CheckedPlan, Member, MemberEvent, OldGroup, PlanNode, Relay,
 };
 use conclave_keygen::reshare::Reshare;
 use conclave_keygen::{deal, GroupManifest, NewMember};
 use conclave_protocol::{GroupName, IdentityKey, NodeId};
+use conclave_transport::relay::{RelayEnd, RelayServer};
 use frost_ed25519 as frost;
 
 use crate::CmdResult;
@@ -162,7 +162,7 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
         let mut member = Member::new(&s.plan, id.clone(), protocol(s, &m.node_id)?)?;
         tasks.push(tokio::spawn(async move {
             let mut ok = false;
-            conclave_participant::ceremony::run_member(&mut member, &id, relay_id, addr, |ev| {
+            conclave_transport::member::run_member(&mut member, &id, relay_id, addr, |ev| {
                 if matches!(ev, MemberEvent::Activate(_)) {
                     ok = true;
                 }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
-use conclave_coordinator::ceremony::{RelayEnd, RelayServer};
 use conclave_keygen::ceremony::{
     completed_manifest, describe_abort, CeremonyPlan, Ctx, Member, MemberEvent, PlanNode,
     RelayEvent,
@@ -15,6 +14,7 @@ use conclave_keygen::dkg::Dkg;
 use conclave_keygen::{share_header, KdfParams, ShareFile};
 use conclave_protocol::identity::read_node_id;
 use conclave_protocol::{GroupName, IdentityKey};
+use conclave_transport::relay::{RelayEnd, RelayServer};
 
 use crate::commands::{manifest_path, share_path};
 use crate::config::Mode;
@@ -484,120 +484,118 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     let mut result: Option<End> = None;
     let mut manifest_held = None;
     let started = Instant::now();
-    conclave_participant::ceremony::run_member(
-        &mut member,
-        &identity,
-        relay_id,
-        relay_addr,
-        |ev| {
-            match ev {
-                MemberEvent::Joined => {
-                    eprintln!(
-                        "all {} members joined",
-                        plan.roster().map(|r| r.len()).unwrap_or(0)
-                    )
+    conclave_transport::member::run_member(&mut member, &identity, relay_id, relay_addr, |ev| {
+        match ev {
+            MemberEvent::Joined => {
+                eprintln!(
+                    "all {} members joined",
+                    plan.roster().map(|r| r.len()).unwrap_or(0)
+                )
+            }
+            MemberEvent::RoundComplete { round } => {
+                eprintln!(
+                    "round {round}/{total} ({}) complete after {:.1} s",
+                    kind.round_name(round),
+                    started.elapsed().as_secs_f64()
+                );
+                #[cfg(feature = "fault-injection")]
+                if exit_after == Some(round) {
+                    eprintln!("TEST FAULT INJECTION: exiting abruptly after round {round}");
+                    std::process::exit(9);
                 }
-                MemberEvent::RoundComplete { round } => {
-                    eprintln!(
-                        "round {round}/{total} ({}) complete after {:.1} s",
-                        kind.round_name(round),
-                        started.elapsed().as_secs_f64()
-                    );
-                    #[cfg(feature = "fault-injection")]
-                    if exit_after == Some(round) {
-                        eprintln!("TEST FAULT INJECTION: exiting abruptly after round {round}");
-                        std::process::exit(9);
-                    }
-                }
-                MemberEvent::Store(outcome) => {
-                    let written = (|| -> anyhow::Result<()> {
-                        match (&files.share, outcome.key_package.as_ref(), pass.as_ref()) {
-                            (Some(share), Some(kp), Some(pass)) => {
-                                let kdf = match kdf_choice {
-                                    KdfChoice::Standard => KdfParams::standard(&mut rng),
-                                    KdfChoice::Light => KdfParams::light(&mut rng),
-                                };
-                                let header = share_header(&outcome.manifest, me, kp, kdf)?;
-                                ShareFile::write(
-                                    &pending_path(share),
-                                    kp,
-                                    header,
-                                    pass,
-                                    false,
-                                    &mut rng,
-                                )?;
-                            }
-                            (Some(_), _, _) => {
-                                anyhow::bail!("the ceremony gave this member no share")
-                            }
-                            (None, _, _) => {}
-                        }
-                        if let Some(path) = &files.manifest {
-                            conclave_keygen::sharefile::write_atomic(
-                                &pending_path(path),
-                                outcome.manifest.to_toml()?.as_bytes(),
+            }
+            MemberEvent::Store(outcome) => {
+                let written = (|| -> anyhow::Result<()> {
+                    match (&files.share, outcome.key_package.as_ref(), pass.as_ref()) {
+                        (Some(share), Some(kp), Some(pass)) => {
+                            let kdf = match kdf_choice {
+                                KdfChoice::Standard => KdfParams::standard(&mut rng),
+                                KdfChoice::Light => KdfParams::light(&mut rng),
+                            };
+                            let header = share_header(&outcome.manifest, me, kp, kdf)?;
+                            ShareFile::write(
+                                &pending_path(share),
+                                kp,
+                                header,
+                                pass,
+                                false,
                                 &mut rng,
                             )?;
                         }
-                        std::fs::File::open(&files.dir)?.sync_all()?;
-                        Ok(())
-                    })();
-                    return match written {
-                        Ok(()) => {
-                            manifest_held = Some(outcome.manifest.clone());
-                            true
+                        (Some(_), _, _) => {
+                            anyhow::bail!("the ceremony gave this member no share")
                         }
-                        Err(e) => {
-                            eprintln!("cannot store the new share: {e:#}");
-                            files.discard();
-                            false
-                        }
-                    };
-                }
-                MemberEvent::Activate(completion) => {
-                    let activated = (|| -> anyhow::Result<conclave_keygen::GroupManifest> {
-                        let manifest = manifest_held
-                            .take()
-                            .ok_or_else(|| anyhow!("no stored result to activate"))?;
-                        files.activate(&completion_file, &completion)?;
-                        Ok(manifest)
-                    })();
-                    result = Some(match activated {
-                        Ok(m) => End::Done(m),
-                        Err(e) => End::Failed(format!("{e:#}")),
-                    });
-                }
-                MemberEvent::Undecided { report, partial } => {
-                    // Keep the pending files and what we know of the acknowledgements.
-                    let mut merged = partial;
-                    if let Some(existing) = read_completion(&completion_file) {
-                        let _ = merged.merge(&existing);
+                        (None, _, _) => {}
                     }
-                    let saved = conclave_keygen::sharefile::write_atomic(
-                        &completion_file,
-                        merged.to_toml().as_bytes(),
-                        &mut rng,
-                    );
-                    result = Some(End::Undecided(format!(
-                        "{} undecided: {}; pending files kept, acknowledgements known so far in {}{}",
-                        kind.label(),
-                        report.summary,
-                        completion_file.display(),
-                        if saved.is_err() { " (could not be written)" } else { "" }
-                    )));
-                }
-                MemberEvent::Aborted(report) => {
-                    files.discard();
-                    result = Some(End::Failed(format!(
-                        "{} aborted: {}",
-                        kind.label(),
-                        report.summary
-                    )));
-                }
+                    if let Some(path) = &files.manifest {
+                        conclave_keygen::sharefile::write_atomic(
+                            &pending_path(path),
+                            outcome.manifest.to_toml()?.as_bytes(),
+                            &mut rng,
+                        )?;
+                    }
+                    std::fs::File::open(&files.dir)?.sync_all()?;
+                    Ok(())
+                })();
+                return match written {
+                    Ok(()) => {
+                        manifest_held = Some(outcome.manifest.clone());
+                        true
+                    }
+                    Err(e) => {
+                        eprintln!("cannot store the new share: {e:#}");
+                        files.discard();
+                        false
+                    }
+                };
             }
-            false
-        },
-    )
+            MemberEvent::Activate(completion) => {
+                let activated = (|| -> anyhow::Result<conclave_keygen::GroupManifest> {
+                    let manifest = manifest_held
+                        .take()
+                        .ok_or_else(|| anyhow!("no stored result to activate"))?;
+                    files.activate(&completion_file, &completion)?;
+                    Ok(manifest)
+                })();
+                result = Some(match activated {
+                    Ok(m) => End::Done(m),
+                    Err(e) => End::Failed(format!("{e:#}")),
+                });
+            }
+            MemberEvent::Undecided { report, partial } => {
+                // Keep the pending files and what we know of the acknowledgements.
+                let mut merged = partial;
+                if let Some(existing) = read_completion(&completion_file) {
+                    let _ = merged.merge(&existing);
+                }
+                let saved = conclave_keygen::sharefile::write_atomic(
+                    &completion_file,
+                    merged.to_toml().as_bytes(),
+                    &mut rng,
+                );
+                result = Some(End::Undecided(format!(
+                    "{} undecided: {}; pending files kept, acknowledgements known so far in {}{}",
+                    kind.label(),
+                    report.summary,
+                    completion_file.display(),
+                    if saved.is_err() {
+                        " (could not be written)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            MemberEvent::Aborted(report) => {
+                files.discard();
+                result = Some(End::Failed(format!(
+                    "{} aborted: {}",
+                    kind.label(),
+                    report.summary
+                )));
+            }
+        }
+        false
+    })
     .await?;
     match result {
         Some(End::Done(manifest)) => {

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use conclave_coordinator::client::Client;
 use conclave_keygen::{deal, GroupManifest, KdfParams, NewMember, Passphrase, ShareFile};
 use conclave_protocol::{GroupName, IdentityKey, NodeId};
+use conclave_transport::client::Client;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -91,7 +91,7 @@ impl LocalCluster {
         let allowed: HashSet<NodeId> = [coordinator_id.node_id()].into();
         let mut servers = Vec::with_capacity(n);
         for id in &identities {
-            let server = conclave_participant::server::Server::bind(
+            let server = conclave_transport::participant::Server::bind(
                 id,
                 "127.0.0.1:0".parse()?,
                 allowed.clone(),
@@ -164,7 +164,7 @@ impl LocalCluster {
             .map(|m| (m.node_id, m.address))
             .collect();
         let sm = conclave_coordinator::Coordinator::new(vec![read_back], Default::default())?;
-        let server = conclave_coordinator::server::Server::bind(
+        let server = conclave_transport::coordinator::Server::bind(
             coordinator_id.clone(),
             "127.0.0.1:0".parse()?,
             [client_id.node_id()].into(),

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
-use conclave_coordinator::client::Client;
 use conclave_keygen::{deal, GroupManifest, KdfParams, NewMember, ShareFile};
 use conclave_protocol::identity::read_node_id;
 use conclave_protocol::{GroupName, IdentityKey, ReadError, MAX_SIGN_MESSAGE_LEN};
+use conclave_transport::client::Client;
 use sha2::Digest;
 
 use crate::config::{self, Mode};
@@ -196,7 +196,7 @@ pub(crate) async fn shutdown_signal() {
 
 pub(crate) async fn run_participant(path: &Path) -> CmdResult {
     // Before any secret is read: no core dumps, memory locked if the limits allow.
-    let hardening = conclave_participant::hygiene::harden_process();
+    let hardening = conclave_transport::hygiene::harden_process();
     if hardening.core_dumps_disabled {
         tracing::info!(
             memory_locked = hardening.memory_locked,
@@ -244,7 +244,8 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
         );
         participant.set_fault(Some(conclave_participant::Fault::CorruptShares));
     }
-    let server = conclave_participant::server::Server::bind(&identity, cfg.listen, coordinators)?;
+    let server =
+        conclave_transport::participant::Server::bind(&identity, cfg.listen, coordinators)?;
     tracing::info!(mode = %cfg.mode, "participant starting");
     let addr = server.local_addr()?;
     println!("participant {} listening on {addr}", identity.node_id());
@@ -282,7 +283,8 @@ pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
         ..defaults
     };
     let coordinator = conclave_coordinator::Coordinator::new(manifests, sm_config)?;
-    let server = conclave_coordinator::server::Server::bind(identity.clone(), cfg.listen, clients)?;
+    let server =
+        conclave_transport::coordinator::Server::bind(identity.clone(), cfg.listen, clients)?;
     let addr = server.local_addr()?;
     tracing::info!(mode = %cfg.mode, "coordinator starting");
     println!("coordinator {} listening on {addr}", identity.node_id());
@@ -356,7 +358,7 @@ pub(crate) async fn sign(args: SignArgs) -> CmdResult {
         .await
     {
         Ok(s) => s,
-        Err(conclave_coordinator::client::ClientError::Sign(e)) => {
+        Err(conclave_transport::client::ClientError::Sign(e)) => {
             if args.json {
                 println!(
                     "{}",

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use conclave_coordinator::client::ClientError;
 use conclave_coordinator::SignError;
+use conclave_transport::client::ClientError;
 use sha2::Digest;
 
 use crate::cluster::{Kdf, LocalCluster};

@@ -25,7 +25,7 @@ async fn connect(
     client: &crate::ClientArgsNoGroup,
     group: &str,
 ) -> anyhow::Result<(
-    conclave_coordinator::client::Client,
+    conclave_transport::client::Client,
     conclave_protocol::GroupName,
 )> {
     crate::commands::connect(&crate::ClientArgs {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use conclave_sim::proxy::{Proxy, ProxyConfig};
 use conclave_sim::{
     Behaviour, Byzantine, Crash, Link, Partition, Scenario, Simulation, Slow, Transport,
 };
+use conclave_transport::proxy::{Proxy, ProxyConfig};
 
 use crate::{CmdResult, Exit};
 

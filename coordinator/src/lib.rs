@@ -1,16 +1,14 @@
 //! The conclave coordinator: a sans-IO state machine that runs FROST signing sessions over a
 //! group's participants (quorum choice, commitment pools, retries, culprit exclusion,
-//! verification), its QUIC driver, and the client library that talks to it.
+//! verification). No runtime, no socket, no clock: the QUIC daemon and the client library
+//! live in `conclave-transport`, the simulator in `conclave-sim`.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-pub mod ceremony;
-pub mod client;
 pub mod error;
-pub mod server;
 pub mod state;
 
 pub use error::SignError;

@@ -1,5 +1,6 @@
-//! Wire protocol of conclave: message types, the bounded frame codec, node identities and the
-//! pinned mutual-TLS QUIC setup shared by every node.
+//! Wire protocol of conclave: message types, the bounded frame codec, node identities and
+//! bounded file reads. No runtime and no TLS: the pinned mutual-TLS QUIC setup lives in
+//! `conclave-transport`, so nothing that depends on this crate can touch a socket.
 //!
 //! Nothing in this crate knows about FROST rounds; FROST types travel as their own serialized
 //! bytes inside [`Message`] variants and are decoded by the crates that own them.
@@ -13,7 +14,6 @@ pub mod codec;
 pub mod fsread;
 pub mod identity;
 pub mod message;
-pub mod transport;
 
 pub use codec::{decode_frame, encode_frame, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use fsread::{read_bounded, read_bounded_to_string, read_limited, ReadError};

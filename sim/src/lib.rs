@@ -1,7 +1,8 @@
 //! conclave's simulator: deterministic discrete-event runs of the real coordinator and
 //! participant state machines (virtual clock, one seeded RNG, a network model, crashes,
-//! partitions, byzantine participants, invariants checked at every step), and a chaos UDP
-//! proxy that injects the same kinds of faults between real processes.
+//! partitions, byzantine participants, invariants checked at every step), for signing and for
+//! key ceremonies. No runtime, no socket: the chaos UDP proxy for real processes lives in
+//! `conclave-transport`.
 //!
 //! ```no_run
 //! use conclave_sim::{run, Behaviour, Scenario};
@@ -13,7 +14,6 @@
 
 pub mod ceremony;
 pub mod plot;
-pub mod proxy;
 mod queue;
 pub mod report;
 pub mod scenario;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::quic::{self, Pinned, TransportError};
 use conclave_keygen::ceremony::{CeremonyPlan, Relay, RelayEvent};
-use conclave_protocol::transport::{self, Pinned, TransportError};
 use conclave_protocol::{AbortWhy, Envelope, IdentityKey, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,9 +57,9 @@ impl RelayServer {
             .into_iter()
             .map(|m| m.node_id)
             .collect();
-        let cfg = transport::server_config(identity, Pinned::AnyOf(Arc::new(members)))?;
+        let cfg = quic::server_config(identity, Pinned::AnyOf(Arc::new(members)))?;
         Ok(Self {
-            endpoint: transport::server_endpoint(listen, cfg)?,
+            endpoint: quic::server_endpoint(listen, cfg)?,
         })
     }
 
@@ -147,7 +147,7 @@ async fn accept(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>, live: Arc<At
                     return;
                 }
             };
-            let Some(node) = transport::peer_node_id(&conn) else {
+            let Some(node) = quic::peer_node_id(&conn) else {
                 return;
             };
             live.fetch_add(1, Ordering::SeqCst);
@@ -155,7 +155,7 @@ async fn accept(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>, live: Arc<At
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let Ok(envelope) = transport::read_request(&mut recv).await else {
+                    let Ok(envelope) = quic::read_request(&mut recv).await else {
                         return;
                     };
                     let (reply, rx) = oneshot::channel();
@@ -171,7 +171,7 @@ async fn accept(endpoint: quinn::Endpoint, tx: mpsc::Sender<Input>, live: Arc<At
                         return;
                     }
                     if let Ok(answer) = rx.await {
-                        let _ = transport::write_frame(&mut send, &answer).await;
+                        let _ = quic::write_frame(&mut send, &answer).await;
                         // Let the frame reach the member before the stream is dropped.
                         let _ = send.stopped().await;
                     }

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use conclave_protocol::transport::{self, TransportError};
+use crate::quic::{self, TransportError};
 use conclave_protocol::{Envelope, GroupName, IdentityKey, Message, NodeId};
 
-use crate::error::SignError;
+use conclave_coordinator::SignError;
 
 /// A signature from the coordinator, verified by the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,10 +62,10 @@ impl Client {
         addr: SocketAddr,
         coordinator: NodeId,
     ) -> Result<Self, ClientError> {
-        let endpoint = transport::client_endpoint(addr)?;
+        let endpoint = quic::client_endpoint(addr)?;
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
-            transport::connect(&endpoint, identity, coordinator, addr),
+            quic::connect(&endpoint, identity, coordinator, addr),
         )
         .await
         .map_err(|_| TransportError::Timeout(Duration::from_secs(10)))??;
@@ -80,7 +80,7 @@ impl Client {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let reply = transport::request(&self.conn, &Envelope { id, msg }, timeout).await?;
+        let reply = quic::request(&self.conn, &Envelope { id, msg }, timeout).await?;
         if reply.id != id {
             return Err(ClientError::UnexpectedReply);
         }

@@ -1,6 +1,6 @@
 //! The QUIC driver of the participant: accepts pinned coordinators, feeds each request stream
 //! to the state machine and writes its reply back. All protocol decisions are in
-//! [`crate::state`].
+//! the state machine crate.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use conclave_protocol::transport::{self, Pinned, TransportError};
+use crate::quic::{self, Pinned, TransportError};
 use conclave_protocol::{Envelope, IdentityKey, Message, NodeId, Refusal};
 
-use crate::state::Participant;
+use conclave_participant::Participant;
 
 /// A bound, not yet running participant server.
 pub struct Server {
@@ -25,9 +25,9 @@ impl Server {
         listen: SocketAddr,
         coordinators: HashSet<NodeId>,
     ) -> Result<Self, TransportError> {
-        let cfg = transport::server_config(identity, Pinned::AnyOf(Arc::new(coordinators)))?;
+        let cfg = quic::server_config(identity, Pinned::AnyOf(Arc::new(coordinators)))?;
         Ok(Self {
-            endpoint: transport::server_endpoint(listen, cfg)?,
+            endpoint: quic::server_endpoint(listen, cfg)?,
         })
     }
 
@@ -84,7 +84,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: Arc<Mutex<Participan
             return;
         }
     };
-    let Some(peer) = transport::peer_node_id(&conn) else {
+    let Some(peer) = quic::peer_node_id(&conn) else {
         conn.close(1u32.into(), b"no identity");
         return;
     };
@@ -99,7 +99,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: Arc<Mutex<Participan
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let reply = match transport::read_request(&mut recv).await {
+            let reply = match quic::read_request(&mut recv).await {
                 Ok(request) => answer(&state, peer, request),
                 Err(e) => {
                     tracing::debug!(coordinator = %peer.short(), error = %e, "bad request stream");
@@ -109,7 +109,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: Arc<Mutex<Participan
                     }
                 }
             };
-            if let Err(e) = transport::write_frame(&mut send, &reply).await {
+            if let Err(e) = quic::write_frame(&mut send, &reply).await {
                 tracing::debug!(coordinator = %peer.short(), error = %e, "could not send reply");
             }
         });

@@ -15,10 +15,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::codec::{self, CodecError, FRAME_HEADER_LEN};
-use crate::identity::{IdentityKey, NodeId};
-use crate::message::Envelope;
-use crate::ALPN;
+use conclave_protocol::codec::{self, CodecError, FRAME_HEADER_LEN};
+use conclave_protocol::identity::{IdentityKey, NodeId};
+use conclave_protocol::message::Envelope;
+use conclave_protocol::ALPN;
 
 /// Name put in certificates and SNI. Not checked: peers are authenticated by key.
 const SERVER_NAME: &str = "conclave";
@@ -368,7 +368,7 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use conclave_protocol::message::Message;
 
     async fn echo_server(endpoint: quinn::Endpoint) {
         while let Some(incoming) = endpoint.accept().await {

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::quic::{self, TransportError};
 use conclave_keygen::ceremony::{Member, MemberEvent, Protocol};
-use conclave_protocol::transport::{self, TransportError};
 use conclave_protocol::{IdentityKey, NodeId};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -23,7 +23,7 @@ pub async fn run_member<P: Protocol>(
     relay_addr: SocketAddr,
     mut on_event: impl FnMut(MemberEvent) -> bool,
 ) -> Result<(), TransportError> {
-    let endpoint = transport::client_endpoint(relay_addr)?;
+    let endpoint = quic::client_endpoint(relay_addr)?;
     let mut conn: Option<quinn::Connection> = None;
     let mut rng = rand::rngs::OsRng;
     member.start(Instant::now());
@@ -63,7 +63,7 @@ pub async fn run_member<P: Protocol>(
                 Some(c) if c.close_reason().is_none() => c.clone(),
                 _ => match tokio::time::timeout(
                     deadline - now,
-                    transport::connect(&endpoint, identity, relay, relay_addr),
+                    quic::connect(&endpoint, identity, relay, relay_addr),
                 )
                 .await
                 {
@@ -81,7 +81,7 @@ pub async fn run_member<P: Protocol>(
                     Err(_) => continue,
                 },
             };
-            match transport::request(&c, &envelope, deadline - Instant::now().min(deadline)).await {
+            match quic::request(&c, &envelope, deadline - Instant::now().min(deadline)).await {
                 Ok(reply) => {
                     member.handle(Instant::now(), reply, &mut rng);
                     break;

@@ -1,6 +1,6 @@
 //! The QUIC driver of the coordinator: keeps a connection to every participant (reconnecting
 //! with backoff), serves pinned clients, and loops the state machine: inputs in, requests out,
-//! timer armed. All protocol decisions are in [`crate::state`].
+//! timer armed. All protocol decisions are in the state machine crate.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conclave_protocol::transport::{self, Pinned, TransportError};
+use crate::quic::{self, Pinned, TransportError};
 use conclave_protocol::{Envelope, GroupName, IdentityKey, Message, NodeId, Refusal, Transmit};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::SignError;
-use crate::state::{Coordinator, Event, GroupInfo, SessionId, SignOutcome};
+use conclave_coordinator::SignError;
+use conclave_coordinator::{Coordinator, Event, GroupInfo, SessionId, SignOutcome};
 
 /// Most signing sessions running at once; more are refused with `Overloaded`.
 pub const MAX_SESSIONS: usize = 4096;
@@ -112,8 +112,8 @@ impl Server {
         listen: SocketAddr,
         clients: HashSet<NodeId>,
     ) -> Result<Self, TransportError> {
-        let cfg = transport::server_config(&identity, Pinned::AnyOf(Arc::new(clients)))?;
-        let endpoint = transport::server_endpoint(listen, cfg)?;
+        let cfg = quic::server_config(&identity, Pinned::AnyOf(Arc::new(clients)))?;
+        let endpoint = quic::server_endpoint(listen, cfg)?;
         let (tx, rx) = mpsc::channel(4096);
         Ok(Self {
             endpoint,
@@ -246,9 +246,7 @@ fn flush(
                     let (conn, tx) = (conn.clone(), tx.clone());
                     tokio::spawn(async move {
                         let id = envelope.id;
-                        let input = match transport::request(&conn, &envelope, request_timeout)
-                            .await
-                        {
+                        let input = match quic::request(&conn, &envelope, request_timeout).await {
                             Ok(reply) => Input::Reply {
                                 from: to,
                                 envelope: reply,
@@ -350,7 +348,7 @@ async fn connect(
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| TransportError::Tls(format!("cannot resolve {addr}")))?;
-    let connecting = transport::connect(endpoint, identity, node, resolved);
+    let connecting = quic::connect(endpoint, identity, node, resolved);
     tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .map_err(|_| TransportError::Timeout(Duration::from_secs(5)))?
@@ -368,21 +366,21 @@ async fn accept_clients(endpoint: quinn::Endpoint, handle: CoordinatorHandle) {
                     return;
                 }
             };
-            let Some(client) = transport::peer_node_id(&conn) else {
+            let Some(client) = quic::peer_node_id(&conn) else {
                 return;
             };
             tracing::debug!(%remote, client = %client.short(), "client connected");
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let handle = handle.clone();
                 tokio::spawn(async move {
-                    let reply = match transport::read_request(&mut recv).await {
+                    let reply = match quic::read_request(&mut recv).await {
                         Ok(request) => serve_client_request(request, &handle).await,
                         Err(_) => Envelope {
                             id: 0,
                             msg: Message::Refused(Refusal::Malformed),
                         },
                     };
-                    let _ = transport::write_frame(&mut send, &reply).await;
+                    let _ = quic::write_frame(&mut send, &reply).await;
                 });
             }
         });
