@@ -99,7 +99,7 @@ fn in_memory(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
     for node in &roster {
         let id = s.identities.get(node).ok_or_else(|| anyhow!("identity"))?;
         let mut m = Member::new(&s.plan, id.clone(), protocol(s, node)?)?;
-        m.start(now);
+        m.start(now, &mut rng);
         members.push(m);
     }
     let mut manifest = None;
@@ -113,7 +113,7 @@ fn in_memory(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
             while let Some(ev) = m.poll_event() {
                 progress = true;
                 match ev {
-                    MemberEvent::Store(o) => {
+                    MemberEvent::Store { outcome: o, .. } => {
                         manifest = Some(o.manifest.clone());
                         m.stored(now, true);
                     }
@@ -180,13 +180,17 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
     let end = relay_task.await?;
     let elapsed = started.elapsed();
     match end {
-        RelayEnd::Completed { confirm, store } => Ok((
+        RelayEnd::Completed {
+            joins,
+            confirm,
+            store,
+        } => Ok((
             elapsed,
-            conclave_keygen::ceremony::completed_manifest(&s.plan, &confirm, &store)
+            conclave_keygen::ceremony::completed_manifest(&s.plan, &joins, &confirm, &store)
                 .map_err(|e| anyhow!(e))?
                 .0,
         )),
-        RelayEnd::Aborted(why) => bail!("reshare over QUIC aborted: {why:?}"),
+        RelayEnd::Aborted { why, .. } => bail!("reshare over QUIC aborted: {why:?}"),
     }
 }
 

@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use conclave_keygen::ceremony::{
-    completed_manifest, describe_abort, CeremonyPlan, Ctx, Member, MemberEvent, PlanNode,
-    RelayEvent,
+    completed_manifest, describe_abort, CeremonyPlan, Member, MemberEvent, PlanNode, RelayEvent,
 };
 use conclave_keygen::dkg::Dkg;
 use conclave_keygen::{share_header, KdfParams, ShareFile};
@@ -188,11 +187,14 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
             _ => {}
         })
         .await;
-    let ctx = Ctx::of(&plan)?;
     match end {
-        RelayEnd::Completed { confirm, store } => {
-            let (manifest, completion) =
-                completed_manifest(&plan, &confirm, &store).map_err(|e| {
+        RelayEnd::Completed {
+            joins,
+            confirm,
+            store,
+        } => {
+            let (manifest, completion) = completed_manifest(&plan, &joins, &confirm, &store)
+                .map_err(|e| {
                     anyhow!("the ceremony completed but its manifest is not usable: {e}")
                 })?;
             conclave_protocol::identity::create_private_dir(&args.out)
@@ -231,7 +233,7 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
             }
             Ok(())
         }
-        RelayEnd::Aborted(why) => {
+        RelayEnd::Aborted { why, ctx } => {
             let report = describe_abort(&plan, &ctx, &why);
             Err(Exit::refused(anyhow!(
                 "{} aborted: {}",
@@ -342,14 +344,7 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
     // A DKG makes a new key: there is no old group to check the plan against, so the operator
     // compares the fingerprint and the members' key fingerprints with the plan's author.
     eprintln!("{}", plan.summary());
-    if let Some(fp) = &args.expect_plan {
-        if !plan.matches_fingerprint(fp) {
-            return Err(Exit::refused(anyhow!(
-                "plan refused, nothing was sent: this plan's fingerprint is {}, not the expected {fp}",
-                plan.fingerprint()?
-            )));
-        }
-    }
+    crate::rotate::confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
     #[allow(unused_mut)]
     let mut dkg = Dkg::new(&plan, &me)?;
     #[cfg(feature = "fault-injection")]
@@ -391,10 +386,7 @@ pub(crate) fn member_files(
     out: &Outputs,
 ) -> MemberFiles {
     let my_name = plan.name_of(me);
-    let in_new_group = plan
-        .participants
-        .iter()
-        .any(|p| p.identity_key == me.to_hex());
+    let in_new_group = plan.is_new_member(me);
     MemberFiles {
         dir: out.dir.clone(),
         share: in_new_group.then(|| {
@@ -504,8 +496,15 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                     std::process::exit(9);
                 }
             }
-            MemberEvent::Store(outcome) => {
+            MemberEvent::Store { outcome, ack } => {
                 let written = (|| -> anyhow::Result<()> {
+                    // First the record of this run and this member's acknowledgement: it
+                    // binds the pending files to this plan and run (`rotate resume`).
+                    conclave_keygen::sharefile::write_atomic(
+                        &completion_file,
+                        ack.to_toml().as_bytes(),
+                        &mut rng,
+                    )?;
                     match (&files.share, outcome.key_package.as_ref(), pass.as_ref()) {
                         (Some(share), Some(kp), Some(pass)) => {
                             let kdf = match kdf_choice {
@@ -525,7 +524,10 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                         (Some(_), _, _) => {
                             anyhow::bail!("the ceremony gave this member no share")
                         }
-                        (None, _, _) => {}
+                        (None, Some(_), _) => anyhow::bail!(
+                            "the ceremony gave this member a share, but the plan does not list it in the new group"
+                        ),
+                        (None, None, _) => {}
                     }
                     if let Some(path) = &files.manifest {
                         conclave_keygen::sharefile::write_atomic(
@@ -545,6 +547,7 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                     Err(e) => {
                         eprintln!("cannot store the new share: {e:#}");
                         files.discard();
+                        remove_if_present(&completion_file);
                         false
                     }
                 };
@@ -557,9 +560,13 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                     files.activate(&completion_file, &completion)?;
                     Ok(manifest)
                 })();
+                // Every member acknowledged: others may have activated, so a failure here keeps
+                // the pending files (undecided), never discards them.
                 result = Some(match activated {
                     Ok(m) => End::Done(m),
-                    Err(e) => End::Failed(format!("{e:#}")),
+                    Err(e) => End::Undecided(format!(
+                        "every member acknowledged, but activating here failed: {e:#}; the pending files are kept: fix the cause and run `conclave rotate resume`"
+                    )),
                 });
             }
             MemberEvent::Undecided { report, partial } => {
@@ -587,6 +594,7 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
             }
             MemberEvent::Aborted(report) => {
                 files.discard();
+                remove_if_present(&completion_file);
                 result = Some(End::Failed(format!(
                     "{} aborted: {}",
                     kind.label(),
@@ -628,10 +636,7 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
             Ok(())
         }
         Some(End::Undecided(e)) => Err(Exit::refused(anyhow!(e))),
-        Some(End::Failed(e)) => {
-            files.discard();
-            Err(Exit::refused(anyhow!(e)))
-        }
+        Some(End::Failed(e)) => Err(Exit::refused(anyhow!(e))),
         None => {
             // The driver stopped without an event (connection lost before the end): if this
             // member had acknowledged, others may have activated.
@@ -641,6 +646,7 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
                 )))
             } else {
                 files.discard();
+                remove_if_present(&completion_file);
                 Err(Exit::refused(anyhow!("{kind} ended without a result")))
             }
         }

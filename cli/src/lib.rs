@@ -286,7 +286,9 @@ struct RotateJoinArgs {
     /// Given and matching, it confirms the plan; in prod mode --yes requires it.
     #[arg(long, value_name = "FINGERPRINT")]
     expect_plan: Option<String>,
-    /// This node's current share (required when it deals).
+    /// This node's current share: required when it deals; for any old member in prod mode, the
+    /// proof from its own files that it belongs to the old group (only its header is read
+    /// when it does not deal).
     #[arg(long)]
     old_share: Option<PathBuf>,
     /// File with the current share's passphrase.
@@ -544,10 +546,14 @@ struct DkgJoinArgs {
     #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
     kdf: KdfChoice,
     /// The plan fingerprint its author printed (`keygen dkg plan`): refuse any other plan.
+    /// Given and matching, it confirms the plan; in prod mode --yes requires it.
     #[arg(long, value_name = "FINGERPRINT")]
     expect_plan: Option<String>,
     #[arg(long)]
     json: bool,
+    /// Do not ask for confirmation (prod mode: only with --expect-plan).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Args, Debug)]

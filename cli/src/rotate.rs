@@ -257,27 +257,27 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
 
 /// Confirms a checked plan: `--expect-plan` (must match) confirms it; otherwise the operator
 /// is asked, or `--yes`, which prod mode accepts only together with `--expect-plan`.
-fn confirm_plan(
-    checked: &CheckedPlan,
+pub(crate) fn confirm_plan(
+    plan: &CeremonyPlan,
     expect: Option<&str>,
     yes: bool,
     mode: Mode,
-) -> anyhow::Result<()> {
+) -> Result<(), Exit> {
     if let Some(fp) = expect {
-        if !checked.plan().matches_fingerprint(fp) {
-            bail!(
-                "this plan's fingerprint is {}, not the expected {fp}: the plan file is not the one its author made; nothing was sent",
-                checked.fingerprint()
-            );
+        if !plan.matches_fingerprint(fp) {
+            return Err(Exit::refused(anyhow!(
+                "plan refused, nothing was sent: this plan's fingerprint is {}, not the expected {fp}: the plan file is not the one its author made",
+                plan.fingerprint()?
+            )));
         }
         return Ok(());
     }
     if yes && mode == Mode::Prod {
-        bail!(
+        return Err(Exit::from(anyhow!(
             "in prod mode --yes needs --expect-plan FINGERPRINT: compare the fingerprint above with the one the plan's author printed, out of band, then pass it"
-        );
+        )));
     }
-    confirm("take part in this ceremony", yes)
+    Ok(confirm("take part in this ceremony", yes)?)
 }
 
 pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
@@ -311,11 +311,16 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         .as_deref()
         .map(read_manifest)
         .transpose()?;
-    let was_member = old.as_ref().is_some_and(|m| {
-        m.participants
-            .iter()
-            .any(|p| p.identity_key.eq_ignore_ascii_case(&me.to_hex()))
-    });
+    // Membership of the old group is proven by this node's own share file (owner and the
+    // manifest it was made with), not by a manifest that may have come with the plan.
+    let own_header = match &args.old_share {
+        Some(p) => Some(ShareFile::inspect(p)?),
+        None => None,
+    };
+    let was_member = match (&old, &own_header) {
+        (Some(m), Some(h)) => h.owner == me && h.manifest_hash == m.hash()?,
+        _ => false,
+    };
     let view = match (&old, expected_key) {
         (Some(m), _) => OldGroup::Manifest(m),
         (None, Some(k)) => OldGroup::Joining {
@@ -327,7 +332,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
     };
     if !was_member && expected_key.is_none() && args.mode == Mode::Prod {
         fail!(
-            "this node is not a member of the old group: in prod mode it joins only with the group public key told out of band (--expect-group-key HEX); a manifest copied with the plan proves nothing"
+            "nothing on this host proves it is a member of the old group: in prod mode pass its current share (--old-share: its header names the manifest it was made with), or, for a member joining the group, the group public key told out of band (--expect-group-key HEX); a manifest copied with the plan proves nothing"
         );
     }
     let checked = CheckedPlan::check(&plan, view)
@@ -381,7 +386,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         None
     };
     eprintln!("{}", checked.summary());
-    confirm_plan(&checked, args.expect_plan.as_deref(), args.yes, args.mode)?;
+    confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
     let out = Outputs {
         dir: args.out.clone(),
         share: None,
@@ -429,6 +434,12 @@ pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
     let plan = read_plan(&args.plan)?;
     let identity = read_identity(&args.identity)?;
     let me = identity.node_id();
+    if !plan.roster()?.iter().any(|m| m.node_id == me) {
+        fail!(
+            "this identity ({}) is not a member of the plan's ceremony",
+            me.short()
+        );
+    }
     let out = Outputs {
         dir: args.out.clone(),
         share: None,
@@ -471,13 +482,24 @@ pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
             );
         }
     }
+    // The record written when the pending files were: this plan, this run, this manifest.
     let completion_file = completion_path(&args.out, &plan);
-    let mut completion = read_completion(&completion_file).unwrap_or(Completion {
-        ceremony: plan.ceremony.clone(),
-        plan_hash: hex::encode(plan.hash()?),
-        manifest_hash: hex::encode(manifest_hash),
-        acks: Default::default(),
-    });
+    let Some(mut completion) = read_completion(&completion_file) else {
+        fail!(
+            "{} is missing: nothing binds the pending files to this plan (were they made by another ceremony?)",
+            completion_file.display()
+        );
+    };
+    if completion.ceremony != plan.ceremony
+        || completion.plan_hash != hex::encode(plan.hash()?)
+        || completion.manifest_hash != hex::encode(manifest_hash)
+        || !completion.acks.contains_key(&me.to_hex())
+    {
+        fail!(
+            "the pending files in {} are not this node's from this plan",
+            args.out.display()
+        );
+    }
     for f in &args.completions {
         let text = conclave_protocol::fsread::read_bounded_to_string(f, 1024 * 1024)
             .with_context(|| format!("cannot read {}", f.display()))?;

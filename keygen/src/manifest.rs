@@ -35,6 +35,11 @@ pub fn parse_identity(
         .map_err(|_| "name must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")?;
     let node_id = NodeId::from_hex(identity_key)
         .map_err(|_| "identity_key is not a valid Ed25519 public key")?;
+    // One spelling per key: every host compares keys as they are written, so a plan or
+    // manifest may not spell a key two ways (upper case, spaces).
+    if node_id.to_hex() != identity_key {
+        return Err("identity_key must be written as 64 lowercase hex digits");
+    }
     let identifier = identifier_for(&node_id).map_err(|_| "identifier cannot be derived")?;
     Ok((node_id, identifier))
 }

@@ -186,6 +186,11 @@ impl Reshare {
             }
             d.lambda = num * den.invert();
         }
+        if old.is_some() && checked.old_manifest().is_none() {
+            // A dealer's plan must have been checked against its own manifest: in joining mode
+            // nothing about the co-dealers was checked, and dealing could hand λ·s to outsiders.
+            return Err(bad("a dealer must check the plan against its own manifest").into());
+        }
         let old_share = match (dealers.iter().find(|d| d.node == *me), old) {
             (None, _) => None,
             (Some(_), None) => return Err(ReshareError::MissingShare),

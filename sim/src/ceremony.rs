@@ -276,7 +276,7 @@ impl World<'_> {
                     progress = true;
                     let now = self.at();
                     match ev {
-                        MemberEvent::Store(o) => {
+                        MemberEvent::Store { outcome: o, .. } => {
                             self.results
                                 .insert(i, (o.manifest.clone(), o.key_package.clone()));
                             if let Some(m) = self.members.get_mut(i) {
@@ -337,7 +337,8 @@ impl World<'_> {
     fn run(mut self) -> Result<CeremonyReport, SetupError> {
         let now = self.at();
         for m in &mut self.members {
-            m.start(now);
+            let mut rng = ChaCha20Rng::seed_from_u64(self.rng.gen());
+            m.start(now, &mut rng);
         }
         if let (Some(at), Some(d)) = (self.s.crash_dealer_at_ms, self.first_dealer) {
             self.schedule((at * MS as f64) as u64, Event::Crash(d));

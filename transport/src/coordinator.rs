@@ -301,7 +301,7 @@ async fn maintain(
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     loop {
-        match connect(&endpoint, &identity, node, &addr).await {
+        match connect_and_ping(&endpoint, &identity, node, &addr).await {
             Ok(conn) => {
                 tracing::info!(participant = %node.short(), %addr, "connected to participant");
                 backoff = MIN_BACKOFF;
@@ -334,6 +334,39 @@ async fn maintain(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Connects and waits for the participant's answer to a ping. With TLS 1.3 the client side
+/// of a handshake completes before the server has checked the client's certificate, so a
+/// participant that does not pin this coordinator would otherwise look connected (and count
+/// as reachable) until its refusal arrives; a peer is up only once it has answered.
+async fn connect_and_ping(
+    endpoint: &quinn::Endpoint,
+    identity: &IdentityKey,
+    node: NodeId,
+    addr: &str,
+) -> Result<quinn::Connection, TransportError> {
+    let conn = connect(endpoint, identity, node, addr).await?;
+    let ping = Envelope {
+        id: 0,
+        msg: Message::Ping,
+    };
+    match quic::request(&conn, &ping, Duration::from_secs(5)).await {
+        Ok(Envelope {
+            msg: Message::Pong { .. },
+            ..
+        }) => Ok(conn),
+        Ok(_) => {
+            conn.close(0u32.into(), b"unexpected reply");
+            Err(TransportError::Tls(
+                "participant did not answer the ping".into(),
+            ))
+        }
+        Err(e) => {
+            conn.close(0u32.into(), b"no answer");
+            Err(e)
+        }
     }
 }
 

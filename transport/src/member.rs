@@ -26,10 +26,10 @@ pub async fn run_member<P: Protocol>(
     let endpoint = quic::client_endpoint(relay_addr)?;
     let mut conn: Option<quinn::Connection> = None;
     let mut rng = rand::rngs::OsRng;
-    member.start(Instant::now());
+    member.start(Instant::now(), &mut rng);
     loop {
         while let Some(ev) = member.poll_event() {
-            let store = matches!(ev, MemberEvent::Store(_));
+            let store = matches!(ev, MemberEvent::Store { .. });
             let ok = on_event(ev);
             if store {
                 member.stored(Instant::now(), ok);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::quic::{self, Pinned, TransportError};
-use conclave_keygen::ceremony::{CeremonyPlan, Relay, RelayEvent};
+use conclave_keygen::ceremony::{CeremonyPlan, Ctx, Relay, RelayEvent};
 use conclave_protocol::{AbortWhy, Envelope, IdentityKey, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,12 +31,16 @@ enum Input {
 /// How a relayed ceremony ended.
 #[derive(Debug)]
 pub enum RelayEnd {
-    /// Every member stored its share; `confirm`/`store` as in [`RelayEvent::Completed`].
+    /// Every member stored its share; `joins`/`confirm`/`store` as in
+    /// [`RelayEvent::Completed`].
     Completed {
+        joins: Vec<Vec<u8>>,
         confirm: Vec<Vec<u8>>,
         store: Vec<Vec<u8>>,
     },
-    Aborted(AbortWhy),
+    /// The ceremony ended without a result; `ctx` is the run as the relay saw it (to check the
+    /// signed complaint in `why`).
+    Aborted { why: AbortWhy, ctx: Ctx },
 }
 
 /// A bound, not yet running relay.
@@ -112,11 +116,28 @@ impl RelayServer {
             while let Some(ev) = relay.poll_event() {
                 on_event(&relay, &ev);
                 match ev {
-                    RelayEvent::Completed { confirm, store } => {
-                        end = Some((RelayEnd::Completed { confirm, store }, Instant::now()))
+                    RelayEvent::Completed {
+                        joins,
+                        confirm,
+                        store,
+                    } => {
+                        end = Some((
+                            RelayEnd::Completed {
+                                joins,
+                                confirm,
+                                store,
+                            },
+                            Instant::now(),
+                        ))
                     }
                     RelayEvent::Aborted(why) => {
-                        end = Some((RelayEnd::Aborted(why), Instant::now()))
+                        end = Some((
+                            RelayEnd::Aborted {
+                                why,
+                                ctx: relay.ctx(),
+                            },
+                            Instant::now(),
+                        ))
                     }
                     _ => {}
                 }
@@ -127,10 +148,13 @@ impl RelayServer {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         match end {
             Some((e, _)) => e,
-            None => RelayEnd::Aborted(AbortWhy::Timeout {
-                round: relay.round(),
-                missing: relay.missing().into_iter().collect(),
-            }),
+            None => RelayEnd::Aborted {
+                why: AbortWhy::Timeout {
+                    round: relay.round(),
+                    missing: relay.missing().into_iter().collect(),
+                },
+                ctx: relay.ctx(),
+            },
         }
     }
 }

@@ -158,6 +158,8 @@ pub struct CheckedPlan {
     group_key: [u8; 32],
     dealers: Vec<CheckedDealer>,
     entries: Vec<Entry>,
+    /// Continuing members whose address changes: (name, old, new).
+    address_changes: Vec<(String, String, String)>,
     fingerprint: String,
 }
 
@@ -250,6 +252,7 @@ impl CheckedPlan {
             .members()
             .map_err(|e| PlanCheckError::Plan(PlanError::Serialize(e.to_string())))?;
         let mut entries: Vec<Entry> = vec![];
+        let mut address_changes = vec![];
         let mut dealers = Vec::with_capacity(from.dealers.len());
         for d in &from.dealers {
             let own = members.iter().find(|m| m.name == d.name).ok_or_else(|| {
@@ -351,6 +354,19 @@ impl CheckedPlan {
                     if plan.kind == CeremonyKind::Repair {
                         roles = vec![Role::Repaired];
                     }
+                    if own.address != p.address {
+                        if plan.kind == CeremonyKind::Refresh {
+                            return Err(PlanCheckError::RefreshChangesMembers {
+                                name: p.name.clone(),
+                                what: "changes its address",
+                            });
+                        }
+                        address_changes.push((
+                            p.name.clone(),
+                            own.address.clone(),
+                            p.address.clone(),
+                        ));
+                    }
                 }
                 Some(own) => {
                     if !replaced.contains(&p.name) {
@@ -421,6 +437,7 @@ impl CheckedPlan {
             group_key,
             dealers,
             entries,
+            address_changes,
             fingerprint,
         })
     }
@@ -487,6 +504,7 @@ impl CheckedPlan {
             group_key: expected,
             dealers,
             entries,
+            address_changes: vec![],
             fingerprint,
         })
     }
@@ -617,6 +635,9 @@ impl CheckedPlan {
                     );
                 }
             }
+        }
+        for (name, old, new) in &self.address_changes {
+            out += &format!("  {name}: address CHANGES {old} -> {new}\n");
         }
         if plan.kind == CeremonyKind::Repair {
             out += "  the rebuilt share is sent only to the member's own identity key and checked against the manifest before it is written\n";

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use conclave_protocol::{AbortWhy, Delivered, Envelope, IdentityKey, Message, NodeId, PostBody};
+use conclave_protocol::{Delivered, Envelope, IdentityKey, Message, NodeId, PostBody};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -36,8 +36,13 @@ pub enum MemberEvent {
     /// `round` was delivered and processed.
     RoundComplete { round: u8 },
     /// Every member confirmed the same result. The driver writes the share (and manifest) as
-    /// *pending* files (not active), then calls [`Member::stored`].
-    Store(Box<Outcome>),
+    /// *pending* files (not active), keeps `ack` (this member's own acknowledgement, posted
+    /// once it calls [`Member::stored`] with `true`: the record that binds the pending files to
+    /// this run of this plan, for `rotate resume`), then calls [`Member::stored`].
+    Store {
+        outcome: Box<Outcome>,
+        ack: Completion,
+    },
     /// Every member signed that it stored its share: the driver activates the pending files
     /// and keeps the completion (public) so that an undecided member can be shown it.
     Activate(Completion),
@@ -64,6 +69,8 @@ pub struct Completion {
     pub ceremony: String,
     /// SHA-256 of the plan (hex).
     pub plan_hash: String,
+    /// The run of the plan (hex; see [`Ctx::session`]).
+    pub session: String,
     /// SHA-256 of the manifest every member stored (hex).
     pub manifest_hash: String,
     /// Identity key (hex) → Ed25519 signature (hex).
@@ -74,7 +81,7 @@ pub struct Completion {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CompletionError {
-    #[error("the completion is for another ceremony or plan")]
+    #[error("the completion is for another ceremony, plan or run of the plan")]
     OtherCeremony,
     #[error("the completion is for another manifest than the pending one")]
     OtherManifest,
@@ -93,6 +100,7 @@ impl Completion {
         Self {
             ceremony: hex::encode(ctx.id),
             plan_hash: hex::encode(ctx.plan_hash),
+            session: hex::encode(ctx.session),
             manifest_hash: hex::encode(manifest_hash),
             acks: BTreeMap::new(),
         }
@@ -110,7 +118,10 @@ impl Completion {
 
     /// Adds the acknowledgements of `other` (same ceremony and manifest) to these.
     pub fn merge(&mut self, other: &Completion) -> Result<(), CompletionError> {
-        if other.ceremony != self.ceremony || other.plan_hash != self.plan_hash {
+        if other.ceremony != self.ceremony
+            || other.plan_hash != self.plan_hash
+            || other.session != self.session
+        {
             return Err(CompletionError::OtherCeremony);
         }
         if other.manifest_hash != self.manifest_hash {
@@ -129,10 +140,12 @@ impl Completion {
         plan: &CeremonyPlan,
         manifest_hash: &[u8; 32],
     ) -> Result<(), CompletionError> {
-        let ctx = Ctx::of(plan).map_err(|_| CompletionError::OtherCeremony)?;
+        let mut ctx = Ctx::of(plan).map_err(|_| CompletionError::OtherCeremony)?;
         if self.ceremony != hex::encode(ctx.id) || self.plan_hash != hex::encode(ctx.plan_hash) {
             return Err(CompletionError::OtherCeremony);
         }
+        hex::decode_to_slice(&self.session, &mut ctx.session)
+            .map_err(|_| CompletionError::OtherCeremony)?;
         if self.manifest_hash != hex::encode(manifest_hash) {
             return Err(CompletionError::OtherManifest);
         }
@@ -216,6 +229,10 @@ pub struct Member<P> {
     outbox: VecDeque<Envelope>,
     events: VecDeque<MemberEvent>,
     deadline: Option<Instant>,
+    /// This member's join nonce for this run.
+    nonce: [u8; 32],
+    /// The complaint this member made itself (its own verdict), if any.
+    own_complaint: Option<Complaint>,
 }
 
 impl<P: Protocol> Member<P> {
@@ -245,6 +262,8 @@ impl<P: Protocol> Member<P> {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             deadline: None,
+            nonce: [0; 32],
+            own_complaint: None,
         })
     }
 
@@ -294,13 +313,15 @@ impl<P: Protocol> Member<P> {
         });
     }
 
-    /// Joins the ceremony (round 0).
-    pub fn start(&mut self, now: Instant) {
+    /// Joins the ceremony (round 0) with a fresh nonce: every member's nonce makes the run's
+    /// session (see [`Ctx::session`]).
+    pub fn start(&mut self, now: Instant, rng: &mut dyn RngCoreCrypto) {
         if self.round == 0 && self.pending.is_none() && self.phase == Phase::Joining {
+            rng.fill_bytes(&mut self.nonce);
             self.post(
                 now,
                 PostBody::Round {
-                    broadcast: vec![],
+                    broadcast: self.nonce.to_vec(),
                     direct: vec![],
                 },
             );
@@ -397,26 +418,17 @@ impl<P: Protocol> Member<P> {
                 return self.undecided(report, partial);
             }
         };
+        // Nothing the relay delivers here proves that nobody activated: not a timeout, not a
+        // disconnection, not even a member's signed complaint (a member can sign both an
+        // acknowledgement and a complaint). Only the operator abandons (`rotate resume
+        // --abandon`), once no member activated.
         let mut report = describe_abort(&self.plan, &self.ctx, &why);
-        // A member's own signed complaint in the store round means it did not store (an
-        // honest member never complains after acknowledging): nobody can hold all n acks,
-        // so discarding is safe. Anything else the relay could have made up.
-        let safe = match &why {
-            AbortWhy::Complaint { from, complaint } => self
-                .ctx
-                .open_complaint(from, complaint)
-                .is_some_and(|c| c.round == final_round && c.fault == Fault::LocalFailure),
-            _ => false,
-        };
-        if safe {
-            self.finish_aborted(report);
-        } else {
-            report.summary += "; this member had already acknowledged its pending share and keeps it (others may have activated): finish with `conclave rotate resume`";
-            self.undecided(report, partial);
-        }
+        report.summary += "; this member had already acknowledged its pending share and keeps it (others may have activated): finish with `conclave rotate resume`";
+        self.undecided(report, partial);
     }
 
     fn complain(&mut self, now: Instant, complaint: Complaint) {
+        self.own_complaint = Some(complaint.clone());
         let bytes = self.ctx.seal_complaint(&self.identity, &complaint);
         self.phase = Phase::Aborting;
         self.post(now, PostBody::Abort { complaint: bytes });
@@ -434,7 +446,15 @@ impl<P: Protocol> Member<P> {
         }
         match env.msg {
             Message::CeremonyAborted { ceremony, why } if ceremony == self.ctx.id => {
-                let report = describe_abort(&self.plan, &self.ctx, &why);
+                let mut report = describe_abort(&self.plan, &self.ctx, &why);
+                // Another member's accusation becomes this host's verdict only where its own
+                // check found the same fault in the same member.
+                if let Some(own) = &self.own_complaint {
+                    if own.fault.attribution() == super::Attribution::Sender {
+                        let ids = own.culprits.clone();
+                        report.confirm_culprits(&self.plan, &ids);
+                    }
+                }
                 self.finish_aborted(report);
             }
             Message::CeremonyRound {
@@ -468,6 +488,32 @@ impl<P: Protocol> Member<P> {
     ) {
         let protocol_rounds = self.kind.protocol_rounds();
         let step = if round == 0 {
+            // The run's session: every member's nonce (this one's as it sent it).
+            let me = self.identity.node_id();
+            let nonces: Vec<&[u8]> = items
+                .iter()
+                .map(|d| {
+                    if d.from == me {
+                        self.nonce.as_slice()
+                    } else {
+                        d.broadcast.as_slice()
+                    }
+                })
+                .collect();
+            let short: Vec<NodeId> = items
+                .iter()
+                .filter(|d| d.from != me && d.broadcast.len() != 32)
+                .map(|d| d.from)
+                .collect();
+            if !short.is_empty() {
+                return self.complain(now, Complaint::new(round, Fault::Missing, short));
+            }
+            match Ctx::for_run(&self.plan, nonces) {
+                Ok(ctx) => self.ctx = ctx,
+                Err(_) => {
+                    return self.complain(now, Complaint::new(round, Fault::LocalFailure, vec![]))
+                }
+            }
             self.events.push_back(MemberEvent::Joined);
             self.phase = Phase::Protocol;
             self.protocol.start(&self.ctx, &self.identity, rng)
@@ -554,7 +600,8 @@ impl<P: Protocol> Member<P> {
         match self.confirmed_outcome.take() {
             Some(outcome) => {
                 self.phase = Phase::Storing;
-                self.events.push_back(MemberEvent::Store(outcome));
+                let ack = self.own_completion();
+                self.events.push_back(MemberEvent::Store { outcome, ack });
             }
             None => self.complain(now, Complaint::new(round, Fault::LocalFailure, vec![])),
         }
@@ -642,10 +689,11 @@ impl<P: Protocol> Member<P> {
 /// store acknowledgement of it (the completion that undecided members can be shown).
 pub fn completed_manifest(
     plan: &CeremonyPlan,
+    joins: &[Vec<u8>],
     confirm: &[Vec<u8>],
     store: &[Vec<u8>],
 ) -> Result<(GroupManifest, Completion), String> {
-    let ctx = Ctx::of(plan).map_err(|e| e.to_string())?;
+    let ctx = Ctx::for_run(plan, joins.iter().map(Vec::as_slice)).map_err(|e| e.to_string())?;
     let roster: Vec<NodeId> = plan
         .roster()
         .map_err(|e| e.to_string())?

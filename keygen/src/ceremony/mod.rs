@@ -43,20 +43,51 @@ type Kem = hpke::kem::X25519HkdfSha256;
 type Kdf = hpke::kdf::HkdfSha256;
 type Aead = hpke::aead::ChaCha20Poly1305;
 
-/// The id and plan hash of a ceremony: bound into every signature and every HPKE context.
+/// The id and plan hash of a ceremony, and the run: bound into every signature and every
+/// HPKE context. A plan may be run again after an abort; `session` (from every member's fresh
+/// join nonce) makes each run's signatures, complaints and acknowledgements its own, so the
+/// relay cannot replay a message of an earlier run of the same plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ctx {
     pub id: [u8; 16],
     pub plan_hash: [u8; 32],
+    /// SHA-256 of the plan hash and every member's join nonce in roster order (all zero
+    /// before the join round is delivered).
+    pub session: [u8; 32],
 }
 
 impl Ctx {
-    /// The context of `plan`.
+    /// The context of `plan`, before the join round (no session yet).
     pub fn of(plan: &CeremonyPlan) -> Result<Self, PlanError> {
         Ok(Self {
             id: plan.id()?,
             plan_hash: plan.hash()?,
+            session: [0; 32],
         })
+    }
+
+    /// The context of one run of `plan`: `nonces` are the members' join nonces in roster order.
+    pub fn for_run<'a>(
+        plan: &CeremonyPlan,
+        nonces: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self, PlanError> {
+        Ok(Self::of(plan)?.with_run(nonces))
+    }
+
+    /// This context for the run whose join nonces are `nonces` (roster order).
+    pub fn with_run<'a>(mut self, nonces: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let ctx = &mut self;
+        let mut h = Sha256::new();
+        for p in [b"conclave/session/v1".as_slice(), ctx.plan_hash.as_slice()] {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        for p in nonces {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        ctx.session = h.finalize().into();
+        self
     }
 
     /// The bytes a signature or an HPKE context covers: a domain label, this context, the
@@ -75,6 +106,7 @@ impl Ctx {
         out.extend_from_slice(domain);
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.plan_hash);
+        out.extend_from_slice(&self.session);
         out.push(round);
         out.extend_from_slice(&from.0);
         out.extend_from_slice(&to.map(|t| t.0).unwrap_or([0; 32]));
@@ -384,16 +416,25 @@ impl Ctx {
     }
 }
 
-/// Why a ceremony ended, for an operator and for scripts: words, the members to blame (only
-/// on evidence they signed themselves) and the suspects ("S or the relay": a relay could have
-/// caused what was seen). Never any secret: complaints hold only codes and node ids.
+/// Why a ceremony ended, for an operator and for scripts: words, the members this host blames
+/// (on evidence they signed that this host checked itself), the members another member
+/// accuses (on evidence only the accuser could check), and the suspects ("S or the relay": a
+/// relay could have caused what was seen). Never any secret: complaints hold only codes and
+/// node ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AbortReport {
     pub summary: String,
-    /// Display names of the members blamed on evidence signed by them.
+    /// Display names of the members blamed on evidence they signed, checked by this host.
     pub culprits: Vec<String>,
     /// Their node ids, in the same order.
     pub culprit_ids: Vec<NodeId>,
+    /// Display names of the members another member's signed complaint names, on evidence
+    /// this host did not check (a malicious member could accuse falsely; the relay cannot).
+    pub accused: Vec<String>,
+    /// Their node ids, in the same order.
+    pub accused_ids: Vec<NodeId>,
+    /// Who accuses them.
+    pub accuser: Option<String>,
     /// Display names of the members who, or the relay, caused the failure.
     pub suspects: Vec<String>,
     /// Their node ids, in the same order.
@@ -401,15 +442,11 @@ pub struct AbortReport {
 }
 
 impl AbortReport {
-    fn new(plan: &CeremonyPlan, summary: String, culprits: &[NodeId], suspects: &[NodeId]) -> Self {
-        let names = |ids: &[NodeId]| ids.iter().map(|n| plan.name_of(n)).collect::<Vec<_>>();
-        Self {
-            summary,
-            culprits: names(culprits),
-            culprit_ids: culprits.to_vec(),
-            suspects: names(suspects),
-            suspect_ids: suspects.to_vec(),
-        }
+    fn new(plan: &CeremonyPlan, summary: String, suspects: &[NodeId]) -> Self {
+        let mut r = Self::nobody(summary);
+        r.suspects = suspects.iter().map(|n| plan.name_of(n)).collect();
+        r.suspect_ids = suspects.to_vec();
+        r
     }
 
     /// A failure that blames nobody.
@@ -418,9 +455,31 @@ impl AbortReport {
             summary,
             culprits: vec![],
             culprit_ids: vec![],
+            accused: vec![],
+            accused_ids: vec![],
+            accuser: None,
             suspects: vec![],
             suspect_ids: vec![],
         }
+    }
+
+    /// This host's own check found evidence signed by `ids` (its own complaint): they are
+    /// culprits in its verdict, whatever complaint the relay delivered first.
+    pub(crate) fn confirm_culprits(&mut self, plan: &CeremonyPlan, ids: &[NodeId]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.summary += &format!(
+            "; this host's own check: culprit(s): {}",
+            ids.iter()
+                .map(|n| plan.name_of(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.culprits = ids.iter().map(|n| plan.name_of(n)).collect();
+        self.culprit_ids = ids.to_vec();
+        self.accused_ids.retain(|n| !ids.contains(n));
+        self.accused = self.accused_ids.iter().map(|n| plan.name_of(n)).collect();
     }
 }
 
@@ -431,32 +490,43 @@ pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortRe
     match why {
         AbortWhy::Complaint { from, complaint } => match ctx.open_complaint(from, complaint) {
             Some(c) => {
-                // Blame only on evidence the culprits signed themselves (a member reporting
-                // its own local failure is one such case).
-                let (culprits, suspects): (Vec<NodeId>, Vec<NodeId>) =
-                    match c.fault.attribution() {
-                        Attribution::Sender => (c.culprits.clone(), vec![]),
-                        Attribution::SenderOrRelay => (vec![], c.culprits.clone()),
-                    };
-                let blame = if !culprits.is_empty() {
-                    format!("; culprit(s): {}", names(&culprits).join(", "))
-                } else if !suspects.is_empty() {
-                    format!("; caused by {}", or_relay(&suspects))
-                } else {
-                    String::new()
-                };
-                AbortReport::new(
-                    plan,
-                    format!(
-                        "{} reported in round {} ({}): {}{blame}",
-                        plan.name_of(from),
-                        c.round,
-                        plan.kind.round_name(c.round),
-                        c.fault.describe()
+                let accuser = plan.name_of(from);
+                // A member's own local failure is its own signed word about itself: blamed.
+                let self_report = c.fault == Fault::LocalFailure && c.culprits == [*from];
+                let head = format!(
+                    "{accuser} reported in round {} ({}): {}",
+                    c.round,
+                    plan.kind.round_name(c.round),
+                    c.fault.describe()
+                );
+                if self_report {
+                    let mut r = AbortReport::nobody(format!("{head}; culprit(s): {accuser}"));
+                    r.culprits = vec![accuser];
+                    r.culprit_ids = vec![*from];
+                    return r;
+                }
+                match c.fault.attribution() {
+                    Attribution::Sender if !c.culprits.is_empty() => {
+                        // Evidence the accused signed, but only the accuser could check it.
+                        let mut r = AbortReport::nobody(format!(
+                            "{head}; {accuser} names {} (on evidence only {accuser} can check)",
+                            names(&c.culprits).join(", ")
+                        ));
+                        r.accused = names(&c.culprits);
+                        r.accused_ids = c.culprits.clone();
+                        r.accuser = Some(accuser);
+                        r
+                    }
+                    Attribution::Sender => AbortReport::nobody(head),
+                    Attribution::SenderOrRelay if c.culprits.is_empty() => {
+                        AbortReport::nobody(head)
+                    }
+                    Attribution::SenderOrRelay => AbortReport::new(
+                        plan,
+                        format!("{head}; caused by {}", or_relay(&c.culprits)),
+                        &c.culprits,
                     ),
-                    &culprits,
-                    &suspects,
-                )
+                }
             }
             None => AbortReport::nobody(format!(
                 "the relay reported a complaint from {} that is not signed by it (the relay is misbehaving)",
@@ -470,7 +540,6 @@ pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortRe
                 plan.kind.round_name(*round),
                 or_relay(missing)
             ),
-            &[],
             missing,
         ),
         AbortWhy::Disconnected { node } => AbortReport::new(
@@ -480,7 +549,6 @@ pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortRe
                 plan.name_of(node),
                 or_relay(std::slice::from_ref(node))
             ),
-            &[],
             std::slice::from_ref(node),
         ),
         AbortWhy::Malformed { node } => AbortReport::new(
@@ -489,7 +557,6 @@ pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortRe
                 "the relay reports a post that breaks the ceremony protocol from {}",
                 or_relay(std::slice::from_ref(node))
             ),
-            &[],
             std::slice::from_ref(node),
         ),
     }

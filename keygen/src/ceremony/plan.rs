@@ -324,9 +324,9 @@ impl CeremonyPlan {
                 ));
             }
             if from.dealers.iter().any(|d| {
-                self.participants
-                    .iter()
-                    .any(|p| p.identity_key == d.identity_key)
+                self.participants.iter().any(|p| {
+                    NodeId::from_hex(&p.identity_key).ok() == NodeId::from_hex(&d.identity_key).ok()
+                })
             }) {
                 return Err(bad("the member being repaired cannot help"));
             }
@@ -335,10 +335,13 @@ impl CeremonyPlan {
         }
         let mut seen = BTreeSet::new();
         for d in &from.dealers {
-            let node_id = NodeId::from_hex(&d.identity_key).map_err(|_| PlanError::BadNode {
-                name: d.name.clone(),
-                what: "identity_key is not a valid Ed25519 public key",
-            })?;
+            let (node_id, _) =
+                crate::manifest::parse_identity(&d.name, &d.identity_key).map_err(|what| {
+                    PlanError::BadNode {
+                        name: d.name.clone(),
+                        what,
+                    }
+                })?;
             if !seen.insert(node_id) {
                 return Err(PlanError::Duplicate);
             }
@@ -410,13 +413,14 @@ impl CeremonyPlan {
         Ok(Sha256::digest(&bytes).into())
     }
 
-    /// A short fingerprint of the plan for operators to compare out of band: the first 80
-    /// bits of [`hash`](Self::hash), as five groups of four hex digits
-    /// (`3f2a-91c0-7d4e-b815-22aa`). Every host prints it before it confirms.
+    /// A fingerprint of the plan for operators to compare out of band: the first 128 bits of
+    /// [`hash`](Self::hash), as eight groups of four hex digits
+    /// (`3f2a-91c0-7d4e-b815-22aa-0c4d-9e1f-6b70`; 128 bits so that nobody can make two plans
+    /// that share one). Every host prints it before it confirms.
     pub fn fingerprint(&self) -> Result<String, PlanError> {
         let hash = self.hash()?;
-        let hex = hex::encode(hash.get(..10).unwrap_or_default());
-        let groups: Vec<&str> = (0..5).filter_map(|i| hex.get(i * 4..i * 4 + 4)).collect();
+        let hex = hex::encode(hash.get(..16).unwrap_or_default());
+        let groups: Vec<&str> = (0..8).filter_map(|i| hex.get(i * 4..i * 4 + 4)).collect();
         Ok(groups.join("-"))
     }
 
@@ -432,7 +436,7 @@ impl CeremonyPlan {
         let given = norm(given);
         let Ok(hash) = self.hash() else { return false };
         let full = hex::encode(hash);
-        given.len() >= 20 && full.starts_with(&given)
+        given.len() >= 32 && full.starts_with(&given)
     }
 
     /// The ceremony id.
@@ -444,10 +448,12 @@ impl CeremonyPlan {
 
     /// The coordinator's identity.
     pub fn coordinator_id(&self) -> Result<NodeId, PlanError> {
-        NodeId::from_hex(&self.coordinator.identity_key).map_err(|_| PlanError::BadNode {
-            name: self.coordinator.name.clone(),
-            what: "identity_key is not a valid Ed25519 public key",
-        })
+        crate::manifest::parse_identity(&self.coordinator.name, &self.coordinator.identity_key)
+            .map(|(n, _)| n)
+            .map_err(|what| PlanError::BadNode {
+                name: self.coordinator.name.clone(),
+                what,
+            })
     }
 
     /// Every participant, parsed and checked, in roster order.
@@ -503,23 +509,30 @@ impl CeremonyPlan {
 
     /// The name of `node` in this plan (its hex prefix if it is not in the plan).
     pub fn name_of(&self, node: &NodeId) -> String {
-        let hex = node.to_hex();
-        if self.coordinator.identity_key == hex {
+        let is = |k: &str| NodeId::from_hex(k).ok().as_ref() == Some(node);
+        if is(&self.coordinator.identity_key) {
             return self.coordinator.name.clone();
         }
         self.participants
             .iter()
-            .find(|p| p.identity_key == hex)
+            .find(|p| is(&p.identity_key))
             .map(|p| p.name.clone())
             .or_else(|| {
                 self.from.as_ref().and_then(|f| {
                     f.dealers
                         .iter()
-                        .find(|d| d.identity_key == hex)
+                        .find(|d| is(&d.identity_key))
                         .map(|d| d.name.clone())
                 })
             })
             .unwrap_or_else(|| node.short())
+    }
+
+    /// True if `node` is a member of the group this plan makes.
+    pub fn is_new_member(&self, node: &NodeId) -> bool {
+        self.participants
+            .iter()
+            .any(|p| NodeId::from_hex(&p.identity_key).ok().as_ref() == Some(node))
     }
 }
 

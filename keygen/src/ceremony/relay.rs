@@ -23,10 +23,11 @@ pub enum RelayEvent {
     RoundComplete { round: u8 },
     /// The ceremony ended without a result.
     Aborted(AbortWhy),
-    /// Every member stored its share. `confirm` holds each member's confirm-round broadcast
-    /// and `store` each member's store-round broadcast, in roster order (see
-    /// [`crate::ceremony::Member`] for what they hold).
+    /// Every member stored its share. `joins`, `confirm` and `store` hold each member's
+    /// join-round (its nonce), confirm-round and store-round broadcasts, in roster order (see
+    /// [`crate::ceremony::Member`] for what they hold; `completed_manifest` checks them).
     Completed {
+        joins: Vec<Vec<u8>>,
         confirm: Vec<Vec<u8>>,
         store: Vec<Vec<u8>>,
     },
@@ -58,6 +59,7 @@ pub struct Relay {
     deadline: Instant,
     round_timeout: Duration,
     state: State,
+    joins: Vec<Vec<u8>>,
     confirm: Vec<Vec<u8>>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<RelayEvent>,
@@ -90,6 +92,7 @@ impl Relay {
             deadline: now + Duration::from_secs(plan.join_timeout_secs.into()),
             round_timeout: Duration::from_secs(plan.round_timeout_secs.into()),
             state: State::Running,
+            joins: Vec::new(),
             confirm: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -102,6 +105,12 @@ impl Relay {
     #[cfg(feature = "fault-injection")]
     pub fn inject(&mut self, fault: RelayFault) {
         self.fault = Some(fault);
+    }
+
+    /// The ceremony's context as this relay saw the run (the session from the join nonces it
+    /// received, once the join round completed): what it checks members' complaints with.
+    pub fn ctx(&self) -> Ctx {
+        self.ctx
     }
 
     /// The members, in roster order.
@@ -261,6 +270,14 @@ impl Relay {
         }
         self.events.push_back(RelayEvent::RoundComplete { round });
         let final_round = self.kind.final_round();
+        if round == 0 {
+            self.joins = self
+                .roster
+                .iter()
+                .filter_map(|n| posts.get(n).map(|p| p.broadcast.clone()))
+                .collect();
+            self.ctx = self.ctx.with_run(self.joins.iter().map(Vec::as_slice));
+        }
         if round + 1 == final_round {
             self.confirm = self
                 .roster
@@ -276,6 +293,7 @@ impl Relay {
                 .collect();
             self.state = State::Done;
             self.events.push_back(RelayEvent::Completed {
+                joins: std::mem::take(&mut self.joins),
                 confirm: std::mem::take(&mut self.confirm),
                 store,
             });

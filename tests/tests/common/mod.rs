@@ -645,6 +645,7 @@ pub fn run_dkg(d: &Path, group: &str, t: usize, specs: &[String], faults: &DkgFa
                     "--passphrase-file",
                     d.join("pass").to_str().expect("utf8"),
                     "--json",
+                    "--yes",
                 ],
                 fault,
             )
