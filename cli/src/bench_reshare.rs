@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use conclave_keygen::ceremony::{
-    CeremonyKind, CeremonyPlan, CheckedPlan, Member, MemberEvent, OldGroup, PlanNode, Relay,
+    harness, CeremonyKind, CeremonyPlan, CheckedPlan, Member, MemberEnd, OldGroup, PlanNode, Relay,
 };
 use conclave_keygen::reshare::Reshare;
+use conclave_keygen::store::MemoryShareStore;
 use conclave_keygen::{deal, GroupManifest, NewMember};
 use conclave_protocol::{GroupName, IdentityKey, NodeId};
 use conclave_transport::relay::{RelayEnd, RelayServer};
@@ -88,60 +89,32 @@ fn protocol(s: &Setup, node: &NodeId) -> anyhow::Result<Reshare> {
     Ok(Reshare::new(&checked, node, s.old_shares.get(node))?)
 }
 
-/// The ceremony's state machines back to back, no network: the cost of the cryptography.
+/// The ceremony's state machines back to back, no network (the in-memory harness): the cost
+/// of the cryptography.
 fn in_memory(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
     let started = Instant::now();
-    let now = Instant::now();
-    let mut rng = rand::rngs::OsRng;
     let roster: Vec<NodeId> = s.plan.roster()?.into_iter().map(|m| m.node_id).collect();
-    let mut relay = Relay::new(&s.plan, now)?;
+    let relay = Relay::new(&s.plan, Instant::now())?;
     let mut members = vec![];
     for node in &roster {
         let id = s.identities.get(node).ok_or_else(|| anyhow!("identity"))?;
-        let mut m = Member::new(&s.plan, id.clone(), protocol(s, node)?)?;
-        m.start(now, &mut rng);
-        members.push(m);
+        members.push(Member::new(&s.plan, id.clone(), protocol(s, node)?)?);
     }
-    let mut manifest = None;
-    loop {
-        let mut progress = false;
-        for (m, node) in members.iter_mut().zip(&roster) {
-            while let Some(env) = m.poll_transmit() {
-                relay.handle(now, *node, env);
-                progress = true;
-            }
-            while let Some(ev) = m.poll_event() {
-                progress = true;
-                match ev {
-                    MemberEvent::Store { outcome: o, .. } => {
-                        manifest = Some(o.manifest.clone());
-                        m.stored(now, true);
-                    }
-                    MemberEvent::Aborted(r) => bail!("in-memory reshare aborted: {}", r.summary),
-                    _ => {}
-                }
-            }
-        }
-        while let Some(t) = relay.poll_transmit() {
-            if let Some(i) = roster.iter().position(|r| *r == t.to) {
-                if let Some(m) = members.get_mut(i) {
-                    m.handle(now, t.envelope, &mut rng);
-                }
-            }
-            progress = true;
-        }
-        while relay.poll_event().is_some() {}
-        if !progress {
-            break;
-        }
+    let run = harness::run(members, relay);
+    let elapsed = started.elapsed();
+    if let Some(r) = (0..roster.len()).find_map(|i| run.aborted(i)) {
+        bail!("in-memory reshare aborted: {}", r.summary);
     }
-    if !members.iter().all(|m| m.is_finished()) {
+    if !(0..roster.len()).all(|i| run.activated(i)) {
         bail!("in-memory reshare did not finish");
     }
-    Ok((
-        started.elapsed(),
-        manifest.ok_or_else(|| anyhow!("no result"))?,
-    ))
+    let manifest = run
+        .stores
+        .first()
+        .and_then(|st| st.active())
+        .map(|(m, _)| m.clone())
+        .ok_or_else(|| anyhow!("no result"))?;
+    Ok((elapsed, manifest))
 }
 
 /// The same over QUIC on loopback: a relay server and one connection per member.
@@ -161,15 +134,17 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
             .clone();
         let mut member = Member::new(&s.plan, id.clone(), protocol(s, &m.node_id)?)?;
         tasks.push(tokio::spawn(async move {
-            let mut ok = false;
-            conclave_transport::member::run_member(&mut member, &id, relay_id, addr, |ev| {
-                if matches!(ev, MemberEvent::Activate(_)) {
-                    ok = true;
-                }
-                true
-            })
+            let mut store = MemoryShareStore::default();
+            conclave_transport::member::run_member(
+                &mut member,
+                &id,
+                relay_id,
+                addr,
+                &mut store,
+                |_| {},
+            )
             .await
-            .map(|()| ok)
+            .map(|end| matches!(end, Some(MemberEnd::Activated { .. })))
         }));
     }
     for t in tasks {

@@ -14,7 +14,7 @@ use conclave_transport::client::Client;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::commands::{manifest_path, share_path};
+use conclave_keygen::store::{manifest_path, share_path};
 
 struct Running {
     stop: Option<oneshot::Sender<()>>,

@@ -2,12 +2,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
-use conclave_keygen::{deal, GroupManifest, KdfParams, NewMember, ShareFile};
+use conclave_keygen::store::{self, KdfCost};
+use conclave_keygen::{deal, GroupManifest, NewMember, ShareFile};
 use conclave_protocol::identity::read_node_id;
 use conclave_protocol::{GroupName, IdentityKey, ReadError, MAX_SIGN_MESSAGE_LEN};
 use conclave_transport::client::Client;
@@ -69,14 +70,6 @@ fn parse_member(spec: &str) -> anyhow::Result<NewMember> {
     })
 }
 
-pub(crate) fn share_path(dir: &Path, group: &GroupName, member: &str) -> PathBuf {
-    dir.join(format!("{group}.{member}.share"))
-}
-
-pub(crate) fn manifest_path(dir: &Path, group: &GroupName) -> PathBuf {
-    dir.join(format!("{group}.manifest.toml"))
-}
-
 pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
     let group =
         GroupName::new(&args.group).map_err(|e| anyhow!("--group {:?}: {e}", args.group))?;
@@ -92,19 +85,15 @@ pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
         (Mode::Test, false) => eprintln!("conclave: warning: dealer keygen holds the whole key on this host (allowed in test mode)"),
         _ => {}
     }
-    if args.kdf == KdfChoice::Light && args.mode != Mode::Dev {
-        fail!(
-            "--kdf light is for dev mode only (this is {}); add --mode dev for a lab setup",
-            args.mode
-        );
-    }
-    let manifest_file = manifest_path(&args.out, &group);
-    let share_files: Vec<PathBuf> = members
-        .iter()
-        .map(|m| share_path(&args.out, &group, &m.name))
-        .collect();
+    let kdf = KdfCost::choose(args.kdf == KdfChoice::Light, args.mode == Mode::Dev)
+        .map_err(|e| anyhow!("{e} (this is {})", args.mode))?;
     // Check for conflicts before any work: nothing is overwritten, nothing half-written.
-    for p in std::iter::once(&manifest_file).chain(&share_files) {
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    for p in std::iter::once(store::manifest_path(&args.out, &group)).chain(
+        names
+            .iter()
+            .map(|n| store::share_path(&args.out, &group, n)),
+    ) {
         if p.exists() {
             fail!(
                 "{} already exists; refusing to overwrite key material (choose another --out)",
@@ -121,28 +110,9 @@ pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
     passphrase::check_new(&pass, args.mode)?;
     let mut rng = rand::rngs::OsRng;
     let (manifest, shares) = deal(group.clone(), args.threshold, &members, &mut rng)?;
-    conclave_protocol::identity::create_private_dir(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let written: anyhow::Result<()> = (|| {
-        for (share, path) in shares.iter().zip(&share_files) {
-            let kdf = match args.kdf {
-                KdfChoice::Standard => KdfParams::standard(&mut rng),
-                KdfChoice::Light => KdfParams::light(&mut rng),
-            };
-            let header = share.header(&manifest, kdf)?;
-            ShareFile::write(path, &share.key_package, header, &pass, false, &mut rng)?;
-        }
-        let text = manifest.to_toml()?;
-        conclave_keygen::sharefile::write_atomic(&manifest_file, text.as_bytes(), &mut rng)?;
-        Ok(())
-    })();
-    if let Err(e) = written {
-        // All or nothing: remove whatever was written.
-        for p in std::iter::once(&manifest_file).chain(&share_files) {
-            let _ = std::fs::remove_file(p);
-        }
-        return Err(e.into());
-    }
+    // All or nothing: pending files first, then all activated; any failure removes them.
+    let (manifest_file, share_files) =
+        store::write_dealt(&args.out, &manifest, &shares, &names, &pass, kdf)?;
     if args.json {
         let shares: Vec<_> = members
             .iter()
@@ -234,16 +204,9 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
         let key_package = share.key_package.clone();
         shares.push((share.header.group.clone(), share.header.epoch, key_package));
     }
-    #[allow(unused_mut)]
     let mut participant =
         conclave_participant::Participant::new(shares, Default::default(), &mut rand::rngs::OsRng);
-    #[cfg(feature = "fault-injection")]
-    if std::env::var("CONCLAVE_TEST_FAULT").as_deref() == Ok("corrupt-shares") {
-        tracing::warn!(
-            "TEST FAULT INJECTION ACTIVE: this participant returns corrupted signature shares"
-        );
-        participant.set_fault(Some(conclave_participant::Fault::CorruptShares));
-    }
+    crate::faults::FaultPlan::from_env().apply_participant(&mut participant);
     let server =
         conclave_transport::participant::Server::bind(&identity, cfg.listen, coordinators)?;
     tracing::info!(mode = %cfg.mode, "participant starting");

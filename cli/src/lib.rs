@@ -21,6 +21,7 @@ mod cluster;
 mod commands;
 mod config;
 mod demo;
+mod faults;
 mod migrate;
 mod passphrase;
 mod rotate;

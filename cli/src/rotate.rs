@@ -6,22 +6,20 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use conclave_keygen::ceremony::{
-    key_fingerprint, CeremonyKind, CeremonyPlan, CheckedPlan, Completion, OldGroup, PlanNode,
+    key_fingerprint, CeremonyKind, CeremonyPlan, CheckedPlan, OldGroup, PlanNode,
 };
 use conclave_keygen::dkg::Dkg;
 use conclave_keygen::reshare::Reshare;
 use conclave_keygen::{GroupManifest, ShareFile};
 use sha2::Digest;
 
-use crate::ceremony::{
-    completion_path, member_files, parse_node, pending_path, plan_manifest_path, read_completion,
-    read_identity, read_plan, run_join, Outputs,
-};
+use crate::ceremony::{parse_node, read_identity, read_plan, run_join};
 use crate::config::Mode;
 use crate::{
     passphrase, CmdResult, Exit, RetireArgs, RotateJoinArgs, RotateKind, RotatePlanArgs,
     RotateResumeArgs, RotateStatusArgs,
 };
+use conclave_keygen::store::{self, FileShareStore, KdfCost, Resume};
 
 fn read_manifest(path: &Path) -> anyhow::Result<GroupManifest> {
     GroupManifest::read(path).with_context(|| format!("manifest {}", path.display()))
@@ -387,11 +385,6 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
     };
     eprintln!("{}", checked.summary());
     confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
-    let out = Outputs {
-        dir: args.out.clone(),
-        share: None,
-        manifest: (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(&args.out, &plan)),
-    };
     let protocol: Box<dyn conclave_keygen::ceremony::Protocol> = match plan.kind {
         CeremonyKind::Refresh => {
             let Some(kp) = old_share else {
@@ -400,13 +393,8 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
             Box::new(Dkg::refresh(&checked, &me, kp)?)
         }
         CeremonyKind::Reshare => {
-            #[allow(unused_mut)]
             let mut reshare = Reshare::new(&checked, &me, old_share.as_ref())?;
-            #[cfg(feature = "fault-injection")]
-            if std::env::var("CONCLAVE_TEST_FAULT").as_deref() == Ok("reshare-bad-sub-share") {
-                tracing::warn!("TEST FAULT INJECTION ACTIVE: this dealer sends a bad sub-share");
-                reshare.inject(conclave_keygen::reshare::ReshareFault::BadSubShare);
-            }
+            crate::faults::FaultPlan::from_env().apply_reshare(&mut reshare);
             Box::new(reshare)
         }
         CeremonyKind::Repair => Box::new(conclave_keygen::repair::Repair::new(
@@ -418,7 +406,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         &plan,
         identity,
         protocol,
-        out,
+        &args.out,
         args.passphrase_file.as_deref(),
         args.mode,
         args.kdf,
@@ -429,7 +417,8 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
 
 /// `rotate resume`: a member left undecided (it acknowledged its pending share, but never saw
 /// every member's acknowledgement) shows what it knows, activates once every acknowledgement
-/// is at hand (from the relay's or another member's completion file), or abandons.
+/// is at hand (from the relay's or another member's completion file), or abandons. The rules
+/// live in [`FileShareStore::resume`].
 pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
     let plan = read_plan(&args.plan)?;
     let identity = read_identity(&args.identity)?;
@@ -440,136 +429,75 @@ pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
             me.short()
         );
     }
-    let out = Outputs {
-        dir: args.out.clone(),
-        share: None,
-        // DKG, refresh and reshare write a manifest; a repair does not change it.
-        manifest: (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(&args.out, &plan)),
-    };
-    let files = member_files(&plan, &me, &out);
-    let pending = files.pending_present();
-    if pending.is_empty() {
-        let done = files
-            .share
-            .iter()
-            .chain(files.manifest.iter())
-            .all(|p| p.exists());
-        if done {
-            println!(
-                "nothing pending: ceremony {} is active on this host",
-                plan.ceremony
-            );
-            return Ok(());
-        }
-        fail!(
-            "no pending file of ceremony {} in {}: nothing to resume",
-            plan.ceremony,
-            args.out.display()
-        );
-    }
-    // The manifest hash the pending files were written for, from this host's own files.
-    let manifest_hash = match (&files.share, &files.manifest) {
-        (Some(share), _) => ShareFile::inspect(&pending_path(share))?.manifest_hash,
-        (None, Some(m)) => read_manifest(&pending_path(m))?.hash()?,
-        (None, None) => fail!("nothing pending for this member"),
-    };
-    if let Some(m) = &files.manifest {
-        let p = pending_path(m);
-        if p.exists() && read_manifest(&p)?.hash()? != manifest_hash {
-            fail!(
-                "{} does not match the pending share's manifest",
-                p.display()
-            );
-        }
-    }
-    // The record written when the pending files were: this plan, this run, this manifest.
-    let completion_file = completion_path(&args.out, &plan);
-    let Some(mut completion) = read_completion(&completion_file) else {
-        fail!(
-            "{} is missing: nothing binds the pending files to this plan (were they made by another ceremony?)",
-            completion_file.display()
-        );
-    };
-    if completion.ceremony != plan.ceremony
-        || completion.plan_hash != hex::encode(plan.hash()?)
-        || completion.manifest_hash != hex::encode(manifest_hash)
-        || !completion.acks.contains_key(&me.to_hex())
-    {
-        fail!(
-            "the pending files in {} are not this node's from this plan",
-            args.out.display()
-        );
-    }
+    let mut store = FileShareStore::for_member(&plan, &me, &args.out, None, KdfCost::Standard);
+    let mut others = vec![];
     for f in &args.completions {
-        let text = conclave_protocol::fsread::read_bounded_to_string(f, 1024 * 1024)
-            .with_context(|| format!("cannot read {}", f.display()))?;
-        let other = Completion::from_toml(&text).with_context(|| f.display().to_string())?;
-        completion
-            .merge(&other)
-            .with_context(|| format!("{}", f.display()))?;
+        others.push(store::read_completion(f).with_context(|| f.display().to_string())?);
     }
-    let verdict = completion.verify(&plan, &manifest_hash);
+    let state = store.resume(&plan, if args.abandon { &[] } else { &others })?;
     if args.abandon {
-        if verdict.is_ok() {
-            fail!("every member acknowledged this ceremony: it completed, so abandon is refused; run resume without --abandon to activate");
-        }
+        let pending = match state {
+            Resume::Activated(_) | Resume::AlreadyActive => fail!(
+                "every member acknowledged this ceremony: it completed, so abandon is refused"
+            ),
+            Resume::Undecided { pending, .. } => pending,
+        };
         eprintln!(
             "abandon ceremony {} on this host: removes {}. Only safe if NO member activated (ask every member's operator first).",
             plan.ceremony,
             pending.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
         confirm("discard the pending files", args.yes)?;
-        files.discard();
+        store.abandon();
         println!("abandoned: pending files removed");
         return Ok(());
     }
-    let roster = plan.roster()?;
-    let have: Vec<String> = roster
-        .iter()
-        .filter(|m| completion.acks.contains_key(&m.node_id.to_hex()))
-        .map(|m| m.name.clone())
-        .collect();
-    let missing: Vec<String> = roster
-        .iter()
-        .filter(|m| !completion.acks.contains_key(&m.node_id.to_hex()))
-        .map(|m| m.name.clone())
-        .collect();
-    match verdict {
-        Ok(()) => {
-            files.activate(&completion_file, &completion)?;
+    match state {
+        Resume::AlreadyActive => {
+            println!(
+                "nothing pending: ceremony {} is active on this host",
+                plan.ceremony
+            );
+            Ok(())
+        }
+        Resume::Activated(_) => {
             if args.json {
                 println!(
                     "{}",
                     serde_json::json!({"ceremony": plan.ceremony, "state": "activated",
-                        "share_file": files.share, "manifest": files.manifest})
+                        "share_file": store.share_file(), "manifest": store.manifest_file()})
                 );
             } else {
                 println!(
                     "activated: every member acknowledged ceremony {}{}",
                     plan.ceremony,
-                    files
-                        .share
-                        .as_ref()
+                    store
+                        .share_file()
                         .map(|s| format!("; share {}", s.display()))
                         .unwrap_or_default()
                 );
             }
             Ok(())
         }
-        Err(e) => {
+        Resume::Undecided {
+            acknowledged,
+            missing,
+            reason,
+            pending,
+        } => {
             if args.json {
                 println!(
                     "{}",
                     serde_json::json!({"ceremony": plan.ceremony, "state": "undecided",
-                        "acknowledged": have, "missing": missing, "reason": e.to_string(),
-                        "pending": pending})
+                        "acknowledged": acknowledged, "missing": missing,
+                        "reason": reason.to_string(), "pending": pending})
                 );
             } else {
                 println!(
-                    "undecided: ceremony {} pending on this host; acknowledged by {}; missing: {}\n  ({e})\n  \
+                    "undecided: ceremony {} pending on this host; acknowledged by {}; missing: {}\n  ({reason})\n  \
                      get `{}.completion.toml` from the relay's --out directory or from a member that activated, and run again with --completion FILE",
                     plan.ceremony,
-                    if have.is_empty() { "nobody".into() } else { have.join(", ") },
+                    if acknowledged.is_empty() { "nobody".into() } else { acknowledged.join(", ") },
                     missing.join(", "),
                     plan.ceremony
                 );

@@ -1,6 +1,6 @@
-//! Key material of conclave: group manifests (public), encrypted share files (secret), and
-//! the trusted-dealer key generation. Later ceremonies (DKG, refresh, reshare, repair) produce
-//! the same two artefacts.
+//! Key material of conclave: group manifests (public), encrypted share files (secret), the
+//! share store that ceremonies end in, the trusted-dealer key generation, the key ceremonies
+//! (DKG, refresh, reshare, repair) as sans-IO state machines, and key-transition statements.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -16,6 +16,7 @@ pub mod repair;
 pub mod reshare;
 pub mod secret;
 pub mod sharefile;
+pub mod store;
 
 pub use dealer::{deal, share_header, DealtShare, NewMember};
 pub use manifest::{identifier_for, GroupManifest, ManifestError, ManifestParticipant, Member};

@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use conclave_keygen::ceremony::{
-    CeremonyKind, CeremonyPlan, CheckedPlan, Completion, Member, MemberEvent, OldGroup, PlanNode,
-    Relay, RelayEvent,
+    Applied, CeremonyKind, CeremonyPlan, CheckedPlan, Completion, Member, MemberEnd, OldGroup,
+    PlanNode, Relay, RelayEvent,
 };
 use conclave_keygen::reshare::Reshare;
+use conclave_keygen::store::MemoryShareStore;
 use conclave_keygen::{deal, GroupManifest, NewMember};
 use conclave_protocol::{Envelope, GroupName, IdentityKey, NodeId};
 use frost_ed25519 as frost;
@@ -178,6 +179,7 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
         let r = Reshare::new(&checked, node, old_shares.get(node)).map_err(setup_err)?;
         members.push(Member::new(&plan, key.clone(), r).map_err(setup_err)?);
     }
+    let members_len = roster.len();
     let first_dealer = roster
         .iter()
         .position(|n| Some(*n) == old_members.first().map(|m| m.node_id));
@@ -191,10 +193,12 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
         members,
         roster,
         crashed: vec![],
-        results: BTreeMap::new(),
+        stores: (0..members_len)
+            .map(|_| MemoryShareStore::default())
+            .collect(),
         activated: vec![],
         completions: BTreeMap::new(),
-        undecided: BTreeMap::new(),
+        undecided: vec![],
         aborted: BTreeMap::new(),
         finished_at: BTreeMap::new(),
         messages: 0,
@@ -217,10 +221,10 @@ struct World<'s> {
     members: Vec<Member<Reshare>>,
     roster: Vec<NodeId>,
     crashed: Vec<usize>,
-    results: BTreeMap<usize, (GroupManifest, Option<frost::keys::KeyPackage>)>,
+    stores: Vec<MemoryShareStore>,
     activated: Vec<usize>,
     completions: BTreeMap<usize, Completion>,
-    undecided: BTreeMap<usize, Completion>,
+    undecided: Vec<usize>,
     aborted: BTreeMap<usize, String>,
     finished_at: BTreeMap<usize, u64>,
     messages: u64,
@@ -275,28 +279,27 @@ impl World<'_> {
                 while let Some(ev) = self.members.get_mut(i).and_then(Member::poll_event) {
                     progress = true;
                     let now = self.at();
-                    match ev {
-                        MemberEvent::Store { outcome: o, .. } => {
-                            self.results
-                                .insert(i, (o.manifest.clone(), o.key_package.clone()));
-                            if let Some(m) = self.members.get_mut(i) {
-                                m.stored(now, true);
-                            }
-                        }
-                        MemberEvent::Activate(c) => {
+                    // The production store rules (pending, activate, keep undecided,
+                    // discard), applied to an in-memory store.
+                    let (Some(m), Some(store)) = (self.members.get_mut(i), self.stores.get_mut(i))
+                    else {
+                        continue;
+                    };
+                    match m.apply(now, ev, store) {
+                        Applied::End(MemberEnd::Activated { completion, .. }) => {
                             self.activated.push(i);
-                            self.completions.insert(i, c);
+                            self.completions.insert(i, completion);
                             self.finished_at.insert(i, self.now);
                         }
-                        MemberEvent::Undecided { partial, .. } => {
-                            self.undecided.insert(i, partial);
+                        Applied::End(MemberEnd::Undecided(_)) => {
+                            self.undecided.push(i);
                             self.finished_at.insert(i, self.now);
                         }
-                        MemberEvent::Aborted(r) => {
+                        Applied::End(MemberEnd::Aborted(r)) => {
                             self.aborted.insert(i, r.summary);
                             self.finished_at.insert(i, self.now);
                         }
-                        _ => {}
+                        Applied::Progress(_) | Applied::Stored(_) => {}
                     }
                 }
             }
@@ -404,14 +407,12 @@ impl World<'_> {
         // `rotate resume`: an undecided member shown an activated member's completion
         // activates if (and only if) it verifies against its own pending manifest.
         if let Some(done) = self.completions.values().next().cloned() {
-            for (i, partial) in std::mem::take(&mut self.undecided) {
-                let mut merged = partial.clone();
-                let hash = self
-                    .results
-                    .get(&i)
-                    .and_then(|(m, _)| m.hash().ok())
-                    .unwrap_or_default();
-                if merged.merge(&done).is_ok() && merged.verify(&self.plan, &hash).is_ok() {
+            for i in std::mem::take(&mut self.undecided) {
+                let resumed = self
+                    .stores
+                    .get_mut(i)
+                    .is_some_and(|st| st.resume(&self.plan, &done).is_ok());
+                if resumed {
                     self.activated.push(i);
                 } else {
                     self.violations.push(format!(
@@ -435,8 +436,16 @@ impl World<'_> {
                     .push(format!("member m{i} never learned the outcome"));
             }
         }
+        let results: BTreeMap<usize, (GroupManifest, Option<frost::keys::KeyPackage>)> = self
+            .stores
+            .iter()
+            .enumerate()
+            // A member that crashed after acknowledging holds its share pending: it activates
+            // when it restarts (`rotate resume`), so its share counts for the signing check.
+            .filter_map(|(i, st)| st.active().or(st.pending()).map(|a| (i, a.clone())))
+            .collect();
         let outcome = if all_activated && !live.is_empty() {
-            let manifests: Vec<&GroupManifest> = self.results.values().map(|(m, _)| m).collect();
+            let manifests: Vec<&GroupManifest> = results.values().map(|(m, _)| m).collect();
             if manifests.windows(2).any(|w| w.first() != w.get(1)) {
                 self.violations
                     .push("members activated different manifests".into());
@@ -445,7 +454,7 @@ impl World<'_> {
                 if m.group_public_key != self.old.group_public_key {
                     self.violations.push("the group key changed".into());
                 }
-                if let Err(e) = signs(m, &self.results) {
+                if let Err(e) = signs(m, &results) {
                     self.violations.push(format!("new shares do not sign: {e}"));
                 }
             }

@@ -7,32 +7,45 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::quic::{self, TransportError};
-use conclave_keygen::ceremony::{Member, MemberEvent, Protocol};
+use conclave_keygen::ceremony::{Applied, Member, MemberEnd, MemberEvent, Protocol};
+use conclave_keygen::store::{ShareStore, StoreError};
 use conclave_protocol::{IdentityKey, NodeId};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// Runs `member` to its end. `on_event` sees every event; for [`MemberEvent::Store`] it must
-/// write the pending share file and return whether that worked (the answer is ignored for
-/// other events).
-pub async fn run_member<P: Protocol>(
+/// What a driver shows while a member runs.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// A progress event of the member (joined, a round completed).
+    Event(&'a MemberEvent),
+    /// The pending results could not be stored (the ceremony aborts for everyone).
+    StoreFailed(&'a StoreError),
+}
+
+/// Runs `member` to its end, applying its events to `store` ([`Member::apply`]: pending,
+/// activate, keep undecided, discard) and showing progress through `on_progress`. Returns how
+/// the member ended; `None` if the driver stopped without an end (the relay never answered).
+pub async fn run_member<P: Protocol, S: ShareStore + ?Sized>(
     member: &mut Member<P>,
     identity: &IdentityKey,
     relay: NodeId,
     relay_addr: SocketAddr,
-    mut on_event: impl FnMut(MemberEvent) -> bool,
-) -> Result<(), TransportError> {
+    store: &mut S,
+    mut on_progress: impl FnMut(Progress<'_>),
+) -> Result<Option<MemberEnd>, TransportError> {
     let endpoint = quic::client_endpoint(relay_addr)?;
     let mut conn: Option<quinn::Connection> = None;
     let mut rng = rand::rngs::OsRng;
     member.start(Instant::now(), &mut rng);
+    let mut end = None;
     loop {
         while let Some(ev) = member.poll_event() {
-            let store = matches!(ev, MemberEvent::Store { .. });
-            let ok = on_event(ev);
-            if store {
-                member.stored(Instant::now(), ok);
+            match member.apply(Instant::now(), ev, store) {
+                Applied::Progress(ev) => on_progress(Progress::Event(&ev)),
+                Applied::Stored(Err(e)) => on_progress(Progress::StoreFailed(&e)),
+                Applied::Stored(Ok(())) => {}
+                Applied::End(e) => end = Some(e),
             }
         }
         let Some(envelope) = member.poll_transmit() else {
@@ -103,5 +116,5 @@ pub async fn run_member<P: Protocol>(
         c.close(0u32.into(), b"done");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    Ok(())
+    Ok(end)
 }

@@ -22,6 +22,7 @@ use super::{
     PlanError, Protocol, RngCoreCrypto, Step,
 };
 use crate::manifest::GroupManifest;
+use crate::store::ShareStore;
 
 /// Extra time a member gives the relay beyond the plan's timeouts before giving up itself.
 const GRACE: Duration = Duration::from_secs(10);
@@ -56,6 +57,32 @@ pub enum MemberEvent {
     /// The ceremony ended without a result before this member acknowledged: the driver
     /// removes any pending file.
     Aborted(AbortReport),
+}
+
+/// How a member's side of a ceremony ended, once its events were applied to a store.
+#[derive(Debug)]
+pub enum MemberEnd {
+    /// Every member acknowledged and this member's results are active.
+    Activated {
+        manifest: GroupManifest,
+        completion: Completion,
+    },
+    /// This member acknowledged but did not see every acknowledgement: its results stay
+    /// pending (`rotate resume`).
+    Undecided(AbortReport),
+    /// The ceremony ended before this member acknowledged: its pending results are gone.
+    Aborted(AbortReport),
+}
+
+/// What [`Member::apply`] did with one event.
+#[derive(Debug)]
+pub enum Applied {
+    /// A progress event for the driver to show (joined, a round completed).
+    Progress(MemberEvent),
+    /// The pending results were written (`Ok`), or not (the ceremony aborts for everyone).
+    Stored(Result<(), crate::store::StoreError>),
+    /// The member's side is over.
+    End(MemberEnd),
 }
 
 /// The signed acknowledgements of a ceremony's store round: every member's signature, with
@@ -676,6 +703,55 @@ impl<P: Protocol> Member<P> {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<MemberEvent> {
         self.events.pop_front()
+    }
+
+    /// Applies `event` (from [`poll_event`](Self::poll_event)) to `store`, the one place that
+    /// decides what a ceremony does to key material: a store event writes the pending results
+    /// and answers the member; activation makes them active (a failure then keeps them:
+    /// everyone acknowledged, others may have activated); undecided keeps them with the
+    /// acknowledgements seen; an abort before acknowledging discards them. Every driver (QUIC,
+    /// simulator, tests, benches) calls this.
+    pub fn apply<S: ShareStore + ?Sized>(
+        &mut self,
+        now: Instant,
+        event: MemberEvent,
+        store: &mut S,
+    ) -> Applied {
+        match event {
+            MemberEvent::Store { outcome, ack } => {
+                let written = store.write_pending(&outcome, &ack);
+                self.stored(now, written.is_ok());
+                Applied::Stored(written)
+            }
+            MemberEvent::Activate(completion) => match store.activate(&completion) {
+                Ok(()) => match self.manifest.clone() {
+                    Some(manifest) => Applied::End(MemberEnd::Activated {
+                        manifest,
+                        completion,
+                    }),
+                    None => Applied::End(MemberEnd::Undecided(AbortReport::nobody(
+                        "activated without a manifest (internal error)".into(),
+                    ))),
+                },
+                Err(e) => Applied::End(MemberEnd::Undecided(AbortReport::nobody(format!(
+                    "every member acknowledged, but activating here failed: {e}; the pending files are kept: fix the cause and run `conclave rotate resume`"
+                )))),
+            },
+            MemberEvent::Undecided {
+                mut report,
+                partial,
+            } => {
+                if let Err(e) = store.keep_undecided(&partial) {
+                    report.summary += &format!(" (the acknowledgements seen could not be saved: {e})");
+                }
+                Applied::End(MemberEnd::Undecided(report))
+            }
+            MemberEvent::Aborted(report) => {
+                store.discard();
+                Applied::End(MemberEnd::Aborted(report))
+            }
+            other => Applied::Progress(other),
+        }
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout).

@@ -17,12 +17,15 @@
 //! relay can drop or delay messages, never read or forge them.
 
 pub mod check;
+pub mod harness;
 mod member;
 pub mod plan;
 mod relay;
 
 pub use check::{key_fingerprint, CheckedDealer, CheckedPlan, OldGroup, PlanCheckError, Role};
-pub use member::{completed_manifest, Completion, CompletionError, Member, MemberEvent};
+pub use member::{
+    completed_manifest, Applied, Completion, CompletionError, Member, MemberEnd, MemberEvent,
+};
 pub use plan::{CeremonyKind, CeremonyPlan, FromGroup, OldMember, PlanError, PlanMember, PlanNode};
 #[cfg(feature = "fault-injection")]
 pub use relay::RelayFault;

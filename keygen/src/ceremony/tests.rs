@@ -1,7 +1,7 @@
 //! Ceremonies run in memory: a relay and n members wired back to back.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use conclave_protocol::{GroupName, IdentityKey};
 use frost_ed25519 as frost;
@@ -38,6 +38,7 @@ pub(crate) fn plan(t: u16, n: usize) -> (CeremonyPlan, Vec<IdentityKey>) {
     (plan, ids)
 }
 
+/// The harness's run, seen per member as the tests read it.
 pub(crate) struct Run {
     pub outcomes: Vec<Option<Box<Outcome>>>,
     pub aborts: Vec<Option<AbortReport>>,
@@ -46,8 +47,32 @@ pub(crate) struct Run {
     pub undecided: Vec<Option<Completion>>,
 }
 
-/// Runs members against a relay until everything is quiet. `silent` members never post after
-/// joining (a crashed node); `now` jumps past deadlines when nothing else can happen.
+impl From<harness::Run> for Run {
+    fn from(r: harness::Run) -> Self {
+        let n = r.stores.len();
+        Run {
+            outcomes: r
+                .stores
+                .iter()
+                .map(|s| {
+                    s.active().or(s.pending()).map(|(m, kp)| {
+                        Box::new(Outcome {
+                            manifest: m.clone(),
+                            key_package: kp.clone(),
+                        })
+                    })
+                })
+                .collect(),
+            aborts: (0..n).map(|i| r.aborted(i).cloned()).collect(),
+            activated: (0..n).map(|i| r.activated(i)).collect(),
+            undecided: (0..n).map(|i| r.undecided(i).cloned()).collect(),
+            relay_events: r.relay_events,
+        }
+    }
+}
+
+/// Runs members against a relay (the one in-memory harness). `silent` members never post
+/// after joining (a crashed node).
 pub(crate) fn run<P: Protocol>(
     members: Vec<Member<P>>,
     relay: Relay,
@@ -59,72 +84,21 @@ pub(crate) fn run<P: Protocol>(
 /// [`run`] with a man in the middle on the relay's replies: `tamper(recipient, reply)` may
 /// change a reply and returns whether to deliver it at all (a malicious relay).
 pub(crate) fn run_tampered<P: Protocol>(
-    mut members: Vec<Member<P>>,
-    mut relay: Relay,
+    members: Vec<Member<P>>,
+    relay: Relay,
     silent: Option<usize>,
     tamper: &mut dyn FnMut(usize, &mut conclave_protocol::Envelope) -> bool,
 ) -> Run {
-    let mut rng = rand::rngs::OsRng;
-    let mut now = Instant::now();
-    let roster = relay.roster().to_vec();
-    let n = members.len();
-    let mut run = Run {
-        outcomes: (0..n).map(|_| None).collect(),
-        aborts: vec![None; n],
-        relay_events: vec![],
-        activated: vec![false; n],
-        undecided: vec![None; n],
-    };
-    for m in &mut members {
-        m.start(now, &mut rng);
-    }
-    for _ in 0..10_000 {
-        let mut progress = false;
-        for (i, m) in members.iter_mut().enumerate() {
-            while let Some(env) = m.poll_transmit() {
-                if silent == Some(i) && m.round() >= 1 {
-                    continue;
-                }
-                relay.handle(now, roster[i], env);
-                progress = true;
-            }
-            while let Some(ev) = m.poll_event() {
-                progress = true;
-                match ev {
-                    MemberEvent::Store { outcome, .. } => {
-                        run.outcomes[i] = Some(outcome);
-                        m.stored(now, true);
-                    }
-                    MemberEvent::Activate(_) => run.activated[i] = true,
-                    MemberEvent::Undecided { partial, .. } => run.undecided[i] = Some(partial),
-                    MemberEvent::Aborted(r) => run.aborts[i] = Some(r),
-                    _ => {}
-                }
-            }
-        }
-        while let Some(mut t) = relay.poll_transmit() {
-            let i = roster.iter().position(|r| *r == t.to).unwrap();
-            if tamper(i, &mut t.envelope) {
-                members[i].handle(now, t.envelope, &mut rng);
-            }
-            progress = true;
-        }
-        while let Some(ev) = relay.poll_event() {
-            run.relay_events.push(ev);
-            progress = true;
-        }
-        if !progress {
-            if members.iter().all(|m| m.is_finished()) {
-                break;
-            }
-            now += Duration::from_secs(30);
-            relay.handle_timeout(now);
-            for m in &mut members {
-                m.handle_timeout(now);
-            }
-        }
-    }
-    run
+    harness::run_with(
+        members,
+        relay,
+        harness::Faults {
+            silent: silent.map(|i| (i, 1)),
+            broken_store: None,
+            tamper,
+        },
+    )
+    .into()
 }
 
 fn dkg_members(plan: &CeremonyPlan, ids: Vec<IdentityKey>) -> Vec<Member<Dkg>> {
@@ -836,52 +810,32 @@ fn a_malicious_relay_cannot_split_the_store_round_or_frame_a_member() {
 fn a_member_that_cannot_store_leaves_the_others_undecided_never_split() {
     let (plan, ids) = plan(2, 3);
     let relay = Relay::new(&plan, Instant::now()).unwrap();
-    let mut members = dkg_members(&plan, ids);
-    let mut rng = rand::rngs::OsRng;
-    let roster = relay.roster().to_vec();
-    let mut relay = relay;
-    let now = Instant::now();
-    for m in &mut members {
-        m.start(now, &mut rng);
+    // Member 1's disk is full.
+    let run = harness::run_with(
+        dkg_members(&plan, ids),
+        relay,
+        harness::Faults {
+            silent: None,
+            broken_store: Some(1),
+            tamper: &mut |_, _| true,
+        },
+    );
+    assert!((0..3).all(|i| !run.activated(i)));
+    assert!(
+        run.aborted(1).is_some(),
+        "p1 never acknowledged: it discards"
+    );
+    for i in [0, 2] {
+        assert!(run.aborted(i).is_none());
+        let partial = run.undecided(i).expect("undecided, share kept");
+        let hash = run.stores[i].pending().unwrap().0.hash().unwrap();
+        assert!(partial.verify(&plan, &hash).is_err(), "p1's ack is missing");
+        let Some(Some(MemberEnd::Undecided(report))) = run.ends.get(i) else {
+            panic!("undecided");
+        };
+        // p1's own signed report of its failure blames it.
+        assert_eq!(report.culprits, vec!["p1".to_string()], "{report:?}");
     }
-    let mut activated = [false; 3];
-    let mut aborted = [false; 3];
-    let mut undecided = [None, None, None];
-    for _ in 0..1000 {
-        let mut progress = false;
-        for (i, m) in members.iter_mut().enumerate() {
-            while let Some(env) = m.poll_transmit() {
-                relay.handle(now, roster[i], env);
-                progress = true;
-            }
-            while let Some(ev) = m.poll_event() {
-                progress = true;
-                match ev {
-                    // Member 1's disk is full.
-                    MemberEvent::Store { .. } => m.stored(now, i != 1),
-                    MemberEvent::Activate(_) => activated[i] = true,
-                    MemberEvent::Aborted(_) => aborted[i] = true,
-                    MemberEvent::Undecided { partial, report } => {
-                        assert!(report.culprits == vec!["p1".to_string()], "{report:?}");
-                        undecided[i] = Some(partial)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        while let Some(t) = relay.poll_transmit() {
-            let i = roster.iter().position(|r| *r == t.to).unwrap();
-            members[i].handle(now, t.envelope, &mut rng);
-            progress = true;
-        }
-        while relay.poll_event().is_some() {}
-        if !progress {
-            break;
-        }
-    }
-    assert_eq!(activated, [false; 3]);
-    assert_eq!(aborted, [false, true, false]);
-    assert!(undecided[0].is_some() && undecided[1].is_none() && undecided[2].is_some());
 }
 
 mod plan_writer {
@@ -1318,48 +1272,24 @@ fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
     let final_round = plan.kind.final_round();
     // Run 1: p1 cannot store and complains; capture its signed complaint.
     let mut captured: Option<Vec<u8>> = None;
-    {
-        let relay = Relay::new(&plan, Instant::now()).unwrap();
-        let mut members = dkg_members(&plan, ids.clone());
-        let mut rng = rand::rngs::OsRng;
-        let roster = relay.roster().to_vec();
-        let mut relay = relay;
-        let now = Instant::now();
-        for m in &mut members {
-            m.start(now, &mut rng);
-        }
-        for _ in 0..1000 {
-            let mut progress = false;
-            for (i, m) in members.iter_mut().enumerate() {
-                while let Some(env) = m.poll_transmit() {
-                    relay.handle(now, roster[i], env);
-                    progress = true;
-                }
-                while let Some(ev) = m.poll_event() {
-                    progress = true;
-                    if let MemberEvent::Store { .. } = ev {
-                        m.stored(now, i != 1);
-                    }
-                }
-            }
-            while let Some(t) = relay.poll_transmit() {
+    harness::run_with(
+        dkg_members(&plan, ids.clone()),
+        Relay::new(&plan, Instant::now()).unwrap(),
+        harness::Faults {
+            silent: None,
+            broken_store: Some(1),
+            tamper: &mut |_, env| {
                 if let Message::CeremonyAborted {
                     why: AbortWhy::Complaint { complaint, .. },
                     ..
-                } = &t.envelope.msg
+                } = &env.msg
                 {
                     captured = Some(complaint.clone());
                 }
-                let i = roster.iter().position(|r| *r == t.to).unwrap();
-                members[i].handle(now, t.envelope, &mut rng);
-                progress = true;
-            }
-            while relay.poll_event().is_some() {}
-            if !progress {
-                break;
-            }
-        }
-    }
+                true
+            },
+        },
+    );
     let replayed = captured.expect("run 1 aborted with p1's complaint");
     // Run 2 of the same plan, twice: the relay shows p0 (a) the replayed run-1 complaint, or
     // (b) a fresh complaint p1 signs in this run although it also acknowledged.

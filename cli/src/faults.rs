@@ -1,0 +1,110 @@
+//! Test-only misbehaviour, described once: `CONCLAVE_TEST_FAULT` is read here and nowhere else,
+//! into a typed [`FaultPlan`] that each command applies to the state machine it drives. In the
+//! default build (without the `fault-injection` feature) the plan is always empty and none of
+//! the fault code exists.
+
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// A participant returns corrupted signature shares (`corrupt-shares`).
+    CorruptShares,
+    /// A DKG member sends bad round-2 shares (`dkg-bad-share`).
+    DkgBadShare,
+    /// A ceremony member exits abruptly after round N (`dkg-exit-after-round=N`).
+    ExitAfterRound(u8),
+    /// A relay substitutes a round-1 package (`dkg-substitute-round1`).
+    SubstituteRound1,
+    /// A relay withholds the last member's store round (`relay-withhold-store`).
+    WithholdStore,
+    /// A reshare dealer sends a bad sub-share (`reshare-bad-sub-share`).
+    BadSubShare,
+}
+
+/// The faults this process injects (none outside test builds).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FaultPlan {
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Fault>,
+}
+
+impl FaultPlan {
+    /// Reads `CONCLAVE_TEST_FAULT` (test builds only); an unknown value is reported loudly.
+    pub(crate) fn from_env() -> Self {
+        #[cfg(feature = "fault-injection")]
+        {
+            let Ok(v) = std::env::var("CONCLAVE_TEST_FAULT") else {
+                return Self::default();
+            };
+            let fault = match v.as_str() {
+                "corrupt-shares" => Some(Fault::CorruptShares),
+                "dkg-bad-share" => Some(Fault::DkgBadShare),
+                "dkg-substitute-round1" => Some(Fault::SubstituteRound1),
+                "relay-withhold-store" => Some(Fault::WithholdStore),
+                "reshare-bad-sub-share" => Some(Fault::BadSubShare),
+                other => match other
+                    .strip_prefix("dkg-exit-after-round=")
+                    .and_then(|r| r.parse().ok())
+                {
+                    Some(r) => Some(Fault::ExitAfterRound(r)),
+                    None => {
+                        tracing::error!("TEST FAULT INJECTION: unknown CONCLAVE_TEST_FAULT={other:?}; no fault injected");
+                        None
+                    }
+                },
+            };
+            if let Some(f) = fault {
+                tracing::warn!("TEST FAULT INJECTION ACTIVE: {f:?}");
+            }
+            Self { fault }
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        Self::default()
+    }
+
+    /// A participant that returns corrupted shares.
+    pub(crate) fn apply_participant(&self, _p: &mut conclave_participant::Participant) {
+        #[cfg(feature = "fault-injection")]
+        if self.fault == Some(Fault::CorruptShares) {
+            _p.set_fault(Some(conclave_participant::Fault::CorruptShares));
+        }
+    }
+
+    /// A DKG member that sends bad shares.
+    pub(crate) fn apply_dkg(&self, _dkg: &mut conclave_keygen::dkg::Dkg) {
+        #[cfg(feature = "fault-injection")]
+        if self.fault == Some(Fault::DkgBadShare) {
+            _dkg.inject(conclave_keygen::dkg::DkgFault::BadShare);
+        }
+    }
+
+    /// A reshare dealer that sends a bad sub-share.
+    pub(crate) fn apply_reshare(&self, _r: &mut conclave_keygen::reshare::Reshare) {
+        #[cfg(feature = "fault-injection")]
+        if self.fault == Some(Fault::BadSubShare) {
+            _r.inject(conclave_keygen::reshare::ReshareFault::BadSubShare);
+        }
+    }
+
+    /// A relay that substitutes a round-1 package or withholds the store round.
+    pub(crate) fn apply_relay(&self, _relay: &mut conclave_keygen::ceremony::Relay) {
+        #[cfg(feature = "fault-injection")]
+        match self.fault {
+            Some(Fault::SubstituteRound1) => {
+                _relay.inject(conclave_keygen::ceremony::RelayFault::SubstituteRound1)
+            }
+            Some(Fault::WithholdStore) => {
+                _relay.inject(conclave_keygen::ceremony::RelayFault::WithholdStore)
+            }
+            _ => {}
+        }
+    }
+
+    /// Exits abruptly after `round` if so planned (a member dying mid-ceremony).
+    pub(crate) fn exit_after_round(&self, _round: u8) {
+        #[cfg(feature = "fault-injection")]
+        if self.fault == Some(Fault::ExitAfterRound(_round)) {
+            eprintln!("TEST FAULT INJECTION: exiting abruptly after round {_round}");
+            std::process::exit(9);
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! Where key material lands. A [`ShareStore`] takes a ceremony's results for one member as
+//! *pending*, makes them active when every member has acknowledged, keeps them when the member
+//! is left undecided, or discards them; the member state machine decides which
+//! ([`crate::ceremony::Member::apply`]), so every driver — the QUIC member driver, the
+//! simulator, the benches — runs the same all-or-nothing rules. [`FileShareStore`] writes files
+//! (atomic, fsynced, mode 0600); [`MemoryShareStore`] keeps them in memory.
+//!
+//! The dealer's all-or-nothing write ([`write_dealt`]) and the naming of share, manifest and
+//! completion files live here too, so the CLI only parses, confirms, calls and prints.
+
+use std::path::{Path, PathBuf};
+
+use conclave_protocol::{GroupName, NodeId};
+use frost_ed25519 as frost;
+
+use crate::ceremony::{CeremonyKind, CeremonyPlan, Completion, CompletionError, Outcome};
+use crate::manifest::GroupManifest;
+use crate::secret::Passphrase;
+use crate::sharefile::{write_atomic, KdfParams, ShareFile, ShareFileError};
+
+/// Largest completion file read.
+pub const MAX_COMPLETION_LEN: u64 = 1024 * 1024;
+
+/// The Argon2id cost of new share files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KdfCost {
+    /// 64 MiB, 3 passes: every mode.
+    Standard,
+    /// 8 MiB, 1 pass: dev mode only.
+    Light,
+}
+
+impl KdfCost {
+    /// The cost to use: `light` is refused unless `dev` (the one place this rule lives).
+    pub fn choose(light: bool, dev: bool) -> Result<Self, StoreError> {
+        match (light, dev) {
+            (true, false) => Err(StoreError::LightKdfOutsideDev),
+            (true, true) => Ok(KdfCost::Light),
+            (false, _) => Ok(KdfCost::Standard),
+        }
+    }
+
+    fn params<R: rand::RngCore + rand::CryptoRng>(self, rng: &mut R) -> KdfParams {
+        match self {
+            KdfCost::Standard => KdfParams::standard(rng),
+            KdfCost::Light => KdfParams::light(rng),
+        }
+    }
+}
+
+/// Why key material could not be stored, activated or resumed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("--kdf light is for dev mode only; add --mode dev for a lab setup")]
+    LightKdfOutsideDev,
+    #[error("{0} already exists; refusing to overwrite key material (choose another --out)")]
+    Exists(PathBuf),
+    #[error("{} left by an unfinished ceremony: it may be acknowledged (others may have activated); run `conclave rotate resume` to finish it, or abandon it once you know no member activated", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Unfinished(Vec<PathBuf>),
+    #[error("the ceremony gave this member no share, but the plan lists it in the new group")]
+    NoShare,
+    #[error(
+        "the ceremony gave this member a share, but the plan does not list it in the new group"
+    )]
+    UnexpectedShare,
+    #[error("no new passphrase was given for this member's new share")]
+    NoPassphrase,
+    #[error("no pending result to activate")]
+    NothingPending,
+    #[error("{0} is missing: nothing binds the pending files to this plan (were they made by another ceremony?)")]
+    NoRecord(PathBuf),
+    #[error("the pending files are not this member's from this plan and run")]
+    NotThisCeremony,
+    #[error(transparent)]
+    Completion(#[from] CompletionError),
+    #[error(transparent)]
+    Share(#[from] ShareFileError),
+    #[error(transparent)]
+    Manifest(#[from] crate::ManifestError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The results of a ceremony for one member, handled by the member state machine.
+pub trait ShareStore {
+    /// Writes `outcome` (this member's new share, if any, and the new manifest) as pending,
+    /// with this member's own acknowledgement `ack` (the record that binds them to this run).
+    fn write_pending(&mut self, outcome: &Outcome, ack: &Completion) -> Result<(), StoreError>;
+    /// Every member acknowledged: the pending results become active; `completion` is kept.
+    fn activate(&mut self, completion: &Completion) -> Result<(), StoreError>;
+    /// This member acknowledged but never saw every acknowledgement: the pending results
+    /// stay, with what it knows of the acknowledgements.
+    fn keep_undecided(&mut self, partial: &Completion) -> Result<(), StoreError>;
+    /// The ceremony ended before this member acknowledged: every pending result goes.
+    fn discard(&mut self);
+}
+
+/// `<group>.<member>.share`: a share made by the dealer or a DKG.
+pub fn share_path(dir: &Path, group: &GroupName, member: &str) -> PathBuf {
+    dir.join(format!("{group}.{member}.share"))
+}
+
+/// `<group>.manifest.toml`: the manifest of a new key.
+pub fn manifest_path(dir: &Path, group: &GroupName) -> PathBuf {
+    dir.join(format!("{group}.manifest.toml"))
+}
+
+/// The manifest a ceremony writes: `<group>.manifest.toml` for a new key, with the epoch
+/// (`<group>.epoch<E>.manifest.toml`) for a rotation, next to the old one.
+pub fn plan_manifest_path(dir: &Path, plan: &CeremonyPlan) -> PathBuf {
+    match plan.from {
+        None => manifest_path(dir, &plan.group),
+        Some(_) => dir.join(format!("{}.epoch{}.manifest.toml", plan.group, plan.epoch)),
+    }
+}
+
+/// The share file a ceremony writes for `name` (with the epoch for a rotation).
+pub fn plan_share_path(dir: &Path, plan: &CeremonyPlan, name: &str) -> PathBuf {
+    match plan.from {
+        None => share_path(dir, &plan.group, name),
+        Some(_) => dir.join(format!("{}.{name}.epoch{}.share", plan.group, plan.epoch)),
+    }
+}
+
+/// The signed acknowledgements of a ceremony (public): `<dir>/<ceremony id>.completion.toml`.
+pub fn completion_path(dir: &Path, plan: &CeremonyPlan) -> PathBuf {
+    dir.join(format!("{}.completion.toml", plan.ceremony))
+}
+
+/// Where a file waits until every member has acknowledged the ceremony.
+pub fn pending_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".pending");
+    PathBuf::from(s)
+}
+
+/// Reads a completion file (bounded).
+pub fn read_completion(path: &Path) -> Result<Completion, StoreError> {
+    let text =
+        conclave_protocol::read_bounded_to_string(path, MAX_COMPLETION_LEN).map_err(|e| {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+    Ok(Completion::from_toml(&text)?)
+}
+
+fn remove_if_present(path: &Path) -> bool {
+    std::fs::remove_file(path).is_ok()
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io(dir))
+}
+
+/// One member's ceremony results as files in a directory: the share (if the member is in the
+/// new group), the manifest (if the ceremony changes it) and the completion record, each
+/// written pending first.
+pub struct FileShareStore {
+    dir: PathBuf,
+    owner: NodeId,
+    share: Option<PathBuf>,
+    manifest: Option<PathBuf>,
+    completion: PathBuf,
+    passphrase: Option<Passphrase>,
+    kdf: KdfCost,
+}
+
+impl std::fmt::Debug for FileShareStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileShareStore")
+            .field("dir", &self.dir)
+            .field("share", &self.share)
+            .field("manifest", &self.manifest)
+            .field("passphrase", &"[redacted]")
+            .finish()
+    }
+}
+
+/// What `rotate resume` found.
+#[derive(Debug)]
+pub enum Resume {
+    /// Nothing was pending: the ceremony is active on this host.
+    AlreadyActive,
+    /// Every member's acknowledgement verified: the pending files are now active.
+    Activated(Completion),
+    /// Still undecided: who acknowledged, who is missing, and why activation was refused.
+    Undecided {
+        acknowledged: Vec<String>,
+        missing: Vec<String>,
+        reason: CompletionError,
+        pending: Vec<PathBuf>,
+    },
+}
+
+impl FileShareStore {
+    /// The files member `me` of `plan` writes under `dir`. `passphrase` encrypts its new share
+    /// (required if it is in the new group).
+    pub fn for_member(
+        plan: &CeremonyPlan,
+        me: &NodeId,
+        dir: &Path,
+        passphrase: Option<Passphrase>,
+        kdf: KdfCost,
+    ) -> Self {
+        let name = plan.name_of(me);
+        Self {
+            dir: dir.to_path_buf(),
+            owner: *me,
+            share: plan
+                .is_new_member(me)
+                .then(|| plan_share_path(dir, plan, &name)),
+            manifest: (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(dir, plan)),
+            completion: completion_path(dir, plan),
+            passphrase,
+            kdf,
+        }
+    }
+
+    /// The share file this member ends with (if it is in the new group).
+    pub fn share_file(&self) -> Option<&Path> {
+        self.share.as_deref()
+    }
+
+    /// The manifest file this member ends with (if the ceremony changes the manifest).
+    pub fn manifest_file(&self) -> Option<&Path> {
+        self.manifest.as_deref()
+    }
+
+    /// The completion file (this member's record of the acknowledgements).
+    pub fn completion_file(&self) -> &Path {
+        &self.completion
+    }
+
+    fn finals(&self) -> impl Iterator<Item = &PathBuf> {
+        self.share.iter().chain(self.manifest.iter())
+    }
+
+    /// Pending files present on disk.
+    pub fn pending_present(&self) -> Vec<PathBuf> {
+        self.finals()
+            .map(|p| pending_path(p))
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// Refuses to start over existing key material or over a pending file of an unfinished
+    /// ceremony (which may be acknowledged: nothing is discarded by accident). Creates the
+    /// directory (0700).
+    pub fn check_fresh(&self) -> Result<(), StoreError> {
+        if let Some(p) = self.finals().find(|p| p.exists()) {
+            return Err(StoreError::Exists(p.clone()));
+        }
+        let left = self.pending_present();
+        if !left.is_empty() {
+            return Err(StoreError::Unfinished(left));
+        }
+        conclave_protocol::identity::create_private_dir(&self.dir).map_err(|e| StoreError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    fn activate_files(&self) -> Result<(), StoreError> {
+        for p in self.finals() {
+            let pending = pending_path(p);
+            if pending.exists() {
+                std::fs::rename(&pending, p).map_err(io(&pending))?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    fn write_completion(&self, c: &Completion) -> Result<(), StoreError> {
+        write_atomic(
+            &self.completion,
+            c.to_toml().as_bytes(),
+            &mut rand::rngs::OsRng,
+        )
+        .map_err(io(&self.completion))
+    }
+
+    /// `rotate resume`: checks that the pending files are this member's from `plan` (the
+    /// record written with them names this plan, run, member and manifest), merges `others`
+    /// (completion files of the relay or of members that activated; same run only) and
+    /// activates once every member's acknowledgement verifies.
+    pub fn resume(
+        &mut self,
+        plan: &CeremonyPlan,
+        others: &[Completion],
+    ) -> Result<Resume, StoreError> {
+        let pending = self.pending_present();
+        if pending.is_empty() {
+            if self.finals().all(|p| p.exists()) {
+                return Ok(Resume::AlreadyActive);
+            }
+            return Err(StoreError::NothingPending);
+        }
+        // The manifest hash the pending files were written for, from this host's own files.
+        let manifest_hash = match (&self.share, &self.manifest) {
+            (Some(share), _) if pending_path(share).exists() => {
+                ShareFile::inspect(&pending_path(share))?.manifest_hash
+            }
+            (_, Some(m)) => GroupManifest::read(&pending_path(m))?.hash()?,
+            _ => return Err(StoreError::NothingPending),
+        };
+        if let Some(m) = &self.manifest {
+            let p = pending_path(m);
+            if p.exists() && GroupManifest::read(&p)?.hash()? != manifest_hash {
+                return Err(StoreError::NotThisCeremony);
+            }
+        }
+        if !self.completion.exists() {
+            return Err(StoreError::NoRecord(self.completion.clone()));
+        }
+        let mut completion = read_completion(&self.completion)?;
+        if completion.ceremony != plan.ceremony
+            || plan.hash().ok().map(hex::encode) != Some(completion.plan_hash.clone())
+            || completion.manifest_hash != hex::encode(manifest_hash)
+            || !completion.acks.contains_key(&self.owner.to_hex())
+        {
+            return Err(StoreError::NotThisCeremony);
+        }
+        for other in others {
+            completion.merge(other)?;
+        }
+        match completion.verify(plan, &manifest_hash) {
+            Ok(()) => {
+                self.activate_files()?;
+                self.write_completion(&completion)?;
+                Ok(Resume::Activated(completion))
+            }
+            Err(reason) => {
+                let roster = plan.roster().unwrap_or_default();
+                let (acknowledged, missing): (Vec<_>, Vec<_>) = roster
+                    .iter()
+                    .partition(|m| completion.acks.contains_key(&m.node_id.to_hex()));
+                Ok(Resume::Undecided {
+                    acknowledged: acknowledged.iter().map(|m| m.name.clone()).collect(),
+                    missing: missing.iter().map(|m| m.name.clone()).collect(),
+                    reason,
+                    pending,
+                })
+            }
+        }
+    }
+
+    /// Discards the pending files and the record (the operator's decision that no member
+    /// activated).
+    pub fn abandon(&mut self) {
+        self.discard();
+    }
+}
+
+impl ShareStore for FileShareStore {
+    fn write_pending(&mut self, outcome: &Outcome, ack: &Completion) -> Result<(), StoreError> {
+        let mut rng = rand::rngs::OsRng;
+        let written = (|| {
+            // First the record of this run and this member's acknowledgement.
+            self.write_completion(ack)?;
+            match (&self.share, &outcome.key_package) {
+                (Some(share), Some(kp)) => {
+                    let pass = self.passphrase.as_ref().ok_or(StoreError::NoPassphrase)?;
+                    let header = crate::dealer::share_header(
+                        &outcome.manifest,
+                        self.owner,
+                        kp,
+                        self.kdf.params(&mut rng),
+                    )
+                    .map_err(|e| StoreError::Io {
+                        path: share.clone(),
+                        source: std::io::Error::other(e),
+                    })?;
+                    ShareFile::write(&pending_path(share), kp, header, pass, false, &mut rng)?;
+                }
+                (Some(_), None) => return Err(StoreError::NoShare),
+                (None, Some(_)) => return Err(StoreError::UnexpectedShare),
+                (None, None) => {}
+            }
+            if let Some(path) = &self.manifest {
+                let pending = pending_path(path);
+                write_atomic(&pending, outcome.manifest.to_toml()?.as_bytes(), &mut rng)
+                    .map_err(io(&pending))?;
+            }
+            sync_dir(&self.dir)
+        })();
+        if written.is_err() {
+            self.discard();
+        }
+        written
+    }
+
+    fn activate(&mut self, completion: &Completion) -> Result<(), StoreError> {
+        self.activate_files()?;
+        self.write_completion(completion)
+    }
+
+    fn keep_undecided(&mut self, partial: &Completion) -> Result<(), StoreError> {
+        let mut merged = partial.clone();
+        if let Ok(existing) = read_completion(&self.completion) {
+            let _ = merged.merge(&existing);
+        }
+        self.write_completion(&merged)
+    }
+
+    fn discard(&mut self) {
+        for p in self.finals() {
+            remove_if_present(&pending_path(p));
+        }
+        remove_if_present(&self.completion);
+    }
+}
+
+/// One member's ceremony results in memory (the simulator, tests, benches).
+#[derive(Default)]
+pub struct MemoryShareStore {
+    pending: Option<(GroupManifest, Option<frost::keys::KeyPackage>)>,
+    active: Option<(GroupManifest, Option<frost::keys::KeyPackage>)>,
+    completion: Option<Completion>,
+}
+
+impl std::fmt::Debug for MemoryShareStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryShareStore")
+            .field("pending", &self.pending.is_some())
+            .field("active", &self.active.is_some())
+            .field("key_packages", &"[redacted]")
+            .finish()
+    }
+}
+
+impl MemoryShareStore {
+    /// The active manifest and share, once activated.
+    pub fn active(&self) -> Option<&(GroupManifest, Option<frost::keys::KeyPackage>)> {
+        self.active.as_ref()
+    }
+
+    /// The pending manifest and share (written, not yet activated).
+    pub fn pending(&self) -> Option<&(GroupManifest, Option<frost::keys::KeyPackage>)> {
+        self.pending.as_ref()
+    }
+
+    /// The acknowledgements known: complete once activated, partial while undecided.
+    pub fn completion(&self) -> Option<&Completion> {
+        self.completion.as_ref()
+    }
+
+    /// `rotate resume` in memory: activates the pending results if `others` completes the
+    /// acknowledgements for `plan`.
+    pub fn resume(&mut self, plan: &CeremonyPlan, others: &Completion) -> Result<(), StoreError> {
+        let (manifest, _) = self.pending.as_ref().ok_or(StoreError::NothingPending)?;
+        let hash = manifest.hash()?;
+        let mut c = self.completion.clone().ok_or(StoreError::NothingPending)?;
+        c.merge(others)?;
+        c.verify(plan, &hash)?;
+        self.active = self.pending.take();
+        self.completion = Some(c);
+        Ok(())
+    }
+}
+
+impl ShareStore for MemoryShareStore {
+    fn write_pending(&mut self, outcome: &Outcome, ack: &Completion) -> Result<(), StoreError> {
+        self.pending = Some((outcome.manifest.clone(), outcome.key_package.clone()));
+        self.completion = Some(ack.clone());
+        Ok(())
+    }
+
+    fn activate(&mut self, completion: &Completion) -> Result<(), StoreError> {
+        self.active = Some(self.pending.take().ok_or(StoreError::NothingPending)?);
+        self.completion = Some(completion.clone());
+        Ok(())
+    }
+
+    fn keep_undecided(&mut self, partial: &Completion) -> Result<(), StoreError> {
+        let mut merged = partial.clone();
+        if let Some(existing) = &self.completion {
+            let _ = merged.merge(existing);
+        }
+        self.completion = Some(merged);
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        self.pending = None;
+        self.completion = None;
+    }
+}
+
+/// The dealer's all-or-nothing write: every share (encrypted under `passphrase`) and the
+/// manifest go to `dir` as pending files first, then all are activated; on any failure every
+/// file written is removed. Returns the manifest file and the share files in member order.
+pub fn write_dealt(
+    dir: &Path,
+    manifest: &GroupManifest,
+    shares: &[crate::DealtShare],
+    names: &[String],
+    passphrase: &Passphrase,
+    kdf: KdfCost,
+) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
+    let mut rng = rand::rngs::OsRng;
+    let manifest_file = manifest_path(dir, &manifest.group);
+    let share_files: Vec<PathBuf> = names
+        .iter()
+        .map(|n| share_path(dir, &manifest.group, n))
+        .collect();
+    let all: Vec<&PathBuf> = std::iter::once(&manifest_file)
+        .chain(&share_files)
+        .collect();
+    if let Some(p) = all.iter().find(|p| p.exists() || pending_path(p).exists()) {
+        return Err(StoreError::Exists((*p).clone()));
+    }
+    conclave_protocol::identity::create_private_dir(dir).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    let written = (|| {
+        for (share, path) in shares.iter().zip(&share_files) {
+            let header =
+                share
+                    .header(manifest, kdf.params(&mut rng))
+                    .map_err(|e| StoreError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other(e),
+                    })?;
+            ShareFile::write(
+                &pending_path(path),
+                &share.key_package,
+                header,
+                passphrase,
+                false,
+                &mut rng,
+            )?;
+        }
+        let pending = pending_path(&manifest_file);
+        write_atomic(&pending, manifest.to_toml()?.as_bytes(), &mut rng).map_err(io(&pending))?;
+        sync_dir(dir)?;
+        for p in &all {
+            let pending = pending_path(p);
+            std::fs::rename(&pending, p).map_err(io(&pending))?;
+        }
+        sync_dir(dir)
+    })();
+    if written.is_err() {
+        for p in &all {
+            remove_if_present(&pending_path(p));
+            remove_if_present(p);
+        }
+    }
+    written.map(|()| (manifest_file, share_files))
+}
