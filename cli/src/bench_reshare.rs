@@ -155,17 +155,9 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
     let end = relay_task.await?;
     let elapsed = started.elapsed();
     match end {
-        RelayEnd::Completed {
-            joins,
-            confirm,
-            store,
-        } => Ok((
-            elapsed,
-            conclave_keygen::ceremony::completed_manifest(&s.plan, &joins, &confirm, &store)
-                .map_err(|e| anyhow!(e))?
-                .0,
-        )),
-        RelayEnd::Aborted { why, .. } => bail!("reshare over QUIC aborted: {why:?}"),
+        RelayEnd::Completed { manifest, .. } => Ok((elapsed, *manifest)),
+        RelayEnd::Aborted(r) => bail!("reshare over QUIC aborted: {}", r.summary),
+        RelayEnd::Failed(f) => bail!("reshare over QUIC completed unusably: {f}"),
     }
 }
 

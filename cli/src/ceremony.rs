@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use conclave_keygen::ceremony::{
-    completed_manifest, describe_abort, CeremonyPlan, Member, MemberEnd, MemberEvent, PlanNode,
-    RelayEvent,
+    CeremonyPlan, Member, MemberEnd, MemberEvent, PlanNode, RelayEvent,
 };
 use conclave_keygen::dkg::Dkg;
 use conclave_keygen::store::{self, FileShareStore, KdfCost, ShareStore};
@@ -178,32 +177,11 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
         .await;
     match end {
         RelayEnd::Completed {
-            joins,
-            confirm,
-            store,
+            manifest,
+            completion,
         } => {
-            let (manifest, completion) = completed_manifest(&plan, &joins, &confirm, &store)
-                .map_err(|e| {
-                    anyhow!("the ceremony completed but its manifest is not usable: {e}")
-                })?;
-            conclave_protocol::identity::create_private_dir(&args.out)
-                .with_context(|| format!("cannot create {}", args.out.display()))?;
-            if !repair {
-                conclave_keygen::sharefile::write_atomic(
-                    &manifest_file,
-                    manifest.to_toml()?.as_bytes(),
-                    &mut rand::rngs::OsRng,
-                )
-                .with_context(|| format!("cannot write {}", manifest_file.display()))?;
-            }
-            // Every member's signed acknowledgement: lets a member left undecided finish.
-            let completion_file = store::completion_path(&args.out, &plan);
-            conclave_keygen::sharefile::write_atomic(
-                &completion_file,
-                completion.to_toml().as_bytes(),
-                &mut rand::rngs::OsRng,
-            )
-            .with_context(|| format!("cannot write {}", completion_file.display()))?;
+            let (manifest_file, completion_file) =
+                store::write_relayed(&args.out, &plan, &manifest, &completion)?;
             if args.json {
                 println!(
                     "{}",
@@ -211,6 +189,7 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
                         "ceremony": plan.ceremony, "group": plan.group.as_str(),
                         "threshold": manifest.threshold, "epoch": manifest.epoch,
                         "public_key": manifest.group_public_key, "manifest": manifest_file,
+                        "completion": completion_file,
                     })
                 );
             } else {
@@ -218,18 +197,24 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
                     "group {}: public key {}",
                     plan.group, manifest.group_public_key
                 );
-                println!("manifest: {}", manifest_file.display());
+                if let Some(m) = &manifest_file {
+                    println!("manifest: {}", m.display());
+                }
             }
             Ok(())
         }
-        RelayEnd::Aborted { why, ctx } => {
-            let report = describe_abort(&plan, &ctx, &why);
-            Err(Exit::refused(anyhow!(
-                "{} aborted: {}",
-                plan.kind.label(),
-                report.summary
-            )))
-        }
+        RelayEnd::Aborted(report) => Err(Exit::refused(anyhow!(
+            "{} aborted: {}",
+            plan.kind.label(),
+            report.summary
+        ))),
+        RelayEnd::Failed(f) => Err(Exit::refused(anyhow!(
+            "{} completed but its result is not usable: {f}{}",
+            plan.kind.label(),
+            f.culprit()
+                .map(|n| format!(" ({})", plan.name_of(&n)))
+                .unwrap_or_default()
+        ))),
     }
 }
 

@@ -563,3 +563,28 @@ pub fn write_dealt(
     }
     written.map(|()| (manifest_file, share_files))
 }
+
+/// The relay's files of a completed ceremony in `dir`: the new manifest (unless the ceremony
+/// keeps it, as a repair does) and the completion, whose n signed acknowledgements let any
+/// member left undecided activate. Returns the manifest file (if written) and the completion
+/// file.
+pub fn write_relayed(
+    dir: &Path,
+    plan: &CeremonyPlan,
+    manifest: &GroupManifest,
+    completion: &Completion,
+) -> Result<(Option<PathBuf>, PathBuf), StoreError> {
+    let mut rng = rand::rngs::OsRng;
+    conclave_protocol::identity::create_private_dir(dir).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    let manifest_file = (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(dir, plan));
+    if let Some(path) = &manifest_file {
+        write_atomic(path, manifest.to_toml()?.as_bytes(), &mut rng).map_err(io(path))?;
+    }
+    let completion_file = completion_path(dir, plan);
+    write_atomic(&completion_file, completion.to_toml().as_bytes(), &mut rng)
+        .map_err(io(&completion_file))?;
+    Ok((manifest_file, completion_file))
+}

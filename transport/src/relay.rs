@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::quic::{self, Pinned, TransportError};
-use conclave_keygen::ceremony::{CeremonyPlan, Ctx, Relay, RelayEvent};
-use conclave_protocol::{AbortWhy, Envelope, IdentityKey, NodeId};
+use conclave_keygen::ceremony::{
+    AbortReport, CeremonyPlan, Completion, CompletionFailure, Relay, RelayEvent,
+};
+use conclave_keygen::GroupManifest;
+use conclave_protocol::{Envelope, IdentityKey, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long a finished relay keeps answering (late posts get the abort reason; members
@@ -28,19 +31,19 @@ enum Input {
     },
 }
 
-/// How a relayed ceremony ended.
+/// How a relayed ceremony ended, as the relay state machine decided it.
 #[derive(Debug)]
 pub enum RelayEnd {
-    /// Every member stored its share; `joins`/`confirm`/`store` as in
-    /// [`RelayEvent::Completed`].
+    /// Every member stored its share: the manifest they all confirmed, checked by the relay,
+    /// and every member's signed acknowledgement.
     Completed {
-        joins: Vec<Vec<u8>>,
-        confirm: Vec<Vec<u8>>,
-        store: Vec<Vec<u8>>,
+        manifest: Box<GroupManifest>,
+        completion: Completion,
     },
-    /// The ceremony ended without a result; `ctx` is the run as the relay saw it (to check the
-    /// signed complaint in `why`).
-    Aborted { why: AbortWhy, ctx: Ctx },
+    /// The ceremony ended without a result (culprits, accused and suspects by node id).
+    Aborted(AbortReport),
+    /// Every round completed but a member did not vouch for the result.
+    Failed(CompletionFailure),
 }
 
 /// A bound, not yet running relay.
@@ -115,31 +118,20 @@ impl RelayServer {
             }
             while let Some(ev) = relay.poll_event() {
                 on_event(&relay, &ev);
-                match ev {
+                let ended = match ev {
                     RelayEvent::Completed {
-                        joins,
-                        confirm,
-                        store,
-                    } => {
-                        end = Some((
-                            RelayEnd::Completed {
-                                joins,
-                                confirm,
-                                store,
-                            },
-                            Instant::now(),
-                        ))
-                    }
-                    RelayEvent::Aborted(why) => {
-                        end = Some((
-                            RelayEnd::Aborted {
-                                why,
-                                ctx: relay.ctx(),
-                            },
-                            Instant::now(),
-                        ))
-                    }
-                    _ => {}
+                        manifest,
+                        completion,
+                    } => Some(RelayEnd::Completed {
+                        manifest,
+                        completion,
+                    }),
+                    RelayEvent::Aborted { report, .. } => Some(RelayEnd::Aborted(report)),
+                    RelayEvent::Failed(f) => Some(RelayEnd::Failed(f)),
+                    _ => None,
+                };
+                if let Some(e) = ended {
+                    end = Some((e, Instant::now()));
                 }
             }
         }
@@ -148,13 +140,7 @@ impl RelayServer {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         match end {
             Some((e, _)) => e,
-            None => RelayEnd::Aborted {
-                why: AbortWhy::Timeout {
-                    round: relay.round(),
-                    missing: relay.missing().into_iter().collect(),
-                },
-                ctx: relay.ctx(),
-            },
+            None => RelayEnd::Aborted(relay.give_up()),
         }
     }
 }

@@ -760,6 +760,38 @@ impl<P: Protocol> Member<P> {
     }
 }
 
+/// Why the relay could not accept a ceremony whose rounds all completed: the members named by
+/// node id did not vouch for the result.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CompletionFailure {
+    #[error("confirmations or acknowledgements are missing")]
+    Incomplete,
+    #[error("the first member did not hand over the manifest")]
+    NoManifest { node: NodeId },
+    #[error("the manifest handed over is not usable: {reason}")]
+    BadManifest { node: NodeId, reason: String },
+    #[error("a member did not confirm this manifest")]
+    NotConfirmed { node: NodeId },
+    #[error("a member sent no valid acknowledgement")]
+    NoAck { node: NodeId },
+    #[error("the plan cannot be used: {0}")]
+    Plan(String),
+}
+
+impl CompletionFailure {
+    /// The member at fault, by node id.
+    pub fn culprit(&self) -> Option<NodeId> {
+        match self {
+            CompletionFailure::NoManifest { node }
+            | CompletionFailure::BadManifest { node, .. }
+            | CompletionFailure::NotConfirmed { node }
+            | CompletionFailure::NoAck { node } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
 /// The result of a completed ceremony, as the relay learns it: the first member's manifest
 /// text, whose hash every member signed in the confirm round, and every member's signed
 /// store acknowledgement of it (the completion that undecided members can be shown).
@@ -768,26 +800,30 @@ pub fn completed_manifest(
     joins: &[Vec<u8>],
     confirm: &[Vec<u8>],
     store: &[Vec<u8>],
-) -> Result<(GroupManifest, Completion), String> {
-    let ctx = Ctx::for_run(plan, joins.iter().map(Vec::as_slice)).map_err(|e| e.to_string())?;
+) -> Result<(GroupManifest, Completion), CompletionFailure> {
+    let plan_err = |e: PlanError| CompletionFailure::Plan(e.to_string());
+    let ctx = Ctx::for_run(plan, joins.iter().map(Vec::as_slice)).map_err(plan_err)?;
     let roster: Vec<NodeId> = plan
         .roster()
-        .map_err(|e| e.to_string())?
+        .map_err(plan_err)?
         .into_iter()
         .map(|m| m.node_id)
         .collect();
     if confirm.len() != roster.len() || store.len() != roster.len() {
-        return Err("confirmations or acknowledgements are missing".into());
+        return Err(CompletionFailure::Incomplete);
     }
-    let first: StoreAck = store
+    let first = *roster.first().ok_or(CompletionFailure::Incomplete)?;
+    let text = store
         .first()
-        .and_then(|b| postcard::from_bytes(b).ok())
-        .ok_or("no manifest was stored")?;
-    let text = first
-        .manifest
-        .ok_or("the first member did not hand over the manifest")?;
-    let manifest = GroupManifest::from_toml(&text).map_err(|e| e.to_string())?;
-    let hash = manifest.hash().map_err(|e| e.to_string())?;
+        .and_then(|b| postcard::from_bytes::<StoreAck>(b).ok())
+        .and_then(|a| a.manifest)
+        .ok_or(CompletionFailure::NoManifest { node: first })?;
+    let bad = |e: crate::ManifestError| CompletionFailure::BadManifest {
+        node: first,
+        reason: e.to_string(),
+    };
+    let manifest = GroupManifest::from_toml(&text).map_err(bad)?;
+    let hash = manifest.hash().map_err(bad)?;
     let round = plan.kind.protocol_rounds() + 1;
     for (bytes, node) in confirm.iter().zip(&roster) {
         let ok = postcard::from_bytes::<Confirm>(bytes).is_ok_and(|c| {
@@ -795,20 +831,29 @@ pub fn completed_manifest(
                 && ctx.verify(node, &c.signature, CONFIRM_DOMAIN, round, None, &[&hash])
         });
         if !ok {
-            return Err(format!(
-                "{} did not confirm this manifest",
-                plan.name_of(node)
-            ));
+            return Err(CompletionFailure::NotConfirmed { node: *node });
         }
     }
     let mut completion = Completion::empty(&ctx, &hash);
+    let final_round = plan.kind.final_round();
     for (bytes, node) in store.iter().zip(&roster) {
-        let ack: StoreAck = postcard::from_bytes(bytes)
-            .map_err(|_| format!("{} sent no acknowledgement", plan.name_of(node)))?;
+        let ack = postcard::from_bytes::<StoreAck>(bytes)
+            .ok()
+            .filter(|a| {
+                a.manifest_hash == hash
+                    && ctx.verify(
+                        node,
+                        &a.signature,
+                        STORED_DOMAIN,
+                        final_round,
+                        None,
+                        &[&hash],
+                    )
+            })
+            .ok_or(CompletionFailure::NoAck { node: *node })?;
         completion
             .acks
             .insert(node.to_hex(), hex::encode(&ack.signature));
     }
-    completion.verify(plan, &hash).map_err(|e| e.to_string())?;
     Ok((manifest, completion))
 }

@@ -24,7 +24,8 @@ mod relay;
 
 pub use check::{key_fingerprint, CheckedDealer, CheckedPlan, OldGroup, PlanCheckError, Role};
 pub use member::{
-    completed_manifest, Applied, Completion, CompletionError, Member, MemberEnd, MemberEvent,
+    completed_manifest, Applied, Completion, CompletionError, CompletionFailure, Member, MemberEnd,
+    MemberEvent,
 };
 pub use plan::{CeremonyKind, CeremonyPlan, FromGroup, OldMember, PlanError, PlanMember, PlanNode};
 #[cfg(feature = "fault-injection")]

@@ -7,7 +7,11 @@ use conclave_protocol::{
     AbortWhy, Delivered, Envelope, Message, NodeId, PostBody, Refusal, Transmit,
 };
 
-use super::{CeremonyKind, CeremonyPlan, Ctx, PlanError};
+use super::{
+    completed_manifest, describe_abort, AbortReport, CeremonyKind, CeremonyPlan, Completion,
+    CompletionFailure, Ctx, PlanError,
+};
+use crate::manifest::GroupManifest;
 
 /// Progress and results of a relayed ceremony.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,16 +25,17 @@ pub enum RelayEvent {
     },
     /// Every member posted `round`; it was delivered.
     RoundComplete { round: u8 },
-    /// The ceremony ended without a result.
-    Aborted(AbortWhy),
-    /// Every member stored its share. `joins`, `confirm` and `store` hold each member's
-    /// join-round (its nonce), confirm-round and store-round broadcasts, in roster order (see
-    /// [`crate::ceremony::Member`] for what they hold; `completed_manifest` checks them).
+    /// The ceremony ended without a result: the reason and whom it names (culprits,
+    /// accused, suspects), checked as the relay can.
+    Aborted { why: AbortWhy, report: AbortReport },
+    /// Every member stored its share, and the relay checked it: the manifest every member
+    /// confirmed and the completion (every member's signed acknowledgement).
     Completed {
-        joins: Vec<Vec<u8>>,
-        confirm: Vec<Vec<u8>>,
-        store: Vec<Vec<u8>>,
+        manifest: Box<GroupManifest>,
+        completion: Completion,
     },
+    /// Every round completed but the result is not usable (a member did not vouch for it).
+    Failed(CompletionFailure),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,7 @@ struct Post {
 /// [`poll_transmit`](Self::poll_transmit) (replies, by request id),
 /// [`poll_event`](Self::poll_event), [`poll_timeout`](Self::poll_timeout).
 pub struct Relay {
+    plan: CeremonyPlan,
     ctx: Ctx,
     kind: CeremonyKind,
     roster: Vec<NodeId>,
@@ -84,6 +90,7 @@ impl Relay {
     pub fn new(plan: &CeremonyPlan, now: Instant) -> Result<Self, PlanError> {
         let roster = plan.roster()?.into_iter().map(|m| m.node_id).collect();
         Ok(Self {
+            plan: plan.clone(),
             ctx: Ctx::of(plan)?,
             kind: plan.kind,
             roster,
@@ -286,17 +293,23 @@ impl Relay {
                 .collect();
         }
         if round == final_round {
-            let store = self
+            let store: Vec<Vec<u8>> = self
                 .roster
                 .iter()
                 .filter_map(|n| posts.get(n).map(|p| p.broadcast.clone()))
                 .collect();
             self.state = State::Done;
-            self.events.push_back(RelayEvent::Completed {
-                joins: std::mem::take(&mut self.joins),
-                confirm: std::mem::take(&mut self.confirm),
-                store,
-            });
+            let joins = std::mem::take(&mut self.joins);
+            let confirm = std::mem::take(&mut self.confirm);
+            self.events.push_back(
+                match completed_manifest(&self.plan, &joins, &confirm, &store) {
+                    Ok((manifest, completion)) => RelayEvent::Completed {
+                        manifest: Box::new(manifest),
+                        completion,
+                    },
+                    Err(e) => RelayEvent::Failed(e),
+                },
+            );
         } else {
             self.round += 1;
             self.deadline = now + self.round_timeout;
@@ -319,7 +332,17 @@ impl Relay {
                 },
             );
         }
-        self.events.push_back(RelayEvent::Aborted(why));
+        let report = describe_abort(&self.plan, &self.ctx, &why);
+        self.events.push_back(RelayEvent::Aborted { why, report });
+    }
+
+    /// Why the ceremony would end if it were given up now (its current round timed out).
+    pub fn give_up(&self) -> AbortReport {
+        let why = AbortWhy::Timeout {
+            round: self.round,
+            missing: self.missing().into_iter().collect(),
+        };
+        describe_abort(&self.plan, &self.ctx, &why)
     }
 
     /// The connection to `node` closed. Before the first protocol round a member may come

@@ -148,14 +148,16 @@ fn dkg_3_of_5_produces_one_key_that_signs() {
     assert_eq!(m0.epoch, 1);
     // The relay learns the same manifest, vouched for by every member.
     let Some(RelayEvent::Completed {
-        joins,
-        confirm,
-        store,
+        manifest: relayed_manifest,
+        completion: relayed_completion,
     }) = run.relay_events.last()
     else {
         panic!("relay did not complete: {:?}", run.relay_events);
     };
-    let (relayed, completion) = completed_manifest(&plan, joins, confirm, store).unwrap();
+    let (relayed, completion) = (
+        relayed_manifest.as_ref().clone(),
+        relayed_completion.clone(),
+    );
     assert_eq!(relayed, *m0);
     // ... and the signed acknowledgements of all five, which let an undecided member activate.
     completion.verify(&plan, &m0.hash().unwrap()).unwrap();
@@ -775,15 +777,16 @@ fn a_malicious_relay_cannot_split_the_store_round_or_frame_a_member() {
                 // relay's), an undecided member activates; a forged ack never verifies.
                 let manifest_hash = run.outcomes[0].as_ref().unwrap().manifest.hash().unwrap();
                 let Some(RelayEvent::Completed {
-                    joins,
-                    confirm,
-                    store,
+                    manifest: relayed_manifest,
+                    completion: relayed_completion,
                 }) = run.relay_events.last()
                 else {
                     panic!("{choice:?}: the (honest) relay state machine completed");
                 };
-                let (_, relay_completion) =
-                    completed_manifest(&plan, joins, confirm, store).unwrap();
+                let (_, relay_completion) = (
+                    relayed_manifest.as_ref().clone(),
+                    relayed_completion.clone(),
+                );
                 for i in 0..3 {
                     if let Some(partial) = &run.undecided[i] {
                         assert!(partial.verify(&plan, &manifest_hash).is_err());
@@ -1338,14 +1341,16 @@ fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
             .clone()
             .expect("p0 keeps its share, undecided");
         let Some(RelayEvent::Completed {
-            joins,
-            confirm,
-            store,
+            manifest: relayed_manifest,
+            completion: relayed_completion,
         }) = run.relay_events.last()
         else {
             panic!("relay completed");
         };
-        let (m, relay_completion) = completed_manifest(&plan, joins, confirm, store).unwrap();
+        let (m, relay_completion) = (
+            relayed_manifest.as_ref().clone(),
+            relayed_completion.clone(),
+        );
         let mut merged = partial;
         merged.merge(&relay_completion).unwrap();
         merged.verify(&plan, &m.hash().unwrap()).unwrap();
@@ -1356,15 +1361,10 @@ fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
     let relay = Relay::new(&plan, Instant::now()).unwrap();
     let b = run(dkg_members(&plan, ids.clone()), relay, None);
     let completion_of = |r: &Run| {
-        let Some(RelayEvent::Completed {
-            joins,
-            confirm,
-            store,
-        }) = r.relay_events.last()
-        else {
+        let Some(RelayEvent::Completed { completion, .. }) = r.relay_events.last() else {
             panic!("relay completed");
         };
-        completed_manifest(&plan, joins, confirm, store).unwrap().1
+        completion.clone()
     };
     let (ca, cb) = (completion_of(&a), completion_of(&b));
     assert_ne!(ca.session, cb.session);
