@@ -94,7 +94,11 @@ fn protocol(s: &Setup, node: &NodeId) -> anyhow::Result<Reshare> {
 fn in_memory(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
     let started = Instant::now();
     let roster: Vec<NodeId> = s.plan.roster()?.into_iter().map(|m| m.node_id).collect();
-    let relay = Relay::new(&s.plan, Instant::now())?;
+    let relay = Relay::new(
+        &s.plan,
+        conclave_keygen::kinds::rounds(s.plan.kind),
+        Instant::now(),
+    )?;
     let mut members = vec![];
     for node in &roster {
         let id = s.identities.get(node).ok_or_else(|| anyhow!("identity"))?;
@@ -122,7 +126,11 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
     let started = Instant::now();
     let server = RelayServer::bind(&s.plan, &s.coordinator, "127.0.0.1:0".parse()?)?;
     let addr = server.local_addr()?;
-    let relay = Relay::new(&s.plan, Instant::now())?;
+    let relay = Relay::new(
+        &s.plan,
+        conclave_keygen::kinds::rounds(s.plan.kind),
+        Instant::now(),
+    )?;
     let relay_task = tokio::spawn(server.run(relay, |_, _| {}));
     let relay_id = s.coordinator.node_id();
     let mut tasks = vec![];

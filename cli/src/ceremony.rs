@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use conclave_keygen::ceremony::{
     CeremonyPlan, Member, MemberEnd, MemberEvent, PlanNode, RelayEvent,
 };
-use conclave_keygen::dkg::Dkg;
+use conclave_keygen::kinds;
 use conclave_keygen::store::{self, FileShareStore, KdfCost, ShareStore};
 use conclave_protocol::identity::read_node_id;
 use conclave_protocol::{GroupName, IdentityKey};
@@ -139,7 +139,11 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
         Some(a) => resolve(a)?,
         None => resolve(&plan.coordinator.address)?,
     };
-    let mut relay = conclave_keygen::ceremony::Relay::new(&plan, Instant::now())?;
+    let mut relay = conclave_keygen::ceremony::Relay::new(
+        &plan,
+        conclave_keygen::kinds::rounds(plan.kind),
+        Instant::now(),
+    )?;
     crate::faults::FaultPlan::from_env().apply_relay(&mut relay);
     let server = RelayServer::bind(&plan, &identity, listen)?;
     let n = plan.participants.len();
@@ -151,7 +155,7 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
         plan.threshold,
         server.local_addr()?
     );
-    let kind = plan.kind;
+    let rounds = conclave_keygen::kinds::rounds(plan.kind);
     let started = Instant::now();
     let end = server
         .run(relay, |_, ev| match ev {
@@ -163,13 +167,13 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
             } => {
                 eprintln!(
                     "  round {round} ({}): {} [{posted}/{of}]",
-                    kind.round_name(*round),
+                    rounds.name_of(*round),
                     plan.name_of(node)
                 );
             }
             RelayEvent::RoundComplete { round } => eprintln!(
                 "round {round} ({}) complete after {:.1} s",
-                kind.round_name(*round),
+                rounds.name_of(*round),
                 started.elapsed().as_secs_f64()
             ),
             _ => {}
@@ -232,8 +236,8 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
     // compares the fingerprint and the members' key fingerprints with the plan's author.
     eprintln!("{}", plan.summary());
     crate::rotate::confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
-    let mut dkg = Dkg::new(&plan, &me)?;
-    crate::faults::FaultPlan::from_env().apply_dkg(&mut dkg);
+    let mut dkg = kinds::protocol_for(kinds::Input::Dkg(&plan), &me)?;
+    crate::faults::FaultPlan::from_env().apply_protocol(&mut dkg);
     run_join(
         &plan,
         identity,
@@ -280,7 +284,8 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     let faults = crate::faults::FaultPlan::from_env();
     let mut member = Member::new(plan, identity.clone(), protocol)?;
     let kind = plan.kind;
-    let total = kind.final_round();
+    let rounds = conclave_keygen::kinds::rounds(kind);
+    let total = rounds.final_round();
     eprintln!(
         "joining {} {} for group {} as {my_name}; relay {} at {}",
         kind.label(),
@@ -302,7 +307,7 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
             Progress::Event(MemberEvent::RoundComplete { round }) => {
                 eprintln!(
                     "round {round}/{total} ({}) complete after {:.1} s",
-                    kind.round_name(*round),
+                    rounds.name_of(*round),
                     started.elapsed().as_secs_f64()
                 );
                 faults.exit_after_round(*round);

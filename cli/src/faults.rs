@@ -69,19 +69,17 @@ impl FaultPlan {
         }
     }
 
-    /// A DKG member that sends bad shares.
-    pub(crate) fn apply_dkg(&self, _dkg: &mut conclave_keygen::dkg::Dkg) {
+    /// A DKG member that sends bad shares, or a reshare dealer that sends a bad sub-share.
+    pub(crate) fn apply_protocol(&self, _p: &mut conclave_keygen::kinds::AnyProtocol) {
         #[cfg(feature = "fault-injection")]
-        if self.fault == Some(Fault::DkgBadShare) {
-            _dkg.inject(conclave_keygen::dkg::DkgFault::BadShare);
-        }
-    }
-
-    /// A reshare dealer that sends a bad sub-share.
-    pub(crate) fn apply_reshare(&self, _r: &mut conclave_keygen::reshare::Reshare) {
-        #[cfg(feature = "fault-injection")]
-        if self.fault == Some(Fault::BadSubShare) {
-            _r.inject(conclave_keygen::reshare::ReshareFault::BadSubShare);
+        match (self.fault, _p) {
+            (Some(Fault::DkgBadShare), conclave_keygen::kinds::AnyProtocol::Dkg(d)) => {
+                d.inject(conclave_keygen::dkg::DkgFault::BadShare)
+            }
+            (Some(Fault::BadSubShare), conclave_keygen::kinds::AnyProtocol::Reshare(r)) => {
+                r.inject(conclave_keygen::reshare::ReshareFault::BadSubShare)
+            }
+            _ => {}
         }
     }
 

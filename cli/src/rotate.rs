@@ -5,11 +5,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use conclave_keygen::ceremony::{
-    key_fingerprint, CeremonyKind, CeremonyPlan, CheckedPlan, OldGroup, PlanNode,
-};
-use conclave_keygen::dkg::Dkg;
-use conclave_keygen::reshare::Reshare;
+use conclave_keygen::ceremony::{key_fingerprint, CeremonyPlan, CheckedPlan, OldGroup, PlanNode};
+use conclave_keygen::kinds;
 use conclave_keygen::{GroupManifest, ShareFile};
 use sha2::Digest;
 
@@ -100,18 +97,14 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
     if !args.replace.is_empty() && args.kind != RotateKind::Reshare {
         fail!("--replace gives a member a new identity key: only a reshare can do that (`--kind reshare`)");
     }
-    let (kind, threshold, participants, dealers) = match args.kind {
+    let mut rng = rand::rngs::OsRng;
+    let mut plan = match args.kind {
         RotateKind::Refresh => {
             if args.threshold.is_some() || !args.participants.is_empty() || !args.dealers.is_empty()
             {
                 fail!("a refresh keeps members and threshold; use `--kind reshare` to change them");
             }
-            let all: Vec<String> = old.participants.iter().map(|p| p.name.clone()).collect();
-            let nodes = all
-                .iter()
-                .map(|n| new_member(n, &old))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            (CeremonyKind::Refresh, old.threshold, nodes, all)
+            kinds::refresh_plan(&old, coordinator, &mut rng)?
         }
         RotateKind::Repair => {
             let [lost] = args.participants.as_slice() else {
@@ -122,18 +115,7 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
                     "a repair rebuilds the share of an existing member under its own identity key: name it as -p NAME (the key and address come from the manifest); a member that lost its identity key is replaced with a reshare (--replace)"
                 );
             }
-            let lost = new_member(lost, &old)?;
-            let helpers: Vec<String> = if args.dealers.is_empty() {
-                old.participants
-                    .iter()
-                    .filter(|p| p.identity_key != lost.identity_key)
-                    .take(usize::from(old.threshold))
-                    .map(|p| p.name.clone())
-                    .collect()
-            } else {
-                args.dealers.clone()
-            };
-            (CeremonyKind::Repair, old.threshold, vec![lost], helpers)
+            kinds::repair_plan(&old, lost, &args.dealers, coordinator, &mut rng)?
         }
         RotateKind::Reshare => {
             let Some(t) = args.threshold else {
@@ -147,6 +129,7 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
                 .iter()
                 .map(|s| new_member(s, &old))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut replace = vec![];
             for spec in &args.replace {
                 let node = parse_node(spec, "--replace")?;
                 let Some(p) = old.participants.iter().find(|p| p.name == node.name) else {
@@ -167,59 +150,27 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
                         node.name
                     );
                 }
+                replace.push(node.name.clone());
                 nodes.push(node);
             }
-            let dealers: Vec<String> = if args.dealers.is_empty() {
-                // Default: old members that stay under their key, then the others, first t.
-                let replaced = |name: &str| {
-                    args.replace
-                        .iter()
-                        .any(|r| r.split('=').next() == Some(name))
-                };
-                let mut order: Vec<String> = old
-                    .participants
-                    .iter()
-                    .filter(|p| !replaced(&p.name))
-                    .filter(|p| nodes.iter().any(|n| n.identity_key == p.identity_key))
-                    .map(|p| p.name.clone())
-                    .collect();
-                order.extend(
-                    old.participants
-                        .iter()
-                        .filter(|p| !replaced(&p.name))
-                        .filter(|p| !nodes.iter().any(|n| n.identity_key == p.identity_key))
-                        .map(|p| p.name.clone()),
-                );
-                order.truncate(usize::from(old.threshold));
-                order
-            } else {
-                args.dealers.clone()
-            };
-            if dealers.len() != usize::from(old.threshold) {
+            if !args.dealers.is_empty() && args.dealers.len() != usize::from(old.threshold) {
                 fail!(
                     "a reshare is dealt by exactly {} old members (the old threshold); {} given",
                     old.threshold,
-                    dealers.len()
+                    args.dealers.len()
                 );
             }
-            (CeremonyKind::Reshare, t, nodes, dealers)
+            kinds::reshare_plan(
+                &old,
+                t,
+                nodes,
+                &args.dealers,
+                &replace,
+                coordinator,
+                &mut rng,
+            )?
         }
     };
-    let replace: Vec<String> = args
-        .replace
-        .iter()
-        .filter_map(|s| s.split_once('=').map(|(n, _)| n.to_owned()))
-        .collect();
-    let mut plan = CeremonyPlan::new_rotation(
-        kind,
-        &old,
-        threshold,
-        coordinator,
-        participants,
-        &dealers,
-        &replace,
-        &mut rand::rngs::OsRng,
-    )?;
     plan.round_timeout_secs = args.timeout;
     plan.join_timeout_secs = args.join_timeout;
     plan.roster()?;
@@ -385,23 +336,14 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
     };
     eprintln!("{}", checked.summary());
     confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
-    let protocol: Box<dyn conclave_keygen::ceremony::Protocol> = match plan.kind {
-        CeremonyKind::Refresh => {
-            let Some(kp) = old_share else {
-                fail!("a refresh needs this member's current share (--old-share)");
-            };
-            Box::new(Dkg::refresh(&checked, &me, kp)?)
-        }
-        CeremonyKind::Reshare => {
-            let mut reshare = Reshare::new(&checked, &me, old_share.as_ref())?;
-            crate::faults::FaultPlan::from_env().apply_reshare(&mut reshare);
-            Box::new(reshare)
-        }
-        CeremonyKind::Repair => Box::new(conclave_keygen::repair::Repair::new(
-            &checked, &me, old_share,
-        )?),
-        CeremonyKind::Dkg => fail!("this is a DKG plan; run it with `conclave keygen dkg join`"),
-    };
+    let mut protocol = kinds::protocol_for(
+        kinds::Input::Rotation {
+            checked: &checked,
+            old_share,
+        },
+        &me,
+    )?;
+    crate::faults::FaultPlan::from_env().apply_protocol(&mut protocol);
     run_join(
         &plan,
         identity,

@@ -26,12 +26,15 @@ use zeroize::Zeroizing;
 
 use crate::ceremony::{
     check_echoes, echo_post, transcript, CeremonyPlan, Complaint, Ctx, EncryptionKey, Fault,
-    Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Step,
+    Outcome, PlanError, PlanMember, Protocol, RngCoreCrypto, Rounds, Step,
 };
 use crate::manifest::{GroupManifest, ManifestParticipant};
 
 /// Protocol rounds of the DKG.
-pub const ROUNDS: u8 = 3;
+pub const ROUNDS: Rounds = Rounds {
+    protocol: 3,
+    names: round_name,
+};
 
 /// Progress names of the DKG rounds.
 pub fn round_name(round: u8) -> &'static str {
@@ -136,10 +139,9 @@ impl Dkg {
         let old_manifest = checked
             .old_manifest()
             .filter(|_| plan.kind == crate::ceremony::CeremonyKind::Refresh)
-            .ok_or(ReshareError::Plan(PlanError::BadNode {
-                name: plan.group.to_string(),
-                what: "not a refresh plan checked against this host's manifest",
-            }))?;
+            .ok_or(ReshareError::Plan(PlanError::Rule(
+                "not a refresh plan checked against this host's manifest",
+            )))?;
         let pkp = old_manifest
             .public_key_package()
             .map_err(|_| ReshareError::WrongShare)?;
@@ -351,6 +353,10 @@ pub fn manifest_from(
 }
 
 impl Protocol for Dkg {
+    fn rounds(&self) -> Rounds {
+        ROUNDS
+    }
+
     fn start(
         &mut self,
         _ctx: &Ctx,

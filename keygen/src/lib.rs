@@ -10,6 +10,7 @@
 pub mod ceremony;
 pub mod dealer;
 pub mod dkg;
+pub mod kinds;
 pub mod manifest;
 pub mod migrate;
 pub mod repair;

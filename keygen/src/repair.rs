@@ -19,13 +19,16 @@ use zeroize::Zeroizing;
 
 use crate::ceremony::{
     CeremonyKind, CheckedPlan, Complaint, Ctx, EncryptionKey, Fault, Outcome, PlanError, Protocol,
-    RngCoreCrypto, Role, Step,
+    RngCoreCrypto, Role, Rounds, Step,
 };
 use crate::manifest::GroupManifest;
 use crate::reshare::ReshareError;
 
 /// Protocol rounds of a repair.
-pub const ROUNDS: u8 = 3;
+pub const ROUNDS: Rounds = Rounds {
+    protocol: 3,
+    names: round_name,
+};
 
 /// Progress names of the repair rounds.
 pub fn round_name(round: u8) -> &'static str {
@@ -83,12 +86,7 @@ impl Repair {
         share: Option<frost::keys::KeyPackage>,
     ) -> Result<Self, ReshareError> {
         let plan = checked.plan();
-        let bad = |what| {
-            ReshareError::Plan(PlanError::BadNode {
-                name: plan.group.to_string(),
-                what,
-            })
-        };
+        let bad = |what| ReshareError::Plan(PlanError::Rule(what));
         if plan.kind != CeremonyKind::Repair {
             return Err(bad("not a repair plan"));
         }
@@ -172,6 +170,10 @@ impl Repair {
 }
 
 impl Protocol for Repair {
+    fn rounds(&self) -> Rounds {
+        ROUNDS
+    }
+
     fn start(
         &mut self,
         ctx: &Ctx,

@@ -30,12 +30,15 @@ use zeroize::Zeroizing;
 use crate::ceremony::{
     check_echoes, echo_post, transcript, CeremonyKind, CeremonyPlan, CheckedPlan, Complaint, Ctx,
     EncryptionKey, Fault, Outcome, PlanCheckError, PlanError, PlanMember, Protocol, RngCoreCrypto,
-    Step,
+    Rounds, Step,
 };
 use crate::manifest::{GroupManifest, ManifestParticipant};
 
 /// Protocol rounds of a reshare.
-pub const ROUNDS: u8 = 3;
+pub const ROUNDS: Rounds = Rounds {
+    protocol: 3,
+    names: round_name,
+};
 
 /// Progress names of the reshare rounds.
 pub fn round_name(round: u8) -> &'static str {
@@ -153,10 +156,7 @@ impl Reshare {
         old: Option<&frost::keys::KeyPackage>,
     ) -> Result<Self, ReshareError> {
         let plan = checked.plan();
-        let bad = |what| PlanError::BadNode {
-            name: plan.group.to_string(),
-            what,
-        };
+        let bad = |what| PlanError::Rule(what);
         let roster = plan.roster()?;
         if !roster.iter().any(|m| m.node_id == *me) {
             return Err(bad("this identity is not a member of the plan").into());
@@ -466,6 +466,10 @@ impl Reshare {
 }
 
 impl Protocol for Reshare {
+    fn rounds(&self) -> Rounds {
+        ROUNDS
+    }
+
     fn start(
         &mut self,
         _ctx: &Ctx,

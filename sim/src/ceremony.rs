@@ -189,7 +189,12 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
         now: 0,
         queue: EventQueue::new(),
         rng,
-        relay: Relay::new(&plan, Instant::now()).map_err(setup_err)?,
+        relay: Relay::new(
+            &plan,
+            conclave_keygen::kinds::rounds(plan.kind),
+            Instant::now(),
+        )
+        .map_err(setup_err)?,
         members,
         roster,
         crashed: vec![],

@@ -18,8 +18,8 @@ use conclave_protocol::{Delivered, Envelope, IdentityKey, Message, NodeId, PostB
 use serde::{Deserialize, Serialize};
 
 use super::{
-    describe_abort, AbortReport, CeremonyKind, CeremonyPlan, Complaint, Ctx, Fault, Outcome,
-    PlanError, Protocol, RngCoreCrypto, Step,
+    describe_abort, AbortReport, CeremonyPlan, Complaint, Ctx, Fault, Outcome, PlanError, Protocol,
+    RngCoreCrypto, Rounds, Step,
 };
 use crate::manifest::GroupManifest;
 use crate::store::ShareStore;
@@ -28,6 +28,10 @@ use crate::store::ShareStore;
 const GRACE: Duration = Duration::from_secs(10);
 const CONFIRM_DOMAIN: &[u8] = b"confirm";
 const STORED_DOMAIN: &[u8] = b"stored";
+/// The round label confirmations and acknowledgements are signed under (their own domains
+/// already set them apart; fixed labels keep them independent of the protocol's round count).
+const CONFIRM_LABEL: u8 = 0xfe;
+const STORED_LABEL: u8 = 0xff;
 
 /// Progress and results of a ceremony, for the driver.
 #[derive(Debug)]
@@ -182,7 +186,6 @@ impl Completion {
             .into_iter()
             .map(|m| m.node_id)
             .collect();
-        let round = plan.kind.final_round();
         for (key, sig) in &self.acks {
             let node =
                 NodeId::from_hex(key).map_err(|_| CompletionError::NotAMember(key.clone()))?;
@@ -190,7 +193,14 @@ impl Completion {
                 return Err(CompletionError::NotAMember(plan.name_of(&node)));
             }
             let sig = hex::decode(sig).unwrap_or_default();
-            if !ctx.verify(&node, &sig, STORED_DOMAIN, round, None, &[manifest_hash]) {
+            if !ctx.verify(
+                &node,
+                &sig,
+                STORED_DOMAIN,
+                STORED_LABEL,
+                None,
+                &[manifest_hash],
+            ) {
                 return Err(CompletionError::BadAck(plan.name_of(&node)));
             }
         }
@@ -242,7 +252,7 @@ enum Phase {
 pub struct Member<P> {
     ctx: Ctx,
     plan: CeremonyPlan,
-    kind: CeremonyKind,
+    rounds: Rounds,
     roster: Vec<NodeId>,
     identity: IdentityKey,
     protocol: P,
@@ -275,7 +285,7 @@ impl<P: Protocol> Member<P> {
         Ok(Self {
             ctx: Ctx::of(plan)?,
             plan: plan.clone(),
-            kind: plan.kind,
+            rounds: protocol.rounds(),
             roster,
             identity,
             protocol,
@@ -377,7 +387,7 @@ impl<P: Protocol> Member<P> {
         let sig = self.ctx.sign(
             &self.identity,
             STORED_DOMAIN,
-            self.kind.final_round(),
+            STORED_LABEL,
             None,
             &[&self.manifest_hash],
         );
@@ -388,7 +398,7 @@ impl<P: Protocol> Member<P> {
 
     /// The relay's answer to the store round (this member has signed its acknowledgement).
     fn handle_stored(&mut self, msg: Message) {
-        let final_round = self.kind.final_round();
+        let final_round = self.rounds.final_round();
         let mut partial = self.own_completion();
         let why = match msg {
             Message::CeremonyRound {
@@ -409,7 +419,7 @@ impl<P: Protocol> Member<P> {
                                     r,
                                     &a.signature,
                                     STORED_DOMAIN,
-                                    final_round,
+                                    STORED_LABEL,
                                     None,
                                     &[&self.manifest_hash],
                                 )
@@ -449,7 +459,7 @@ impl<P: Protocol> Member<P> {
         // disconnection, not even a member's signed complaint (a member can sign both an
         // acknowledgement and a complaint). Only the operator abandons (`rotate resume
         // --abandon`), once no member activated.
-        let mut report = describe_abort(&self.plan, &self.ctx, &why);
+        let mut report = describe_abort(&self.plan, &self.rounds, &self.ctx, &why);
         report.summary += "; this member had already acknowledged its pending share and keeps it (others may have activated): finish with `conclave rotate resume`";
         self.undecided(report, partial);
     }
@@ -473,7 +483,7 @@ impl<P: Protocol> Member<P> {
         }
         match env.msg {
             Message::CeremonyAborted { ceremony, why } if ceremony == self.ctx.id => {
-                let mut report = describe_abort(&self.plan, &self.ctx, &why);
+                let mut report = describe_abort(&self.plan, &self.rounds, &self.ctx, &why);
                 // Another member's accusation becomes this host's verdict only where its own
                 // check found the same fault in the same member.
                 if let Some(own) = &self.own_complaint {
@@ -513,7 +523,7 @@ impl<P: Protocol> Member<P> {
         items: &[Delivered],
         rng: &mut dyn RngCoreCrypto,
     ) {
-        let protocol_rounds = self.kind.protocol_rounds();
+        let protocol_rounds = self.rounds.protocol;
         let step = if round == 0 {
             // The run's session: every member's nonce (this one's as it sent it).
             let me = self.identity.node_id();
@@ -573,9 +583,13 @@ impl<P: Protocol> Member<P> {
                 return self.complain(now, c);
             }
         };
-        let signature = self
-            .ctx
-            .sign(&self.identity, CONFIRM_DOMAIN, self.round, None, &[&hash]);
+        let signature = self.ctx.sign(
+            &self.identity,
+            CONFIRM_DOMAIN,
+            CONFIRM_LABEL,
+            None,
+            &[&hash],
+        );
         let broadcast = postcard::to_allocvec(&Confirm {
             manifest_hash: hash,
             signature,
@@ -605,7 +619,7 @@ impl<P: Protocol> Member<P> {
                         &d.from,
                         &c.signature,
                         CONFIRM_DOMAIN,
-                        round,
+                        CONFIRM_LABEL,
                         None,
                         &[&c.manifest_hash],
                     ) =>
@@ -657,7 +671,7 @@ impl<P: Protocol> Member<P> {
         let signature = self.ctx.sign(
             &self.identity,
             STORED_DOMAIN,
-            self.kind.final_round(),
+            STORED_LABEL,
             None,
             &[&self.manifest_hash],
         );
@@ -682,7 +696,7 @@ impl<P: Protocol> Member<P> {
             let round = self.round;
             let report = AbortReport::nobody(format!(
                 "no answer from the relay in round {round} ({}) within the timeout",
-                self.kind.round_name(round)
+                self.rounds.name_of(round)
             ));
             if self.phase == Phase::Stored {
                 let partial = self.own_completion();
@@ -824,18 +838,23 @@ pub fn completed_manifest(
     };
     let manifest = GroupManifest::from_toml(&text).map_err(bad)?;
     let hash = manifest.hash().map_err(bad)?;
-    let round = plan.kind.protocol_rounds() + 1;
     for (bytes, node) in confirm.iter().zip(&roster) {
         let ok = postcard::from_bytes::<Confirm>(bytes).is_ok_and(|c| {
             c.manifest_hash == hash
-                && ctx.verify(node, &c.signature, CONFIRM_DOMAIN, round, None, &[&hash])
+                && ctx.verify(
+                    node,
+                    &c.signature,
+                    CONFIRM_DOMAIN,
+                    CONFIRM_LABEL,
+                    None,
+                    &[&hash],
+                )
         });
         if !ok {
             return Err(CompletionFailure::NotConfirmed { node: *node });
         }
     }
     let mut completion = Completion::empty(&ctx, &hash);
-    let final_round = plan.kind.final_round();
     for (bytes, node) in store.iter().zip(&roster) {
         let ack = postcard::from_bytes::<StoreAck>(bytes)
             .ok()
@@ -845,7 +864,7 @@ pub fn completed_manifest(
                         node,
                         &a.signature,
                         STORED_DOMAIN,
-                        final_round,
+                        STORED_LABEL,
                         None,
                         &[&hash],
                     )

@@ -488,7 +488,12 @@ impl AbortReport {
 }
 
 /// Explains why a ceremony ended (names from the plan).
-pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortReport {
+pub fn describe_abort(
+    plan: &CeremonyPlan,
+    rounds: &Rounds,
+    ctx: &Ctx,
+    why: &AbortWhy,
+) -> AbortReport {
     let names = |ids: &[NodeId]| ids.iter().map(|n| plan.name_of(n)).collect::<Vec<_>>();
     let or_relay = |ids: &[NodeId]| format!("{} or the relay", names(ids).join(", "));
     match why {
@@ -500,7 +505,7 @@ pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortRe
                 let head = format!(
                     "{accuser} reported in round {} ({}): {}",
                     c.round,
-                    plan.kind.round_name(c.round),
+                    rounds.name_of(c.round),
                     c.fault.describe()
                 );
                 if self_report {
@@ -541,7 +546,7 @@ pub fn describe_abort(plan: &CeremonyPlan, ctx: &Ctx, why: &AbortWhy) -> AbortRe
             plan,
             format!(
                 "timed out in round {round} ({}): nothing relayed from {}",
-                plan.kind.round_name(*round),
+                rounds.name_of(*round),
                 or_relay(missing)
             ),
             missing,
@@ -591,9 +596,52 @@ pub enum Step {
     Finished(Box<Outcome>),
 }
 
+/// The shape of a protocol's rounds, declared by each protocol: how many rounds it runs between
+/// the join round (0) and the confirm and store rounds that every ceremony ends with, and
+/// their names for progress output.
+#[derive(Clone, Copy)]
+pub struct Rounds {
+    /// Number of protocol rounds (1..=protocol).
+    pub protocol: u8,
+    /// The name of protocol round `r`.
+    pub names: fn(u8) -> &'static str,
+}
+
+impl std::fmt::Debug for Rounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rounds")
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+impl Rounds {
+    /// The confirm round (every member signs the manifest it computed).
+    pub fn confirm_round(&self) -> u8 {
+        self.protocol + 1
+    }
+
+    /// The last round: store (every member acknowledges its pending share).
+    pub fn final_round(&self) -> u8 {
+        self.protocol + 2
+    }
+
+    /// A short name for any round, for progress output.
+    pub fn name_of(&self, round: u8) -> &'static str {
+        match round {
+            0 => "join",
+            r if r == self.confirm_round() => "confirm",
+            r if r == self.final_round() => "store",
+            r => (self.names)(r),
+        }
+    }
+}
+
 /// The cryptography of one kind of ceremony, driven by [`Member`]. Round numbers start at 1;
 /// `items` holds one entry per roster member, in roster order, the member's own included.
 pub trait Protocol {
+    /// The protocol's rounds.
+    fn rounds(&self) -> Rounds;
     /// Round 1's post.
     fn start(
         &mut self,
@@ -613,6 +661,9 @@ pub trait Protocol {
 }
 
 impl<P: Protocol + ?Sized> Protocol for Box<P> {
+    fn rounds(&self) -> Rounds {
+        (**self).rounds()
+    }
     fn start(
         &mut self,
         ctx: &Ctx,

@@ -34,20 +34,6 @@ pub enum CeremonyKind {
 }
 
 impl CeremonyKind {
-    /// Number of protocol rounds between the join round and the confirm/store rounds.
-    pub fn protocol_rounds(self) -> u8 {
-        match self {
-            CeremonyKind::Dkg | CeremonyKind::Refresh => crate::dkg::ROUNDS,
-            CeremonyKind::Reshare => crate::reshare::ROUNDS,
-            CeremonyKind::Repair => crate::repair::ROUNDS,
-        }
-    }
-
-    /// The last round: join (0), the protocol rounds, confirm, store.
-    pub fn final_round(self) -> u8 {
-        self.protocol_rounds() + 2
-    }
-
     /// The name operators read: "DKG", "refresh", "reshare".
     pub fn label(self) -> &'static str {
         match self {
@@ -55,21 +41,6 @@ impl CeremonyKind {
             CeremonyKind::Refresh => "refresh",
             CeremonyKind::Reshare => "reshare",
             CeremonyKind::Repair => "repair",
-        }
-    }
-
-    /// A short name for a round, for progress output.
-    pub fn round_name(self, round: u8) -> &'static str {
-        let r = self.protocol_rounds();
-        match round {
-            0 => "join",
-            x if x == r + 1 => "confirm",
-            x if x == r + 2 => "store",
-            x => match self {
-                CeremonyKind::Dkg | CeremonyKind::Refresh => crate::dkg::round_name(x),
-                CeremonyKind::Reshare => crate::reshare::round_name(x),
-                CeremonyKind::Repair => crate::repair::round_name(x),
-            },
         }
     }
 }
@@ -182,6 +153,10 @@ pub enum PlanError {
     BadTimeout,
     #[error("could not serialize the plan: {0}")]
     Serialize(String),
+    #[error("{0}")]
+    Rule(&'static str),
+    #[error("this is a {0} plan; it runs with another command (`keygen dkg join` for a DKG, `rotate join` otherwise)")]
+    NotThisKind(CeremonyKind),
 }
 
 /// A plan participant with its keys parsed.
@@ -288,10 +263,9 @@ impl CeremonyPlan {
         match (self.kind, &self.from) {
             (CeremonyKind::Dkg, None) => return Ok(out),
             (CeremonyKind::Dkg, Some(_)) | (_, None) => {
-                return Err(PlanError::BadNode {
-                    name: self.group.to_string(),
-                    what: "a DKG plan has no old group; a refresh or reshare plan needs one",
-                })
+                return Err(PlanError::Rule(
+                    "a DKG plan has no old group; a refresh or reshare plan needs one",
+                ))
             }
             _ => {}
         }
@@ -299,10 +273,7 @@ impl CeremonyPlan {
             return Ok(out);
         };
         let n_old = from.dealers.len();
-        let bad = |what| PlanError::BadNode {
-            name: self.group.to_string(),
-            what,
-        };
+        let bad = |what| PlanError::Rule(what);
         if from.threshold < 2 || n_old < usize::from(from.threshold) {
             return Err(bad("fewer dealers than the old threshold"));
         }

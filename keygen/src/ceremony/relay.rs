@@ -8,8 +8,8 @@ use conclave_protocol::{
 };
 
 use super::{
-    completed_manifest, describe_abort, AbortReport, CeremonyKind, CeremonyPlan, Completion,
-    CompletionFailure, Ctx, PlanError,
+    completed_manifest, describe_abort, AbortReport, CeremonyPlan, Completion, CompletionFailure,
+    Ctx, PlanError, Rounds,
 };
 use crate::manifest::GroupManifest;
 
@@ -57,8 +57,8 @@ struct Post {
 /// [`poll_event`](Self::poll_event), [`poll_timeout`](Self::poll_timeout).
 pub struct Relay {
     plan: CeremonyPlan,
+    rounds: Rounds,
     ctx: Ctx,
-    kind: CeremonyKind,
     roster: Vec<NodeId>,
     round: u8,
     posts: BTreeMap<NodeId, Post>,
@@ -86,13 +86,14 @@ pub enum RelayFault {
 }
 
 impl Relay {
-    /// A relay for `plan`, waiting for members to join until `now + join timeout`.
-    pub fn new(plan: &CeremonyPlan, now: Instant) -> Result<Self, PlanError> {
+    /// A relay for `plan`, whose protocol runs `rounds` (see `conclave_keygen::kinds::rounds`),
+    /// waiting for members to join until `now + join timeout`.
+    pub fn new(plan: &CeremonyPlan, rounds: Rounds, now: Instant) -> Result<Self, PlanError> {
         let roster = plan.roster()?.into_iter().map(|m| m.node_id).collect();
         Ok(Self {
             plan: plan.clone(),
+            rounds,
             ctx: Ctx::of(plan)?,
-            kind: plan.kind,
             roster,
             round: 0,
             posts: BTreeMap::new(),
@@ -234,7 +235,7 @@ impl Relay {
             let Some(mine) = posts.get(to) else { continue };
             #[cfg(feature = "fault-injection")]
             if self.fault == Some(RelayFault::WithholdStore)
-                && round == self.kind.final_round()
+                && round == self.rounds.final_round()
                 && Some(to) == self.roster.last()
             {
                 continue;
@@ -276,7 +277,7 @@ impl Relay {
             });
         }
         self.events.push_back(RelayEvent::RoundComplete { round });
-        let final_round = self.kind.final_round();
+        let final_round = self.rounds.final_round();
         if round == 0 {
             self.joins = self
                 .roster
@@ -332,7 +333,7 @@ impl Relay {
                 },
             );
         }
-        let report = describe_abort(&self.plan, &self.ctx, &why);
+        let report = describe_abort(&self.plan, &self.rounds, &self.ctx, &why);
         self.events.push_back(RelayEvent::Aborted { why, report });
     }
 
@@ -342,7 +343,7 @@ impl Relay {
             round: self.round,
             missing: self.missing().into_iter().collect(),
         };
-        describe_abort(&self.plan, &self.ctx, &why)
+        describe_abort(&self.plan, &self.rounds, &self.ctx, &why)
     }
 
     /// The connection to `node` closed. Before the first protocol round a member may come

@@ -137,7 +137,7 @@ fn sign_with(outcomes: &[&Outcome], msg: &[u8]) -> ed25519_dalek::Signature {
 #[test]
 fn dkg_3_of_5_produces_one_key_that_signs() {
     let (plan, ids) = plan(3, 5);
-    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
     let run = run(dkg_members(&plan, ids), relay, None);
     assert!(run.aborts.iter().all(Option::is_none), "{:?}", run.aborts);
     assert!(run.activated.iter().all(|a| *a));
@@ -180,7 +180,7 @@ fn dkg_3_of_5_produces_one_key_that_signs() {
 #[test]
 fn a_silent_member_times_out_and_nobody_stores() {
     let (plan, ids) = plan(2, 3);
-    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
     let run = run(dkg_members(&plan, ids), relay, Some(1));
     assert!(run.outcomes.iter().all(Option::is_none));
     for (i, a) in run.aborts.iter().enumerate() {
@@ -207,6 +207,7 @@ fn complaints_must_be_signed_by_their_member() {
     assert_eq!(ctx.open_complaint(&ids[1].node_id(), &bytes), None);
     let text = describe_abort(
         &plan,
+        &crate::kinds::rounds(plan.kind),
         &ctx,
         &conclave_protocol::AbortWhy::Complaint {
             from: ids[1].node_id(),
@@ -278,7 +279,7 @@ mod faults {
     #[test]
     fn a_relay_substituting_a_round1_package_fails_the_echo_check() {
         let (plan, ids) = plan(3, 5);
-        let mut relay = Relay::new(&plan, Instant::now()).unwrap();
+        let mut relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
         relay.inject(RelayFault::SubstituteRound1);
         let run = run(dkg_members(&plan, ids), relay, None);
         assert!(run.outcomes.iter().all(Option::is_none));
@@ -296,7 +297,7 @@ mod faults {
     #[test]
     fn a_bad_share_names_its_sender() {
         let (plan, ids) = plan(3, 5);
-        let relay = Relay::new(&plan, Instant::now()).unwrap();
+        let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
         let mut members = vec![];
         for (i, k) in ids.into_iter().enumerate() {
             let mut dkg = Dkg::new(&plan, &k.node_id()).unwrap();
@@ -414,7 +415,7 @@ mod rotation {
             members.push(Member::new(&plan, n.key.clone(), r).unwrap());
         }
         let _ = bad_dealer;
-        let relay = Relay::new(&plan, Instant::now()).unwrap();
+        let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
         let run = run(members, relay, None);
         if let Some(a) = run.aborts.iter().flatten().next() {
             return Err(Box::new(a.clone()));
@@ -507,7 +508,11 @@ mod rotation {
                 Member::new(&plan, n.key.clone(), d).unwrap()
             })
             .collect();
-        let run = run(members, Relay::new(&plan, Instant::now()).unwrap(), None);
+        let run = run(
+            members,
+            Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap(),
+            None,
+        );
         assert!(run.aborts.iter().all(Option::is_none), "{:?}", run.aborts);
         let m4 = run.outcomes[0].as_ref().unwrap().manifest.clone();
         for (i, o) in [0, 2, 3, 5].iter().zip(&run.outcomes) {
@@ -571,7 +576,11 @@ mod rotation {
                 Member::new(&plan, nodes[i].key.clone(), r).unwrap()
             })
             .collect();
-        let run = run(members, Relay::new(&plan, Instant::now()).unwrap(), None);
+        let run = run(
+            members,
+            Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap(),
+            None,
+        );
         assert!(run.aborts.iter().all(Option::is_none), "{:?}", run.aborts);
         let roster = plan.roster().unwrap();
         let d = roster
@@ -703,7 +712,7 @@ fn a_malicious_relay_cannot_split_the_store_round_or_frame_a_member() {
         Act::FakeDisconnect,
     ];
     let (plan, ids) = plan(2, 3);
-    let final_round = plan.kind.final_round();
+    let final_round = crate::kinds::rounds(plan.kind).final_round();
     let outsider = IdentityKey::generate(&mut rand::rngs::OsRng);
     // Every combination of what the relay does to each of the three members.
     for a in acts {
@@ -756,7 +765,8 @@ fn a_malicious_relay_cannot_split_the_store_round_or_frame_a_member() {
                         }
                     }
                 };
-                let relay = Relay::new(&plan, Instant::now()).unwrap();
+                let relay =
+                    Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
                 let run = run_tampered(dkg_members(&plan, ids.clone()), relay, None, &mut tamper);
                 let activated: Vec<usize> = (0..3).filter(|i| run.activated[*i]).collect();
                 let discarded: Vec<usize> = (0..3).filter(|i| run.aborts[*i].is_some()).collect();
@@ -812,7 +822,7 @@ fn a_malicious_relay_cannot_split_the_store_round_or_frame_a_member() {
 #[test]
 fn a_member_that_cannot_store_leaves_the_others_undecided_never_split() {
     let (plan, ids) = plan(2, 3);
-    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
     // Member 1's disk is full.
     let run = harness::run_with(
         dkg_members(&plan, ids),
@@ -1272,12 +1282,12 @@ mod plan_writer {
 fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
     use conclave_protocol::{AbortWhy, Message};
     let (plan, ids) = plan(2, 3);
-    let final_round = plan.kind.final_round();
+    let final_round = crate::kinds::rounds(plan.kind).final_round();
     // Run 1: p1 cannot store and complains; capture its signed complaint.
     let mut captured: Option<Vec<u8>> = None;
     harness::run_with(
         dkg_members(&plan, ids.clone()),
-        Relay::new(&plan, Instant::now()).unwrap(),
+        Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap(),
         harness::Faults {
             silent: None,
             broken_store: Some(1),
@@ -1329,7 +1339,7 @@ fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
             };
             true
         };
-        let relay = Relay::new(&plan, Instant::now()).unwrap();
+        let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
         let run = run_tampered(dkg_members(&plan, ids.clone()), relay, None, &mut tamper);
         assert_eq!(
             run.activated,
@@ -1356,9 +1366,9 @@ fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
         merged.verify(&plan, &m.hash().unwrap()).unwrap();
     }
     // A completion of one run never counts for another run's pending files.
-    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
     let a = run(dkg_members(&plan, ids.clone()), relay, None);
-    let relay = Relay::new(&plan, Instant::now()).unwrap();
+    let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
     let b = run(dkg_members(&plan, ids.clone()), relay, None);
     let completion_of = |r: &Run| {
         let Some(RelayEvent::Completed { completion, .. }) = r.relay_events.last() else {
