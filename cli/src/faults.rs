@@ -65,7 +65,7 @@ impl FaultPlan {
     pub(crate) fn apply_participant(&self, _p: &mut conclave_participant::Participant) {
         #[cfg(feature = "fault-injection")]
         if self.fault == Some(Fault::CorruptShares) {
-            _p.set_fault(Some(conclave_participant::Fault::CorruptShares));
+            _p.set_fault(Some(conclave_participant::Misbehaviour::CorruptShares));
         }
     }
 

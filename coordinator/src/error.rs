@@ -18,6 +18,12 @@ pub enum SignError {
     DeadlineExceeded,
     #[error("the coordinator refused the request: {0}")]
     Refused(Refusal),
+    /// The aggregate did not verify under the group key (fail closed: it was not returned).
+    #[error("the aggregated signature did not verify; nothing was returned")]
+    Unverified,
+    /// An invalid share came from no member of the group.
+    #[error("an invalid signature share came from a signer outside the group")]
+    UnknownSigner,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -34,7 +40,9 @@ impl SignError {
             },
             SignError::DeadlineExceeded => Refusal::DeadlineExceeded,
             SignError::Refused(r) => r,
-            SignError::Internal(_) => Refusal::Internal,
+            SignError::Internal(_) | SignError::Unverified | SignError::UnknownSigner => {
+                Refusal::Internal
+            }
         }
     }
 
@@ -63,6 +71,8 @@ impl SignError {
             SignError::DeadlineExceeded => "deadline_exceeded",
             SignError::Refused(Refusal::EpochSuperseded { .. }) => "epoch_superseded",
             SignError::Refused(_) => "refused",
+            SignError::Unverified => "unverified",
+            SignError::UnknownSigner => "unknown_signer",
             SignError::Internal(_) => "internal",
         }
     }

@@ -43,6 +43,8 @@ pub struct CoordinatorConfig {
     pub culprit_penalty: Duration,
     /// How long a participant that timed out or failed is chosen only as a last resort.
     pub failure_penalty: Duration,
+    /// Most signing sessions at once; more are refused as `Overloaded`.
+    pub max_sessions: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -54,6 +56,7 @@ impl Default for CoordinatorConfig {
             pool_target: 32,
             culprit_penalty: Duration::from_secs(300),
             failure_penalty: Duration::from_secs(5),
+            max_sessions: 4096,
         }
     }
 }
@@ -83,6 +86,8 @@ pub enum Event {
     SignDone {
         session: SessionId,
         result: Result<SignOutcome, SignError>,
+        /// Participants named as culprits during the session, also when it failed.
+        culprits: Vec<NodeId>,
     },
     /// A participant sent an invalid signature share (or bytes that are not one).
     CulpritDetected {
@@ -170,8 +175,16 @@ struct Pool {
 }
 
 enum RequestKind {
-    Commit { group: GroupName, count: u16 },
-    Sign { session: SessionId, attempt: u32 },
+    Commit {
+        group: GroupName,
+        count: u16,
+    },
+    Sign {
+        session: SessionId,
+        attempt: u32,
+        /// The participant's commitment the package asks it to spend; its reply must name it.
+        commitment: u64,
+    },
 }
 
 struct InFlight {
@@ -374,6 +387,10 @@ impl Coordinator {
         let id = SessionId(self.next_session);
         self.next_session += 1;
         self.stats.sessions_started += 1;
+        if self.sessions.len() >= self.config.max_sessions {
+            self.finish_early(id, SignError::Refused(Refusal::Overloaded));
+            return id;
+        }
         let Some(g) = self.groups.get(&group) else {
             self.finish_early(id, SignError::UnknownGroup);
             return id;
@@ -783,6 +800,7 @@ impl Coordinator {
                 RequestKind::Sign {
                     session: id,
                     attempt,
+                    commitment: commitment_id,
                 },
                 msg,
             );
@@ -868,6 +886,7 @@ impl Coordinator {
                 RequestKind::Sign {
                     session: sid,
                     attempt,
+                    commitment,
                 },
             ..
         }) = self.inflight.remove(&req)
@@ -899,8 +918,13 @@ impl Coordinator {
             return;
         };
         waiting.remove(&to);
-        let _ = commitment_id;
-        match frost::round2::SignatureShare::deserialize(share) {
+        // A share for another commitment than the one asked for is not this session's.
+        let parsed = if commitment_id == commitment {
+            frost::round2::SignatureShare::deserialize(share).ok()
+        } else {
+            None
+        };
+        match parsed.ok_or(()) {
             Ok(s) => {
                 shares.insert(identifier, s);
             }
@@ -950,12 +974,7 @@ impl Coordinator {
                     });
                 let Some(signature) = verified else {
                     // Fail closed: never hand out a signature that did not verify.
-                    self.finish(
-                        sid,
-                        Err(SignError::Internal(
-                            "aggregated signature failed verification",
-                        )),
-                    );
+                    self.finish(sid, Err(SignError::Unverified));
                     return;
                 };
                 let signers = shares
@@ -990,10 +1009,7 @@ impl Coordinator {
                     .map(|m| m.node)
                     .collect();
                 if nodes.is_empty() {
-                    self.finish(
-                        sid,
-                        Err(SignError::Internal("invalid share from an unknown signer")),
-                    );
+                    self.finish(sid, Err(SignError::UnknownSigner));
                     return;
                 }
                 self.name_culprits(now, sid, nodes);
@@ -1110,7 +1126,9 @@ impl Coordinator {
                     self.restart(now, sid);
                 }
             }
-            RequestKind::Sign { session, attempt } => {
+            RequestKind::Sign {
+                session, attempt, ..
+            } => {
                 let Some(s) = self.sessions.get_mut(&session) else {
                     return;
                 };
@@ -1178,6 +1196,7 @@ impl Coordinator {
         self.events.push_back(Event::SignDone {
             session: id,
             result: Err(err),
+            culprits: vec![],
         });
     }
 
@@ -1194,6 +1213,7 @@ impl Coordinator {
         self.events.push_back(Event::SignDone {
             session: id,
             result,
+            culprits: session.culprits,
         });
     }
 }

@@ -11,4 +11,4 @@
 pub mod state;
 
 pub use conclave_protocol::Transmit;
-pub use state::{Fault, Participant, ParticipantConfig, ParticipantStats};
+pub use state::{corrupt_share, Misbehaviour, Participant, ParticipantConfig, ParticipantStats};

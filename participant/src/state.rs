@@ -40,11 +40,20 @@ impl Default for ParticipantConfig {
     }
 }
 
-/// Test-only misbehaviour (compiled only with the `fault-injection` feature).
+/// Test-only misbehaviour of a signer (compiled only with the `fault-injection` feature).
+/// (Not to be confused with `conclave_keygen::ceremony::Fault`, a ceremony complaint code.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// Return signature shares that do not verify.
+pub enum Misbehaviour {
+    /// Return signature shares that do not verify ([`corrupt_share`]).
     CorruptShares,
+}
+
+/// What a corrupted signature share is, defined once: the fault-injection build of the
+/// participant and the simulator's byzantine signers both use it.
+pub fn corrupt_share(share: &mut [u8]) {
+    if let Some(b) = share.first_mut() {
+        *b ^= 0x01;
+    }
 }
 
 struct PendingNonce {
@@ -67,7 +76,7 @@ pub struct Participant {
     next_commitment_id: u64,
     outbox: VecDeque<Transmit>,
     next_sweep: Option<Instant>,
-    fault: Option<Fault>,
+    fault: Option<Misbehaviour>,
     /// Counters, for logs and the simulator.
     pub stats: ParticipantStats,
 }
@@ -124,7 +133,7 @@ impl Participant {
 
     /// Turns on a test-only fault.
     #[cfg(feature = "fault-injection")]
-    pub fn set_fault(&mut self, fault: Option<Fault>) {
+    pub fn set_fault(&mut self, fault: Option<Misbehaviour>) {
         self.fault = fault;
     }
 
@@ -279,10 +288,8 @@ impl Participant {
             .map_err(|_| Refusal::InvalidSigningPackage)?;
         drop(pending); // zeroizes the nonces
         let mut bytes = signature_share.serialize();
-        if fault == Some(Fault::CorruptShares) {
-            if let Some(b) = bytes.first_mut() {
-                *b ^= 0x01;
-            }
+        if fault == Some(Misbehaviour::CorruptShares) {
+            corrupt_share(&mut bytes);
         }
         self.stats.shares_signed += 1;
         Ok(Message::SignatureShare {

@@ -27,18 +27,27 @@ pub enum CodecError {
     Malformed(String),
     #[error("{0} trailing bytes after the frame")]
     TrailingBytes(usize),
+}
+
+/// Why this node could not encode one of its own messages (never the peer's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
     #[error("message could not be encoded: {0}")]
-    Encode(String),
+    Serialize(String),
+    #[error("message of {len} bytes exceeds the frame limit of {max}")]
+    TooLarge { len: usize, max: usize },
 }
 
 /// Encodes one envelope as a complete frame.
-pub fn encode_frame(envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
+pub fn encode_frame(envelope: &Envelope) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![0u8; FRAME_HEADER_LEN];
     out.push(PROTOCOL_VERSION);
-    let out = postcard::to_extend(envelope, out).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let out =
+        postcard::to_extend(envelope, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
     let body_len = out.len() - FRAME_HEADER_LEN;
     if body_len > MAX_FRAME_LEN {
-        return Err(CodecError::TooLarge {
+        return Err(EncodeError::TooLarge {
             len: body_len,
             max: MAX_FRAME_LEN,
         });
@@ -235,7 +244,7 @@ mod tests {
         };
         assert!(matches!(
             encode_frame(&env),
-            Err(CodecError::TooLarge { .. })
+            Err(EncodeError::TooLarge { .. })
         ));
     }
 

@@ -15,7 +15,9 @@ pub mod fsread;
 pub mod identity;
 pub mod message;
 
-pub use codec::{decode_frame, encode_frame, CodecError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+pub use codec::{
+    decode_frame, encode_frame, CodecError, EncodeError, FRAME_HEADER_LEN, MAX_FRAME_LEN,
+};
 pub use fsread::{read_bounded, read_bounded_to_string, read_limited, ReadError};
 pub use identity::{IdentityError, IdentityKey, NodeId};
 pub use message::{

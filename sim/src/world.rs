@@ -407,7 +407,9 @@ impl<'t> Simulation<'t> {
 
     fn on_event(&mut self, e: Event) {
         match e {
-            Event::SignDone { session, result } => {
+            Event::SignDone {
+                session, result, ..
+            } => {
                 let Some(p) = self.pending.remove(&session) else {
                     return;
                 };
@@ -585,9 +587,7 @@ impl<'t> Simulation<'t> {
             let node = &mut self.nodes[p];
             match node.behaviour {
                 Some((Behaviour::InvalidShares, _)) => {
-                    if let Some(b) = share.first_mut() {
-                        *b ^= 1;
-                    }
+                    conclave_participant::corrupt_share(share);
                     invalid = true;
                 }
                 Some((Behaviour::Replay, _)) => {

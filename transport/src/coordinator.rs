@@ -15,8 +15,6 @@ use tokio::sync::{mpsc, oneshot};
 use conclave_coordinator::SignError;
 use conclave_coordinator::{Coordinator, Event, GroupInfo, SessionId, SignOutcome};
 
-/// Most signing sessions running at once; more are refused with `Overloaded`.
-pub const MAX_SESSIONS: usize = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -190,12 +188,9 @@ impl Server {
                     let now = Instant::now();
                     match input {
                         Input::Sign { group, message, timeout, reply } => {
-                            if coordinator.active_sessions() >= MAX_SESSIONS {
-                                let _ = reply.send(Err(SignError::Refused(Refusal::Overloaded)));
-                            } else {
-                                let id = coordinator.submit(now, group, message, timeout);
-                                waiters.insert(id, reply);
-                            }
+                            // The session cap is the state machine's (CoordinatorConfig::max_sessions).
+                            let id = coordinator.submit(now, group, message, timeout);
+                            waiters.insert(id, reply);
                         }
                         Input::Info { group, reply } => {
                             let _ = reply.send(coordinator.group_info(&group));
@@ -265,7 +260,9 @@ fn flush(
         while let Some(event) = coordinator.poll_event() {
             progressed = true;
             match event {
-                Event::SignDone { session, result } => {
+                Event::SignDone {
+                    session, result, ..
+                } => {
                     if let Some(w) = waiters.remove(&session) {
                         let _ = w.send(result);
                     }
@@ -359,9 +356,7 @@ async fn connect_and_ping(
         }) => Ok(conn),
         Ok(_) => {
             conn.close(0u32.into(), b"unexpected reply");
-            Err(TransportError::Tls(
-                "participant did not answer the ping".into(),
-            ))
+            Err(TransportError::UnexpectedReply)
         }
         Err(e) => {
             conn.close(0u32.into(), b"no answer");
@@ -380,7 +375,7 @@ async fn connect(
         .await
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| TransportError::Tls(format!("cannot resolve {addr}")))?;
+        .ok_or_else(|| TransportError::Resolve(addr.to_owned()))?;
     let connecting = quic::connect(endpoint, identity, node, resolved);
     tokio::time::timeout(Duration::from_secs(5), connecting)
         .await

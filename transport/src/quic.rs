@@ -51,6 +51,14 @@ pub enum TransportError {
     Read(#[from] quinn::ReadExactError),
     #[error("bad frame from peer")]
     Codec(#[from] CodecError),
+    #[error("could not encode a message of this node")]
+    Encode(#[from] conclave_protocol::EncodeError),
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    #[error("the peer answered with something else than expected")]
+    UnexpectedReply,
+    #[error("cannot set up: {0}")]
+    Setup(String),
     #[error("peer did not answer within {0:?}")]
     Timeout(Duration),
     #[error("peer presented no usable identity")]

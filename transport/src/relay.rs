@@ -60,7 +60,7 @@ impl RelayServer {
     ) -> Result<Self, TransportError> {
         let members: HashSet<NodeId> = plan
             .roster()
-            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .map_err(|e| TransportError::Setup(e.to_string()))?
             .into_iter()
             .map(|m| m.node_id)
             .collect();

@@ -15,6 +15,7 @@ struct Net {
     order: Vec<NodeId>,
     silent: HashSet<NodeId>,
     corrupt: HashSet<NodeId>,
+    misnumbered: HashSet<NodeId>,
     now: Instant,
     events: Vec<Event>,
     sent: Vec<(NodeId, &'static str)>,
@@ -75,6 +76,7 @@ impl Net {
             order,
             silent: HashSet::new(),
             corrupt: HashSet::new(),
+            misnumbered: HashSet::new(),
             now,
             events: Vec::new(),
             sent: Vec::new(),
@@ -98,6 +100,11 @@ impl Net {
             if self.corrupt.contains(&t.to) {
                 if let Message::SignatureShare { share, .. } = &mut reply.msg {
                     share[0] ^= 1;
+                }
+            }
+            if self.misnumbered.contains(&t.to) {
+                if let Message::SignatureShare { commitment_id, .. } = &mut reply.msg {
+                    *commitment_id ^= 1;
                 }
             }
             self.coord.handle(self.now, t.to, reply);
@@ -312,7 +319,8 @@ fn unknown_group_and_oversized_messages_are_refused() {
         net.coord.poll_event(),
         Some(Event::SignDone {
             session: sid,
-            result: Err(SignError::UnknownGroup)
+            result: Err(SignError::UnknownGroup),
+            culprits: vec![],
         })
     );
     assert!(matches!(
@@ -385,4 +393,57 @@ fn a_superseded_epoch_is_refused_once_a_threshold_of_members_serve_a_newer_one()
         .code(),
         "epoch_superseded"
     );
+}
+
+#[test]
+fn a_share_for_another_commitment_names_its_sender_even_when_the_session_fails() {
+    // 4-of-4: p0 must sign, and its reply names another commitment than the one it was
+    // asked to spend. The session fails closed, and the failure still names p0.
+    let mut net = Net::new(4, 4);
+    let bad = net.order[0];
+    net.misnumbered.insert(bad);
+    let sid = net.coord.submit(
+        net.now,
+        net.group.clone(),
+        b"echo the commitment id".to_vec(),
+        Some(Duration::from_secs(10)),
+    );
+    let mut done = None;
+    for _ in 0..1000 {
+        net.pump();
+        if let Some(i) = net
+            .events
+            .iter()
+            .position(|e| matches!(e, Event::SignDone { session, .. } if *session == sid))
+        {
+            done = Some(net.events.remove(i));
+            break;
+        }
+        let next = net.coord.poll_timeout().expect("deadline");
+        net.now = net.now.max(next);
+        net.coord.handle_timeout(net.now);
+    }
+    let Some(Event::SignDone {
+        result, culprits, ..
+    }) = done
+    else {
+        panic!("session did not end");
+    };
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(culprits, vec![bad], "the failed session keeps its culprit");
+}
+
+#[test]
+fn sessions_beyond_the_cap_are_refused_as_overloaded_by_the_state_machine() {
+    let mut net = Net::new(2, 3);
+    net.coord.config.max_sessions = 1;
+    let group = net.group.clone();
+    let _first = net
+        .coord
+        .submit(net.now, group.clone(), b"a".to_vec(), None);
+    let second = net.coord.submit(net.now, group, b"b".to_vec(), None);
+    let refused = std::iter::from_fn(|| net.coord.poll_event()).any(|e| {
+        matches!(e, Event::SignDone { session, result: Err(SignError::Refused(Refusal::Overloaded)), .. } if session == second)
+    });
+    assert!(refused);
 }

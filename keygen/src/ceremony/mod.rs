@@ -1,16 +1,22 @@
-//! Key ceremonies (DKG now; refresh, reshare and repair reuse the same machinery): every
-//! participant runs its side on its own host, and the coordinator relays rounds between them
-//! without seeing any secret.
+//! Key ceremonies (DKG, refresh, reshare, repair): every participant runs its side on its own
+//! host, and the coordinator relays rounds between them without seeing any secret.
 //!
-//! Three layers, all sans-IO:
+//! The generic machinery, all sans-IO, knows no concrete protocol:
 //! - [`Relay`] (coordinator): a bulletin board with synchronous rounds. Each member posts one
 //!   message per round (a broadcast plus one direct message per recipient); when every member
-//!   has posted, each member gets everything addressed to it. It understands nothing else.
-//! - [`Member`] (each participant): the round bookkeeping every ceremony shares: join, the
-//!   protocol rounds, then *confirm* (every member signs the hash of the manifest it computed;
-//!   all must agree) and *store* (each member writes its share as a pending file; only when
-//!   every member has stored does anyone activate it).
-//! - a [`Protocol`] ([`crate::dkg::Dkg`]): the cryptography of one kind of ceremony.
+//!   has posted, each member gets everything addressed to it. At the end it checks the result
+//!   itself (every member's confirmation and signed acknowledgement).
+//! - [`Member`] (each participant): the round bookkeeping every ceremony shares: join (a fresh
+//!   nonce per run), the protocol rounds, then *confirm* (every member signs the hash of the
+//!   manifest it computed; all must agree) and *store* (each member writes its results as
+//!   pending, signs an acknowledgement, and activates only with all n);
+//!   [`Member::apply`] applies its events to a [`crate::store::ShareStore`].
+//! - [`check`]: a rotation plan checked against the member's own manifest before anything
+//!   secret leaves it ([`CheckedPlan`]).
+//! - a [`Protocol`] declares its [`Rounds`]; the concrete ones (`crate::dkg`,
+//!   `crate::reshare`, `crate::repair`) and the factory from a plan to its protocol live in
+//!   `crate::kinds`.
+//! - [`harness`]: relay and members back to back in memory.
 //!
 //! Direct messages are sealed with HPKE (RFC 9180, X25519-HKDF-SHA256, ChaCha20-Poly1305) to
 //! a per-ceremony X25519 key of the recipient and signed by the sender's identity key; the
