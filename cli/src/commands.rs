@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
+use conclave_keygen::manifest::public_key_pem;
 use conclave_keygen::store::{self, KdfCost};
 use conclave_keygen::{deal, GroupManifest, NewMember, ShareFile};
 use conclave_protocol::identity::read_node_id;
@@ -422,17 +423,6 @@ pub(crate) fn verify(args: VerifyArgs) -> CmdResult {
 }
 
 /// The PEM (SubjectPublicKeyInfo) form of an Ed25519 public key, as OpenSSL reads it.
-pub(crate) fn public_key_pem(key: &[u8; 32]) -> String {
-    let mut der = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    der.extend_from_slice(key);
-    format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        B64.encode(der)
-    )
-}
-
 fn public_key_openssh(key: &[u8; 32], comment: &str) -> String {
     let mut blob = Vec::new();
     for part in [&b"ssh-ed25519"[..], &key[..]] {

@@ -13,14 +13,10 @@ macro_rules! fail {
     };
 }
 
-mod bench;
-mod bench_reshare;
 mod ceremony;
 mod checks;
-mod cluster;
 mod commands;
 mod config;
-mod demo;
 mod faults;
 mod migrate;
 mod passphrase;
@@ -814,11 +810,19 @@ fn run(command: Command) -> CmdResult {
             mode,
         ),
         Command::Status(args) => runtime()?.block_on(commands::status(args)),
-        Command::Demo { json, keep } => runtime()?.block_on(demo::run(json, keep)),
-        Command::Bench(args) if args.reshare => {
-            runtime()?.block_on(bench_reshare::run(args.json, args.quick))
+        Command::Demo { json, keep } => {
+            Ok(runtime()?.block_on(conclave_lab::demo::run(json, keep))?)
         }
-        Command::Bench(args) => runtime()?.block_on(bench::run(args)),
+        Command::Bench(args) if args.reshare => {
+            Ok(runtime()?.block_on(conclave_lab::bench_reshare::run(args.json, args.quick))?)
+        }
+        Command::Bench(args) => Ok(runtime()?.block_on(conclave_lab::bench::run(
+            conclave_lab::bench::BenchOptions {
+                json: args.json,
+                requests: args.requests,
+                quick: args.quick,
+            },
+        ))?),
         Command::Sim(args) => runtime()?.block_on(sim::run(*args)),
         Command::Migrate(cmd) => runtime()?.block_on(migrate::run(cmd)),
         Command::Rotate(RotateCmd::Plan(args)) => rotate::plan(args),

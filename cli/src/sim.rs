@@ -348,7 +348,8 @@ async fn proxy(a: ProxyArgs) -> CmdResult {
 }
 
 async fn bench(sessions: usize, json: bool) -> CmdResult {
-    let inproc = tokio::task::spawn_blocking(|| crate::bench::frost_pipeline(3, 5, 500)).await??;
+    let inproc =
+        tokio::task::spawn_blocking(|| conclave_lab::bench::frost_pipeline(3, 5, 500)).await??;
     let mut s = Scenario::new(3, 5).requests(sessions).concurrency(16);
     s.link = Link {
         latency_ms: 20.0,

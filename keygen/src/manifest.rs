@@ -222,3 +222,17 @@ impl GroupManifest {
         ))
     }
 }
+
+/// The group key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo, RFC 8410), for OpenSSL and
+/// other standard verifiers.
+pub fn public_key_pem(key: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    der.extend_from_slice(key);
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    )
+}

@@ -12,11 +12,21 @@ use conclave_protocol::{GroupName, IdentityKey};
 use frost_ed25519 as frost;
 
 use crate::cluster::{Kdf, LocalCluster};
-use crate::{BenchArgs, CmdResult};
+
+/// What `conclave bench` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    /// Print results as JSON.
+    pub json: bool,
+    /// Signatures per configuration at concurrency 1 (concurrency 32 does 4x as many).
+    pub requests: usize,
+    /// Only 3-of-5, fewer requests: a smoke run.
+    pub quick: bool,
+}
 
 /// In-process FROST: mean time of one whole t-of-n signature (all signers' commits, the
 /// signing package, all signers' shares, aggregation with its verification).
-pub(crate) fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Duration> {
+pub fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Duration> {
     let mut rng = rand::rngs::OsRng;
     let members: Vec<NewMember> = (0..n)
         .map(|i| NewMember {
@@ -135,7 +145,8 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-pub(crate) async fn run(args: BenchArgs) -> CmdResult {
+/// Runs the signing benchmark and prints its report.
+pub async fn run(args: BenchOptions) -> anyhow::Result<()> {
     let configs: &[(u16, usize)] = if args.quick {
         &[(3, 5)]
     } else {

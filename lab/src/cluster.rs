@@ -41,7 +41,7 @@ impl Running {
 }
 
 /// A running local cluster.
-pub(crate) struct LocalCluster {
+pub struct LocalCluster {
     pub group: GroupName,
     pub manifest: GroupManifest,
     pub names: Vec<String>,
@@ -53,7 +53,7 @@ pub(crate) struct LocalCluster {
 
 /// How strong the share files' KDF is.
 #[derive(Clone, Copy)]
-pub(crate) enum Kdf {
+pub enum Kdf {
     Light,
 }
 

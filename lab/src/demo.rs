@@ -10,8 +10,7 @@ use conclave_transport::client::ClientError;
 use sha2::Digest;
 
 use crate::cluster::{Kdf, LocalCluster};
-use crate::commands::public_key_pem;
-use crate::CmdResult;
+use conclave_keygen::manifest::public_key_pem;
 
 const THRESHOLD: u16 = 3;
 const PARTICIPANTS: usize = 5;
@@ -47,14 +46,15 @@ fn verify(key: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> anyhow::Result<()> 
         .context("signature does not verify")
 }
 
-pub(crate) async fn run(json: bool, keep: Option<PathBuf>) -> CmdResult {
+/// Runs the demo and prints what happens.
+pub async fn run(json: bool, keep: Option<PathBuf>) -> anyhow::Result<()> {
     let start = Instant::now();
     let tmp;
     let dir = match &keep {
         Some(d) => {
             if d.exists() && std::fs::read_dir(d)?.next().is_some() {
                 return Err(
-                    anyhow::anyhow!("--keep {}: directory is not empty", d.display()).into(),
+                    anyhow::anyhow!("--keep {}: directory is not empty", d.display()),
                 );
             }
             conclave_protocol::identity::create_private_dir(d)?;
@@ -143,11 +143,13 @@ pub(crate) async fn run(json: bool, keep: Option<PathBuf>) -> CmdResult {
         .sign(&cluster.group, &m3, timeout, Some(key))
         .await
     {
-        Ok(_) => fail!("signed with fewer participants than the threshold: this must never happen"),
+        Ok(_) => anyhow::bail!(
+            "signed with fewer participants than the threshold: this must never happen"
+        ),
         Err(ClientError::Sign(e @ SignError::SignerUnavailable { .. })) => e,
         Err(e) => {
             return Err(
-                anyhow::anyhow!("expected a typed SignerUnavailable error, got: {e}").into(),
+                anyhow::anyhow!("expected a typed SignerUnavailable error, got: {e}"),
             )
         }
     };

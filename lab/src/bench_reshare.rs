@@ -16,8 +16,6 @@ use conclave_protocol::{GroupName, IdentityKey, NodeId};
 use conclave_transport::relay::{RelayEnd, RelayServer};
 use frost_ed25519 as frost;
 
-use crate::CmdResult;
-
 /// A prepared reshare: the old group, the plan, and who holds what.
 struct Setup {
     plan: CeremonyPlan,
@@ -169,7 +167,8 @@ async fn over_quic(s: &Setup) -> anyhow::Result<(Duration, GroupManifest)> {
     }
 }
 
-pub(crate) async fn run(json: bool, quick: bool) -> CmdResult {
+/// Runs the reshare benchmark and prints its report.
+pub async fn run(json: bool, quick: bool) -> anyhow::Result<()> {
     let configs: &[(u16, usize, u16, usize)] = if quick {
         &[(3, 5, 5, 7)]
     } else {
@@ -196,7 +195,7 @@ pub(crate) async fn run(json: bool, quick: bool) -> CmdResult {
             || m2.threshold != t2
             || m2.participants.len() != n2
         {
-            return Err(anyhow!("the reshare changed the group key or got the wrong shape").into());
+            return Err(anyhow!("the reshare changed the group key or got the wrong shape"));
         }
         let ratio = quic.as_secs_f64() / mem.as_secs_f64().max(1e-9);
         if !json {
