@@ -195,7 +195,9 @@ pub async fn run(json: bool, quick: bool) -> anyhow::Result<()> {
             || m2.threshold != t2
             || m2.participants.len() != n2
         {
-            return Err(anyhow!("the reshare changed the group key or got the wrong shape"));
+            return Err(anyhow!(
+                "the reshare changed the group key or got the wrong shape"
+            ));
         }
         let ratio = quic.as_secs_f64() / mem.as_secs_f64().max(1e-9);
         if !json {

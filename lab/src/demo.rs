@@ -53,9 +53,10 @@ pub async fn run(json: bool, keep: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = match &keep {
         Some(d) => {
             if d.exists() && std::fs::read_dir(d)?.next().is_some() {
-                return Err(
-                    anyhow::anyhow!("--keep {}: directory is not empty", d.display()),
-                );
+                return Err(anyhow::anyhow!(
+                    "--keep {}: directory is not empty",
+                    d.display()
+                ));
             }
             conclave_protocol::identity::create_private_dir(d)?;
             d.clone()
@@ -148,9 +149,9 @@ pub async fn run(json: bool, keep: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         Err(ClientError::Sign(e @ SignError::SignerUnavailable { .. })) => e,
         Err(e) => {
-            return Err(
-                anyhow::anyhow!("expected a typed SignerUnavailable error, got: {e}"),
-            )
+            return Err(anyhow::anyhow!(
+                "expected a typed SignerUnavailable error, got: {e}"
+            ))
         }
     };
     say.step(format!(

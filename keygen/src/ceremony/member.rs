@@ -382,17 +382,23 @@ impl<P: Protocol> Member<P> {
             .push_back(MemberEvent::Undecided { report, partial });
     }
 
-    fn own_completion(&self) -> Completion {
-        let mut c = Completion::empty(&self.ctx, &self.manifest_hash);
-        let sig = self.ctx.sign(
+    /// This member's signed acknowledgement that it stored the manifest it confirmed.
+    fn sign_ack(&self) -> Vec<u8> {
+        self.ctx.sign(
             &self.identity,
             STORED_DOMAIN,
             STORED_LABEL,
             None,
             &[&self.manifest_hash],
+        )
+    }
+
+    fn own_completion(&self) -> Completion {
+        let mut c = Completion::empty(&self.ctx, &self.manifest_hash);
+        c.acks.insert(
+            self.identity.node_id().to_hex(),
+            hex::encode(self.sign_ack()),
         );
-        c.acks
-            .insert(self.identity.node_id().to_hex(), hex::encode(sig));
         c
     }
 
@@ -668,16 +674,9 @@ impl<P: Protocol> Member<P> {
         } else {
             None
         };
-        let signature = self.ctx.sign(
-            &self.identity,
-            STORED_DOMAIN,
-            STORED_LABEL,
-            None,
-            &[&self.manifest_hash],
-        );
         let broadcast = postcard::to_allocvec(&StoreAck {
             manifest_hash: self.manifest_hash,
-            signature,
+            signature: self.sign_ack(),
             manifest,
         })
         .unwrap_or_default();
