@@ -117,7 +117,7 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
     let plan = read_plan(&args.plan)?;
     eprintln!("{}", plan.summary());
     if plan.from.is_some() {
-        crate::rotate::confirm("relay this ceremony", args.yes)?;
+        crate::confirm::confirm("relay this ceremony", args.yes)?;
     }
     let identity = read_identity(&args.identity)?;
     if identity.node_id() != plan.coordinator_id()? {
@@ -235,7 +235,7 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
     // A DKG makes a new key: there is no old group to check the plan against, so the operator
     // compares the fingerprint and the members' key fingerprints with the plan's author.
     eprintln!("{}", plan.summary());
-    crate::rotate::confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
+    crate::confirm::confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
     let mut dkg = kinds::protocol_for(kinds::Input::Dkg(&plan), &me)?;
     crate::faults::FaultPlan::from_env().apply_protocol(&mut dkg);
     run_join(

@@ -1,6 +1,6 @@
 //! The subcommands other than `demo` and `bench`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -181,30 +181,17 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
     enforce(&crate::checks::participant(path, &cfg))?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
     let coordinators = config::node_ids(&cfg.coordinators, "coordinators")?;
-    let mut shares = Vec::new();
-    let mut seen = HashSet::new();
+    let mut shares = store::ServedShares::new(identity.node_id());
     for entry in &cfg.shares {
         let what = entry.file.display().to_string();
         let pass = passphrase::obtain(entry.passphrase_file.as_deref(), cfg.mode, &what, false)?;
         let share = ShareFile::read(&entry.file, &pass)?;
         drop(pass);
-        if share.header.owner != identity.node_id() {
-            fail!(
-                "{what}: this share belongs to node {}, but this node's identity is {}",
-                share.header.owner.short(),
-                identity.node_id().short()
-            );
-        }
-        if !seen.insert(share.header.group.clone()) {
-            fail!(
-                "{what}: a second share of group {} (one share per group)",
-                share.header.group
-            );
-        }
-        tracing::info!(group = %share.header.group, epoch = share.header.epoch, "loaded share {what}");
-        let key_package = share.key_package.clone();
-        shares.push((share.header.group.clone(), share.header.epoch, key_package));
+        let (group, epoch) = (share.header.group.clone(), share.header.epoch);
+        shares.add(&entry.file, share)?;
+        tracing::info!(%group, epoch, "loaded share {what}");
     }
+    let shares = shares.into_inner();
     let mut participant =
         conclave_participant::Participant::new(shares, Default::default(), &mut rand::rngs::OsRng);
     crate::faults::FaultPlan::from_env().apply_participant(&mut participant);

@@ -17,6 +17,7 @@ mod ceremony;
 mod checks;
 mod commands;
 mod config;
+mod confirm;
 mod faults;
 mod migrate;
 mod passphrase;

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context};
 use conclave_keygen::migrate::{Statement, FORMAT, MAX_STATEMENT_LEN};
 use conclave_keygen::{GroupManifest, ShareFile};
 
-use crate::rotate::{confirm, destroy};
+use crate::confirm::{confirm, destroy};
 use crate::{CmdResult, Exit, MigrateCmd, WhichKey};
 
 fn read_statement(path: &Path) -> anyhow::Result<Statement> {

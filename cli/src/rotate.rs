@@ -1,7 +1,6 @@
 //! `conclave rotate plan | relay | join | status | retire`: refresh and reshare a group under
 //! the same key, each participant acting on its own host and the coordinator relaying.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
@@ -12,6 +11,7 @@ use sha2::Digest;
 
 use crate::ceremony::{parse_node, read_identity, read_plan, run_join};
 use crate::config::Mode;
+use crate::confirm::{confirm, confirm_plan, destroy};
 use crate::{
     passphrase, CmdResult, Exit, RetireArgs, RotateJoinArgs, RotateKind, RotatePlanArgs,
     RotateResumeArgs, RotateStatusArgs,
@@ -20,25 +20,6 @@ use conclave_keygen::store::{self, FileShareStore, KdfCost, Resume};
 
 fn read_manifest(path: &Path) -> anyhow::Result<GroupManifest> {
     GroupManifest::read(path).with_context(|| format!("manifest {}", path.display()))
-}
-
-/// Asks the operator to confirm, unless `yes`. Refuses without a terminal to ask on.
-pub(crate) fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("{question}: no terminal to confirm on; re-run with --yes once you have checked the plan");
-    }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    if matches!(line.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        bail!("not confirmed; nothing was changed")
-    }
 }
 
 /// `-p NAME` (a member of the old group, same key and address) or `-p NAME=KEY@HOST:PORT` (a
@@ -202,31 +183,6 @@ pub(crate) fn plan(args: RotatePlanArgs) -> CmdResult {
         checked.fingerprint()
     );
     Ok(())
-}
-
-/// Confirms a checked plan: `--expect-plan` (must match) confirms it; otherwise the operator
-/// is asked, or `--yes`, which prod mode accepts only together with `--expect-plan`.
-pub(crate) fn confirm_plan(
-    plan: &CeremonyPlan,
-    expect: Option<&str>,
-    yes: bool,
-    mode: Mode,
-) -> Result<(), Exit> {
-    if let Some(fp) = expect {
-        if !plan.matches_fingerprint(fp) {
-            return Err(Exit::refused(anyhow!(
-                "plan refused, nothing was sent: this plan's fingerprint is {}, not the expected {fp}: the plan file is not the one its author made",
-                plan.fingerprint()?
-            )));
-        }
-        return Ok(());
-    }
-    if yes && mode == Mode::Prod {
-        return Err(Exit::from(anyhow!(
-            "in prod mode --yes needs --expect-plan FINGERPRINT: compare the fingerprint above with the one the plan's author printed, out of band, then pass it"
-        )));
-    }
-    Ok(confirm("take part in this ceremony", yes)?)
 }
 
 pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
@@ -691,24 +647,5 @@ pub(crate) async fn retire(args: RetireArgs) -> CmdResult {
         args.share.display(),
         hex::encode(sha2::Sha256::digest(message.as_bytes()))
     );
-    Ok(())
-}
-
-/// Overwrites a file with random bytes, syncs it, unlinks it and syncs its directory.
-pub(crate) fn destroy(path: &Path) -> anyhow::Result<()> {
-    let len = std::fs::metadata(path)?.len();
-    {
-        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
-        let mut junk = vec![0u8; usize::try_from(len).unwrap_or(0)];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut junk);
-        f.write_all(&junk)?;
-        f.sync_all()?;
-    }
-    std::fs::remove_file(path)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }

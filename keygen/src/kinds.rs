@@ -232,3 +232,90 @@ pub fn reshare_plan<R: RngCore + CryptoRng>(
         rng,
     )
 }
+
+/// A reshare set up for a run: an old group `from` = (t, n) made by the dealer, and a plan to
+/// `to` = (t', n') dealt by the first t old members (members are named `m0`, `m1`, ...; the
+/// first min(n, n') stay). Used by the simulator and the reshare benchmark.
+pub struct ReshareFixture {
+    pub plan: CeremonyPlan,
+    pub old: crate::manifest::GroupManifest,
+    /// Every node's identity (old and new members), in member order.
+    pub identities: Vec<conclave_protocol::IdentityKey>,
+    /// The old members' key packages.
+    pub old_shares: std::collections::BTreeMap<NodeId, frost_ed25519::keys::KeyPackage>,
+    /// The relay's identity.
+    pub coordinator: conclave_protocol::IdentityKey,
+}
+
+impl std::fmt::Debug for ReshareFixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReshareFixture")
+            .field("plan", &self.plan.ceremony)
+            .field("secrets", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Builds a [`ReshareFixture`]; `address(i)` is member i's address, `relay` the relay's.
+pub fn reshare_fixture<R: rand::RngCore + rand::CryptoRng>(
+    group: &str,
+    from: (u16, usize),
+    to: (u16, usize),
+    address: impl Fn(usize) -> String,
+    relay: &str,
+    rng: &mut R,
+) -> Result<ReshareFixture, crate::KeygenError> {
+    use conclave_protocol::{GroupName, IdentityKey};
+    let ((t, n), (t2, n2)) = (from, to);
+    let identities: Vec<IdentityKey> = (0..n.max(n2))
+        .map(|_| IdentityKey::generate(&mut *rng))
+        .collect();
+    let members: Vec<crate::NewMember> = identities
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, k)| crate::NewMember {
+            name: format!("m{i}"),
+            node_id: k.node_id(),
+            address: address(i),
+        })
+        .collect();
+    let group = GroupName::new(group).map_err(|_| crate::KeygenError::BadName(group.into()))?;
+    let (old, shares) = crate::deal(group, t, &members, &mut *rng)?;
+    let coordinator = IdentityKey::generate(&mut *rng);
+    let new_group = identities
+        .iter()
+        .take(n2)
+        .enumerate()
+        .map(|(i, k)| PlanNode {
+            name: format!("m{i}"),
+            identity_key: k.node_id().to_hex(),
+            address: address(i),
+        })
+        .collect();
+    let dealers: Vec<String> = (0..usize::from(t)).map(|i| format!("m{i}")).collect();
+    let plan = reshare_plan(
+        &old,
+        t2,
+        new_group,
+        &dealers,
+        &[],
+        PlanNode {
+            name: "coordinator".into(),
+            identity_key: coordinator.node_id().to_hex(),
+            address: relay.into(),
+        },
+        &mut *rng,
+    )
+    .map_err(|e| crate::KeygenError::Plan(e.to_string()))?;
+    Ok(ReshareFixture {
+        plan,
+        old,
+        identities,
+        old_shares: shares
+            .into_iter()
+            .map(|s| (s.node_id, s.key_package))
+            .collect(),
+        coordinator,
+    })
+}

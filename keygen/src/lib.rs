@@ -44,4 +44,6 @@ pub enum KeygenError {
     Frost(#[from] frost_ed25519::Error),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("the plan cannot be made: {0}")]
+    Plan(String),
 }

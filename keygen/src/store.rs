@@ -588,3 +588,59 @@ pub fn write_relayed(
         .map_err(io(&completion_file))?;
     Ok((manifest_file, completion_file))
 }
+
+/// Why a share cannot be served by this node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("{path}: this share belongs to node {owner}, but this node's identity is {me}")]
+    NotMine {
+        path: PathBuf,
+        owner: String,
+        me: String,
+    },
+    #[error("{path}: a second share of group {group} (one share per group)")]
+    SecondShare { path: PathBuf, group: GroupName },
+}
+
+/// The shares a participant serves, with the rules for loading them in one place: each share
+/// belongs to this node's identity, and there is one share per group.
+pub struct ServedShares {
+    me: NodeId,
+    shares: Vec<(GroupName, u64, frost::keys::KeyPackage)>,
+}
+
+impl ServedShares {
+    /// No share yet, for the node `me`.
+    pub fn new(me: NodeId) -> Self {
+        Self { me, shares: vec![] }
+    }
+
+    /// Adds the share read from `path`.
+    pub fn add(&mut self, path: &Path, share: ShareFile) -> Result<(), ServeError> {
+        if share.header.owner != self.me {
+            return Err(ServeError::NotMine {
+                path: path.to_path_buf(),
+                owner: share.header.owner.short(),
+                me: self.me.short(),
+            });
+        }
+        if self.shares.iter().any(|(g, _, _)| *g == share.header.group) {
+            return Err(ServeError::SecondShare {
+                path: path.to_path_buf(),
+                group: share.header.group.clone(),
+            });
+        }
+        self.shares.push((
+            share.header.group.clone(),
+            share.header.epoch,
+            share.key_package.clone(),
+        ));
+        Ok(())
+    }
+
+    /// (group, epoch, key package) of every share, for the participant state machine.
+    pub fn into_inner(self) -> Vec<(GroupName, u64, frost::keys::KeyPackage)> {
+        self.shares
+    }
+}

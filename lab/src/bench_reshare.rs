@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use conclave_keygen::ceremony::{
-    harness, CeremonyKind, CeremonyPlan, CheckedPlan, Member, MemberEnd, OldGroup, PlanNode, Relay,
+    harness, CeremonyPlan, CheckedPlan, Member, MemberEnd, OldGroup, Relay,
 };
+use conclave_keygen::kinds;
 use conclave_keygen::reshare::Reshare;
 use conclave_keygen::store::MemoryShareStore;
-use conclave_keygen::{deal, GroupManifest, NewMember};
-use conclave_protocol::{GroupName, IdentityKey, NodeId};
+use conclave_keygen::GroupManifest;
+use conclave_protocol::{IdentityKey, NodeId};
 use conclave_transport::relay::{RelayEnd, RelayServer};
 use frost_ed25519 as frost;
 
@@ -26,59 +27,22 @@ struct Setup {
 }
 
 fn setup(t: u16, n: usize, t2: u16, n2: usize) -> anyhow::Result<Setup> {
-    let mut rng = rand::rngs::OsRng;
-    let total = n.max(n2);
-    let keys: Vec<IdentityKey> = (0..total)
-        .map(|_| IdentityKey::generate(&mut rng))
-        .collect();
-    let node = |i: usize, k: &IdentityKey| PlanNode {
-        name: format!("m{i}"),
-        identity_key: k.node_id().to_hex(),
-        address: format!("127.0.0.1:{}", 20000 + i),
-    };
-    let members: Vec<NewMember> = keys
-        .iter()
-        .take(n)
-        .enumerate()
-        .map(|(i, k)| NewMember {
-            name: format!("m{i}"),
-            node_id: k.node_id(),
-            address: format!("127.0.0.1:{}", 20000 + i),
-        })
-        .collect();
-    let (old, shares) = deal(GroupName::new("bench")?, t, &members, &mut rng)?;
-    let coordinator = IdentityKey::generate(&mut rng);
-    let new_group: Vec<PlanNode> = keys
-        .iter()
-        .take(n2)
-        .enumerate()
-        .map(|(i, k)| node(i, k))
-        .collect();
-    let dealers: Vec<String> = (0..usize::from(t)).map(|i| format!("m{i}")).collect();
-    let mut plan = CeremonyPlan::new_rotation(
-        CeremonyKind::Reshare,
-        &old,
-        t2,
-        PlanNode {
-            name: "coordinator".into(),
-            identity_key: coordinator.node_id().to_hex(),
-            address: "127.0.0.1:0".into(),
-        },
-        new_group,
-        &dealers,
-        &[],
-        &mut rng,
+    let f = kinds::reshare_fixture(
+        "bench",
+        (t, n),
+        (t2, n2),
+        |i| format!("127.0.0.1:{}", 20000 + i),
+        "127.0.0.1:0",
+        &mut rand::rngs::OsRng,
     )?;
+    let mut plan = f.plan;
     plan.round_timeout_secs = 600;
     Ok(Setup {
         plan,
-        old,
-        identities: keys.into_iter().map(|k| (k.node_id(), k)).collect(),
-        old_shares: shares
-            .into_iter()
-            .map(|s| (s.node_id, s.key_package))
-            .collect(),
-        coordinator,
+        old: f.old,
+        identities: f.identities.into_iter().map(|k| (k.node_id(), k)).collect(),
+        old_shares: f.old_shares,
+        coordinator: f.coordinator,
     })
 }
 

@@ -8,13 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use conclave_keygen::{deal, GroupManifest, KdfParams, NewMember, Passphrase, ShareFile};
+use conclave_keygen::{deal, GroupManifest, NewMember, Passphrase, ShareFile};
 use conclave_protocol::{GroupName, IdentityKey, NodeId};
 use conclave_transport::client::Client;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use conclave_keygen::store::{manifest_path, share_path};
+use conclave_keygen::store::{share_path, write_dealt, KdfCost, ServedShares};
 
 struct Running {
     stop: Option<oneshot::Sender<()>>,
@@ -116,22 +116,12 @@ impl LocalCluster {
         let mut secret = [0u8; 24];
         rand::RngCore::fill_bytes(&mut rng, &mut secret);
         let pass = Passphrase::new(hex::encode(secret));
-        let manifest_file = manifest_path(dir, &group);
-        std::fs::write(&manifest_file, manifest.to_toml()?)?;
-        for share in &shares {
-            let kdf = match kdf {
-                Kdf::Light => KdfParams::light(&mut rng),
-            };
-            let header = share.header(&manifest, kdf)?;
-            ShareFile::write(
-                &share_path(dir, &group, &share.name),
-                &share.key_package,
-                header,
-                &pass,
-                false,
-                &mut rng,
-            )?;
-        }
+        let names_dealt: Vec<String> = shares.iter().map(|s| s.name.clone()).collect();
+        let cost = match kdf {
+            Kdf::Light => KdfCost::Light,
+        };
+        // The dealer's all-or-nothing write, as `keygen dealer` does it.
+        let (manifest_file, _) = write_dealt(dir, &manifest, &shares, &names_dealt, &pass, cost)?;
         drop(shares);
         step(format!(
             "dealt a {t}-of-{n} key: manifest {}, {n} share files encrypted with Argon2id + XChaCha20-Poly1305 ({} ms)",
@@ -140,12 +130,14 @@ impl LocalCluster {
         ));
 
         let mut participants = Vec::with_capacity(n);
-        for (name, server) in names.iter().zip(servers) {
-            // Each participant reads and decrypts its own share file from disk.
-            let share = ShareFile::read(&share_path(dir, &group, name), &pass)?;
-            let key_package = share.key_package.clone();
+        for ((name, server), id) in names.iter().zip(servers).zip(&identities) {
+            // Each participant reads and decrypts its own share file from disk, with the
+            // daemon's loading rules.
+            let path = share_path(dir, &group, name);
+            let mut served = ServedShares::new(id.node_id());
+            served.add(&path, ShareFile::read(&path, &pass)?)?;
             let p = conclave_participant::Participant::new(
-                vec![(group.clone(), share.header.epoch, key_package)],
+                served.into_inner(),
                 Default::default(),
                 &mut rng,
             );

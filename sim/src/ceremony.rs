@@ -13,13 +13,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use conclave_keygen::ceremony::{
-    Applied, CeremonyKind, CeremonyPlan, CheckedPlan, Completion, Member, MemberEnd, OldGroup,
-    PlanNode, Relay, RelayEvent,
+    Applied, CeremonyPlan, CheckedPlan, Completion, Member, MemberEnd, OldGroup, Relay, RelayEvent,
 };
 use conclave_keygen::reshare::Reshare;
 use conclave_keygen::store::MemoryShareStore;
-use conclave_keygen::{deal, GroupManifest, NewMember};
-use conclave_protocol::{Envelope, GroupName, IdentityKey, NodeId};
+use conclave_keygen::GroupManifest;
+use conclave_protocol::{Envelope, NodeId};
 use frost_ed25519 as frost;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -107,63 +106,22 @@ fn setup_err(e: impl std::fmt::Display) -> SetupError {
 /// Runs a reshare scenario to its end.
 pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
     let mut rng = ChaCha20Rng::seed_from_u64(s.seed);
-    let (t, n) = s.from;
-    let (t2, n2) = s.to;
-    let keys: Vec<IdentityKey> = (0..n.max(n2))
-        .map(|_| IdentityKey::generate(&mut rng))
-        .collect();
-    let old_members: Vec<NewMember> = keys
-        .iter()
-        .take(n)
-        .enumerate()
-        .map(|(i, k)| NewMember {
-            name: format!("m{i}"),
-            node_id: k.node_id(),
-            address: format!("10.0.0.{i}:7000"),
-        })
-        .collect();
-    let (old, shares) = deal(
-        GroupName::new("sim").map_err(setup_err)?,
-        t,
-        &old_members,
+    let f = conclave_keygen::kinds::reshare_fixture(
+        "sim",
+        s.from,
+        s.to,
+        |i| format!("10.0.0.{i}:7000"),
+        "10.0.0.254:7400",
         &mut rng,
     )
     .map_err(setup_err)?;
-    let coordinator = IdentityKey::generate(&mut rng);
-    let new_group = keys
-        .iter()
-        .take(n2)
-        .enumerate()
-        .map(|(i, k)| PlanNode {
-            name: format!("m{i}"),
-            identity_key: k.node_id().to_hex(),
-            address: format!("10.0.0.{i}:7000"),
-        })
-        .collect();
-    let dealers: Vec<String> = (0..usize::from(t)).map(|i| format!("m{i}")).collect();
-    let mut plan = CeremonyPlan::new_rotation(
-        CeremonyKind::Reshare,
-        &old,
-        t2,
-        PlanNode {
-            name: "coordinator".into(),
-            identity_key: coordinator.node_id().to_hex(),
-            address: "10.0.0.254:7400".into(),
-        },
-        new_group,
-        &dealers,
-        &[],
-        &mut rng,
-    )
-    .map_err(setup_err)?;
+    let (old, keys) = (f.old, f.identities);
+    let mut plan = f.plan;
     plan.round_timeout_secs = s.round_timeout_secs;
     plan.join_timeout_secs = s.round_timeout_secs;
     // Every member checks the plan against its own copy of the old manifest, as in production.
     let checked = CheckedPlan::check(&plan, OldGroup::Manifest(&old)).map_err(setup_err)?;
-    let old_shares: BTreeMap<NodeId, frost::keys::KeyPackage> = shares
-        .into_iter()
-        .map(|sh| (sh.node_id, sh.key_package))
-        .collect();
+    let old_shares: BTreeMap<NodeId, frost::keys::KeyPackage> = f.old_shares;
     let roster: Vec<NodeId> = plan
         .roster()
         .map_err(setup_err)?
@@ -182,7 +140,7 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
     let members_len = roster.len();
     let first_dealer = roster
         .iter()
-        .position(|n| Some(*n) == old_members.first().map(|m| m.node_id));
+        .position(|n| Some(*n) == keys.first().map(|k| k.node_id()));
     World {
         s,
         base: Instant::now(),
