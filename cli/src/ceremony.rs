@@ -270,6 +270,16 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     let my_name = plan.name_of(&me);
     let kdf = KdfCost::choose(kdf_choice == KdfChoice::Light, mode == Mode::Dev)
         .map_err(|e| anyhow!("{e} (this is {mode})"))?;
+    // Refuse existing or pending files before asking anything.
+    FileShareStore::for_member(plan, &me, out, None, kdf)
+        .check_fresh()
+        .map_err(|e| match e {
+            store::StoreError::Unfinished(_) => anyhow!(
+                "{e}\n  conclave rotate resume --plan PLAN --identity DIR --out {}",
+                out.display()
+            ),
+            e => anyhow!(e),
+        })?;
     let pass = if plan.is_new_member(&me) {
         let pass = passphrase::obtain(passphrase_file, mode, "the new share file", true)?;
         passphrase::check_new(&pass, mode)?;
@@ -278,7 +288,6 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
         None
     };
     let mut store = FileShareStore::for_member(plan, &me, out, pass, kdf);
-    store.check_fresh()?;
     let relay_id = plan.coordinator_id()?;
     let relay_addr = resolve(&plan.coordinator.address)?;
     let faults = crate::faults::FaultPlan::from_env();

@@ -409,7 +409,7 @@ pub(crate) fn verify(args: VerifyArgs) -> CmdResult {
     }
 }
 
-/// The PEM (SubjectPublicKeyInfo) form of an Ed25519 public key, as OpenSSL reads it.
+/// The OpenSSH `ssh-ed25519` public-key line of an Ed25519 key (for authorized_keys and allowed_signers).
 fn public_key_openssh(key: &[u8; 32], comment: &str) -> String {
     let mut blob = Vec::new();
     for part in [&b"ssh-ed25519"[..], &key[..]] {

@@ -292,6 +292,9 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
     };
     eprintln!("{}", checked.summary());
     confirm_plan(&plan, args.expect_plan.as_deref(), args.yes, args.mode)?;
+    if plan.kind == conclave_keygen::ceremony::CeremonyKind::Refresh && old_share.is_none() {
+        fail!("a refresh needs this member's current share (--old-share)");
+    }
     let mut protocol = kinds::protocol_for(
         kinds::Input::Rotation {
             checked: &checked,
@@ -332,11 +335,15 @@ pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
     for f in &args.completions {
         others.push(store::read_completion(f).with_context(|| f.display().to_string())?);
     }
-    let state = store.resume(&plan, if args.abandon { &[] } else { &others })?;
     if args.abandon {
-        let pending = match state {
-            Resume::Activated(_) | Resume::AlreadyActive => fail!(
-                "every member acknowledged this ceremony: it completed, so abandon is refused"
+        // Check first, activate nothing: a ceremony every member acknowledged is not abandoned.
+        let pending = match store.inspect(&plan, &others)? {
+            Resume::AlreadyActive => {
+                println!("nothing pending: ceremony {} is active on this host", plan.ceremony);
+                return Ok(());
+            }
+            Resume::Activated(_) | Resume::Complete(_) => fail!(
+                "every member acknowledged this ceremony: it completed, so abandon is refused; run resume without --abandon to activate"
             ),
             Resume::Undecided { pending, .. } => pending,
         };
@@ -350,6 +357,7 @@ pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
         println!("abandoned: pending files removed");
         return Ok(());
     }
+    let state = store.resume(&plan, &others)?;
     match state {
         Resume::AlreadyActive => {
             println!(
@@ -358,7 +366,7 @@ pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
             );
             Ok(())
         }
-        Resume::Activated(_) => {
+        Resume::Activated(_) | Resume::Complete(_) => {
             if args.json {
                 println!(
                     "{}",

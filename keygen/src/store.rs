@@ -68,6 +68,8 @@ pub enum StoreError {
     NoPassphrase,
     #[error("no pending result to activate")]
     NothingPending,
+    #[error("{shares} shares but {names} names")]
+    Mismatch { shares: usize, names: usize },
     #[error("{0} is missing: nothing binds the pending files to this plan (were they made by another ceremony?)")]
     NoRecord(PathBuf),
     #[error("the pending files are not this member's from this plan and run")]
@@ -198,6 +200,8 @@ pub enum Resume {
     AlreadyActive,
     /// Every member's acknowledgement verified: the pending files are now active.
     Activated(Completion),
+    /// Every member's acknowledgement verifies, nothing was activated ([`FileShareStore::inspect`]).
+    Complete(Completion),
     /// Still undecided: who acknowledged, who is missing, and why activation was refused.
     Undecided {
         acknowledged: Vec<String>,
@@ -303,6 +307,25 @@ impl FileShareStore {
         plan: &CeremonyPlan,
         others: &[Completion],
     ) -> Result<Resume, StoreError> {
+        self.resume_or_inspect(plan, others, true)
+    }
+
+    /// What [`resume`](Self::resume) would find, without activating anything (for
+    /// `--abandon`, which must refuse a ceremony every member acknowledged).
+    pub fn inspect(
+        &mut self,
+        plan: &CeremonyPlan,
+        others: &[Completion],
+    ) -> Result<Resume, StoreError> {
+        self.resume_or_inspect(plan, others, false)
+    }
+
+    fn resume_or_inspect(
+        &mut self,
+        plan: &CeremonyPlan,
+        others: &[Completion],
+        activate: bool,
+    ) -> Result<Resume, StoreError> {
         let pending = self.pending_present();
         if pending.is_empty() {
             if self.finals().all(|p| p.exists()) {
@@ -339,9 +362,10 @@ impl FileShareStore {
             completion.merge(other)?;
         }
         match completion.verify(plan, &manifest_hash) {
+            Ok(()) if !activate => Ok(Resume::Complete(completion)),
             Ok(()) => {
-                self.activate_files()?;
                 self.write_completion(&completion)?;
+                self.activate_files()?;
                 Ok(Resume::Activated(completion))
             }
             Err(reason) => {
@@ -405,8 +429,10 @@ impl ShareStore for FileShareStore {
     }
 
     fn activate(&mut self, completion: &Completion) -> Result<(), StoreError> {
-        self.activate_files()?;
-        self.write_completion(completion)
+        // The full completion first: if a rename then fails, `rotate resume` has every
+        // acknowledgement at hand.
+        self.write_completion(completion)?;
+        self.activate_files()
     }
 
     fn keep_undecided(&mut self, partial: &Completion) -> Result<(), StoreError> {
@@ -512,6 +538,12 @@ pub fn write_dealt(
     passphrase: &Passphrase,
     kdf: KdfCost,
 ) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
+    if names.len() != shares.len() {
+        return Err(StoreError::Mismatch {
+            shares: shares.len(),
+            names: names.len(),
+        });
+    }
     let mut rng = rand::rngs::OsRng;
     let manifest_file = manifest_path(dir, &manifest.group);
     let share_files: Vec<PathBuf> = names
@@ -521,8 +553,13 @@ pub fn write_dealt(
     let all: Vec<&PathBuf> = std::iter::once(&manifest_file)
         .chain(&share_files)
         .collect();
-    if let Some(p) = all.iter().find(|p| p.exists() || pending_path(p).exists()) {
-        return Err(StoreError::Exists((*p).clone()));
+    for p in &all {
+        if p.exists() {
+            return Err(StoreError::Exists((*p).clone()));
+        }
+        if pending_path(p).exists() {
+            return Err(StoreError::Exists(pending_path(p)));
+        }
     }
     conclave_protocol::identity::create_private_dir(dir).map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
@@ -579,13 +616,14 @@ pub fn write_relayed(
         path: dir.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
+    // The completion first: members left undecided need it even if the manifest write fails.
+    let completion_file = completion_path(dir, plan);
+    write_atomic(&completion_file, completion.to_toml().as_bytes(), &mut rng)
+        .map_err(io(&completion_file))?;
     let manifest_file = (plan.kind != CeremonyKind::Repair).then(|| plan_manifest_path(dir, plan));
     if let Some(path) = &manifest_file {
         write_atomic(path, manifest.to_toml()?.as_bytes(), &mut rng).map_err(io(path))?;
     }
-    let completion_file = completion_path(dir, plan);
-    write_atomic(&completion_file, completion.to_toml().as_bytes(), &mut rng)
-        .map_err(io(&completion_file))?;
     Ok((manifest_file, completion_file))
 }
 
@@ -642,5 +680,187 @@ impl ServedShares {
     /// (group, epoch, key package) of every share, for the participant state machine.
     pub fn into_inner(self) -> Vec<(GroupName, u64, frost::keys::KeyPackage)> {
         self.shares
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ceremony::{harness, CeremonyPlan, Member, PlanNode, Relay, RelayEvent};
+    use conclave_protocol::IdentityKey;
+
+    fn dkg(n: usize) -> (CeremonyPlan, Vec<IdentityKey>) {
+        let mut rng = rand::rngs::OsRng;
+        let ids: Vec<IdentityKey> = (0..n).map(|_| IdentityKey::generate(&mut rng)).collect();
+        let node = |name: String, k: &IdentityKey| PlanNode {
+            name,
+            identity_key: k.node_id().to_hex(),
+            address: "127.0.0.1:7000".into(),
+        };
+        let plan = CeremonyPlan::new_dkg(
+            GroupName::new("g").unwrap(),
+            2,
+            node("coord".into(), &IdentityKey::generate(&mut rng)),
+            ids.iter()
+                .enumerate()
+                .map(|(i, k)| node(format!("p{i}"), k))
+                .collect(),
+            &mut rng,
+        )
+        .unwrap();
+        (plan, ids)
+    }
+
+    /// Runs a DKG in memory; returns the plan, each member's outcome and the relay's completion.
+    fn completed() -> (CeremonyPlan, Vec<IdentityKey>, harness::Run, Completion) {
+        let (plan, ids) = dkg(3);
+        let members = ids
+            .iter()
+            .map(|k| {
+                let p = crate::kinds::protocol_for(crate::kinds::Input::Dkg(&plan), &k.node_id())
+                    .unwrap();
+                Member::new(&plan, k.clone(), p).unwrap()
+            })
+            .collect();
+        let relay = Relay::new(
+            &plan,
+            crate::kinds::rounds(plan.kind),
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        let run = harness::run(members, relay);
+        let Some(RelayEvent::Completed { completion, .. }) = run.relay_events.last().cloned()
+        else {
+            panic!("completed");
+        };
+        (plan, ids, run, completion)
+    }
+
+    /// Review finding: the pending files of an undecided member must still be resumable, and
+    /// `--abandon` must only inspect: a ceremony every member acknowledged is never abandoned
+    /// nor activated by it.
+    #[test]
+    fn inspect_never_activates_and_resume_activates_with_every_acknowledgement() {
+        let (plan, ids, run, completion) = completed();
+        let dir = tempfile::tempdir().unwrap();
+        let me = ids[0].node_id();
+        let mut store = FileShareStore::for_member(
+            &plan,
+            &me,
+            dir.path(),
+            Some(Passphrase::new("a passphrase for the test".into())),
+            KdfCost::Light,
+        );
+        store.check_fresh().unwrap();
+        // Stored and acknowledged, then cut off: the record holds only this member's ack.
+        let (manifest, kp) = run.stores[0].active().unwrap().clone();
+        let outcome = Outcome {
+            manifest,
+            key_package: kp,
+        };
+        let mut own = completion.clone();
+        own.acks.retain(|k, _| *k == me.to_hex());
+        store.write_pending(&outcome, &own).unwrap();
+        assert_eq!(store.pending_present().len(), 2);
+        assert!(matches!(
+            store.check_fresh(),
+            Err(StoreError::Unfinished(_))
+        ));
+        // Inspect with the relay's completion: complete, but nothing is activated.
+        let seen = store
+            .inspect(&plan, std::slice::from_ref(&completion))
+            .unwrap();
+        assert!(matches!(seen, Resume::Complete(_)));
+        assert_eq!(store.pending_present().len(), 2);
+        assert!(!store.share_file().unwrap().exists());
+        // Without the others' acks: undecided, missing named.
+        match store.resume(&plan, &[]).unwrap() {
+            Resume::Undecided { missing, .. } => assert_eq!(missing, vec!["p1", "p2"]),
+            other => panic!("{other:?}"),
+        }
+        // With them: activated, the full completion written.
+        assert!(matches!(
+            store.resume(&plan, &[completion]).unwrap(),
+            Resume::Activated(_)
+        ));
+        assert!(store.pending_present().is_empty());
+        assert!(store.share_file().unwrap().exists());
+        let kept = read_completion(store.completion_file()).unwrap();
+        assert_eq!(kept.acks.len(), 3);
+    }
+
+    /// Review finding: acknowledgements are signed under the confirm/store round labels of the
+    /// three-round protocols (4 and 5), as before the labels were fixed, so completion files
+    /// written by the earlier version still verify.
+    #[test]
+    fn acknowledgement_labels_are_those_of_the_earlier_format() {
+        let (plan, ids, run, completion) = completed();
+        let hash = run.stores[0].active().unwrap().0.hash().unwrap();
+        completion.verify(&plan, &hash).unwrap();
+        // Re-sign one acknowledgement exactly as the earlier version did (round = final
+        // round of a DKG = 5) and check it verifies.
+        let mut ctx = crate::ceremony::Ctx::of(&plan).unwrap();
+        hex::decode_to_slice(&completion.session, &mut ctx.session).unwrap();
+        assert_eq!(crate::kinds::rounds(plan.kind).final_round(), 5);
+        let sig = ctx.sign(&ids[1], b"stored", 5, None, &[&hash]);
+        let mut again = completion.clone();
+        again
+            .acks
+            .insert(ids[1].node_id().to_hex(), hex::encode(sig));
+        again.verify(&plan, &hash).unwrap();
+    }
+
+    /// Review finding: the dealer's write refuses mismatched lists (it used to zip them).
+    #[test]
+    fn the_dealers_write_is_all_or_nothing() {
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<crate::NewMember> = ["a", "b", "c"]
+            .iter()
+            .map(|n| crate::NewMember {
+                name: n.to_string(),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect();
+        let (manifest, shares) =
+            crate::deal(GroupName::new("g").unwrap(), 2, &members, &mut rng).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pass = Passphrase::new("a passphrase for the test".into());
+        let names = vec!["a".to_string()];
+        assert!(matches!(
+            write_dealt(
+                dir.path(),
+                &manifest,
+                &shares,
+                &names,
+                &pass,
+                KdfCost::Light
+            ),
+            Err(StoreError::Mismatch { .. })
+        ));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let (m, files) = write_dealt(
+            dir.path(),
+            &manifest,
+            &shares,
+            &names,
+            &pass,
+            KdfCost::Light,
+        )
+        .unwrap();
+        assert!(m.exists() && files.iter().all(|f| f.exists()));
+        // A second write refuses to overwrite anything.
+        assert!(matches!(
+            write_dealt(
+                dir.path(),
+                &manifest,
+                &shares,
+                &names,
+                &pass,
+                KdfCost::Light
+            ),
+            Err(StoreError::Exists(_))
+        ));
     }
 }

@@ -28,10 +28,12 @@ use crate::store::ShareStore;
 const GRACE: Duration = Duration::from_secs(10);
 const CONFIRM_DOMAIN: &[u8] = b"confirm";
 const STORED_DOMAIN: &[u8] = b"stored";
-/// The round label confirmations and acknowledgements are signed under (their own domains
-/// already set them apart; fixed labels keep them independent of the protocol's round count).
-const CONFIRM_LABEL: u8 = 0xfe;
-const STORED_LABEL: u8 = 0xff;
+/// The round labels confirmations and acknowledgements are signed under: fixed, so they do not
+/// depend on a protocol's round count, and equal to the confirm and store round numbers of
+/// the three-round protocols (DKG, refresh, reshare, repair), so acknowledgements and
+/// completion files written before the labels were fixed still verify.
+const CONFIRM_LABEL: u8 = 4;
+const STORED_LABEL: u8 = 5;
 
 /// Progress and results of a ceremony, for the driver.
 #[derive(Debug)]
