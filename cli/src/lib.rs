@@ -111,6 +111,9 @@ enum Command {
     /// docs/ROTATION.md.
     #[command(subcommand, after_help = ROTATE_HELP)]
     Rotate(RotateCmd),
+    /// Check or show a node's audit log (hash-chained, with checkpoints signed by the node).
+    #[command(subcommand, after_help = AUDIT_HELP)]
+    Audit(AuditCmd),
     /// Move to a new group key (made by DKG) with a key-transition statement signed by both
     /// keys; verify statements; destroy the old key's shares.
     #[command(subcommand, after_help = MIGRATE_HELP)]
@@ -194,6 +197,33 @@ signed, `rotate retire` destroys each old share. All or nothing: a failure leave
 shares working and no new share anywhere; a member cut off after it acknowledged its new
 share keeps it pending and finishes with `rotate resume`. Exit codes: 0 done; 1 the ceremony
 aborted, was refused, is undecided, or the check before destroying failed; 2 bad input.";
+
+const AUDIT_HELP: &str = "\
+Give every file of one log in order: rotated files first (audit.log.1, audit.log.2, ...), the
+current file last. Exit codes: 0 the chain and every checkpoint are intact; 1 a record was
+modified, removed, reordered or inserted, the log was truncated before its last checkpoint, or
+a checkpoint is not signed by the node (the first bad record is named); 2 bad input.";
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Verify the chain and the signed checkpoints; names the first bad record.
+    Verify(AuditArgs),
+    /// Print the records (after verifying them).
+    Show(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    /// The log's files, oldest first.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The node's identity public key (hex, or an identity directory / identity.pub): the key
+    /// every checkpoint must be signed by. Without it, checkpoints must agree on one key.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Subcommand, Debug)]
 enum RotateCmd {
@@ -311,6 +341,7 @@ struct RotateJoinArgs {
 
 #[derive(Args, Debug)]
 struct RotateResumeArgs {
+    /// The ceremony's plan (the one `rotate join` ran).
     #[arg(long)]
     plan: PathBuf,
     /// This node's identity directory.
@@ -326,6 +357,8 @@ struct RotateResumeArgs {
     /// Discard the pending files instead (only when no member activated: check first).
     #[arg(long)]
     abandon: bool,
+    /// Print the outcome as JSON: {"ceremony", "state": "activated" | "undecided",
+    /// "acknowledged", "missing", "reason", "pending"} (or "share_file", "manifest").
     #[arg(long)]
     json: bool,
     /// Do not ask for confirmation (with --abandon).
@@ -722,6 +755,62 @@ fn init_logging(verbose: u8, daemon: bool, narrated: bool) {
         .try_init();
 }
 
+/// `conclave audit verify | show`.
+fn audit_verify(args: AuditArgs, show: bool) -> CmdResult {
+    let key = match &args.key {
+        Some(k) => Some(
+            conclave_protocol::identity::read_node_id(k)
+                .map_err(|e| anyhow::anyhow!("--key {k:?}: {e}"))?,
+        ),
+        None => None,
+    };
+    let summary = match conclave_audit::verify(&args.files, key) {
+        Ok(s) => s,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "file": e.file, "seq": e.seq, "error": e.what})
+                );
+            }
+            return Err(Exit::refused(anyhow::anyhow!("audit log damaged: {e}")));
+        }
+    };
+    if show {
+        let records = conclave_audit::records(&args.files)
+            .map_err(|e| Exit::refused(anyhow::anyhow!("{e}")))?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"valid": true, "summary": summary, "records": records})
+            );
+        } else {
+            for r in &records {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+            }
+        }
+    } else if args.json {
+        println!("{}", serde_json::json!({"valid": true, "summary": summary}));
+    } else {
+        println!(
+            "valid: {} records ({} decisions, {} signed checkpoints{}), {} after the last checkpoint",
+            summary.records,
+            summary.decisions,
+            summary.checkpoints,
+            summary
+                .node
+                .as_deref()
+                .map(|n| format!(" by {}", n.get(..16).unwrap_or(n)))
+                .unwrap_or_default(),
+            summary.unsigned_tail
+        );
+        if key.is_none() {
+            eprintln!("note: no --key given: the checkpoints agree on one key, but nothing says it is the node's");
+        }
+    }
+    Ok(())
+}
+
 /// A failure with its exit code.
 #[derive(Debug)]
 pub(crate) struct Exit {
@@ -826,6 +915,8 @@ fn run(command: Command) -> CmdResult {
         ))?),
         Command::Sim(args) => runtime()?.block_on(sim::run(*args)),
         Command::Migrate(cmd) => runtime()?.block_on(migrate::run(cmd)),
+        Command::Audit(AuditCmd::Verify(args)) => audit_verify(args, false),
+        Command::Audit(AuditCmd::Show(args)) => audit_verify(args, true),
         Command::Rotate(RotateCmd::Plan(args)) => rotate::plan(args),
         Command::Rotate(RotateCmd::Relay(args)) => runtime()?.block_on(ceremony::relay(args)),
         Command::Rotate(RotateCmd::Join(args)) => runtime()?.block_on(rotate::join(args)),

@@ -1,0 +1,479 @@
+//! The audit log of a conclave node: one JSON line per decision, append-only and hash-chained
+//! (each record holds the SHA-256 of the line before it), with periodic checkpoints signed by
+//! the node's identity key, so rewriting the chain needs the key and not just access to the
+//! file. Writes are fsynced per record by default and fail closed: [`AuditLog::append`]
+//! returns an error, and the caller refuses what it was about to do. Files rotate by size
+//! (`audit.log` -> `audit.log.1`, `.2`, ...) and the chain continues across them. The latest
+//! checkpoint is also kept beside the log (`<log>.checkpoint`), so truncating the log before
+//! it is detected.
+//!
+//! No runtime, no clock: time is passed in. No secret and no message body belongs in a record
+//! (digests and names only).
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use conclave_protocol::{IdentityKey, NodeId};
+use ed25519_dalek::Signer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Longest audit line read (a record is a few hundred bytes).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Largest audit file read by [`verify`] (rotation keeps files far below this).
+pub const MAX_FILE: u64 = 1 << 30;
+const CHECKPOINT_DOMAIN: &[u8] = b"conclave-audit/checkpoint/v1\0";
+
+/// One decision of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What was decided: "signed", "refused", "ceremony", ...
+    pub action: String,
+    /// Why, for a refusal (a code), or the outcome, for a ceremony.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Fingerprint of the client's identity key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The message kind ("raw", "sshsig:git", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// SHA-256 (hex) of the message: never the message itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Ceremonies: the plan fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+}
+
+/// What a line holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Entry {
+    Decision(Decision),
+    /// The node's signature over the chain so far (`signature` covers the domain, `seq` and
+    /// `prev`).
+    Checkpoint {
+        node: String,
+        signature: String,
+    },
+    /// The first line of a file after rotation: the chain continues from the previous file.
+    Rotated {
+        previous: String,
+    },
+}
+
+/// One line of the log (its fields, then the entry's, flattened into one JSON object).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Seconds since the Unix epoch (from the caller's clock).
+    pub time: u64,
+    /// SHA-256 (hex) of the previous line (all zero for the first).
+    pub prev: String,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// Why a record could not be written (the caller must refuse what it was about to do).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit log {path} is damaged at its end ({what}); run `conclave audit verify`")]
+    Damaged { path: PathBuf, what: String },
+}
+
+/// How the log is written.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// fsync every record (default). Off trades durability of the last records for speed.
+    pub fsync: bool,
+    /// Rotate once the file would grow beyond this many bytes.
+    pub max_bytes: u64,
+    /// A signed checkpoint after this many records.
+    pub checkpoint_every: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            fsync: true,
+            max_bytes: 64 * 1024 * 1024,
+            checkpoint_every: 100,
+        }
+    }
+}
+
+/// An open audit log.
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    identity: IdentityKey,
+    options: Options,
+    next_seq: u64,
+    prev: [u8; 32],
+    size: u64,
+    since_checkpoint: u64,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("next_seq", &self.next_seq)
+            .finish()
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn line_hash(line: &[u8]) -> [u8; 32] {
+    Sha256::digest(line).into()
+}
+
+fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
+    let mut m = CHECKPOINT_DOMAIN.to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(prev.as_bytes());
+    m
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".checkpoint");
+    PathBuf::from(s)
+}
+
+/// The last line of `bytes` (without its newline), if any.
+fn last_line(bytes: &[u8]) -> Option<&[u8]> {
+    let trimmed = bytes.strip_suffix(b"\n")?;
+    Some(match trimmed.iter().rposition(|b| *b == b'\n') {
+        Some(i) => trimmed.get(i + 1..).unwrap_or_default(),
+        None => trimmed,
+    })
+}
+
+impl AuditLog {
+    /// Opens (or creates, mode 0600) the log at `path` and continues its chain.
+    pub fn open(path: &Path, identity: IdentityKey, options: Options) -> Result<Self, AuditError> {
+        let mut opts = OpenOptions::new();
+        opts.append(true).create(true).read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let file = opts.open(path).map_err(io(path))?;
+        let bytes =
+            conclave_protocol::read_bounded(path, options.max_bytes.max(MAX_LINE as u64) * 2)
+                .map_err(|e| AuditError::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(e),
+                })?;
+        let (next_seq, prev) = match last_line(&bytes) {
+            None if bytes.is_empty() => (0, [0u8; 32]),
+            None => {
+                return Err(AuditError::Damaged {
+                    path: path.to_path_buf(),
+                    what: "an unfinished last line".into(),
+                })
+            }
+            Some(line) => {
+                let r: Record = serde_json::from_slice(line).map_err(|e| AuditError::Damaged {
+                    path: path.to_path_buf(),
+                    what: e.to_string(),
+                })?;
+                (r.seq + 1, line_hash(line))
+            }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            identity,
+            options,
+            next_seq,
+            prev,
+            size: bytes.len() as u64,
+            since_checkpoint: 0,
+        })
+    }
+
+    fn write_line(&mut self, now: u64, entry: Entry) -> Result<(), AuditError> {
+        let record = Record {
+            seq: self.next_seq,
+            time: now,
+            prev: hex::encode(self.prev),
+            entry,
+        };
+        let mut line = serde_json::to_vec(&record).map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let hash = line_hash(&line);
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(io(&self.path))?;
+        if self.options.fsync {
+            self.file.sync_data().map_err(io(&self.path))?;
+        }
+        self.next_seq += 1;
+        self.prev = hash;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self, now: u64) -> Result<(), AuditError> {
+        let mut n = 1u32;
+        let target = loop {
+            let mut s = self.path.as_os_str().to_owned();
+            s.push(format!(".{n}"));
+            let p = PathBuf::from(s);
+            if !p.exists() {
+                break p;
+            }
+            n += 1;
+        };
+        std::fs::rename(&self.path, &target).map_err(io(&self.path))?;
+        let mut opts = OpenOptions::new();
+        opts.append(true).create_new(true).read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        self.file = opts.open(&self.path).map_err(io(&self.path))?;
+        self.size = 0;
+        let previous = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.write_line(now, Entry::Rotated { previous })
+    }
+
+    /// Appends one decision (and a checkpoint when one is due). An error means the record is
+    /// not on disk: refuse what was decided.
+    pub fn append(&mut self, now: u64, decision: Decision) -> Result<(), AuditError> {
+        if self.size > 0 && self.size + MAX_LINE as u64 > self.options.max_bytes {
+            self.rotate(now)?;
+        }
+        self.write_line(now, Entry::Decision(decision))?;
+        self.since_checkpoint += 1;
+        if self.since_checkpoint >= self.options.checkpoint_every {
+            self.checkpoint(now)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a signed checkpoint over the chain so far, in the log and beside it.
+    pub fn checkpoint(&mut self, now: u64) -> Result<(), AuditError> {
+        let seq = self.next_seq;
+        let prev = hex::encode(self.prev);
+        let signature = self
+            .identity
+            .signing_key()
+            .sign(&checkpoint_message(seq, &prev));
+        self.write_line(
+            now,
+            Entry::Checkpoint {
+                node: self.identity.node_id().to_hex(),
+                signature: hex::encode(signature.to_bytes()),
+            },
+        )?;
+        // Beside the log: the checkpoint's own line hash and seq, so cutting the log before it
+        // shows.
+        let marker = format!("{seq} {}\n", hex::encode(self.prev));
+        let side = sidecar(&self.path);
+        let tmp = side.with_extension("checkpoint.tmp");
+        std::fs::write(&tmp, marker)
+            .and_then(|()| std::fs::rename(&tmp, &side))
+            .map_err(io(&side))?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+}
+
+/// What [`verify`] found wrong: the first bad record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: record {seq}: {what}")]
+pub struct VerifyError {
+    pub file: PathBuf,
+    /// The sequence number expected at the bad place.
+    pub seq: u64,
+    pub what: String,
+}
+
+/// What a valid log holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub records: u64,
+    pub decisions: u64,
+    pub checkpoints: u64,
+    /// Records after the last checkpoint (not yet covered by a signature).
+    pub unsigned_tail: u64,
+    pub node: Option<String>,
+}
+
+/// Verifies the chain through `files` (rotated files first, the current one last): every line
+/// parses, sequence numbers follow each other, each `prev` is the hash of the line before, and
+/// every checkpoint is signed by `key` (or, unpinned, by the same key throughout). The latest
+/// checkpoint recorded beside the last file must be in the chain (truncation before it shows).
+pub fn verify(files: &[PathBuf], key: Option<NodeId>) -> Result<Summary, VerifyError> {
+    let mut expect_seq = 0u64;
+    let mut prev = [0u8; 32];
+    let mut summary = Summary {
+        records: 0,
+        decisions: 0,
+        checkpoints: 0,
+        unsigned_tail: 0,
+        node: key.map(|k| k.to_hex()),
+    };
+    let mut signer: Option<NodeId> = key;
+    let mut checkpoints_seen: Vec<(u64, [u8; 32])> = vec![];
+    for file in files {
+        let bad = |seq: u64, what: String| VerifyError {
+            file: file.clone(),
+            seq,
+            what,
+        };
+        let bytes = conclave_protocol::read_bounded(file, MAX_FILE)
+            .map_err(|e| bad(expect_seq, format!("cannot read: {e}")))?;
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            return Err(bad(
+                expect_seq,
+                "the last line is unfinished (a torn write)".into(),
+            ));
+        }
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if line.len() > MAX_LINE {
+                return Err(bad(expect_seq, "line too long".into()));
+            }
+            let r: Record = serde_json::from_slice(line)
+                .map_err(|e| bad(expect_seq, format!("not a record ({e})")))?;
+            if r.seq != expect_seq {
+                return Err(bad(
+                    expect_seq,
+                    format!("sequence number {} where {expect_seq} was expected (a record was removed, reordered or inserted)", r.seq),
+                ));
+            }
+            if r.prev != hex::encode(prev) {
+                return Err(bad(
+                    r.seq,
+                    "does not chain to the record before it (modified, removed or reordered)"
+                        .into(),
+                ));
+            }
+            match &r.entry {
+                Entry::Decision(_) => {
+                    summary.decisions += 1;
+                    summary.unsigned_tail += 1;
+                }
+                Entry::Rotated { .. } => summary.unsigned_tail += 1,
+                Entry::Checkpoint { node, signature } => {
+                    let node_id = NodeId::from_hex(node)
+                        .map_err(|_| bad(r.seq, "checkpoint by no valid key".into()))?;
+                    match signer {
+                        Some(k) if k != node_id => {
+                            return Err(bad(
+                                r.seq,
+                                format!(
+                                    "checkpoint signed by {}, not by {}",
+                                    node_id.short(),
+                                    k.short()
+                                ),
+                            ))
+                        }
+                        _ => signer = Some(node_id),
+                    }
+                    let ok = ed25519_dalek::VerifyingKey::from_bytes(&node_id.0)
+                        .ok()
+                        .zip(
+                            hex::decode(signature)
+                                .ok()
+                                .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok()),
+                        )
+                        .is_some_and(|(vk, sig)| {
+                            vk.verify_strict(&checkpoint_message(r.seq, &r.prev), &sig)
+                                .is_ok()
+                        });
+                    if !ok {
+                        return Err(bad(r.seq, "checkpoint signature does not verify".into()));
+                    }
+                    summary.checkpoints += 1;
+                    summary.unsigned_tail = 0;
+                    checkpoints_seen.push((r.seq, line_hash(line)));
+                }
+            }
+            prev = line_hash(line);
+            expect_seq += 1;
+            summary.records += 1;
+        }
+    }
+    // The latest checkpoint recorded beside the log must be in the chain.
+    if let Some(last) = files.last() {
+        if let Ok(text) = std::fs::read_to_string(sidecar(last)) {
+            let mut parts = text.split_whitespace();
+            let seq = parts.next().and_then(|s| s.parse::<u64>().ok());
+            let hash = parts.next().map(str::to_owned);
+            let found = match (seq, hash) {
+                (Some(seq), Some(hash)) => checkpoints_seen
+                    .iter()
+                    .any(|(s, p)| *s == seq && hex::encode(p) == hash),
+                _ => false,
+            };
+            if !found {
+                return Err(VerifyError {
+                    file: last.clone(),
+                    seq: seq.unwrap_or(expect_seq),
+                    what: "the checkpoint recorded beside the log is not in it (the log was truncated or replaced)".into(),
+                });
+            }
+        }
+    }
+    summary.node = signer.map(|k| k.to_hex()).or(summary.node);
+    Ok(summary)
+}
+
+/// Every record of `files`, in order (after [`verify`] for trusted output).
+pub fn records(files: &[PathBuf]) -> Result<Vec<Record>, VerifyError> {
+    let mut out = vec![];
+    for file in files {
+        let bytes = conclave_protocol::read_bounded(file, MAX_FILE).map_err(|e| VerifyError {
+            file: file.clone(),
+            seq: 0,
+            what: format!("cannot read: {e}"),
+        })?;
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            out.push(serde_json::from_slice(line).map_err(|e| VerifyError {
+                file: file.clone(),
+                seq: out.len() as u64,
+                what: format!("not a record ({e})"),
+            })?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Tampering of every kind is caught, naming the first bad record; writes fail closed.
+
+use super::*;
+
+fn decision(i: u64) -> Decision {
+    Decision {
+        action: "signed".into(),
+        result: "ok".into(),
+        client: Some("release-ci".into()),
+        client_key: Some("8c9d2f01a3b4c5d6".into()),
+        group: Some("release".into()),
+        epoch: Some(1),
+        kind: Some("raw".into()),
+        message_sha256: Some(hex::encode([i as u8; 32])),
+        request_id: Some(format!("{i:032x}")),
+        plan: None,
+    }
+}
+
+/// A log of 10 decisions with a checkpoint every 4 (so checkpoints at seq 4, 9, 14 and a tail).
+fn log(dir: &Path, key: &IdentityKey) -> PathBuf {
+    let path = dir.join("audit.log");
+    let mut l = AuditLog::open(
+        &path,
+        key.clone(),
+        Options {
+            checkpoint_every: 4,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    for i in 0..10 {
+        l.append(1_700_000_000 + i, decision(i)).unwrap();
+    }
+    path
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn an_intact_chain_verifies_and_continues_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let path = log(dir.path(), &key);
+    let s = verify(std::slice::from_ref(&path), Some(key.node_id())).unwrap();
+    assert_eq!((s.decisions, s.checkpoints), (10, 2));
+    assert_eq!(s.unsigned_tail, 2);
+    // Reopened, the chain goes on.
+    let mut l = AuditLog::open(&path, key.clone(), Options::default()).unwrap();
+    l.append(1_800_000_000, decision(99)).unwrap();
+    l.checkpoint(1_800_000_001).unwrap();
+    let s = verify(&[path], Some(key.node_id())).unwrap();
+    assert_eq!((s.decisions, s.checkpoints, s.unsigned_tail), (11, 3, 0));
+}
+
+#[test]
+fn flipping_deleting_swapping_or_truncating_names_the_first_bad_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let path = log(dir.path(), &key);
+    let good = lines(&path);
+    let check = |mutated: Vec<String>, seq: u64, what: &str| {
+        write(&path, &mutated);
+        let err = verify(std::slice::from_ref(&path), Some(key.node_id())).unwrap_err();
+        assert_eq!(err.seq, seq, "{what}: {err}");
+    };
+    // A flipped byte inside record 2 (its epoch): record 3 no longer chains to it.
+    let mut m = good.clone();
+    m[2] = m[2].replace("\"epoch\":1", "\"epoch\":2");
+    check(m, 3, "flip");
+    // Record 3 deleted.
+    let mut m = good.clone();
+    m.remove(3);
+    check(m, 3, "delete");
+    // Records 5 and 6 swapped.
+    let mut m = good.clone();
+    m.swap(5, 6);
+    check(m, 5, "swap");
+    // Cut before the last checkpoint (seq 9): the checkpoint beside the log is missing.
+    check(good[..7].to_vec(), 9, "truncate");
+    // A torn last line.
+    let mut torn = good.join("\n");
+    torn.truncate(torn.len() - 5);
+    std::fs::write(&path, torn).unwrap();
+    assert!(verify(std::slice::from_ref(&path), Some(key.node_id())).is_err());
+    write(&path, &good);
+    verify(std::slice::from_ref(&path), Some(key.node_id())).unwrap();
+}
+
+#[test]
+fn a_whole_new_chain_without_the_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let path = log(dir.path(), &key);
+    // The attacker rebuilds the whole file (and the checkpoint beside it) with its own key.
+    let other = IdentityKey::generate(&mut rand::rngs::OsRng);
+    std::fs::remove_file(&path).unwrap();
+    let forged = log(dir.path(), &other);
+    let err = verify(&[forged], Some(key.node_id())).unwrap_err();
+    assert!(err.what.contains("signed by"), "{err}");
+}
+
+#[test]
+fn rotation_continues_the_chain_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let path = dir.path().join("audit.log");
+    let mut l = AuditLog::open(
+        &path,
+        key.clone(),
+        Options {
+            max_bytes: 20 * 1024,
+            checkpoint_every: 10,
+            fsync: false,
+        },
+    )
+    .unwrap();
+    for i in 0..200 {
+        l.append(i, decision(i)).unwrap();
+    }
+    let mut files: Vec<PathBuf> = (1..)
+        .map(|n| dir.path().join(format!("audit.log.{n}")))
+        .take_while(|p| p.exists())
+        .collect();
+    assert!(files.len() >= 2, "rotated {} times", files.len());
+    files.push(path);
+    let s = verify(&files, Some(key.node_id())).unwrap();
+    assert_eq!(s.decisions, 200);
+    // Leaving a rotated file out breaks the chain.
+    files.remove(1);
+    assert!(verify(&files, Some(key.node_id())).is_err());
+}
+
+#[test]
+fn a_write_that_fails_is_an_error_so_the_caller_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let path = log(dir.path(), &key);
+    let mut l = AuditLog::open(&path, key, Options::default()).unwrap();
+    // The disk is full: /dev/full accepts the open and fails every write with ENOSPC.
+    l.file = OpenOptions::new().append(true).open("/dev/full").unwrap();
+    let err = l.append(1, decision(1)).unwrap_err();
+    assert!(matches!(err, AuditError::Io { .. }), "{err}");
+}
+
+#[test]
+fn no_message_body_or_secret_field_exists_in_a_record() {
+    // A record holds digests and names only: a message body has no field to go in.
+    let r = Record {
+        seq: 0,
+        time: 0,
+        prev: hex::encode([0u8; 32]),
+        entry: Entry::Decision(decision(0)),
+    };
+    let text = serde_json::to_string(&r).unwrap();
+    for field in ["message\"", "share", "secret", "passphrase", "nonce"] {
+        assert!(!text.contains(field), "{field} in {text}");
+    }
+}
