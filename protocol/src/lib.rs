@@ -14,6 +14,7 @@ pub mod codec;
 pub mod fsread;
 pub mod identity;
 pub mod message;
+pub mod request;
 
 pub use codec::{
     decode_frame, encode_frame, CodecError, EncodeError, FRAME_HEADER_LEN, MAX_FRAME_LEN,
