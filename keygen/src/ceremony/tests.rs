@@ -101,6 +101,17 @@ pub(crate) fn run_tampered<P: Protocol>(
     .into()
 }
 
+/// The manifest and completion the relay reported at the end of a run, if it completed.
+fn relay_result(events: &[RelayEvent]) -> Option<(crate::manifest::GroupManifest, Completion)> {
+    match events.last() {
+        Some(RelayEvent::Completed {
+            manifest,
+            completion,
+        }) => Some((manifest.as_ref().clone(), completion.clone())),
+        _ => None,
+    }
+}
+
 fn dkg_members(plan: &CeremonyPlan, ids: Vec<IdentityKey>) -> Vec<Member<Dkg>> {
     ids.into_iter()
         .map(|k| {
@@ -147,17 +158,8 @@ fn dkg_3_of_5_produces_one_key_that_signs() {
     assert_eq!(m0.threshold, 3);
     assert_eq!(m0.epoch, 1);
     // The relay learns the same manifest, vouched for by every member.
-    let Some(RelayEvent::Completed {
-        manifest: relayed_manifest,
-        completion: relayed_completion,
-    }) = run.relay_events.last()
-    else {
-        panic!("relay did not complete: {:?}", run.relay_events);
-    };
-    let (relayed, completion) = (
-        relayed_manifest.as_ref().clone(),
-        relayed_completion.clone(),
-    );
+    let (relayed, completion) = relay_result(&run.relay_events)
+        .unwrap_or_else(|| panic!("relay did not complete: {:?}", run.relay_events));
     assert_eq!(relayed, *m0);
     // ... and the signed acknowledgements of all five, which let an undecided member activate.
     completion.verify(&plan, &m0.hash().unwrap()).unwrap();
@@ -786,17 +788,9 @@ fn a_malicious_relay_cannot_split_the_store_round_or_frame_a_member() {
                 // `rotate resume`: shown the completion of a member that activated (or the
                 // relay's), an undecided member activates; a forged ack never verifies.
                 let manifest_hash = run.outcomes[0].as_ref().unwrap().manifest.hash().unwrap();
-                let Some(RelayEvent::Completed {
-                    manifest: relayed_manifest,
-                    completion: relayed_completion,
-                }) = run.relay_events.last()
-                else {
-                    panic!("{choice:?}: the (honest) relay state machine completed");
-                };
-                let (_, relay_completion) = (
-                    relayed_manifest.as_ref().clone(),
-                    relayed_completion.clone(),
-                );
+                let (_, relay_completion) = relay_result(&run.relay_events).unwrap_or_else(|| {
+                    panic!("{choice:?}: the (honest) relay state machine completed")
+                });
                 for i in 0..3 {
                     if let Some(partial) = &run.undecided[i] {
                         assert!(partial.verify(&plan, &manifest_hash).is_err());
@@ -1350,17 +1344,8 @@ fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
         let partial = run.undecided[0]
             .clone()
             .expect("p0 keeps its share, undecided");
-        let Some(RelayEvent::Completed {
-            manifest: relayed_manifest,
-            completion: relayed_completion,
-        }) = run.relay_events.last()
-        else {
-            panic!("relay completed");
-        };
-        let (m, relay_completion) = (
-            relayed_manifest.as_ref().clone(),
-            relayed_completion.clone(),
-        );
+        let (m, relay_completion) =
+            relay_result(&run.relay_events).unwrap_or_else(|| panic!("relay completed"));
         let mut merged = partial;
         merged.merge(&relay_completion).unwrap();
         merged.verify(&plan, &m.hash().unwrap()).unwrap();
@@ -1370,12 +1355,7 @@ fn a_replayed_or_equivocating_complaint_never_splits_the_store_round() {
     let a = run(dkg_members(&plan, ids.clone()), relay, None);
     let relay = Relay::new(&plan, crate::kinds::rounds(plan.kind), Instant::now()).unwrap();
     let b = run(dkg_members(&plan, ids.clone()), relay, None);
-    let completion_of = |r: &Run| {
-        let Some(RelayEvent::Completed { completion, .. }) = r.relay_events.last() else {
-            panic!("relay completed");
-        };
-        completion.clone()
-    };
+    let completion_of = |r: &Run| relay_result(&r.relay_events).expect("relay completed").1;
     let (ca, cb) = (completion_of(&a), completion_of(&b));
     assert_ne!(ca.session, cb.session);
     let mut merged = ca.clone();
