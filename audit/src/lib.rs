@@ -57,13 +57,72 @@ pub struct Decision {
     /// Ceremonies: the plan fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// What else was recognised (for `ssh-auth`: the user and the key's fingerprint; for the
+    /// coordinator: the signers), printable text only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Decision {
+    /// A decision with only its action and result set.
+    pub fn new(action: &str, result: &str) -> Self {
+        Self {
+            action: action.to_owned(),
+            result: result.to_owned(),
+            client: None,
+            client_key: None,
+            group: None,
+            epoch: None,
+            kind: None,
+            message_sha256: None,
+            request_id: None,
+            plan: None,
+            detail: None,
+        }
+    }
+}
+
+/// Where a node writes its decisions. [`AuditLog`] is the file; [`MemoryAudit`] is for the
+/// simulator and tests. An error means the record is not stored: the caller must not do what
+/// it decided (fail closed).
+pub trait AuditSink: Send {
+    fn record(&mut self, now: u64, decision: Decision) -> Result<(), AuditError>;
+}
+
+impl AuditSink for AuditLog {
+    fn record(&mut self, now: u64, decision: Decision) -> Result<(), AuditError> {
+        self.append(now, decision)
+    }
+}
+
+/// Decisions kept in memory (shared, so a test can read them while the node runs), with a
+/// switch that makes every write fail.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryAudit {
+    pub decisions: std::sync::Arc<std::sync::Mutex<Vec<Decision>>>,
+    pub fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AuditSink for MemoryAudit {
+    fn record(&mut self, _now: u64, decision: Decision) -> Result<(), AuditError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AuditError::Io {
+                path: PathBuf::from("<memory>"),
+                source: std::io::Error::other("writes switched off"),
+            });
+        }
+        if let Ok(mut d) = self.decisions.lock() {
+            d.push(decision);
+        }
+        Ok(())
+    }
 }
 
 /// What a line holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Entry {
-    Decision(Decision),
+    Decision(Box<Decision>),
     /// The node's signature over the chain so far (`signature` covers the domain, `seq` and
     /// `prev`).
     Checkpoint {
@@ -99,6 +158,10 @@ pub enum AuditError {
     },
     #[error("audit log {path} is damaged at its end ({what}); run `conclave audit verify`")]
     Damaged { path: PathBuf, what: String },
+    #[error("audit log {path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("audit log {path}: an earlier write failed, so the chain may end in a torn record; nothing more is written until the node restarts")]
+    Broken { path: PathBuf },
 }
 
 /// How the log is written.
@@ -132,6 +195,8 @@ pub struct AuditLog {
     prev: [u8; 32],
     size: u64,
     since_checkpoint: u64,
+    /// An earlier write failed: the file may end in a torn line, so nothing more is appended.
+    broken: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -187,6 +252,11 @@ impl AuditLog {
             opts.mode(0o600);
         }
         let file = opts.open(path).map_err(io(path))?;
+        if !file.metadata().map_err(io(path))?.is_file() {
+            return Err(AuditError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
         let bytes =
             conclave_protocol::read_bounded(path, options.max_bytes.max(MAX_LINE as u64) * 2)
                 .map_err(|e| AuditError::Io {
@@ -218,10 +288,24 @@ impl AuditLog {
             prev,
             size: bytes.len() as u64,
             since_checkpoint: 0,
+            broken: false,
         })
     }
 
     fn write_line(&mut self, now: u64, entry: Entry) -> Result<(), AuditError> {
+        if self.broken {
+            return Err(AuditError::Broken {
+                path: self.path.clone(),
+            });
+        }
+        let result = self.write_line_inner(now, entry);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn write_line_inner(&mut self, now: u64, entry: Entry) -> Result<(), AuditError> {
         let record = Record {
             seq: self.next_seq,
             time: now,
@@ -278,7 +362,7 @@ impl AuditLog {
         if self.size > 0 && self.size + MAX_LINE as u64 > self.options.max_bytes {
             self.rotate(now)?;
         }
-        self.write_line(now, Entry::Decision(decision))?;
+        self.write_line(now, Entry::Decision(Box::new(decision)))?;
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.options.checkpoint_every {
             self.checkpoint(now)?;

@@ -14,6 +14,7 @@ fn decision(i: u64) -> Decision {
         message_sha256: Some(hex::encode([i as u8; 32])),
         request_id: Some(format!("{i:032x}")),
         plan: None,
+        detail: None,
     }
 }
 
@@ -160,10 +161,34 @@ fn no_message_body_or_secret_field_exists_in_a_record() {
         seq: 0,
         time: 0,
         prev: hex::encode([0u8; 32]),
-        entry: Entry::Decision(decision(0)),
+        entry: Entry::Decision(Box::new(decision(0))),
     };
     let text = serde_json::to_string(&r).unwrap();
     for field in ["message\"", "share", "secret", "passphrase", "nonce"] {
         assert!(!text.contains(field), "{field} in {text}");
+    }
+}
+
+#[test]
+fn a_failed_write_stops_the_log_and_a_device_is_not_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let id = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let mut log = AuditLog::open(&path, id.clone(), Options::default()).unwrap();
+    log.append(1, decision(1)).unwrap();
+    // Simulate a failed write: after it nothing more is appended, even if the disk recovers.
+    log.broken = true;
+    assert!(matches!(
+        log.append(2, decision(2)),
+        Err(AuditError::Broken { .. })
+    ));
+    drop(log);
+    if std::path::Path::new("/dev/full").exists() {
+        let link = dir.path().join("full.log");
+        std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+        assert!(matches!(
+            AuditLog::open(&link, id, Options::default()),
+            Err(AuditError::NotAFile { .. })
+        ));
     }
 }

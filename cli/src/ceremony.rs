@@ -244,11 +244,51 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
         dkg,
         &args.out,
         args.passphrase_file.as_deref(),
+        args.audit_log.as_deref(),
         args.mode,
         args.kdf,
         args.json,
     )
     .await
+}
+
+/// The node's audit records of one ceremony: "joined" before anything is sent (no record,
+/// no join), then the outcome, each with the plan fingerprint.
+struct CeremonyAudit {
+    log: Option<conclave_audit::AuditLog>,
+    base: conclave_audit::Decision,
+}
+
+impl CeremonyAudit {
+    fn open(
+        path: Option<&Path>,
+        identity: &IdentityKey,
+        plan: &CeremonyPlan,
+    ) -> anyhow::Result<Self> {
+        let mut base = conclave_audit::Decision::new("ceremony", "joined");
+        base.group = Some(plan.group.to_string());
+        base.epoch = Some(plan.epoch);
+        base.plan = plan.fingerprint().ok();
+        base.detail = Some(format!("kind={} ceremony={}", plan.kind, plan.ceremony));
+        let log = match path {
+            Some(p) => Some(
+                crate::config::open_audit_log(p, identity, true)
+                    .with_context(|| format!("cannot open the audit log {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Self { log, base })
+    }
+
+    fn record(&mut self, result: &str) -> anyhow::Result<()> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let mut d = self.base.clone();
+        d.result = result.to_owned();
+        log.append(conclave_transport::unix_now(), d)
+            .context("cannot write the ceremony's audit record")
+    }
 }
 
 /// Runs one member's side of any ceremony: checks the outputs, gets the new passphrase (before
@@ -262,10 +302,12 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     protocol: P,
     out: &Path,
     passphrase_file: Option<&Path>,
+    audit_log: Option<&Path>,
     mode: Mode,
     kdf_choice: KdfChoice,
     json: bool,
 ) -> CmdResult {
+    let mut audit = CeremonyAudit::open(audit_log, &identity, plan)?;
     let me = identity.node_id();
     let my_name = plan.name_of(&me);
     let kdf = KdfCost::choose(kdf_choice == KdfChoice::Light, mode == Mode::Dev)
@@ -305,6 +347,8 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     );
     let started = Instant::now();
     let n = plan.roster().map(|r| r.len()).unwrap_or(0);
+    // No record, no join (fail closed).
+    audit.record("joined")?;
     let end = conclave_transport::member::run_member(
         &mut member,
         &identity,
@@ -325,8 +369,18 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
             Progress::StoreFailed(e) => eprintln!("cannot store the new share: {e}"),
         },
     )
-    .await?;
-    match end {
+    .await;
+    let outcome = match &end {
+        Ok(Some(MemberEnd::Activated { .. })) => "completed",
+        Ok(Some(MemberEnd::Undecided(_))) => "undecided",
+        Ok(Some(MemberEnd::Aborted(_))) => "aborted",
+        Ok(None) => "ended_without_result",
+        Err(_) => "failed",
+    };
+    if let Err(e) = audit.record(outcome) {
+        eprintln!("conclave: warning: {e:#}");
+    }
+    match end? {
         Some(MemberEnd::Activated { manifest, .. }) => {
             let share_out = store.share_file();
             if json {

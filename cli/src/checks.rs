@@ -241,6 +241,8 @@ pub fn participant(path: &Path, cfg: &config::ParticipantConfig) -> Checks {
         }
         c.passphrase_source(mode, &what, s.passphrase_file.as_deref());
     }
+    c.policy(&cfg.policy, true);
+    c.audit_dir(mode, &cfg.audit_log);
     c
 }
 
@@ -278,7 +280,82 @@ pub fn coordinator(path: &Path, cfg: &config::CoordinatorConfig) -> Checks {
             Err(e) => c.fail(&what, e.to_string(), "use the manifest written by keygen"),
         }
     }
+    if let Some(p) = &cfg.policy {
+        c.policy(p, false);
+    }
+    c.audit_dir(mode, &cfg.audit_log);
     c
+}
+
+impl Checks {
+    /// The policy file parses; a participant's names at least one client.
+    fn policy(&mut self, path: &Path, signer: bool) {
+        match conclave_policy::Policy::read(path) {
+            Ok(p) if p.clients().is_empty() && signer => self.checks.push(Check {
+                level: Level::Warn,
+                what: "policy".into(),
+                detail: format!(
+                    "{} names no client: every request will be refused",
+                    path.display()
+                ),
+                fix: Some("add a [[client]] table (see docs/POLICY.md)".into()),
+            }),
+            Ok(p) => self.pass(
+                "policy",
+                format!(
+                    "{}: {} client(s): {}",
+                    path.display(),
+                    p.clients().len(),
+                    p.clients().into_keys().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            Err(e) => self.fail(
+                "policy",
+                e.to_string(),
+                "fix the policy file (see docs/POLICY.md)",
+            ),
+        }
+    }
+
+    /// The audit log's directory is the node's own: mode 0700 (created so if missing).
+    fn audit_dir(&mut self, mode: Mode, log: &Path) {
+        let dir = match log.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::metadata(&dir) {
+                Err(_) => self.pass(
+                    "audit log",
+                    format!("{} will be created (mode 0700)", dir.display()),
+                ),
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => self.problem(
+                    mode,
+                    "audit log directory",
+                    format!(
+                        "{} is open to group/others (mode {:03o})",
+                        dir.display(),
+                        m.permissions().mode() & 0o777
+                    ),
+                    format!(
+                        "give the audit log a directory of its own: chmod 700 {}",
+                        dir.display()
+                    ),
+                ),
+                Ok(_) => self.pass(
+                    "audit log",
+                    format!("{} (directory mode 0700)", log.display()),
+                ),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = mode;
+            self.pass("audit log", log.display().to_string());
+        }
+    }
 }
 
 /// Prints checks as a table, one line each.

@@ -177,6 +177,8 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
     for problem in &hardening.problems {
         tracing::warn!("{problem}");
     }
+    #[cfg(unix)]
+    let _file_size_limit = conclave_transport::hygiene::survive_file_size_limit();
     let cfg = config::ParticipantConfig::read(path)?;
     enforce(&crate::checks::participant(path, &cfg))?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
@@ -192,8 +194,17 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
         tracing::info!(%group, epoch, "loaded share {what}");
     }
     let shares = shares.into_inner();
-    let mut participant =
-        conclave_participant::Participant::new(shares, Default::default(), &mut rand::rngs::OsRng);
+    let policy = conclave_policy::Policy::read(&cfg.policy)?;
+    tracing::info!(policy = %cfg.policy.display(), clients = ?policy.clients(), "policy loaded");
+    let audit = config::open_audit_log(&cfg.audit_log, &identity, cfg.audit_fsync)?;
+    tracing::info!(audit_log = %cfg.audit_log.display(), fsync = cfg.audit_fsync, "audit log open");
+    let mut participant = conclave_participant::Participant::new(
+        shares,
+        Default::default(),
+        policy,
+        Box::new(audit),
+        &mut rand::rngs::OsRng,
+    );
     crate::faults::FaultPlan::from_env().apply_participant(&mut participant);
     let server =
         conclave_transport::participant::Server::bind(&identity, cfg.listen, coordinators)?;
@@ -207,6 +218,8 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
 }
 
 pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
+    #[cfg(unix)]
+    let _file_size_limit = conclave_transport::hygiene::survive_file_size_limit();
     let cfg = config::CoordinatorConfig::read(path)?;
     enforce(&crate::checks::coordinator(path, &cfg))?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
@@ -233,9 +246,17 @@ pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
         pool_target: cfg.pool_target.unwrap_or(defaults.pool_target),
         ..defaults
     };
-    let coordinator = conclave_coordinator::Coordinator::new(manifests, sm_config)?;
+    let mut coordinator = conclave_coordinator::Coordinator::new(manifests, sm_config)?;
+    if let Some(p) = &cfg.policy {
+        let policy = conclave_policy::Policy::read(p)?;
+        tracing::info!(policy = %p.display(), clients = ?policy.clients(), "policy loaded (early refusal; the participants decide for themselves)");
+        coordinator.set_policy(Some(policy));
+    }
+    crate::faults::FaultPlan::from_env().apply_coordinator(&mut coordinator, &identity);
+    let audit = config::open_audit_log(&cfg.audit_log, &identity, cfg.audit_fsync)?;
     let server =
-        conclave_transport::coordinator::Server::bind(identity.clone(), cfg.listen, clients)?;
+        conclave_transport::coordinator::Server::bind(identity.clone(), cfg.listen, clients)?
+            .with_audit(Box::new(audit));
     let addr = server.local_addr()?;
     tracing::info!(mode = %cfg.mode, "coordinator starting");
     println!("coordinator {} listening on {addr}", identity.node_id());
@@ -300,9 +321,10 @@ pub(crate) async fn sign(args: SignArgs) -> CmdResult {
     let message = read_message(args.message_file.as_deref())?;
     let (client, group) = connect(&args.client).await?;
     let signed = match client
-        .sign(
+        .sign_kind(
             &group,
             &message,
+            args.kind.as_deref(),
             Duration::from_secs_f64(args.timeout),
             expected,
         )
@@ -310,13 +332,27 @@ pub(crate) async fn sign(args: SignArgs) -> CmdResult {
     {
         Ok(s) => s,
         Err(conclave_transport::client::ClientError::Sign(e)) => {
+            let refusals: Vec<_> = match &e {
+                conclave_coordinator::SignError::NotAuthorized { refusals } => refusals
+                    .iter()
+                    .map(|(who, rule)| serde_json::json!({ "signer": who, "rule": rule.code(), "reason": rule.to_string() }))
+                    .collect(),
+                _ => vec![],
+            };
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "error": e.code(), "message": e.to_string() })
-                );
+                let mut out = serde_json::Map::new();
+                out.insert("error".into(), e.code().into());
+                out.insert("message".into(), e.to_string().into());
+                if !refusals.is_empty() {
+                    out.insert("refusals".into(), refusals.into());
+                }
+                println!("{}", serde_json::Value::Object(out));
             }
-            return Err(Exit::refused(anyhow!("{e} [{}]", e.code())));
+            let err = anyhow!("{e} [{}]", e.code());
+            return Err(match e {
+                conclave_coordinator::SignError::NotAuthorized { .. } => Exit::not_authorized(err),
+                _ => Exit::refused(err),
+            });
         }
         Err(e) => return Err(e.into()),
     };

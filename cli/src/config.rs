@@ -57,6 +57,19 @@ pub struct ParticipantConfig {
     /// Identity public keys (hex) of the coordinators allowed to connect.
     pub coordinators: Vec<String>,
     pub shares: Vec<ShareEntry>,
+    /// This signer's own policy (TOML): which client may have which group sign what. Default
+    /// deny: a client it does not name gets nothing signed.
+    pub policy: PathBuf,
+    /// This node's audit log: a file in a directory of its own (rotated files go beside it).
+    pub audit_log: PathBuf,
+    /// fsync every audit record (default true). False trades the last records on a power
+    /// loss for speed; a record that cannot be written still stops the signature.
+    #[serde(default = "yes")]
+    pub audit_fsync: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `conclave coordinator --config FILE`.
@@ -79,6 +92,14 @@ pub struct CoordinatorConfig {
     pub default_timeout_ms: Option<u64>,
     /// Round-1 commitments kept pooled per participant (default 32).
     pub pool_target: Option<u16>,
+    /// Optional policy, for early refusal (same format as the participants'; they remain the
+    /// authority and decide for themselves).
+    pub policy: Option<PathBuf>,
+    /// This node's audit log: a file in a directory of its own (rotated files go beside it).
+    pub audit_log: PathBuf,
+    /// fsync every audit record (default true).
+    #[serde(default = "yes")]
+    pub audit_fsync: bool,
 }
 
 fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -111,6 +132,8 @@ impl ParticipantConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let mut c: Self = read_toml(path)?;
         c.identity = relative_to(path, &c.identity);
+        c.policy = relative_to(path, &c.policy);
+        c.audit_log = relative_to(path, &c.audit_log);
         for s in &mut c.shares {
             s.file = relative_to(path, &s.file);
             s.passphrase_file = s.passphrase_file.as_ref().map(|p| relative_to(path, p));
@@ -132,10 +155,39 @@ impl CoordinatorConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let mut c: Self = read_toml(path)?;
         c.identity = relative_to(path, &c.identity);
+        c.policy = c.policy.as_ref().map(|p| relative_to(path, p));
+        c.audit_log = relative_to(path, &c.audit_log);
         c.manifests = c.manifests.iter().map(|m| relative_to(path, m)).collect();
         if c.manifests.is_empty() {
             bail!("config {}: no manifests listed", path.display());
         }
         Ok(c)
     }
+}
+
+/// Opens a daemon's audit log: creates its directory (mode 0700) if needed and refuses a
+/// directory others can read or write, then continues the chain (fail closed on a damaged
+/// end).
+pub fn open_audit_log(
+    path: &Path,
+    identity: &conclave_protocol::IdentityKey,
+    fsync: bool,
+) -> Result<conclave_audit::AuditLog> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        conclave_protocol::identity::create_private_dir(&dir)
+            .with_context(|| format!("cannot create the audit directory {}", dir.display()))?;
+    }
+    let log = conclave_audit::AuditLog::open(
+        path,
+        identity.clone(),
+        conclave_audit::Options {
+            fsync,
+            ..Default::default()
+        },
+    )?;
+    Ok(log)
 }

@@ -18,6 +18,14 @@ enum Fault {
     WithholdStore,
     /// A reshare dealer sends a bad sub-share (`reshare-bad-sub-share`).
     BadSubShare,
+    /// A coordinator that signs requests of its own (`coordinator-forge`).
+    CoordinatorForge,
+    /// A coordinator that claims a client's identity on a request it signed (`coordinator-impersonate`).
+    CoordinatorImpersonate,
+    /// A coordinator that alters the message after the client signed (`coordinator-alter`).
+    CoordinatorAlter,
+    /// A coordinator that replays the first request it saw (`coordinator-replay`).
+    CoordinatorReplay,
 }
 
 /// The faults this process injects (none outside test builds).
@@ -41,6 +49,10 @@ impl FaultPlan {
                 "dkg-substitute-round1" => Some(Fault::SubstituteRound1),
                 "relay-withhold-store" => Some(Fault::WithholdStore),
                 "reshare-bad-sub-share" => Some(Fault::BadSubShare),
+                "coordinator-forge" => Some(Fault::CoordinatorForge),
+                "coordinator-impersonate" => Some(Fault::CoordinatorImpersonate),
+                "coordinator-alter" => Some(Fault::CoordinatorAlter),
+                "coordinator-replay" => Some(Fault::CoordinatorReplay),
                 other => match other
                     .strip_prefix("dkg-exit-after-round=")
                     .and_then(|r| r.parse().ok())
@@ -66,6 +78,28 @@ impl FaultPlan {
         #[cfg(feature = "fault-injection")]
         if self.fault == Some(Fault::CorruptShares) {
             _p.set_fault(Some(conclave_participant::Misbehaviour::CorruptShares));
+        }
+    }
+
+    /// A compromised coordinator: forged, impersonated, altered or replayed requests.
+    pub(crate) fn apply_coordinator(
+        &self,
+        _c: &mut conclave_coordinator::Coordinator,
+        _identity: &conclave_protocol::IdentityKey,
+    ) {
+        #[cfg(feature = "fault-injection")]
+        {
+            use conclave_coordinator::Misbehaviour as M;
+            let m = match self.fault {
+                Some(Fault::CoordinatorForge) => Some(M::Forge(_identity.clone())),
+                Some(Fault::CoordinatorImpersonate) => Some(M::Impersonate(_identity.clone())),
+                Some(Fault::CoordinatorAlter) => Some(M::AlterMessage),
+                Some(Fault::CoordinatorReplay) => Some(M::Replay),
+                _ => None,
+            };
+            if m.is_some() {
+                _c.set_fault(m);
+            }
         }
     }
 

@@ -328,6 +328,10 @@ struct RotateJoinArgs {
     /// File with the new share's passphrase.
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// This node's audit log (its daemon's `audit_log`): joining, with the plan fingerprint,
+    /// and the outcome are recorded there; a join that cannot be recorded does not start.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,
     #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
@@ -570,6 +574,10 @@ struct DkgJoinArgs {
     /// File whose first line is the passphrase for the new share file.
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// This node's audit log (its daemon's `audit_log`): joining, with the plan fingerprint,
+    /// and the outcome are recorded there; a join that cannot be recorded does not start.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,
@@ -678,6 +686,11 @@ struct SignArgs {
     /// Group manifest: refuse a signature under any other key.
     #[arg(long)]
     manifest: Option<PathBuf>,
+    /// Declare the message kind (raw, sshsig:NAMESPACE, ssh-auth, transition) instead of
+    /// recognising it from the bytes. The signers recognise it themselves and refuse a
+    /// mismatch, so this is for testing policies.
+    #[arg(long)]
+    kind: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -822,6 +835,14 @@ impl Exit {
     pub(crate) fn refused(error: impl Into<anyhow::Error>) -> Self {
         Self {
             code: 1,
+            error: error.into(),
+        }
+    }
+
+    /// The signers' policies did not authorise the request (exit code 3).
+    pub(crate) fn not_authorized(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 3,
             error: error.into(),
         }
     }

@@ -309,6 +309,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         protocol,
         &args.out,
         args.passphrase_file.as_deref(),
+        args.audit_log.as_deref(),
         args.mode,
         args.kdf,
         args.json,

@@ -1,7 +1,7 @@
 //! The typed outcome of a failed signing request, shared by the state machine, the driver and
 //! the client library (it travels as a [`Refusal`] code).
 
-use conclave_protocol::Refusal;
+use conclave_protocol::{PolicyRule, Refusal};
 
 /// Why no signature was returned. Failure is always closed: an error, never an unverified
 /// signature.
@@ -24,8 +24,32 @@ pub enum SignError {
     /// An invalid share came from no member of the group.
     #[error("an invalid signature share came from a signer outside the group")]
     UnknownSigner,
+    /// Fewer than a threshold of signers authorised the request: each refusing signer (or
+    /// "coordinator", for the coordinator's own early check) with the rule it applied. A
+    /// policy refusal is not a fault: nobody is blamed and no other signers are tried.
+    #[error("not authorized: {}", describe_refusals(.refusals))]
+    NotAuthorized { refusals: Vec<(String, PolicyRule)> },
+    /// Round 2 failed (an invalid share, or a signer that did not answer) and too few signers
+    /// that have not yet answered this request remain: each signer releases at most one share
+    /// per request id, so the client retries with a new request (the client library does so).
+    #[error("a signing attempt failed after round 2 began{}; retry with a new request", if .culprits.is_empty() { String::new() } else { format!(" (culprits: {})", .culprits.join(", ")) })]
+    AttemptFailed { culprits: Vec<String> },
+    /// The coordinator could not write its audit record, so it returns nothing (fail closed).
+    #[error("the coordinator's audit log cannot be written; nothing was returned")]
+    AuditFailed,
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+fn describe_refusals(refusals: &[(String, PolicyRule)]) -> String {
+    if refusals.is_empty() {
+        return "refused".into();
+    }
+    refusals
+        .iter()
+        .map(|(who, rule)| format!("{who}: {rule}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl SignError {
@@ -40,6 +64,13 @@ impl SignError {
             },
             SignError::DeadlineExceeded => Refusal::DeadlineExceeded,
             SignError::Refused(r) => r,
+            SignError::NotAuthorized { ref refusals } => Refusal::NotAuthorized {
+                rule: refusals
+                    .first()
+                    .map_or(PolicyRule::UnknownClient, |(_, r)| *r),
+            },
+            SignError::AuditFailed => Refusal::AuditFailed,
+            SignError::AttemptFailed { .. } => Refusal::AttemptFailed,
             SignError::Internal(_) | SignError::Unverified | SignError::UnknownSigner => {
                 Refusal::Internal
             }
@@ -58,6 +89,11 @@ impl SignError {
                 needed: needed.into(),
             },
             Refusal::DeadlineExceeded => SignError::DeadlineExceeded,
+            Refusal::NotAuthorized { rule } => SignError::NotAuthorized {
+                refusals: vec![("coordinator".into(), rule)],
+            },
+            Refusal::AuditFailed => SignError::AuditFailed,
+            Refusal::AttemptFailed => SignError::AttemptFailed { culprits: vec![] },
             other => SignError::Refused(other),
         }
     }
@@ -71,6 +107,9 @@ impl SignError {
             SignError::DeadlineExceeded => "deadline_exceeded",
             SignError::Refused(Refusal::EpochSuperseded { .. }) => "epoch_superseded",
             SignError::Refused(_) => "refused",
+            SignError::NotAuthorized { .. } => "not_authorized",
+            SignError::AuditFailed => "audit_failed",
+            SignError::AttemptFailed { .. } => "attempt_failed",
             SignError::Unverified => "unverified",
             SignError::UnknownSigner => "unknown_signer",
             SignError::Internal(_) => "internal",

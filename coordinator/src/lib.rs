@@ -12,4 +12,6 @@ pub mod error;
 pub mod state;
 
 pub use error::SignError;
+#[cfg(feature = "fault-injection")]
+pub use state::Misbehaviour;
 pub use state::{Coordinator, CoordinatorConfig, Event, GroupInfo, SessionId, SignOutcome};

@@ -14,15 +14,24 @@
 //! aggregates their shares with cheater detection and verifies the result with
 //! `verify_strict`. A participant that times out, refuses or sends an invalid share is
 //! excluded from the session and the session starts a new attempt with another subset, until
-//! its deadline. Participants are known by the identity their connection authenticated, never
+//! its deadline. A signer that refuses on policy (`NotAuthorized`) is different: it is not
+//! blamed or penalised, and the session is not retried with other signers to get around it;
+//! it ends with [`SignError::NotAuthorized`] naming every signer that refused and its rule.
+//!
+//! Every request is the client's [`SignedRequest`], checked here (client signature, message,
+//! epoch, the coordinator's own optional policy) and forwarded unchanged in every round-2
+//! message, so that each participant decides from its own policy. Participants are known by the identity their connection authenticated, never
 //! by anything written in a message.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use conclave_keygen::GroupManifest;
+use conclave_policy::Policy;
+use conclave_protocol::request::SignedRequest;
 use conclave_protocol::{
-    Envelope, GroupName, Message, NodeId, Refusal, Transmit, MAX_BATCH, MAX_SIGN_MESSAGE_LEN,
+    Envelope, GroupName, Message, NodeId, PolicyRule, Refusal, Transmit, MAX_BATCH,
+    MAX_SIGN_MESSAGE_LEN,
 };
 use frost_ed25519 as frost;
 
@@ -59,6 +68,21 @@ impl Default for CoordinatorConfig {
             max_sessions: 4096,
         }
     }
+}
+
+/// Test-only misbehaviour of a compromised coordinator (compiled only with the
+/// `fault-injection` feature): what the participants must refuse on their own.
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Debug)]
+pub enum Misbehaviour {
+    /// Ignores the client's request and signs its own, for another message, with this key.
+    Forge(conclave_protocol::IdentityKey),
+    /// Claims the client's identity on a request it signed itself with this key.
+    Impersonate(conclave_protocol::IdentityKey),
+    /// Changes the message after the client signed the request (and after its own checks).
+    AlterMessage,
+    /// Keeps the first request it sees and sends that one again instead of every later one.
+    Replay,
 }
 
 /// Names one signing session.
@@ -214,8 +238,16 @@ enum Phase {
 struct Session {
     group: GroupName,
     message: Vec<u8>,
+    /// The client's signed request, forwarded unchanged to every signer.
+    request: SignedRequest,
+    /// Signers of the current attempt that refused on policy, with their rule.
+    denied: Vec<(NodeId, PolicyRule)>,
     deadline: Instant,
     excluded: BTreeSet<NodeId>,
+    /// Signers that may have decided on this request already (they answered round 2, or did
+    /// not answer it at all). Each signer releases at most one share per request id, so they
+    /// are never asked again for this request.
+    spent: BTreeSet<NodeId>,
     /// Nodes whose stale commitments this session already forgave once.
     forgiven: BTreeSet<NodeId>,
     culprits: Vec<NodeId>,
@@ -251,6 +283,11 @@ pub struct Coordinator {
     events: VecDeque<Event>,
     next_request: u64,
     next_session: u64,
+    policy: Option<Policy>,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Misbehaviour>,
+    #[cfg(feature = "fault-injection")]
+    captured: Option<(SignedRequest, Vec<u8>)>,
     pub stats: CoordinatorStats,
 }
 
@@ -322,8 +359,33 @@ impl Coordinator {
             events: VecDeque::new(),
             next_request: 1,
             next_session: 1,
+            policy: None,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
+            #[cfg(feature = "fault-injection")]
+            captured: None,
             stats: CoordinatorStats::default(),
         })
+    }
+
+    /// Gives the coordinator a policy of its own, for early refusal (the participants still
+    /// decide for themselves).
+    pub fn set_policy(&mut self, policy: Option<Policy>) {
+        self.policy = policy;
+    }
+
+    /// The name the coordinator's own policy gives a client, if it has a policy naming it.
+    pub fn client_name(&self, key: &NodeId) -> Option<String> {
+        self.policy
+            .as_ref()
+            .and_then(|p| p.client_name(key))
+            .map(str::to_owned)
+    }
+
+    /// Turns on a test-only misbehaviour.
+    #[cfg(feature = "fault-injection")]
+    pub fn set_fault(&mut self, fault: Option<Misbehaviour>) {
+        self.fault = fault;
     }
 
     /// Every participant of every group: the nodes the driver should keep connections to.
@@ -376,11 +438,14 @@ impl Coordinator {
 
     // ----- inputs -------------------------------------------------------------------------
 
-    /// Starts a signing session. Its end is reported as [`Event::SignDone`].
+    /// Starts a signing session for the client's signed `request` over `message` (the full
+    /// message, also when the request names only its SHA-512). `unix_now` is the wall-clock
+    /// time the coordinator's own policy uses. The end is reported as [`Event::SignDone`].
     pub fn submit(
         &mut self,
         now: Instant,
-        group: GroupName,
+        unix_now: u64,
+        request: SignedRequest,
         message: Vec<u8>,
         timeout: Option<Duration>,
     ) -> SessionId {
@@ -391,6 +456,7 @@ impl Coordinator {
             self.finish_early(id, SignError::Refused(Refusal::Overloaded));
             return id;
         }
+        let group = request.body.group.clone();
         let Some(g) = self.groups.get(&group) else {
             self.finish_early(id, SignError::UnknownGroup);
             return id;
@@ -400,6 +466,29 @@ impl Coordinator {
                 id,
                 SignError::MessageTooLarge {
                     max: MAX_SIGN_MESSAGE_LEN,
+                },
+            );
+            return id;
+        }
+        // Early checks: the signers make them again, for themselves.
+        let early = if request.verify().is_err() {
+            Some(PolicyRule::BadSignature)
+        } else if !request.body.message.matches(&message) {
+            Some(PolicyRule::MessageMismatch)
+        } else if request.body.epoch != g.info.epoch {
+            Some(PolicyRule::Epoch)
+        } else {
+            let epoch = g.info.epoch;
+            self.policy
+                .as_mut()
+                .and_then(|p| p.decide(unix_now, &request, &group, epoch, &message).err())
+        };
+        if let Some(rule) = early {
+            tracing::info!(%group, client = %request.client.short(), rule = rule.code(), "sign request refused by the coordinator");
+            self.finish_early(
+                id,
+                SignError::NotAuthorized {
+                    refusals: vec![("coordinator".into(), rule)],
                 },
             );
             return id;
@@ -426,6 +515,8 @@ impl Coordinator {
             );
             return id;
         }
+        #[cfg(feature = "fault-injection")]
+        let (request, message) = self.misbehave(request, message);
         let timeout = timeout
             .unwrap_or(self.config.default_timeout)
             .min(self.config.max_timeout);
@@ -435,8 +526,11 @@ impl Coordinator {
             Session {
                 group,
                 message,
+                request,
+                denied: Vec::new(),
                 deadline,
                 excluded: BTreeSet::new(),
+                spent: BTreeSet::new(),
                 forgiven: BTreeSet::new(),
                 culprits: Vec::new(),
                 attempt: 0,
@@ -446,6 +540,48 @@ impl Coordinator {
         self.timers.insert((deadline, Timer::Session(id)));
         self.advance(now, id);
         id
+    }
+
+    /// What a compromised coordinator does to a request that passed its checks.
+    #[cfg(feature = "fault-injection")]
+    fn misbehave(&mut self, request: SignedRequest, message: Vec<u8>) -> (SignedRequest, Vec<u8>) {
+        use conclave_protocol::request::MessageRef;
+        let original = (request.clone(), message.clone());
+        match self.fault.clone() {
+            None => original,
+            Some(Misbehaviour::Forge(key)) => {
+                let forged = b"forged by the coordinator".to_vec();
+                let mut body = request.body;
+                body.message = MessageRef::Full(forged.clone());
+                body.kind = "raw".into();
+                match body.sign(&key) {
+                    Ok(r) => (r, forged),
+                    Err(_) => original,
+                }
+            }
+            Some(Misbehaviour::Impersonate(key)) => {
+                let client = request.client;
+                match request.body.sign(&key) {
+                    Ok(mut r) => {
+                        r.client = client;
+                        (r, message)
+                    }
+                    Err(_) => original,
+                }
+            }
+            Some(Misbehaviour::AlterMessage) => {
+                let mut altered = message;
+                altered.extend_from_slice(b" (altered by the coordinator)");
+                (request, altered)
+            }
+            Some(Misbehaviour::Replay) => match &self.captured {
+                Some(first) => first.clone(),
+                None => {
+                    self.captured = Some((request.clone(), message.clone()));
+                    (request, message)
+                }
+            },
+        }
     }
 
     /// A connection to `node` is established.
@@ -536,6 +672,10 @@ impl Coordinator {
                 }
                 Timer::Session(id) => {
                     if let Some(s) = self.sessions.get(&id) {
+                        if !s.denied.is_empty() {
+                            self.finish_denied(id);
+                            continue;
+                        }
                         let reachable = self.reachable(now, &s.group, &s.excluded);
                         let needed = self.threshold(&s.group);
                         let err = if reachable < needed {
@@ -676,7 +816,9 @@ impl Coordinator {
             .iter()
             .enumerate()
             .filter(|(_, m)| {
-                !session.excluded.contains(&m.node) && self.usable(&m.node, &session.group)
+                !session.excluded.contains(&m.node)
+                    && !session.spent.contains(&m.node)
+                    && self.usable(&m.node, &session.group)
             })
             .map(|(i, m)| {
                 let penalized = self
@@ -692,10 +834,34 @@ impl Coordinator {
                 (penalized, empty, rotation, m.node)
             })
             .collect();
-        if candidates.len() < t {
+        // Usable signers for any request (those spent on this one included): fewer than t and
+        // the group cannot sign now, whatever the client does.
+        let available = group
+            .members
+            .iter()
+            .filter(|m| !session.excluded.contains(&m.node) && self.usable(&m.node, &session.group))
+            .count();
+        if available < t {
             return Err(SignError::SignerUnavailable {
-                reachable: candidates.len(),
+                reachable: available,
                 needed: t,
+            });
+        }
+        if candidates.len() < t {
+            // Enough signers, but some already answered this request and will not sign it
+            // again (replay protection): the client retries with a new request.
+            return Err(SignError::AttemptFailed {
+                culprits: session
+                    .culprits
+                    .iter()
+                    .filter_map(|n| {
+                        group
+                            .by_node
+                            .get(n)
+                            .and_then(|&i| group.members.get(i))
+                            .map(|m| m.name.clone())
+                    })
+                    .collect(),
             });
         }
         candidates.sort();
@@ -786,6 +952,8 @@ impl Coordinator {
         };
         let (group_name, epoch, attempt) =
             (session.group.clone(), group.info.epoch, session.attempt);
+        let request = session.request.clone();
+        session.denied.clear();
         let mut waiting = BTreeMap::new();
         for (node, (commitment_id, _)) in have {
             let msg = Message::Sign {
@@ -793,6 +961,7 @@ impl Coordinator {
                 epoch,
                 commitment_id,
                 signing_package: bytes.clone(),
+                request: Box::new(request.clone()),
             };
             let req = self.send(
                 now,
@@ -918,6 +1087,14 @@ impl Coordinator {
             return;
         };
         waiting.remove(&to);
+        session.spent.insert(to);
+        if !session.denied.is_empty() {
+            // A co-signer refused on policy: this attempt ends without a signature.
+            if waiting.is_empty() {
+                self.finish_denied(sid);
+            }
+            return;
+        }
         // A share for another commitment than the one asked for is not this session's.
         let parsed = if commitment_id == commitment {
             frost::round2::SignatureShare::deserialize(share).ok()
@@ -1068,9 +1245,11 @@ impl Coordinator {
                 }
             }
             Phase::Sign { waiting, .. } => {
-                for req in waiting.values() {
+                for (node, req) in &waiting {
                     if let Some(r) = self.inflight.remove(req) {
                         self.timers.remove(&(r.deadline, Timer::Request(*req)));
+                        // Its answer is still on the way: it may have signed this request.
+                        session.spent.insert(*node);
                     }
                 }
             }
@@ -1084,6 +1263,14 @@ impl Coordinator {
         self.timers.remove(&(request.deadline, Timer::Request(req)));
         let node = request.to;
         let failure_penalty = self.config.failure_penalty;
+        if let RequestKind::Sign {
+            session, attempt, ..
+        } = &request.kind
+        {
+            if self.on_sign_failure_while_denied(now, node, *session, *attempt, failure) {
+                return;
+            }
+        }
         // A participant that lost its nonces (restart, expiry) refuses our pooled commitments.
         // That is not misbehaviour: the first time in a session, retry with fresh commitments
         // from the same node; a second time, exclude it so a node cannot stall a session.
@@ -1108,9 +1295,19 @@ impl Coordinator {
                 // or expired them): drop the pool and let it refill.
                 self.pools.retain(|(n, _), _| *n != node);
             }
-            Failure::Timeout | Failure::Transport | Failure::BadReply | Failure::Refused(_) => {
+            Failure::Timeout | Failure::Transport => {
+                self.penalize(now, node, failure_penalty);
+                // Its pooled commitments may be gone with it: the next attempt that picks it
+                // fetches a fresh one first, which proves it alive before round 2 spends any
+                // co-signer on the request.
+                self.pools.retain(|(n, _), _| *n != node);
+            }
+            Failure::BadReply | Failure::Refused(_) => {
                 self.penalize(now, node, failure_penalty);
             }
+        }
+        if failure == Failure::Refused(Refusal::AuditFailed) {
+            tracing::warn!(node = %node.short(), "signer refused: its audit log cannot be written (it signs nothing until that is fixed)");
         }
         tracing::debug!(node = %node.short(), ?failure, "participant request failed");
         match request.kind {
@@ -1135,6 +1332,18 @@ impl Coordinator {
                 if s.attempt != attempt {
                     return;
                 }
+                // A refusal made before the signer's policy ran (stale commitment, bad package,
+                // other epoch) did not use up the request at that signer; anything else may have.
+                if !matches!(
+                    failure,
+                    Failure::Refused(
+                        Refusal::UnknownCommitment
+                            | Refusal::InvalidSigningPackage
+                            | Refusal::EpochMismatch { .. }
+                    )
+                ) {
+                    s.spent.insert(node);
+                }
                 if !(stale_pool && s.forgiven.insert(node)) {
                     s.excluded.insert(node);
                 }
@@ -1158,11 +1367,72 @@ impl Coordinator {
                     self.penalize(now, other, failure_penalty);
                     if let Some(s) = self.sessions.get_mut(&session) {
                         s.excluded.insert(other);
+                        s.spent.insert(other);
                     }
                 }
                 self.restart(now, session);
             }
         }
+    }
+
+    /// Handles a failed round-2 request when it is a policy refusal, or when a co-signer of the
+    /// same attempt already refused on policy. Returns false when the ordinary failure handling
+    /// applies. A policy refusal is not a fault: no penalty, no blame, no retry with others.
+    fn on_sign_failure_while_denied(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        sid: SessionId,
+        attempt: u32,
+        failure: Failure,
+    ) -> bool {
+        let penalty = self.config.failure_penalty;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        if s.attempt != attempt {
+            return false;
+        }
+        let rule = match failure {
+            Failure::Refused(Refusal::NotAuthorized { rule }) => Some(rule),
+            _ if !s.denied.is_empty() => None,
+            _ => return false,
+        };
+        let Phase::Sign { waiting, .. } = &mut s.phase else {
+            return false;
+        };
+        waiting.remove(&node);
+        let done = waiting.is_empty();
+        match rule {
+            Some(rule) => {
+                tracing::info!(group = %s.group, node = %node.short(), rule = rule.code(), "signer refused the request on its policy");
+                s.denied.push((node, rule));
+            }
+            None => self.penalize(now, node, penalty),
+        }
+        if done {
+            self.finish_denied(sid);
+        }
+        true
+    }
+
+    fn finish_denied(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let refusals = s
+            .denied
+            .iter()
+            .map(|(node, rule)| {
+                let name = self
+                    .groups
+                    .get(&s.group)
+                    .and_then(|g| g.by_node.get(node).and_then(|&i| g.members.get(i)))
+                    .map_or_else(|| node.short(), |m| m.name.clone());
+                (name, *rule)
+            })
+            .collect();
+        self.finish(sid, Err(SignError::NotAuthorized { refusals }));
     }
 
     fn mark_stale(&mut self, node: NodeId, group: GroupName, node_epoch: u64) {

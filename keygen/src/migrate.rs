@@ -18,7 +18,7 @@ pub const FORMAT: &str = "conclave-key-transition/v1";
 /// note, a commit, a document someone asks the group to sign) from ever reading as a
 /// key-transition statement, and lets a signer classify what it is asked to sign
 /// ([`is_transition_message`]).
-pub const MESSAGE_PREFIX: &[u8] = b"\0conclave-key-transition/v1\n";
+pub const MESSAGE_PREFIX: &[u8] = conclave_protocol::TRANSITION_PREFIX;
 /// Longest reason accepted.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Largest statement file read.

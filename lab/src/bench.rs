@@ -11,7 +11,7 @@ use conclave_keygen::{deal, NewMember};
 use conclave_protocol::{GroupName, IdentityKey};
 use frost_ed25519 as frost;
 
-use crate::cluster::{Kdf, LocalCluster};
+use crate::cluster::{Audit, Kdf, LocalCluster};
 
 /// What `conclave bench` runs.
 #[derive(Clone, Copy, Debug)]
@@ -166,7 +166,17 @@ pub async fn run(args: BenchOptions) -> anyhow::Result<()> {
         let dir = tempfile::Builder::new()
             .prefix("conclave-bench-")
             .tempdir()?;
-        let cluster = Arc::new(LocalCluster::start(dir.path(), t, n, Kdf::Light, |_| {}).await?);
+        let cluster = Arc::new(
+            LocalCluster::start(
+                dir.path(),
+                t,
+                n,
+                Kdf::Light,
+                Audit::Files { fsync: true },
+                |_| {},
+            )
+            .await?,
+        );
         let mut runs = Vec::new();
         for (concurrency, count) in [(1, requests), (32, requests * 4)] {
             if !args.json {

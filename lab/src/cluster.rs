@@ -57,6 +57,50 @@ pub enum Kdf {
     Light,
 }
 
+/// Where the nodes write their audit records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audit {
+    /// In memory (no disk I/O): the baseline of the authorization benchmark.
+    Memory,
+    /// Real hash-chained log files under `<dir>/audit/<node>/audit.log`, fsynced per record
+    /// or not.
+    Files { fsync: bool },
+}
+
+/// The policy every participant of a lab cluster holds: the lab client may have the group
+/// sign any kind of message, up to the protocol's size limit, at a rate no benchmark reaches.
+pub fn lab_policy(client: &NodeId, group: &GroupName) -> String {
+    format!(
+        "# Written by the conclave lab cluster: the lab client may sign anything.\n[[client]]\nname = \"lab-client\"\nkey = \"{}\"\ngroups = [\"{group}\"]\nkinds = [\"raw\", \"ssh-auth\", \"transition\", \"sshsig:git\", \"sshsig:file\"]\nmax_message_bytes = {}\nrate = \"1000000/s\"\n",
+        client.to_hex(),
+        conclave_protocol::MAX_SIGN_MESSAGE_LEN
+    )
+}
+
+fn audit_sink(
+    dir: &Path,
+    node: &str,
+    identity: &IdentityKey,
+    audit: Audit,
+) -> Result<Box<dyn conclave_audit::AuditSink>> {
+    match audit {
+        Audit::Memory => Ok(Box::new(conclave_audit::MemoryAudit::default())),
+        Audit::Files { fsync } => {
+            let d = dir.join("audit").join(node);
+            conclave_protocol::identity::create_private_dir(&d)?;
+            let log = conclave_audit::AuditLog::open(
+                &d.join("audit.log"),
+                identity.clone(),
+                conclave_audit::Options {
+                    fsync,
+                    ..Default::default()
+                },
+            )?;
+            Ok(Box::new(log))
+        }
+    }
+}
+
 impl LocalCluster {
     /// Makes keys and shares in `dir`, starts `n` participants and a coordinator, and waits
     /// until the coordinator reaches all of them. `step` narrates.
@@ -65,6 +109,7 @@ impl LocalCluster {
         t: u16,
         n: usize,
         kdf: Kdf,
+        audit: Audit,
         mut step: impl FnMut(String),
     ) -> Result<Self> {
         let mut rng = rand::rngs::OsRng;
@@ -129,6 +174,11 @@ impl LocalCluster {
             started.elapsed().as_millis()
         ));
 
+        // Each participant's own policy file, read back with the daemon's rules.
+        let policy_dir = dir.join("policy");
+        std::fs::create_dir_all(&policy_dir)?;
+        let policy_file = policy_dir.join("participant.toml");
+        std::fs::write(&policy_file, lab_policy(&client_id.node_id(), &group))?;
         let mut participants = Vec::with_capacity(n);
         for ((name, server), id) in names.iter().zip(servers).zip(&identities) {
             // Each participant reads and decrypts its own share file from disk, with the
@@ -139,6 +189,8 @@ impl LocalCluster {
             let p = conclave_participant::Participant::new(
                 served.into_inner(),
                 Default::default(),
+                conclave_policy::Policy::read(&policy_file)?,
+                audit_sink(dir, name, id, audit)?,
                 &mut rng,
             );
             let (stop, stopped) = oneshot::channel::<()>();
@@ -160,7 +212,8 @@ impl LocalCluster {
             coordinator_id.clone(),
             "127.0.0.1:0".parse()?,
             [client_id.node_id()].into(),
-        )?;
+        )?
+        .with_audit(audit_sink(dir, "coordinator", &coordinator_id, audit)?);
         let coordinator_addr = server.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(sm, addresses, async {

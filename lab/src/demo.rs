@@ -9,7 +9,7 @@ use conclave_coordinator::SignError;
 use conclave_transport::client::ClientError;
 use sha2::Digest;
 
-use crate::cluster::{Kdf, LocalCluster};
+use crate::cluster::{Audit, Kdf, LocalCluster};
 use conclave_keygen::manifest::public_key_pem;
 
 const THRESHOLD: u16 = 3;
@@ -82,10 +82,17 @@ pub async fn run(json: bool, keep: Option<PathBuf>) -> anyhow::Result<()> {
         println!();
     }
     let mut steps = Vec::new();
-    let mut cluster = LocalCluster::start(&dir, THRESHOLD, PARTICIPANTS, Kdf::Light, |s| {
-        steps.push(s.clone());
-        say.step(s);
-    })
+    let mut cluster = LocalCluster::start(
+        &dir,
+        THRESHOLD,
+        PARTICIPANTS,
+        Kdf::Light,
+        Audit::Files { fsync: true },
+        |s| {
+            steps.push(s.clone());
+            say.step(s);
+        },
+    )
     .await?;
     let key = cluster.public_key()?;
     say.note(format!("group public key: {}", hex::encode(key)));

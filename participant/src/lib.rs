@@ -8,8 +8,6 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-pub mod kinds;
-pub mod policy;
 pub mod state;
 
 pub use conclave_protocol::Transmit;

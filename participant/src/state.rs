@@ -8,16 +8,29 @@
 //! Nonce discipline: every commitment's nonces live only in memory, belong to the coordinator
 //! that asked for them, and are removed from the table *before* a signature share is computed,
 //! so each can be used at most once whatever happens next. A restart loses them all.
+//!
+//! Authorization: a round-2 request carries the client's signed request. The participant
+//! decides from its own [`Policy`] (client signature, group, epoch, the message of the package
+//! being exactly the one the client signed, kind recognised from the bytes, size, rate,
+//! replay) and writes its decision to its [`AuditSink`] before a share leaves; a share whose
+//! record cannot be written is dropped and the request refused (fail closed).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use conclave_audit::{AuditSink, Decision};
+use conclave_policy::{MessageKind, Policy};
+use conclave_protocol::request::SignedRequest;
 use conclave_protocol::{
     CommitmentEntry, Envelope, GroupName, Message, NodeId, Refusal, Transmit, MAX_BATCH,
     MAX_SIGN_MESSAGE_LEN,
 };
 use frost_ed25519 as frost;
 use rand::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+
+/// Round-2 answers remembered for duplicated requests.
+const MAX_ANSWERED: usize = 4096;
 
 /// Limits of a participant.
 #[derive(Clone, Debug)]
@@ -77,6 +90,13 @@ pub struct Participant {
     outbox: VecDeque<Transmit>,
     next_sweep: Option<Instant>,
     fault: Option<Misbehaviour>,
+    policy: Policy,
+    audit: Box<dyn AuditSink>,
+    /// Recent answers to round-2 requests, so that a duplicated request (the network may
+    /// deliver one twice) gets the same share again instead of a refusal: (coordinator,
+    /// commitment id) → (digest of the request, the share).
+    answered: HashMap<(NodeId, u64), ([u8; 32], Vec<u8>)>,
+    answered_order: VecDeque<(NodeId, u64)>,
     /// Counters, for logs and the simulator.
     pub stats: ParticipantStats,
 }
@@ -87,6 +107,10 @@ pub struct ParticipantStats {
     pub commitments_made: u64,
     pub shares_signed: u64,
     pub refusals: u64,
+    /// Requests the policy refused.
+    pub not_authorized: u64,
+    /// Shares dropped because their audit record could not be written.
+    pub audit_failures: u64,
     pub nonces_expired: u64,
 }
 
@@ -100,11 +124,14 @@ impl std::fmt::Debug for Participant {
 }
 
 impl Participant {
-    /// A participant holding `shares` (group, epoch, key package). Commitment ids start at a
-    /// random point so that ids from before a restart do not name new nonces.
+    /// A participant holding `shares` (group, epoch, key package), deciding from `policy` and
+    /// recording every decision in `audit`. Commitment ids start at a random point so that ids
+    /// from before a restart do not name new nonces.
     pub fn new<R: RngCore + CryptoRng>(
         shares: Vec<(GroupName, u64, frost::keys::KeyPackage)>,
         config: ParticipantConfig,
+        policy: Policy,
+        audit: Box<dyn AuditSink>,
         rng: &mut R,
     ) -> Self {
         let groups = shares
@@ -127,8 +154,17 @@ impl Participant {
             outbox: VecDeque::new(),
             next_sweep: None,
             fault: None,
+            policy,
+            audit,
+            answered: HashMap::new(),
+            answered_order: VecDeque::new(),
             stats: ParticipantStats::default(),
         }
+    }
+
+    /// Replaces the policy (its rate and replay state start afresh).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
     }
 
     /// Turns on a test-only fault.
@@ -151,9 +187,12 @@ impl Participant {
     }
 
     /// Handles one request from the authenticated peer `from`. Queues exactly one reply.
+    /// `unix_now` is the wall-clock time (seconds since the Unix epoch) that request validity
+    /// and audit records use; `now` drives nonce expiry.
     pub fn handle<R: RngCore + CryptoRng>(
         &mut self,
         now: Instant,
+        unix_now: u64,
         from: NodeId,
         request: Envelope,
         rng: &mut R,
@@ -172,7 +211,16 @@ impl Participant {
                 epoch,
                 commitment_id,
                 signing_package,
-            } => self.sign(from, &group, epoch, commitment_id, &signing_package),
+                request,
+            } => self.sign(
+                unix_now,
+                from,
+                &group,
+                epoch,
+                commitment_id,
+                &signing_package,
+                &request,
+            ),
             _ => Err(Refusal::UnexpectedRequest),
         };
         let msg = reply.unwrap_or_else(|refusal| {
@@ -251,17 +299,42 @@ impl Participant {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sign(
         &mut self,
+        unix_now: u64,
         from: NodeId,
         group: &GroupName,
         epoch: u64,
         commitment_id: u64,
         package_bytes: &[u8],
+        request: &SignedRequest,
     ) -> Result<Message, Refusal> {
         let max_signers = self.config.max_signers;
         let fault = self.fault;
-        let share = self.group(group, epoch)?;
+        // The same request again (a duplicate): the same answer, computed once.
+        let digest: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(group.as_str().as_bytes());
+            h.update([0]);
+            h.update(package_bytes);
+            h.update(&request.signature);
+            h.finalize().into()
+        };
+        if let Some((d, share)) = self.answered.get(&(from, commitment_id)) {
+            if *d == digest {
+                return Ok(Message::SignatureShare {
+                    commitment_id,
+                    share: share.clone(),
+                });
+            }
+        }
+        let share = self.groups.get_mut(group).ok_or(Refusal::UnknownGroup)?;
+        if share.epoch != epoch {
+            return Err(Refusal::EpochMismatch {
+                current: share.epoch,
+            });
+        }
         // Only the coordinator that asked for a commitment may spend it.
         match share.nonces.get(&commitment_id) {
             Some(p) if p.owner == from => {}
@@ -284,6 +357,35 @@ impl Participant {
         if package.signing_commitment(share.key_package.identifier()) != Some(pending.commitments) {
             return Err(Refusal::InvalidSigningPackage);
         }
+        // The signer's own decision: the coordinator's word counts for nothing here.
+        let message = package.message();
+        let mut record = Decision::new("sign", "signed");
+        record.client = self.policy.client_name(&request.client).map(str::to_owned);
+        record.client_key = Some(request.client.to_hex());
+        record.group = Some(group.to_string());
+        record.epoch = Some(epoch);
+        record.message_sha256 = Some(hex::encode(Sha256::digest(message)));
+        record.request_id = Some(hex::encode(request.body.request_id));
+        let kind = conclave_policy::classify(message);
+        record.kind = Some(kind.name());
+        let mut detail = format!("coordinator={}", from.short());
+        if let MessageKind::SshAuth {
+            user,
+            key_fingerprint,
+        } = &kind
+        {
+            detail.push_str(&format!(" user={user} key={key_fingerprint}"));
+        }
+        record.detail = Some(detail);
+        if let Err(rule) = self.policy.decide(unix_now, request, group, epoch, message) {
+            self.stats.not_authorized += 1;
+            record.result = format!("refused:{}", rule.code());
+            if let Err(e) = self.audit.record(unix_now, record) {
+                tracing::error!(error = %e, "cannot write the audit record of a refusal");
+            }
+            tracing::info!(%group, client = %request.client.short(), rule = rule.code(), "sign request refused by policy");
+            return Err(Refusal::NotAuthorized { rule });
+        }
         let signature_share = frost::round2::sign(&package, &pending.nonces, &share.key_package)
             .map_err(|_| Refusal::InvalidSigningPackage)?;
         drop(pending); // zeroizes the nonces
@@ -291,7 +393,22 @@ impl Participant {
         if fault == Some(Misbehaviour::CorruptShares) {
             corrupt_share(&mut bytes);
         }
+        // No record, no share (fail closed).
+        if let Err(e) = self.audit.record(unix_now, record) {
+            self.stats.audit_failures += 1;
+            tracing::error!(error = %e, %group, "cannot write the audit record: refusing to sign");
+            return Err(Refusal::AuditFailed);
+        }
         self.stats.shares_signed += 1;
+        tracing::info!(%group, client = %request.client.short(), kind = %kind.name(), "signature share released");
+        if self.answered_order.len() >= MAX_ANSWERED {
+            if let Some(old) = self.answered_order.pop_front() {
+                self.answered.remove(&old);
+            }
+        }
+        self.answered_order.push_back((from, commitment_id));
+        self.answered
+            .insert((from, commitment_id), (digest, bytes.clone()));
         Ok(Message::SignatureShare {
             commitment_id,
             share: bytes,
@@ -332,12 +449,42 @@ mod tests {
     use conclave_keygen::{deal, NewMember};
     use conclave_protocol::IdentityKey;
 
+    use conclave_audit::MemoryAudit;
+    use conclave_protocol::request::{MessageRef, SignRequestBody};
+
+    const UNIX: u64 = 1_800_000_000;
+
     struct Fixture {
         participants: Vec<Participant>,
+        audits: Vec<MemoryAudit>,
         ids: Vec<frost::Identifier>,
         pkp: frost::keys::PublicKeyPackage,
         group: GroupName,
         coordinator: NodeId,
+        client: IdentityKey,
+    }
+
+    fn allow(client: &IdentityKey) -> Policy {
+        Policy::from_toml(&format!(
+            "[[client]]\nname = \"ci\"\nkey = \"{}\"\ngroups = [\"g\"]\nkinds = [\"raw\"]\nmax_message_bytes = 4096\nrate = \"1000/min\"\n",
+            client.node_id().to_hex()
+        ))
+        .unwrap()
+    }
+
+    fn request_for(client: &IdentityKey, group: &GroupName, message: &[u8]) -> SignedRequest {
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        SignRequestBody {
+            group: group.clone(),
+            epoch: 1,
+            message: MessageRef::Full(message.to_vec()),
+            kind: conclave_policy::classify(message).name(),
+            request_id: id,
+            not_after: UNIX + 60,
+        }
+        .sign(client)
+        .unwrap()
     }
 
     fn fixture() -> Fixture {
@@ -352,28 +499,36 @@ mod tests {
         let group = GroupName::new("g").unwrap();
         let (manifest, shares) = deal(group.clone(), 2, &members, &mut rng).unwrap();
         let ids = shares.iter().map(|s| *s.key_package.identifier()).collect();
+        let client = IdentityKey::generate(&mut rng);
+        let audits: Vec<MemoryAudit> = (0..3).map(|_| MemoryAudit::default()).collect();
         let participants = shares
             .into_iter()
-            .map(|s| {
+            .zip(&audits)
+            .map(|(s, audit)| {
                 Participant::new(
                     vec![(group.clone(), 1, s.key_package)],
                     ParticipantConfig::default(),
+                    allow(&client),
+                    Box::new(audit.clone()),
                     &mut rng,
                 )
             })
             .collect();
         Fixture {
             participants,
+            audits,
             ids,
             pkp: manifest.public_key_package().unwrap(),
             group,
             coordinator: IdentityKey::generate(&mut rng).node_id(),
+            client,
         }
     }
 
     fn ask(p: &mut Participant, from: NodeId, msg: Message) -> Message {
         p.handle(
             Instant::now(),
+            UNIX,
             from,
             Envelope { id: 9, msg },
             &mut rand::rngs::OsRng,
@@ -403,12 +558,164 @@ mod tests {
     }
 
     fn sign_msg(f: &Fixture, id: u64, package: &frost::SigningPackage) -> Message {
+        sign_as(
+            f,
+            id,
+            package,
+            request_for(&f.client, &f.group, package.message()),
+        )
+    }
+
+    fn sign_as(
+        f: &Fixture,
+        id: u64,
+        package: &frost::SigningPackage,
+        request: SignedRequest,
+    ) -> Message {
         Message::Sign {
             group: f.group.clone(),
             epoch: 1,
             commitment_id: id,
             signing_package: package.serialize().unwrap(),
+            request: Box::new(request),
         }
+    }
+
+    #[test]
+    fn only_what_the_policy_allows_is_signed_and_every_decision_is_recorded() {
+        let mut f = fixture();
+        let coord = f.coordinator;
+        let stranger = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let mut cases: Vec<(SignedRequest, &[u8], Refusal)> = vec![];
+        // A client outside the policy (or the coordinator forging its own request).
+        cases.push((
+            request_for(&stranger, &f.group, b"m"),
+            b"m",
+            Refusal::NotAuthorized {
+                rule: conclave_protocol::PolicyRule::UnknownClient,
+            },
+        ));
+        // The message changed after the client signed.
+        cases.push((
+            request_for(&f.client, &f.group, b"release 1"),
+            b"release 6",
+            Refusal::NotAuthorized {
+                rule: conclave_protocol::PolicyRule::MessageMismatch,
+            },
+        ));
+        // A request for another group, presented for this one.
+        cases.push((
+            request_for(&f.client, &GroupName::new("other").unwrap(), b"m"),
+            b"m",
+            Refusal::NotAuthorized {
+                rule: conclave_protocol::PolicyRule::Group,
+            },
+        ));
+        // The client's name claimed with another key's signature.
+        let mut forged = request_for(&stranger, &f.group, b"m");
+        forged.client = f.client.node_id();
+        cases.push((
+            forged,
+            b"m",
+            Refusal::NotAuthorized {
+                rule: conclave_protocol::PolicyRule::BadSignature,
+            },
+        ));
+        for (request, message, expected) in cases {
+            let (c0, k0) = commitment(&mut f, 0);
+            let (_, k1) = commitment(&mut f, 1);
+            let package =
+                frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), message);
+            let m = sign_as(&f, c0, &package, request);
+            assert_eq!(
+                ask(&mut f.participants[0], coord, m),
+                Message::Refused(expected)
+            );
+        }
+        // An allowed request is signed once; the same request again is a replay.
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"ok");
+        let request = request_for(&f.client, &f.group, b"ok");
+        let m = sign_as(&f, c0, &package, request.clone());
+        assert!(matches!(
+            ask(&mut f.participants[0], coord, m),
+            Message::SignatureShare { .. }
+        ));
+        let (c0, k0) = commitment(&mut f, 0);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"ok");
+        let m = sign_as(&f, c0, &package, request);
+        assert_eq!(
+            ask(&mut f.participants[0], coord, m),
+            Message::Refused(Refusal::NotAuthorized {
+                rule: conclave_protocol::PolicyRule::Replay
+            })
+        );
+        let log = f.audits[0].decisions.lock().unwrap().clone();
+        let results: Vec<&str> = log.iter().map(|d| d.result.as_str()).collect();
+        assert_eq!(
+            results,
+            [
+                "refused:unknown_client",
+                "refused:message_mismatch",
+                "refused:group",
+                "refused:bad_signature",
+                "signed",
+                "refused:replay"
+            ]
+        );
+        let signed = &log[4];
+        assert_eq!(signed.client.as_deref(), Some("ci"));
+        assert_eq!(signed.kind.as_deref(), Some("raw"));
+        assert_eq!(
+            signed.message_sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(b"ok")).as_str())
+        );
+        assert_eq!(f.participants[0].stats.shares_signed, 1);
+    }
+
+    #[test]
+    fn a_duplicated_request_gets_the_same_share_and_is_recorded_once() {
+        let mut f = fixture();
+        let coord = f.coordinator;
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+        let m = sign_msg(&f, c0, &package);
+        let first = ask(&mut f.participants[0], coord, m.clone());
+        assert!(matches!(first, Message::SignatureShare { .. }));
+        // The network delivers the same request again: the same answer, no second decision.
+        assert_eq!(ask(&mut f.participants[0], coord, m), first);
+        assert_eq!(f.participants[0].stats.shares_signed, 1);
+        assert_eq!(f.audits[0].decisions.lock().unwrap().len(), 1);
+        // Another package for the spent commitment is no duplicate.
+        let other = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"n");
+        let m = sign_msg(&f, c0, &other);
+        assert_eq!(
+            ask(&mut f.participants[0], coord, m),
+            Message::Refused(Refusal::UnknownCommitment)
+        );
+    }
+
+    #[test]
+    fn no_share_leaves_without_its_audit_record() {
+        let mut f = fixture();
+        let coord = f.coordinator;
+        f.audits[0]
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+        let m = sign_msg(&f, c0, &package);
+        assert_eq!(
+            ask(&mut f.participants[0], coord, m),
+            Message::Refused(Refusal::AuditFailed)
+        );
+        assert_eq!(f.participants[0].stats.shares_signed, 0);
+        assert_eq!(f.participants[0].stats.audit_failures, 1);
+        // The nonce is spent all the same.
+        assert_eq!(f.participants[0].outstanding(&f.group), 0);
     }
 
     #[test]
@@ -565,6 +872,7 @@ mod tests {
         let p = &mut f.participants[0];
         p.handle(
             now,
+            UNIX,
             coord,
             Envelope {
                 id: 1,
@@ -632,7 +940,7 @@ mod tests {
 
     /// Secret leakage: a signing flow and its failures (reused commitment, tampered package,
     /// wrong epoch, unknown group, foreign coordinator) logged at TRACE level; no log line,
-    /// reply or Debug output holds a nonce or the share in raw, hex or base64 form.
+    /// audit record, reply or Debug output holds a nonce or the share in raw, hex or base64 form.
     #[test]
     fn no_nonce_or_share_reaches_logs_replies_or_debug_output() {
         // A global subscriber: a scoped one (`with_default`) misses events whose callsites
@@ -688,6 +996,7 @@ mod tests {
                 epoch: 1,
                 commitment_id: c2,
                 signing_package: vec![7; 40],
+                request: Box::new(request_for(&f.client, &f.group, b"m")),
             };
             replies.push(ask(&mut f.participants[2], coord, m));
             let m = Message::Commit {
@@ -712,6 +1021,13 @@ mod tests {
             for p in &f.participants {
                 visible.extend_from_slice(format!("{p:?}").as_bytes());
             }
+            // The audit records of every decision, as the log file would hold them.
+            for a in &f.audits {
+                for d in a.decisions.lock().unwrap().iter() {
+                    visible.extend_from_slice(&serde_json::to_vec(d).unwrap());
+                }
+            }
+            assert!(!f.audits[0].decisions.lock().unwrap().is_empty());
         }
         let logs = capture.0.lock().unwrap().clone();
         assert!(

@@ -155,6 +155,7 @@ mod tests {
                     epoch: 2,
                     commitment_id: 5,
                     signing_package: vec![9; 300],
+                    request: Box::new(sample_request(&g)),
                 },
             },
             Envelope {
@@ -167,10 +168,22 @@ mod tests {
             Envelope {
                 id: 12,
                 msg: Message::SignRequest {
-                    group: g.clone(),
+                    request: Box::new(sample_request(&g)),
                     message: b"hello".to_vec(),
                     timeout_ms: 5000,
                 },
+            },
+            Envelope {
+                id: 16,
+                msg: Message::NotAuthorized {
+                    refusals: vec![("p1".into(), crate::PolicyRule::UnknownClient)],
+                },
+            },
+            Envelope {
+                id: 17,
+                msg: Message::Refused(Refusal::NotAuthorized {
+                    rule: crate::PolicyRule::Replay,
+                }),
             },
             Envelope {
                 id: 13,
@@ -192,6 +205,21 @@ mod tests {
                 msg: Message::Refused(Refusal::EpochMismatch { current: 4 }),
             },
         ]
+    }
+
+    fn sample_request(g: &GroupName) -> crate::request::SignedRequest {
+        crate::request::SignedRequest {
+            body: crate::request::SignRequestBody {
+                group: g.clone(),
+                epoch: 2,
+                message: crate::request::MessageRef::Sha512([5; 64]),
+                kind: "raw".into(),
+                request_id: [6; 16],
+                not_after: 1_800_000_000,
+            },
+            client: crate::NodeId([8; 32]),
+            signature: vec![9; 64],
+        }
     }
 
     #[test]

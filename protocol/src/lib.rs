@@ -22,9 +22,13 @@ pub use codec::{
 pub use fsread::{read_bounded, read_bounded_to_string, read_limited, ReadError};
 pub use identity::{IdentityError, IdentityKey, NodeId};
 pub use message::{
-    AbortWhy, CommitmentEntry, Delivered, Envelope, GroupName, Message, PostBody, Refusal,
-    Transmit, MAX_BATCH, MAX_GROUP_NAME_LEN, MAX_SIGN_MESSAGE_LEN,
+    AbortWhy, CommitmentEntry, Delivered, Envelope, GroupName, Message, PolicyRule, PostBody,
+    Refusal, Transmit, MAX_BATCH, MAX_GROUP_NAME_LEN, MAX_SIGN_MESSAGE_LEN,
 };
+
+/// The first bytes of a key-transition statement (`conclave rotate migrate`): signers
+/// recognise the `transition` message kind by them.
+pub const TRANSITION_PREFIX: &[u8] = b"\0conclave-key-transition/v1\n";
 
 /// Application protocol negotiated in the TLS handshake.
 pub const ALPN: &[u8] = b"conclave/1";

@@ -108,16 +108,24 @@ pub enum Message {
         epoch: u64,
         commitment_id: u64,
         signing_package: Vec<u8>,
+        /// The client's signed request, forwarded unchanged: the participant checks the
+        /// client's signature, its own policy, and that the package signs exactly that message.
+        request: Box<crate::request::SignedRequest>,
     },
     /// Participant → coordinator: a serialized `frost_ed25519::round2::SignatureShare`.
     SignatureShare { commitment_id: u64, share: Vec<u8> },
 
-    /// Client → coordinator: sign `message` with `group`'s key, answering within `timeout_ms`.
+    /// Client → coordinator: sign `message` as `request` (signed by the client) says, answering
+    /// within `timeout_ms`. `message` is the full message also when the request names only its
+    /// SHA-512.
     SignRequest {
-        group: GroupName,
+        request: Box<crate::request::SignedRequest>,
         message: Vec<u8>,
         timeout_ms: u32,
     },
+    /// Coordinator → client: fewer than a threshold of signers authorised the request. Each
+    /// entry names a refusing signer (or "coordinator", for its own early check) and the rule.
+    NotAuthorized { refusals: Vec<(String, PolicyRule)> },
     /// Coordinator → client: a signature that the coordinator verified (`verify_strict`).
     Signature {
         public_key: [u8; 32],
@@ -222,8 +230,16 @@ pub enum Refusal {
     UnknownCommitment,
     #[error("invalid signing package")]
     InvalidSigningPackage,
-    #[error("not authorized")]
-    NotAuthorized,
+    /// A signer's (or the coordinator's) policy refused the request: not a fault.
+    #[error("not authorized: {rule}")]
+    NotAuthorized { rule: PolicyRule },
+    /// The node could not write its audit record, so it did not do what was asked (fail closed).
+    #[error("the node's audit log cannot be written; it refuses to sign")]
+    AuditFailed,
+    /// Round 2 failed and the signers that answered will not sign this request again: retry
+    /// with a new request.
+    #[error("a signing attempt failed after round 2 began; retry with a new request")]
+    AttemptFailed,
     #[error("overloaded: too many outstanding commitments")]
     Overloaded,
     #[error("message too large")]
@@ -246,6 +262,68 @@ pub enum Refusal {
     /// newer epoch `newer`: the old shares are superseded and it will not ask them to sign.
     #[error("epoch {serving} is superseded: a threshold of members serve epoch {newer}; restart the coordinator on the new manifest")]
     EpochSuperseded { serving: u64, newer: u64 },
+}
+
+/// Which policy rule refused a sign request. A code: never text from the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyRule {
+    #[error("the client's signature on the request does not verify")]
+    BadSignature,
+    #[error("the client is not in this signer's policy")]
+    UnknownClient,
+    #[error("the request was signed by another client than the one connected")]
+    NotRequester,
+    #[error("the request has expired")]
+    Expired,
+    #[error("the request is valid for longer than this signer accepts")]
+    TooLong,
+    #[error("the client may not use this group")]
+    Group,
+    #[error("the request is for another epoch")]
+    Epoch,
+    #[error("the message to sign is not the one the client signed")]
+    MessageMismatch,
+    #[error("the message is larger than the client may have signed")]
+    TooLarge,
+    #[error("the message is not of the kind the client declared")]
+    KindMismatch,
+    #[error("the client may not have this kind of message signed")]
+    Kind,
+    #[error("the message does not start with the client's required prefix")]
+    Prefix,
+    #[error("outside the client's signing window")]
+    Window,
+    #[error("this request was already answered (replay)")]
+    Replay,
+    #[error("the client's rate limit is reached")]
+    Rate,
+    #[error("too many requests remembered: retry when older ones expire")]
+    Busy,
+}
+
+impl PolicyRule {
+    /// A stable, script-friendly name (`unknown_client`, `rate`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PolicyRule::BadSignature => "bad_signature",
+            PolicyRule::UnknownClient => "unknown_client",
+            PolicyRule::NotRequester => "not_requester",
+            PolicyRule::Expired => "expired",
+            PolicyRule::TooLong => "too_long",
+            PolicyRule::Group => "group",
+            PolicyRule::Epoch => "epoch",
+            PolicyRule::MessageMismatch => "message_mismatch",
+            PolicyRule::TooLarge => "too_large",
+            PolicyRule::KindMismatch => "kind_mismatch",
+            PolicyRule::Kind => "kind",
+            PolicyRule::Prefix => "prefix",
+            PolicyRule::Window => "window",
+            PolicyRule::Replay => "replay",
+            PolicyRule::Rate => "rate",
+            PolicyRule::Busy => "busy",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ pub struct Report {
     pub failed: BTreeMap<String, u64>,
     /// Latency of successful requests.
     pub latency_ms: Latency,
-    /// Attempts beyond the first, over all successful requests.
+    /// Attempts beyond the first, over all successful requests, plus the new requests the
+    /// client sent after an attempt failed once round 2 had begun.
     pub retries: u64,
     /// Per-participant timeouts seen by the coordinator.
     pub timeouts: u64,

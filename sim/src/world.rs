@@ -71,12 +71,18 @@ struct Node {
     slow: Nanos,
     /// For replay: the last share this node produced, and the last reply it sent.
     last_share: Option<Vec<u8>>,
+    /// The last share it replaced, and what it sent instead.
+    last_substitute: Option<(Vec<u8>, Vec<u8>)>,
     last_reply: Option<Envelope>,
 }
 
 struct Pending {
     submitted: Nanos,
     deadline: Nanos,
+    /// The message (the same across the new requests of a retried submission).
+    message: Vec<u8>,
+    /// Requests sent for it so far (the client library sends at most three).
+    tries: u32,
     /// Nodes that sent an invalid (corrupted or replayed) share in this session.
     invalid_senders: BTreeSet<usize>,
 }
@@ -90,6 +96,9 @@ pub struct Simulation<'t> {
     queue: EventQueue<Kind>,
     coordinator: Coordinator,
     coordinator_id: NodeId,
+    /// The simulated client: it signs every request, as the client library does.
+    client: IdentityKey,
+    client_rng: ChaCha20Rng,
     nodes: Vec<Node>,
     by_id: BTreeMap<NodeId, usize>,
     group: GroupName,
@@ -148,6 +157,10 @@ impl<'t> Simulation<'t> {
         let coordinator =
             Coordinator::new(vec![manifest], config).map_err(|e| ScenarioError(e.to_string()))?;
         let coordinator_id = IdentityKey::generate(&mut rng).node_id();
+        // The client draws from its own stream, so the scenario's stream is unchanged.
+        let mut client_rng = ChaCha20Rng::seed_from_u64(scenario.seed ^ 0x636c_6965_6e74);
+        let client = IdentityKey::generate(&mut client_rng);
+        let policy = || sim_policy(&client).map_err(|e| ScenarioError(e.to_string()));
         let mut nodes = Vec::with_capacity(n);
         for (i, share) in shares.into_iter().enumerate() {
             let number = i + 1;
@@ -155,6 +168,8 @@ impl<'t> Simulation<'t> {
             let state = Participant::new(
                 vec![(group.clone(), 1, share.key_package.clone())],
                 ParticipantConfig::default(),
+                policy()?,
+                Box::new(conclave_audit::MemoryAudit::default()),
                 &mut node_rng,
             );
             nodes.push(Node {
@@ -178,6 +193,7 @@ impl<'t> Simulation<'t> {
                     .map(|s| s.delay_ms * MS)
                     .sum(),
                 last_share: None,
+                last_substitute: None,
                 last_reply: None,
             });
         }
@@ -191,6 +207,8 @@ impl<'t> Simulation<'t> {
             queue: EventQueue::new(),
             coordinator,
             coordinator_id,
+            client,
+            client_rng,
             nodes,
             by_id,
             group,
@@ -413,8 +431,20 @@ impl<'t> Simulation<'t> {
                 let Some(p) = self.pending.remove(&session) else {
                     return;
                 };
-                self.by_message
-                    .remove(&message_for(session.0, self.scenario.message_bytes));
+                self.by_message.remove(&p.message);
+                // Like the client library: an attempt that failed after round 2 began is sent
+                // again as a new request (a new id: each signer signs a request at most once).
+                if matches!(
+                    result,
+                    Err(conclave_coordinator::SignError::AttemptFailed { .. })
+                ) && self.now < p.deadline
+                    && p.tries < 3
+                {
+                    self.log(format!("retry s{} as a new request", session.0));
+                    self.report.retries += 1;
+                    self.resubmit(p);
+                    return;
+                }
                 let latency = self.now - p.submitted;
                 if self.now > p.deadline {
                     self.violation(
@@ -428,10 +458,10 @@ impl<'t> Simulation<'t> {
                 }
                 match result {
                     Ok(o) => {
-                        let message = message_for(session.0, self.scenario.message_bytes);
+                        let message = &p.message;
                         let sig = ed25519_dalek::Signature::from_bytes(&o.signature);
                         if o.public_key != self.verifying_key.to_bytes()
-                            || self.verifying_key.verify_strict(&message, &sig).is_err()
+                            || self.verifying_key.verify_strict(message, &sig).is_err()
                         {
                             self.violation(
                                 ViolationKind::UnverifiedSignature,
@@ -496,28 +526,66 @@ impl<'t> Simulation<'t> {
         }
         self.submitted += 1;
         let timeout = Duration::from_millis(self.scenario.request_timeout_ms);
-        let now = self.instant();
-        // Session ids are sequential from 1, so the message can be derived from the id.
+        // Messages are numbered by submission (a retried one keeps its message).
         let next_id = self.report.requests_submitted + 1;
         let message = message_for(next_id, self.scenario.message_bytes);
-        let (group, msg) = (self.group.clone(), message.clone());
-        let sid = self.timed(|c| c.submit(now, group, msg, Some(timeout)));
-        self.by_message.insert(message, sid);
         self.report.requests_submitted += 1;
+        let pending = Pending {
+            submitted: self.now,
+            deadline: self.now + timeout.as_nanos() as Nanos,
+            message,
+            tries: 0,
+            invalid_senders: BTreeSet::new(),
+        };
+        self.resubmit(pending);
+    }
+
+    /// Submits `p.message` as a new signed request, due at `p.deadline`.
+    fn resubmit(&mut self, p: Pending) {
+        let now = self.instant();
+        let timeout = Duration::from_nanos(p.deadline.saturating_sub(self.now));
+        let mut request_id = [0u8; 16];
+        self.client_rng.fill_bytes(&mut request_id);
+        let unix = self.unix_now();
+        let request = conclave_protocol::request::SignRequestBody {
+            group: self.group.clone(),
+            epoch: 1,
+            message: conclave_protocol::request::MessageRef::Full(p.message.clone()),
+            kind: conclave_policy::classify(&p.message).name(),
+            request_id,
+            not_after: unix + timeout.as_secs() + 60,
+        }
+        .sign(&self.client);
+        let Ok(request) = request else {
+            self.violation(
+                ViolationKind::UnverifiedSignature,
+                "could not sign a request".into(),
+            );
+            return;
+        };
+        let msg = p.message.clone();
+        let sid = self.timed(|c| c.submit(now, unix, request, msg, Some(timeout)));
+        self.by_message.insert(p.message.clone(), sid);
         self.pending.insert(
             sid,
             Pending {
-                submitted: self.now,
-                deadline: self.now + timeout.as_nanos() as Nanos,
                 invalid_senders: BTreeSet::new(),
+                tries: p.tries + 1,
+                ..p
             },
         );
         self.log(format!("submit s{}", sid.0));
     }
 
+    /// The simulated wall clock: a fixed Unix time plus the virtual time elapsed.
+    fn unix_now(&self) -> u64 {
+        SIM_UNIX_EPOCH + self.now / 1_000_000_000
+    }
+
     fn deliver_to_participant(&mut self, p: usize, envelope: Envelope) {
         let coordinator_id = self.coordinator_id;
         let now = self.instant();
+        let unix = self.unix_now();
         let node = &mut self.nodes[p];
         let Some(state) = node.state.as_mut() else {
             self.log(format!(
@@ -549,7 +617,7 @@ impl<'t> Simulation<'t> {
             }
         } else {
             let started = std::time::Instant::now();
-            state.handle(now, coordinator_id, envelope, &mut node.rng);
+            state.handle(now, unix, coordinator_id, envelope, &mut node.rng);
             let reply = state.poll_transmit();
             self.sm_time += started.elapsed();
             match reply {
@@ -591,7 +659,21 @@ impl<'t> Simulation<'t> {
                     invalid = true;
                 }
                 Some((Behaviour::Replay, _)) => {
-                    if let Some(old) = node.last_share.replace(share.clone()) {
+                    // A duplicated request gets the participant's remembered answer again: the
+                    // replayer sends it the same substitute as the first time, consistently.
+                    let again = match &node.last_substitute {
+                        Some((current, sent)) if current == share => Some(sent.clone()),
+                        _ => None,
+                    };
+                    let substitute = again.or_else(|| {
+                        let old = node.last_share.replace(share.clone())?;
+                        // The same share again (a duplicate of the last request) is no substitute.
+                        (old != *share).then(|| {
+                            node.last_substitute = Some((share.clone(), old.clone()));
+                            old
+                        })
+                    });
+                    if let Some(old) = substitute {
                         *share = old;
                         invalid = true;
                     }
@@ -687,10 +769,16 @@ impl<'t> Simulation<'t> {
                 }
                 Kind::Restart { p } => {
                     self.log(format!("restart {}", self.nodes[p].name));
+                    // The restarted process reads its policy again (its replay memory is empty:
+                    // the requests it answered before are past their validity in practice).
+                    let policy = sim_policy(&self.client)
+                        .unwrap_or_else(|_| conclave_policy::Policy::deny_all());
                     let node = &mut self.nodes[p];
                     let state = Participant::new(
                         vec![(self.group.clone(), 1, node.key_package.clone())],
                         ParticipantConfig::default(),
+                        policy,
+                        Box::new(conclave_audit::MemoryAudit::default()),
                         &mut node.rng,
                     );
                     node.state = Some(state);
@@ -759,6 +847,19 @@ impl<'t> Simulation<'t> {
 }
 
 /// The message signed by session `id`: deterministic, so the simulator can verify results.
+/// Every simulated signer's policy: the simulated client may have the group sign anything.
+fn sim_policy(
+    client: &IdentityKey,
+) -> Result<conclave_policy::Policy, conclave_policy::PolicyError> {
+    conclave_policy::Policy::from_toml(&format!(
+        "[[client]]\nname = \"sim-client\"\nkey = \"{}\"\ngroups = [\"sim\"]\nkinds = [\"raw\", \"ssh-auth\", \"transition\"]\nmax_message_bytes = 65536\nrate = \"1000000/s\"\n",
+        client.node_id().to_hex()
+    ))
+}
+
+/// The Unix time at which every simulation starts (2027-01-15).
+const SIM_UNIX_EPOCH: u64 = 1_800_000_000;
+
 pub fn message_for(id: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     let mut counter = 0u64;

@@ -220,7 +220,7 @@ fn commitments_offered_then_refused_do_not_stall_signing() {
         .byzantine(2, Behaviour::RefuseCommitments))
     .unwrap();
     clean(&r);
-    assert_eq!(r.ok, 200);
+    assert_eq!(r.ok, 200, "{r}");
     assert!(r.retries > 0);
     assert!(
         r.culprits.is_empty(),

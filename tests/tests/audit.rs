@@ -33,6 +33,7 @@ fn audit_verify_exits_0_on_an_intact_log_and_1_naming_the_first_bad_record() {
                 message_sha256: Some(hex::encode([i as u8; 32])),
                 request_id: None,
                 plan: None,
+                detail: None,
             },
         )
         .unwrap();

@@ -39,10 +39,11 @@ fn participant_error(dir: &std::path::Path, share: &str, pass: &str) -> (Option<
         String::from_utf8(conclave(&["node", "show", dir.join("b").to_str().unwrap()]).stdout)
             .unwrap();
     let config = format!(
-        "mode = \"dev\"\nidentity = \"a\"\nlisten = \"127.0.0.1:0\"\ncoordinators = [\"{}\"]\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass2\"\n",
+        "mode = \"dev\"\nidentity = \"a\"\nlisten = \"127.0.0.1:0\"\ncoordinators = [\"{}\"]\npolicy = \"policy.toml\"\naudit_log = \"audit/audit.log\"\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass2\"\n",
         coordinator.trim()
     );
     std::fs::write(dir.join("a.toml"), config).unwrap();
+    std::fs::write(dir.join("policy.toml"), "").unwrap();
     let out = conclave(&[
         "participant",
         "--config",

@@ -134,7 +134,7 @@ fn no_share_identity_key_or_passphrase_in_any_log_error_or_output() {
         ("wrongpass", "p1-dkg/it.p1.share", "wrong-pass"),
     ] {
         let config = format!(
-            "mode = \"dev\"\nidentity = \"p1\"\nlisten = \"127.0.0.1:0\"\ncoordinators = [\"{}\"]\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"{pass}\"\n",
+            "mode = \"dev\"\nidentity = \"p1\"\nlisten = \"127.0.0.1:0\"\ncoordinators = [\"{}\"]\npolicy = \"p1.policy.toml\"\naudit_log = \"p1-audit/audit.log\"\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"{pass}\"\n",
             cluster.coordinator_key
         );
         std::fs::write(d.join(format!("{name}.toml")), config).unwrap();
@@ -166,6 +166,11 @@ fn no_share_identity_key_or_passphrase_in_any_log_error_or_output() {
 
     // Everything any process wrote.
     let mut haystack = printed;
+    // The daemons' audit logs (`<node>-audit/audit.log`) are searched too.
+    assert!(
+        !files_ending(&d, &["audit.log"]).is_empty(),
+        "the cluster's audit logs must be part of the search"
+    );
     for log in files_ending(&d, &[".log"]) {
         haystack.extend(std::fs::read(&log).unwrap());
     }

@@ -158,10 +158,15 @@ fn participant(mode: &str) -> Node {
     let config = root.join("a.toml");
     std::fs::write(
         &config,
-        format!("mode = \"{mode}\"\nidentity = \"a\"\nlisten = \"127.0.0.1:0\"\ncoordinators = [\"{b}\"]\n[[shares]]\nfile = \"g.a.share\"\npassphrase_file = \"pass\"\n"),
+        format!("mode = \"{mode}\"\nidentity = \"a\"\nlisten = \"127.0.0.1:0\"\ncoordinators = [\"{b}\"]\npolicy = \"policy.toml\"\naudit_log = \"audit/audit.log\"\n[[shares]]\nfile = \"g.a.share\"\npassphrase_file = \"pass\"\n"),
     )
     .unwrap();
     chmod(&config, 0o600);
+    std::fs::write(
+        root.join("policy.toml"),
+        format!("[[client]]\nname = \"ci\"\nkey = \"{b}\"\ngroups = [\"g\"]\nkinds = [\"raw\"]\nmax_message_bytes = 64\nrate = \"1/min\"\n"),
+    )
+    .unwrap();
     Node {
         _dir: dir,
         root,

@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{bin, conclave, files_ending, first_line, openssl_verifies, stdout_line, Reserved};
+use common::{
+    bin, conclave, files_ending, first_line, openssl_verifies, stdout_line, Reserved,
+    DEFAULT_POLICY,
+};
 
 struct World {
     dir: tempfile::TempDir,
@@ -98,9 +101,29 @@ impl World {
         let manifest = manifests.join("\", \"");
         let d = self.d().to_path_buf();
         let mut children = vec![];
+        let client_key = stdout_line(&conclave(&[
+            "node",
+            "show",
+            d.join("client").to_str().unwrap(),
+        ]));
         for (name, files) in shares {
+            // Each signer's policy: the client may have any group sign anything (transition
+            // statements included, for migrations).
+            let groups: Vec<String> = manifests
+                .iter()
+                .map(|m| {
+                    let file = Path::new(m).file_name().unwrap().to_str().unwrap();
+                    // `<group>.manifest.toml` or `<group>.epoch<E>.manifest.toml`.
+                    format!("\"{}\"", file.split('.').next().unwrap())
+                })
+                .collect();
+            let policy = DEFAULT_POLICY.replace("{A}", &client_key).replace(
+                "groups = [\"it\"]",
+                &format!("groups = [{}]", groups.join(", ")),
+            );
+            std::fs::write(d.join(format!("{name}.policy.toml")), policy).unwrap();
             let mut config = format!(
-                "mode = \"dev\"\nidentity = \"{name}\"\nlisten = \"127.0.0.1:{}\"\ncoordinators = [\"{}\"]\n",
+                "mode = \"dev\"\nidentity = \"{name}\"\nlisten = \"127.0.0.1:{}\"\ncoordinators = [\"{}\"]\npolicy = \"{name}.policy.toml\"\naudit_log = \"{name}-audit/audit.log\"\n",
                 self.ports[*name], self.coordinator_key
             );
             for share in files {
@@ -124,13 +147,8 @@ impl World {
             assert!(line.contains("listening on"), "{name}: {line}");
             children.push(child);
         }
-        let client_key = stdout_line(&conclave(&[
-            "node",
-            "show",
-            d.join("client").to_str().unwrap(),
-        ]));
         let config = format!(
-            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\"]\nmanifests = [\"{manifest}\"]\nparticipant_timeout_ms = 1500\n"
+            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\"]\nmanifests = [\"{manifest}\"]\nparticipant_timeout_ms = 1500\naudit_log = \"coordinator-audit/audit.log\"\n"
         );
         let path = d.join("coordinator.toml");
         std::fs::write(&path, config).unwrap();

@@ -1,12 +1,24 @@
 //! The client library: connects to a coordinator (pinned by its identity key) and asks for
-//! signatures. Every signature it returns has been verified here too, against the public key
-//! the caller expects when one is given.
+//! signatures. Every request is signed by the client's identity key (group, epoch, message or
+//! its SHA-512, kind, a random request id, a not-after time), so that every signer checks for
+//! itself who asked for what. Every signature it returns has been verified here too, against
+//! the public key the caller expects when one is given.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::quic::{self, TransportError};
-use conclave_protocol::{Envelope, GroupName, IdentityKey, Message, NodeId};
+use conclave_protocol::request::{MessageRef, SignRequestBody, SignedRequest};
+use conclave_protocol::{Envelope, GroupName, IdentityKey, Message, NodeId, PolicyRule};
+use sha2::{Digest, Sha512};
+
+/// Messages up to this size travel inside the signed request; longer ones are named there by
+/// their SHA-512 (the signers check it against the message they are asked to sign).
+pub const INLINE_MESSAGE_MAX: usize = 1024;
+/// How long after its deadline a request stays valid at the signers (clock skew).
+const VALIDITY_MARGIN_SECS: u64 = 60;
+/// New requests sent when an attempt failed after round 2 began.
+const MAX_REQUESTS: usize = 3;
 
 use conclave_coordinator::SignError;
 
@@ -46,6 +58,8 @@ pub enum ClientError {
     InvalidSignature,
     #[error("the coordinator signed with key {got}, not the expected {expected}")]
     WrongKey { expected: String, got: String },
+    #[error("the message kind is longer than 64 bytes")]
+    BadKind,
 }
 
 /// A connection to one coordinator.
@@ -53,6 +67,8 @@ pub struct Client {
     _endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     next_id: std::sync::atomic::AtomicU64,
+    identity: IdentityKey,
+    epochs: std::sync::Mutex<std::collections::HashMap<GroupName, u64>>,
 }
 
 impl Client {
@@ -73,7 +89,52 @@ impl Client {
             _endpoint: endpoint,
             conn,
             next_id: 1.into(),
+            identity: identity.clone(),
+            epochs: Default::default(),
         })
+    }
+
+    /// The group's epoch, from the coordinator the first time.
+    async fn epoch(&self, group: &GroupName, refresh: bool) -> Result<u64, ClientError> {
+        if !refresh {
+            if let Some(e) = self.epochs.lock().ok().and_then(|m| m.get(group).copied()) {
+                return Ok(e);
+            }
+        }
+        let info = self.group_info(group).await?;
+        if let Ok(mut m) = self.epochs.lock() {
+            m.insert(group.clone(), info.epoch);
+        }
+        Ok(info.epoch)
+    }
+
+    /// A request for `message`, signed by this client's identity.
+    pub fn request(
+        &self,
+        group: &GroupName,
+        epoch: u64,
+        message: &[u8],
+        kind: Option<&str>,
+        valid_for: Duration,
+    ) -> Result<SignedRequest, ClientError> {
+        let mut request_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut request_id);
+        let message_ref = if message.len() <= INLINE_MESSAGE_MAX {
+            MessageRef::Full(message.to_vec())
+        } else {
+            MessageRef::Sha512(Sha512::digest(message).into())
+        };
+        let kind = kind.map_or_else(|| conclave_policy::classify(message).name(), str::to_owned);
+        SignRequestBody {
+            group: group.clone(),
+            epoch,
+            message: message_ref,
+            kind,
+            request_id,
+            not_after: crate::unix_now() + valid_for.as_secs() + VALIDITY_MARGIN_SECS,
+        }
+        .sign(&self.identity)
+        .map_err(|_| ClientError::BadKind)
     }
 
     async fn call(&self, msg: Message, timeout: Duration) -> Result<Message, ClientError> {
@@ -96,9 +157,60 @@ impl Client {
         timeout: Duration,
         expected_key: Option<[u8; 32]>,
     ) -> Result<Signed, ClientError> {
+        self.sign_kind(group, message, None, timeout, expected_key)
+            .await
+    }
+
+    /// Like [`sign`](Self::sign), declaring the message kind instead of recognising it from
+    /// the bytes (the signers recognise it themselves and refuse a mismatch). A failed
+    /// attempt, or a stale epoch, is retried with a new request (a new request id: each signer
+    /// signs a request at most once).
+    pub async fn sign_kind(
+        &self,
+        group: &GroupName,
+        message: &[u8],
+        kind: Option<&str>,
+        timeout: Duration,
+        expected_key: Option<[u8; 32]>,
+    ) -> Result<Signed, ClientError> {
+        let mut refresh = false;
+        let mut last = None;
+        for _ in 0..MAX_REQUESTS {
+            let epoch = self.epoch(group, refresh).await?;
+            let request = self.request(group, epoch, message, kind, timeout)?;
+            match self
+                .sign_request(request, message, timeout, expected_key)
+                .await
+            {
+                Err(ClientError::Sign(SignError::AttemptFailed { culprits })) => {
+                    tracing::debug!(?culprits, "signing attempt failed; sending a new request");
+                    last = Some(SignError::AttemptFailed { culprits });
+                }
+                Err(ClientError::Sign(SignError::NotAuthorized { refusals }))
+                    if !refresh && refusals.iter().all(|(_, r)| *r == PolicyRule::Epoch) =>
+                {
+                    refresh = true;
+                    last = Some(SignError::NotAuthorized { refusals });
+                }
+                other => return other,
+            }
+        }
+        Err(last
+            .unwrap_or(SignError::Internal("no request sent"))
+            .into())
+    }
+
+    /// Sends one signed request as it is.
+    pub async fn sign_request(
+        &self,
+        request: SignedRequest,
+        message: &[u8],
+        timeout: Duration,
+        expected_key: Option<[u8; 32]>,
+    ) -> Result<Signed, ClientError> {
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let msg = Message::SignRequest {
-            group: group.clone(),
+            request: Box::new(request),
             message: message.to_vec(),
             timeout_ms,
         };
@@ -129,6 +241,9 @@ impl Client {
                     signature,
                     signers,
                 })
+            }
+            Message::NotAuthorized { refusals } => {
+                Err(SignError::NotAuthorized { refusals }.into())
             }
             Message::Refused(r) => Err(SignError::from_refusal(r).into()),
             _ => Err(ClientError::UnexpectedReply),

@@ -9,7 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::quic::{self, Pinned, TransportError};
-use conclave_protocol::{Envelope, GroupName, IdentityKey, Message, NodeId, Refusal, Transmit};
+use conclave_audit::{AuditSink, Decision};
+use conclave_protocol::request::SignedRequest;
+use conclave_protocol::{
+    Envelope, GroupName, IdentityKey, Message, NodeId, PolicyRule, Refusal, Transmit,
+};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use conclave_coordinator::SignError;
@@ -20,9 +25,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 enum Input {
     Sign {
-        group: GroupName,
+        request: SignedRequest,
         message: Vec<u8>,
         timeout: Option<Duration>,
+        /// The client the connection authenticated (None in process).
+        requester: Option<NodeId>,
         reply: oneshot::Sender<Result<SignOutcome, SignError>>,
     },
     Info {
@@ -56,19 +63,31 @@ pub struct CoordinatorHandle {
 }
 
 impl CoordinatorHandle {
-    /// Signs `message` with `group`'s key. The signature returned has been verified.
+    /// Signs `message` as the client's signed `request` asks. The signature returned has
+    /// been verified.
     pub async fn sign(
         &self,
-        group: GroupName,
+        request: SignedRequest,
+        message: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<SignOutcome, SignError> {
+        self.sign_for(None, request, message, timeout).await
+    }
+
+    async fn sign_for(
+        &self,
+        requester: Option<NodeId>,
+        request: SignedRequest,
         message: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<SignOutcome, SignError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Input::Sign {
-                group,
+                request,
                 message,
                 timeout,
+                requester,
                 reply,
             })
             .await
@@ -100,6 +119,60 @@ pub struct Server {
     identity: IdentityKey,
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
+    audit: Option<Box<dyn AuditSink>>,
+}
+
+/// What the coordinator's audit record of a session says about its request.
+struct Pending {
+    reply: oneshot::Sender<Result<SignOutcome, SignError>>,
+    record: Decision,
+}
+
+fn request_record(request: &SignedRequest, message: &[u8], name: Option<String>) -> Decision {
+    let mut d = Decision::new("sign", "signed");
+    d.client = name;
+    d.client_key = Some(request.client.to_hex());
+    d.group = Some(request.body.group.to_string());
+    d.epoch = Some(request.body.epoch);
+    d.kind = Some(
+        request
+            .body
+            .kind
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .collect(),
+    );
+    d.message_sha256 = Some(hex::encode(Sha256::digest(message)));
+    d.request_id = Some(hex::encode(request.body.request_id));
+    d
+}
+
+/// Fills in the outcome of a session and writes the record. An error means the record is
+/// not stored: the caller must not return the signature.
+fn record_outcome(
+    audit: &mut Option<Box<dyn AuditSink>>,
+    mut record: Decision,
+    result: &Result<SignOutcome, SignError>,
+) -> Result<(), conclave_audit::AuditError> {
+    let Some(audit) = audit.as_mut() else {
+        return Ok(());
+    };
+    match result {
+        Ok(o) => record.detail = Some(format!("signers={}", o.signers.join(","))),
+        Err(e) => {
+            record.result = format!("refused:{}", e.code());
+            if let SignError::NotAuthorized { refusals } = e {
+                record.detail = Some(
+                    refusals
+                        .iter()
+                        .map(|(who, rule)| format!("{who}:{}", rule.code()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+            }
+        }
+    }
+    audit.record(crate::unix_now(), record)
 }
 
 impl Server {
@@ -118,7 +191,15 @@ impl Server {
             identity,
             tx,
             rx,
+            audit: None,
         })
+    }
+
+    /// Records every session's outcome in `audit`; a signature whose record cannot be written
+    /// is not returned (fail closed).
+    pub fn with_audit(mut self, audit: Box<dyn AuditSink>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// The address clients connect to.
@@ -146,6 +227,7 @@ impl Server {
             identity,
             tx,
             mut rx,
+            mut audit,
         } = self;
         let identity = Arc::new(identity);
         let mut tasks = tokio::task::JoinSet::new();
@@ -168,11 +250,17 @@ impl Server {
         ));
         let request_timeout = Duration::from_secs(30);
         let mut conns: HashMap<NodeId, quinn::Connection> = HashMap::new();
-        let mut waiters: HashMap<SessionId, oneshot::Sender<Result<SignOutcome, SignError>>> =
-            HashMap::new();
+        let mut waiters: HashMap<SessionId, Pending> = HashMap::new();
         tokio::pin!(shutdown);
         loop {
-            flush(&mut coordinator, &conns, &tx, &mut waiters, request_timeout);
+            flush(
+                &mut coordinator,
+                &conns,
+                &tx,
+                &mut waiters,
+                &mut audit,
+                request_timeout,
+            );
             let deadline = coordinator.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -187,10 +275,27 @@ impl Server {
                     let Some(input) = input else { break };
                     let now = Instant::now();
                     match input {
-                        Input::Sign { group, message, timeout, reply } => {
+                        Input::Sign { request, message, timeout, requester, reply } => {
+                            let record = request_record(
+                                &request,
+                                &message,
+                                coordinator.client_name(&request.client),
+                            );
+                            // A client presents only requests it signed itself.
+                            if requester.is_some_and(|r| r != request.client) {
+                                let result = Err(SignError::NotAuthorized {
+                                    refusals: vec![("coordinator".into(), PolicyRule::NotRequester)],
+                                });
+                                let result = match record_outcome(&mut audit, record, &result) {
+                                    Ok(()) => result,
+                                    Err(_) => Err(SignError::AuditFailed),
+                                };
+                                let _ = reply.send(result);
+                                continue;
+                            }
                             // The session cap is the state machine's (CoordinatorConfig::max_sessions).
-                            let id = coordinator.submit(now, group, message, timeout);
-                            waiters.insert(id, reply);
+                            let id = coordinator.submit(now, crate::unix_now(), request, message, timeout);
+                            waiters.insert(id, Pending { reply, record });
                         }
                         Input::Info { group, reply } => {
                             let _ = reply.send(coordinator.group_info(&group));
@@ -215,8 +320,10 @@ impl Server {
             }
         }
         tasks.abort_all();
-        for (_, reply) in waiters.drain() {
-            let _ = reply.send(Err(SignError::Internal("coordinator stopped")));
+        for (_, p) in waiters.drain() {
+            let _ = p
+                .reply
+                .send(Err(SignError::Internal("coordinator stopped")));
         }
         endpoint.close(0u32.into(), b"shutdown");
         // CONNECTION_CLOSE goes out at once; do not sit through the whole draining period.
@@ -229,7 +336,8 @@ fn flush(
     coordinator: &mut Coordinator,
     conns: &HashMap<NodeId, quinn::Connection>,
     tx: &mpsc::Sender<Input>,
-    waiters: &mut HashMap<SessionId, oneshot::Sender<Result<SignOutcome, SignError>>>,
+    waiters: &mut HashMap<SessionId, Pending>,
+    audit: &mut Option<Box<dyn AuditSink>>,
     request_timeout: Duration,
 ) {
     loop {
@@ -264,7 +372,14 @@ fn flush(
                     session, result, ..
                 } => {
                     if let Some(w) = waiters.remove(&session) {
-                        let _ = w.send(result);
+                        let result = match record_outcome(audit, w.record, &result) {
+                            Ok(()) => result,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot write the audit record: returning no signature");
+                                Err(SignError::AuditFailed)
+                            }
+                        };
+                        let _ = w.reply.send(result);
                     }
                 }
                 Event::CulpritDetected { group, name, .. } => {
@@ -402,7 +517,7 @@ async fn accept_clients(endpoint: quinn::Endpoint, handle: CoordinatorHandle) {
                 let handle = handle.clone();
                 tokio::spawn(async move {
                     let reply = match quic::read_request(&mut recv).await {
-                        Ok(request) => serve_client_request(request, &handle).await,
+                        Ok(request) => serve_client_request(client, request, &handle).await,
                         Err(_) => Envelope {
                             id: 0,
                             msg: Message::Refused(Refusal::Malformed),
@@ -416,21 +531,29 @@ async fn accept_clients(endpoint: quinn::Endpoint, handle: CoordinatorHandle) {
 }
 
 /// Answers one client request through the same in-process handle the library exposes.
-async fn serve_client_request(request: Envelope, handle: &CoordinatorHandle) -> Envelope {
+async fn serve_client_request(
+    client: NodeId,
+    request: Envelope,
+    handle: &CoordinatorHandle,
+) -> Envelope {
     let id = request.id;
     let msg = match request.msg {
         Message::SignRequest {
-            group,
+            request,
             message,
             timeout_ms,
         } => {
             let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
-            match handle.sign(group, message, timeout).await {
+            match handle
+                .sign_for(Some(client), *request, message, timeout)
+                .await
+            {
                 Ok(o) => Message::Signature {
                     public_key: o.public_key,
                     signature: o.signature.to_vec(),
                     signers: o.signers,
                 },
+                Err(SignError::NotAuthorized { refusals }) => Message::NotAuthorized { refusals },
                 Err(e) => Message::Refused(e.to_refusal()),
             }
         }

@@ -70,3 +70,12 @@ pub fn harden_process() -> Hardening {
         ..Hardening::default()
     }
 }
+
+/// Makes the file-size limit (`ulimit -f`, RLIMIT_FSIZE) an ordinary write error instead of a
+/// fatal SIGXFSZ, so that an audit log that cannot grow makes the daemon refuse to sign and
+/// say why, rather than die. Keep the returned listener alive for the life of the process.
+#[cfg(unix)]
+pub fn survive_file_size_limit() -> Option<tokio::signal::unix::Signal> {
+    let raw = rustix::process::Signal::XFSZ.as_raw();
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(raw)).ok()
+}

@@ -21,3 +21,11 @@ pub mod participant;
 pub mod proxy;
 pub mod quic;
 pub mod relay;
+
+/// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970): the wall
+/// time that request validity and audit records use.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

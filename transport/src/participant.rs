@@ -124,7 +124,13 @@ fn answer(state: &Mutex<Participant>, peer: NodeId, request: Envelope) -> Envelo
             msg: Message::Refused(Refusal::Internal),
         };
     };
-    p.handle(Instant::now(), peer, request, &mut rand::rngs::OsRng);
+    p.handle(
+        Instant::now(),
+        crate::unix_now(),
+        peer,
+        request,
+        &mut rand::rngs::OsRng,
+    );
     // The state machine answers each request with exactly one reply; holding the lock
     // across handle and poll keeps replies with their requests.
     p.poll_transmit().map(|t| t.envelope).unwrap_or(Envelope {

@@ -2,11 +2,40 @@
 
 use std::collections::{HashMap, HashSet};
 
+use conclave_audit::MemoryAudit;
 use conclave_keygen::{deal, NewMember};
 use conclave_participant::{Participant, ParticipantConfig};
+use conclave_policy::Policy;
+use conclave_protocol::request::{MessageRef, SignRequestBody};
 use conclave_protocol::IdentityKey;
 
 use super::*;
+
+const UNIX: u64 = 1_800_000_000;
+
+/// A policy allowing `client` raw messages on group "g".
+fn allow(client: &IdentityKey) -> Policy {
+    Policy::from_toml(&format!(
+        "[[client]]\nname = \"ci\"\nkey = \"{}\"\ngroups = [\"g\"]\nkinds = [\"raw\"]\nmax_message_bytes = 70000\nrate = \"100000/min\"\n",
+        client.node_id().to_hex()
+    ))
+    .unwrap()
+}
+
+fn request_by(client: &IdentityKey, group: &GroupName, epoch: u64, msg: &[u8]) -> SignedRequest {
+    let mut id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    SignRequestBody {
+        group: group.clone(),
+        epoch,
+        message: MessageRef::Full(msg.to_vec()),
+        kind: "raw".into(),
+        request_id: id,
+        not_after: UNIX + 60,
+    }
+    .sign(client)
+    .unwrap()
+}
 
 struct Net {
     coord: Coordinator,
@@ -21,6 +50,7 @@ struct Net {
     sent: Vec<(NodeId, &'static str)>,
     shares: HashMap<NodeId, frost::keys::KeyPackage>,
     group: GroupName,
+    client: IdentityKey,
 }
 
 fn kind(m: &Message) -> &'static str {
@@ -54,6 +84,7 @@ impl Net {
         .unwrap();
         let mut parts = HashMap::new();
         let mut shares = HashMap::new();
+        let client = IdentityKey::generate(&mut rng);
         for s in dealt {
             shares.insert(s.node_id, s.key_package.clone());
             parts.insert(
@@ -61,6 +92,8 @@ impl Net {
                 Participant::new(
                     vec![(group.clone(), 1, s.key_package)],
                     ParticipantConfig::default(),
+                    allow(&client),
+                    Box::new(MemoryAudit::default()),
                     &mut rng,
                 ),
             );
@@ -82,6 +115,7 @@ impl Net {
             sent: Vec::new(),
             shares,
             group,
+            client,
         };
         net.pump();
         net
@@ -95,7 +129,13 @@ impl Net {
                 continue;
             }
             let p = self.parts.get_mut(&t.to).unwrap();
-            p.handle(self.now, self.coord_id, t.envelope, &mut rand::rngs::OsRng);
+            p.handle(
+                self.now,
+                UNIX,
+                self.coord_id,
+                t.envelope,
+                &mut rand::rngs::OsRng,
+            );
             let mut reply = p.poll_transmit().unwrap().envelope;
             if self.corrupt.contains(&t.to) {
                 if let Message::SignatureShare { share, .. } = &mut reply.msg {
@@ -114,11 +154,36 @@ impl Net {
         }
     }
 
+    /// A request by the fixture's client for `msg`, on the group's epoch.
+    fn request(&self, msg: &[u8]) -> SignedRequest {
+        let epoch = self.coord.group_info(&self.group).map_or(1, |g| g.epoch);
+        request_by(&self.client, &self.group, epoch, msg)
+    }
+
+    /// Signs like the client library: a new request (new id) when an attempt failed after
+    /// round 2 began, up to three times.
     fn sign(&mut self, msg: &[u8]) -> Result<SignOutcome, SignError> {
+        let mut result = Err(SignError::Internal("no attempt"));
+        for _ in 0..3 {
+            let request = self.request(msg);
+            result = self.sign_request(request, msg);
+            if !matches!(result, Err(SignError::AttemptFailed { .. })) {
+                break;
+            }
+        }
+        result
+    }
+
+    fn sign_request(
+        &mut self,
+        request: SignedRequest,
+        msg: &[u8],
+    ) -> Result<SignOutcome, SignError> {
         let start = self.now;
         let sid = self.coord.submit(
             self.now,
-            self.group.clone(),
+            UNIX,
+            request,
             msg.to_vec(),
             Some(Duration::from_secs(10)),
         );
@@ -237,8 +302,13 @@ fn three_silent_fails_closed_before_the_deadline() {
     net.silent.extend(net.order[..3].iter().copied());
     let start = net.now;
     let err = net.sign(b"m").unwrap_err();
+    // Either no three signers are left, or an attempt failed after round 2 and the signers
+    // that answered will not sign this request again: typed, and before the deadline.
     assert!(
-        matches!(err, SignError::SignerUnavailable { needed: 3, .. }),
+        matches!(
+            err,
+            SignError::SignerUnavailable { needed: 3, .. } | SignError::AttemptFailed { .. }
+        ),
         "{err:?}"
     );
     assert!(net.now < start + Duration::from_secs(10));
@@ -275,6 +345,8 @@ fn restarted_participant_with_lost_nonces_does_not_break_signing() {
             Participant::new(
                 vec![(net.group.clone(), 1, kp)],
                 ParticipantConfig::default(),
+                allow(&net.client),
+                Box::new(MemoryAudit::default()),
                 &mut rand::rngs::OsRng,
             ),
         );
@@ -294,6 +366,8 @@ fn participant_on_another_epoch_is_refused_and_reported() {
         Participant::new(
             vec![(net.group.clone(), 7, kp)],
             ParticipantConfig::default(),
+            allow(&net.client),
+            Box::new(MemoryAudit::default()),
             &mut rand::rngs::OsRng,
         ),
     );
@@ -309,9 +383,11 @@ fn participant_on_another_epoch_is_refused_and_reported() {
 #[test]
 fn unknown_group_and_oversized_messages_are_refused() {
     let mut net = Net::new(2, 3);
+    let nope = GroupName::new("nope").unwrap();
     let sid = net.coord.submit(
         net.now,
-        GroupName::new("nope").unwrap(),
+        UNIX,
+        request_by(&net.client, &nope, 1, b"m"),
         b"m".to_vec(),
         None,
     );
@@ -332,9 +408,8 @@ fn unknown_group_and_oversized_messages_are_refused() {
 #[test]
 fn reply_from_the_wrong_peer_is_ignored() {
     let mut net = Net::new(2, 3);
-    let sid = net
-        .coord
-        .submit(net.now, net.group.clone(), b"m".to_vec(), None);
+    let r = net.request(b"m");
+    let sid = net.coord.submit(net.now, UNIX, r, b"m".to_vec(), None);
     let _ = sid;
     let t = net.coord.poll_transmit().unwrap();
     let imposter = net.order.iter().copied().find(|n| *n != t.to).unwrap();
@@ -363,6 +438,8 @@ fn a_superseded_epoch_is_refused_once_a_threshold_of_members_serve_a_newer_one()
             Participant::new(
                 vec![(net.group.clone(), 2, kp)],
                 ParticipantConfig::default(),
+                allow(&net.client),
+                Box::new(MemoryAudit::default()),
                 &mut rand::rngs::OsRng,
             ),
         );
@@ -402,9 +479,11 @@ fn a_share_for_another_commitment_names_its_sender_even_when_the_session_fails()
     let mut net = Net::new(4, 4);
     let bad = net.order[0];
     net.misnumbered.insert(bad);
+    let r = net.request(b"echo the commitment id");
     let sid = net.coord.submit(
         net.now,
-        net.group.clone(),
+        UNIX,
+        r,
         b"echo the commitment id".to_vec(),
         Some(Duration::from_secs(10)),
     );
@@ -437,13 +516,77 @@ fn a_share_for_another_commitment_names_its_sender_even_when_the_session_fails()
 fn sessions_beyond_the_cap_are_refused_as_overloaded_by_the_state_machine() {
     let mut net = Net::new(2, 3);
     net.coord.config.max_sessions = 1;
-    let group = net.group.clone();
-    let _first = net
-        .coord
-        .submit(net.now, group.clone(), b"a".to_vec(), None);
-    let second = net.coord.submit(net.now, group, b"b".to_vec(), None);
+    let (a, b) = (net.request(b"a"), net.request(b"b"));
+    let _first = net.coord.submit(net.now, UNIX, a, b"a".to_vec(), None);
+    let second = net.coord.submit(net.now, UNIX, b, b"b".to_vec(), None);
     let refused = std::iter::from_fn(|| net.coord.poll_event()).any(|e| {
         matches!(e, Event::SignDone { session, result: Err(SignError::Refused(Refusal::Overloaded)), .. } if session == second)
     });
     assert!(refused);
+}
+
+#[test]
+fn a_policy_refusal_ends_the_session_without_blame_or_retry() {
+    let mut net = Net::new(3, 5);
+    net.sign(b"warm").unwrap();
+    // A client that no signer's policy knows: signed by its own key, accepted by the
+    // coordinator (it has no policy of its own), refused by each signer asked.
+    let stranger = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let r = request_by(&stranger, &net.group.clone(), 1, b"m");
+    let sent_before = net.sent.iter().filter(|(_, k)| *k == "sign").count();
+    match net.sign_request(r, b"m") {
+        Err(SignError::NotAuthorized { refusals }) => {
+            assert_eq!(refusals.len(), 3, "{refusals:?}");
+            assert!(refusals
+                .iter()
+                .all(|(_, rule)| *rule == PolicyRule::UnknownClient));
+        }
+        other => panic!("expected not_authorized, got {other:?}"),
+    }
+    // One attempt only: three round-2 requests, no other subset tried, nobody blamed.
+    let sent = net.sent.iter().filter(|(_, k)| *k == "sign").count() - sent_before;
+    assert_eq!(sent, 3);
+    assert!(net.culprits().is_empty());
+    assert!(net.coord.peers.values().all(|p| p.penalty_until.is_none()));
+    // The coordinator's own early checks: a tampered message, another epoch.
+    let mut r = net.request(b"m");
+    r.body.message = MessageRef::Full(b"other".to_vec());
+    assert!(matches!(
+        net.sign_request(r, b"other"),
+        Err(SignError::NotAuthorized { refusals }) if refusals == [("coordinator".to_string(), PolicyRule::BadSignature)]
+    ));
+    let r = request_by(&net.client, &net.group.clone(), 9, b"m");
+    assert!(matches!(
+        net.sign_request(r, b"m"),
+        Err(SignError::NotAuthorized { refusals }) if refusals == [("coordinator".to_string(), PolicyRule::Epoch)]
+    ));
+    // The allowed client still signs.
+    net.sign(b"after").unwrap();
+}
+
+#[test]
+fn a_request_is_signed_at_most_once_per_signer_even_across_attempts() {
+    // 3-of-5 with a culprit: the first attempt fails after round 2; the signers that answered
+    // are not asked again for the same request, so the session ends with attempt_failed and
+    // a new request (what the client library sends) signs without the culprit.
+    let mut net = Net::new(3, 5);
+    net.sign(b"warm").unwrap();
+    let bad = net.order[0];
+    net.corrupt.insert(bad);
+    let mut outcome = None;
+    for i in 0..3 {
+        let r = net.request(b"m");
+        match net.sign_request(r, b"m") {
+            Ok(o) => {
+                outcome = Some(o);
+                break;
+            }
+            Err(SignError::AttemptFailed { culprits }) => {
+                assert_eq!(culprits, ["p0"], "attempt {i}");
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let o = outcome.expect("a new request signs without the culprit");
+    assert!(!o.signers.contains(&"p0".to_string()));
 }

@@ -92,7 +92,17 @@ pub struct ParticipantSetup {
     pub wrong_coordinator: bool,
     /// Environment for the fault-injection hook (e.g. "corrupt-shares").
     pub fault: Option<&'static str>,
+    /// Its policy file's text instead of the default (which allows client A everything);
+    /// `{A}` and `{B}` stand for the two clients' identity keys.
+    pub policy: Option<String>,
+    /// Start it under `ulimit -f BLOCKS` (512-byte blocks): its files, the audit log among
+    /// them, cannot grow beyond that.
+    pub file_size_limit_blocks: Option<u32>,
 }
+
+/// The policy every participant holds unless a test gives another: client A ("it-client")
+/// may have group "it" sign anything; client B is not named (default deny).
+pub const DEFAULT_POLICY: &str = "[[client]]\nname = \"it-client\"\nkey = \"{A}\"\ngroups = [\"it\"]\nkinds = [\"raw\", \"ssh-auth\", \"transition\", \"sshsig:git\", \"sshsig:file\"]\nmax_message_bytes = 65536\nrate = \"100000/min\"\n";
 
 /// A chaos proxy (`conclave sim proxy`) in front of every participant.
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +120,10 @@ pub struct Cluster {
     pub coordinator_addr: String,
     pub coordinator_key: String,
     pub client_dir: PathBuf,
+    /// A second client, pinned at the coordinator but named in no default policy.
+    pub client_b_dir: PathBuf,
+    pub client_key: String,
+    pub client_b_key: String,
     pub participants: Vec<Option<Child>>,
     coordinator: Option<Child>,
     proxies: Vec<Child>,
@@ -131,18 +145,28 @@ impl Cluster {
         setups: Vec<ParticipantSetup>,
         proxy: Option<ProxyOpts>,
     ) -> Cluster {
-        Self::start_full(t, n, setups, proxy, false, false)
+        Self::start_full(t, n, setups, proxy, false, false, None)
+    }
+
+    /// Like `start`, with a coordinator that misbehaves (`CONCLAVE_TEST_FAULT` for it only).
+    pub fn start_with_coordinator_fault(
+        t: usize,
+        n: usize,
+        setups: Vec<ParticipantSetup>,
+        fault: Option<&'static str>,
+    ) -> Cluster {
+        Self::start_full(t, n, setups, None, false, false, fault)
     }
 
     /// Like `start`, with the key made by a DKG ceremony (`keygen dkg plan/relay/join`, one
     /// process per participant and one relay) instead of a dealer.
     pub fn start_dkg(t: usize, n: usize) -> Cluster {
-        Self::start_full(t, n, vec![], None, true, false)
+        Self::start_full(t, n, vec![], None, true, false, None)
     }
 
     /// DKG-made cluster whose every process (ceremony and daemons) logs at TRACE level.
     pub fn start_dkg_verbose(t: usize, n: usize, setups: Vec<ParticipantSetup>) -> Cluster {
-        Self::start_full(t, n, setups, None, true, true)
+        Self::start_full(t, n, setups, None, true, true, None)
     }
 
     fn start_full(
@@ -152,6 +176,7 @@ impl Cluster {
         proxy: Option<ProxyOpts>,
         dkg: bool,
         verbose: bool,
+        coordinator_fault: Option<&'static str>,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("conclave-it-")
@@ -174,7 +199,8 @@ impl Cluster {
             stdout_line(&out)
         };
         let coordinator_key = init("coordinator");
-        let _client_key = init("client");
+        let client_key = init("client");
+        let client_b_key = init("client-b");
         let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
         let mut reserved: Vec<Reserved> = (0..n).map(|_| Reserved::new()).collect();
         let ports: Vec<u16> = reserved.iter().map(|r| r.port).collect();
@@ -249,6 +275,9 @@ impl Cluster {
             coordinator_addr: String::new(),
             coordinator_key: coordinator_key.clone(),
             client_dir: d.join("client"),
+            client_b_dir: d.join("client-b"),
+            client_key: client_key.clone(),
+            client_b_key: client_b_key.clone(),
             participants: Vec::new(),
             coordinator: None,
             proxies: Vec::new(),
@@ -344,39 +373,65 @@ impl Cluster {
             } else {
                 coordinator_key.clone()
             };
+            let policy = setup
+                .policy
+                .as_deref()
+                .unwrap_or(DEFAULT_POLICY)
+                .replace("{A}", &client_key)
+                .replace("{B}", &client_b_key);
+            std::fs::write(d.join(format!("{name}.policy.toml")), policy).expect("policy");
             let config = format!(
-                "mode = \"dev\"\nidentity = \"{identity}\"\nlisten = \"127.0.0.1:{port}\"\ncoordinators = [\"{coord}\"]\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n"
+                "mode = \"dev\"\nidentity = \"{identity}\"\nlisten = \"127.0.0.1:{port}\"\ncoordinators = [\"{coord}\"]\npolicy = \"{name}.policy.toml\"\naudit_log = \"{name}-audit/audit.log\"\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n"
             );
             let path = d.join(format!("{name}.toml"));
             std::fs::write(&path, config).expect("config");
             reserved[i].release();
-            let child = cluster.spawn(
+            let child = cluster.spawn_limited(
                 "participant",
                 &path,
                 &d.join(format!("{name}.log")),
                 setup.fault,
+                setup.file_size_limit_blocks,
             );
             cluster.participants.push(Some(child));
         }
-        let client_key = stdout_line(&conclave(&[
-            "node",
-            "show",
-            d.join("client").to_str().expect("utf8"),
-        ]));
         let config = format!(
-            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\"]\nmanifests = [\"it.manifest.toml\"]\nparticipant_timeout_ms = 1500\n"
+            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\", \"{client_b_key}\"]\nmanifests = [\"it.manifest.toml\"]\nparticipant_timeout_ms = 1500\naudit_log = \"coordinator-audit/audit.log\"\n"
         );
         let path = d.join("coordinator.toml");
         std::fs::write(&path, config).expect("config");
-        let mut child = cluster.spawn_raw("coordinator", &path, &d.join("coordinator.log"), None);
+        let mut child = cluster.spawn_raw(
+            "coordinator",
+            &path,
+            &d.join("coordinator.log"),
+            coordinator_fault,
+            None,
+        );
         let line = first_line(&mut child);
         cluster.coordinator_addr = line.rsplit(' ').next().expect("address").to_owned();
         cluster.coordinator = Some(child);
         cluster
     }
 
-    fn spawn_raw(&self, role: &str, config: &Path, log: &Path, fault: Option<&str>) -> Child {
-        let mut cmd = Command::new(bin());
+    fn spawn_raw(
+        &self,
+        role: &str,
+        config: &Path,
+        log: &Path,
+        fault: Option<&str>,
+        file_size_limit_blocks: Option<u32>,
+    ) -> Child {
+        let mut cmd = match file_size_limit_blocks {
+            None => Command::new(bin()),
+            Some(blocks) => {
+                // POSIX sh: `ulimit -f` counts 512-byte blocks.
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -f {blocks} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                c
+            }
+        };
         cmd.args([role, "--config", config.to_str().expect("utf8")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -388,8 +443,15 @@ impl Cluster {
         cmd.spawn().expect("spawn daemon")
     }
 
-    fn spawn(&self, role: &str, config: &Path, log: &Path, fault: Option<&str>) -> Child {
-        let mut child = self.spawn_raw(role, config, log, fault);
+    fn spawn_limited(
+        &self,
+        role: &str,
+        config: &Path,
+        log: &Path,
+        fault: Option<&str>,
+        file_size_limit_blocks: Option<u32>,
+    ) -> Child {
+        let mut child = self.spawn_raw(role, config, log, fault, file_size_limit_blocks);
         let line = first_line(&mut child);
         assert!(
             line.contains("listening on"),
@@ -426,6 +488,30 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("status json")
     }
 
+    /// The audit log file of node `name` ("p1", ..., or "coordinator").
+    pub fn audit_log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}-audit/audit.log"))
+    }
+
+    /// `conclave audit show --json` of node `name`'s log: its decision records.
+    pub fn audit_records(&self, name: &str) -> Vec<serde_json::Value> {
+        let log = self.audit_log(name);
+        let out = conclave(&["audit", "show", "--json", log.to_str().expect("utf8")]);
+        assert!(
+            out.status.success(),
+            "audit show {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit json");
+        v["records"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["type"] == "decision")
+            .collect()
+    }
+
     /// Waits until the coordinator reaches exactly `want` participants.
     pub fn wait_reachable(&self, want: u64) {
         let until = Instant::now() + Duration::from_secs(20);
@@ -444,9 +530,25 @@ impl Cluster {
 
     /// `conclave sign --json` of `message`; the parsed output and the exit code.
     pub fn sign(&self, message: &[u8], timeout_s: u32) -> (Option<i32>, serde_json::Value, String) {
+        self.sign_as(&self.client_dir, message, None, timeout_s)
+    }
+
+    /// `conclave sign --json` as the client whose identity is in `client_dir`, declaring
+    /// `kind` when given.
+    pub fn sign_as(
+        &self,
+        client_dir: &Path,
+        message: &[u8],
+        kind: Option<&str>,
+        timeout_s: u32,
+    ) -> (Option<i32>, serde_json::Value, String) {
         let mut args = self.client_args("sign");
+        args[6] = client_dir.to_str().expect("utf8");
         let timeout = timeout_s.to_string();
         args.extend(["--json", "--timeout", &timeout]);
+        if let Some(k) = kind {
+            args.extend(["--kind", k]);
+        }
         let out = conclave_with_input(&args, message);
         let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (

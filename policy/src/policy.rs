@@ -66,6 +66,8 @@ struct ClientRule {
 pub enum PolicyError {
     #[error("policy is not valid TOML: {0}")]
     Syntax(String),
+    #[error("cannot read policy {0}")]
+    Read(String),
     #[error("client {name:?}: {what}")]
     Client { name: String, what: String },
 }
@@ -110,41 +112,8 @@ struct Client {
     window: Option<(u32, u32)>,
 }
 
-/// Which rule refused a request (a code: never text from the request).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Rule {
-    #[error("the client's signature on the request does not verify")]
-    BadSignature,
-    #[error("the client is not in this signer's policy")]
-    UnknownClient,
-    #[error("the request has expired")]
-    Expired,
-    #[error("the request is valid for longer than this signer accepts")]
-    TooLong,
-    #[error("the client may not use this group")]
-    Group,
-    #[error("the request is for another epoch")]
-    Epoch,
-    #[error("the message to sign is not the one the client signed")]
-    MessageMismatch,
-    #[error("the message is larger than the client may have signed")]
-    TooLarge,
-    #[error("the message is not of the kind the client declared")]
-    KindMismatch,
-    #[error("the client may not have this kind of message signed")]
-    Kind,
-    #[error("the message does not start with the client's required prefix")]
-    Prefix,
-    #[error("outside the client's signing window")]
-    Window,
-    #[error("this request was already answered (replay)")]
-    Replay,
-    #[error("the client's rate limit is reached")]
-    Rate,
-    #[error("too many requests remembered: retry when older ones expire")]
-    Busy,
-}
+/// Which rule refused a request (a wire code, shared with the refusal message).
+pub use conclave_protocol::PolicyRule as Rule;
 
 /// A request the policy allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,13 +190,14 @@ impl Policy {
         })
     }
 
-    /// Decides on `request` for the group this signer serves at `epoch`, where `message` is
-    /// the message of the signing package it was asked to sign. On a grant the request id is
-    /// remembered (until its not-after) and one unit of the client's rate is spent.
+    /// Decides on `request` for `group`, which this signer serves at `epoch`, where `message`
+    /// is the message of the signing package it was asked to sign. On a grant the request id
+    /// is remembered (until its not-after) and one unit of the client's rate is spent.
     pub fn decide(
         &mut self,
         now: u64,
         request: &SignedRequest,
+        group: &GroupName,
         epoch: u64,
         message: &[u8],
     ) -> Result<Grant, Rule> {
@@ -237,6 +207,9 @@ impl Policy {
             .clients
             .get(&request.client)
             .ok_or(Rule::UnknownClient)?;
+        if body.group != *group {
+            return Err(Rule::Group);
+        }
         if now > body.not_after.saturating_add(self.skew) {
             return Err(Rule::Expired);
         }
@@ -310,6 +283,28 @@ impl Policy {
         Ok(grant)
     }
 
+    /// The name this policy gives the client with key `key`.
+    pub fn client_name(&self, key: &NodeId) -> Option<&str> {
+        self.clients.get(key).map(|c| c.name.as_str())
+    }
+
+    /// A policy that allows nothing.
+    pub fn deny_all() -> Self {
+        Self {
+            skew: default_skew(),
+            clients: HashMap::new(),
+            buckets: HashMap::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Reads and parses a policy file (at most [`MAX_POLICY_LEN`] bytes).
+    pub fn read(path: &std::path::Path) -> Result<Self, PolicyError> {
+        let text = conclave_protocol::read_bounded_to_string(path, MAX_POLICY_LEN)
+            .map_err(|e| PolicyError::Read(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
     /// The clients of this policy, by name (for status output).
     pub fn clients(&self) -> BTreeMap<String, String> {
         self.clients
@@ -326,6 +321,10 @@ mod tests {
     use conclave_protocol::IdentityKey;
 
     const NOW: u64 = 1_800_000_000 - 1_800_000_000 % 86_400 + 10 * 3600; // 10:00 UTC
+
+    fn g() -> GroupName {
+        GroupName::new("release").unwrap()
+    }
 
     fn policy(a: &IdentityKey, extra: &str) -> Policy {
         Policy::from_toml(&format!(
@@ -354,48 +353,69 @@ mod tests {
         let b = IdentityKey::generate(&mut rand::rngs::OsRng);
         let mut p = policy(&a, "");
         assert_eq!(
-            p.decide(NOW, &request(&a, b"release 1", "raw", 1), 1, b"release 1")
-                .unwrap()
-                .client,
+            p.decide(
+                NOW,
+                &request(&a, b"release 1", "raw", 1),
+                &g(),
+                1,
+                b"release 1"
+            )
+            .unwrap()
+            .client,
             "release-ci"
         );
         // Not in the policy.
         assert_eq!(
-            p.decide(NOW, &request(&b, b"x", "raw", 2), 1, b"x"),
+            p.decide(NOW, &request(&b, b"x", "raw", 2), &g(), 1, b"x"),
             Err(Rule::UnknownClient)
         );
         // The coordinator altered the message after the client signed.
         assert_eq!(
-            p.decide(NOW, &request(&a, b"release 2", "raw", 3), 1, b"release 6"),
+            p.decide(
+                NOW,
+                &request(&a, b"release 2", "raw", 3),
+                &g(),
+                1,
+                b"release 6"
+            ),
             Err(Rule::MessageMismatch)
         );
         // Replay of an answered request.
         assert_eq!(
-            p.decide(NOW, &request(&a, b"release 1", "raw", 1), 1, b"release 1"),
+            p.decide(
+                NOW,
+                &request(&a, b"release 1", "raw", 1),
+                &g(),
+                1,
+                b"release 1"
+            ),
             Err(Rule::Replay)
         );
         // Expired, or valid for too long.
         let mut old = request(&a, b"r", "raw", 4);
         old.body.not_after = NOW - 1000;
         let old = old.body.sign(&a).unwrap();
-        assert_eq!(p.decide(NOW, &old, 1, b"r"), Err(Rule::Expired));
+        assert_eq!(p.decide(NOW, &old, &g(), 1, b"r"), Err(Rule::Expired));
         let mut long = request(&a, b"r", "raw", 5).body;
         long.not_after = NOW + 10 * MAX_VALIDITY_SECS;
         assert_eq!(
-            p.decide(NOW, &long.sign(&a).unwrap(), 1, b"r"),
+            p.decide(NOW, &long.sign(&a).unwrap(), &g(), 1, b"r"),
             Err(Rule::TooLong)
         );
         // Another epoch, a forged client signature, too large.
         assert_eq!(
-            p.decide(NOW, &request(&a, b"r", "raw", 6), 2, b"r"),
+            p.decide(NOW, &request(&a, b"r", "raw", 6), &g(), 2, b"r"),
             Err(Rule::Epoch)
         );
         let mut forged = request(&a, b"r", "raw", 7);
         forged.signature[0] ^= 1;
-        assert_eq!(p.decide(NOW, &forged, 1, b"r"), Err(Rule::BadSignature));
+        assert_eq!(
+            p.decide(NOW, &forged, &g(), 1, b"r"),
+            Err(Rule::BadSignature)
+        );
         let big = vec![b'a'; 257];
         assert_eq!(
-            p.decide(NOW, &request(&a, &big, "raw", 8), 1, &big),
+            p.decide(NOW, &request(&a, &big, "raw", 8), &g(), 1, &big),
             Err(Rule::TooLarge)
         );
     }
@@ -412,22 +432,22 @@ mod tests {
         // An sshsig:file blob declared as raw: refused (kind mismatch), and as what it is:
         // not allowed (only sshsig:git).
         assert_eq!(
-            p.decide(NOW, &request(&a, &blob, "raw", 1), 1, &blob),
+            p.decide(NOW, &request(&a, &blob, "raw", 1), &g(), 1, &blob),
             Err(Rule::KindMismatch)
         );
         assert_eq!(
-            p.decide(NOW, &request(&a, &blob, "sshsig:file", 2), 1, &blob),
+            p.decide(NOW, &request(&a, &blob, "sshsig:file", 2), &g(), 1, &blob),
             Err(Rule::Kind)
         );
         // A transition statement needs the transition kind.
-        let mut t = conclave_keygen::migrate::MESSAGE_PREFIX.to_vec();
+        let mut t = conclave_protocol::TRANSITION_PREFIX.to_vec();
         t.extend_from_slice(b"x\n");
         assert_eq!(
-            p.decide(NOW, &request(&a, &t, "raw", 3), 1, &t),
+            p.decide(NOW, &request(&a, &t, "raw", 3), &g(), 1, &t),
             Err(Rule::KindMismatch)
         );
         assert_eq!(
-            p.decide(NOW, &request(&a, &t, "transition", 4), 1, &t),
+            p.decide(NOW, &request(&a, &t, "transition", 4), &g(), 1, &t),
             Err(Rule::Kind)
         );
     }
@@ -437,28 +457,34 @@ mod tests {
         let a = IdentityKey::generate(&mut rand::rngs::OsRng);
         let mut p = policy(&a, "");
         for n in 1..=3 {
-            p.decide(NOW, &request(&a, b"m", "raw", n), 1, b"m")
+            p.decide(NOW, &request(&a, b"m", "raw", n), &g(), 1, b"m")
                 .unwrap();
         }
         // The 4th in the same minute: refused; a minute later: allowed again.
         assert_eq!(
-            p.decide(NOW, &request(&a, b"m", "raw", 4), 1, b"m"),
+            p.decide(NOW, &request(&a, b"m", "raw", 4), &g(), 1, b"m"),
             Err(Rule::Rate)
         );
-        p.decide(NOW + 60, &request(&a, b"m", "raw", 5), 1, b"m")
+        p.decide(NOW + 60, &request(&a, b"m", "raw", 5), &g(), 1, b"m")
             .unwrap();
         let mut p = policy(&a, "prefix = \"release \"\nwindow = \"08:00-12:00\"\n");
         assert_eq!(
-            p.decide(NOW, &request(&a, b"other", "raw", 1), 1, b"other"),
+            p.decide(NOW, &request(&a, b"other", "raw", 1), &g(), 1, b"other"),
             Err(Rule::Prefix)
         );
-        p.decide(NOW, &request(&a, b"release 9", "raw", 2), 1, b"release 9")
-            .unwrap();
+        p.decide(
+            NOW,
+            &request(&a, b"release 9", "raw", 2),
+            &g(),
+            1,
+            b"release 9",
+        )
+        .unwrap();
         let late = NOW + 3 * 3600;
         let mut r = request(&a, b"release 9", "raw", 3).body;
         r.not_after = late + 60;
         assert_eq!(
-            p.decide(late, &r.sign(&a).unwrap(), 1, b"release 9"),
+            p.decide(late, &r.sign(&a).unwrap(), &g(), 1, b"release 9"),
             Err(Rule::Window)
         );
     }

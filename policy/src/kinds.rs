@@ -137,7 +137,7 @@ pub fn classify(message: &[u8]) -> MessageKind {
     if message.starts_with(SSHSIG_MAGIC) {
         return sshsig(message);
     }
-    if message.starts_with(conclave_keygen::migrate::MESSAGE_PREFIX) {
+    if message.starts_with(conclave_protocol::TRANSITION_PREFIX) {
         return match std::str::from_utf8(message) {
             Ok(_) => MessageKind::Transition,
             Err(_) => MessageKind::Invalid("a transition statement that is not text"),
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn transition_statements_and_everything_else() {
-        let mut t = conclave_keygen::migrate::MESSAGE_PREFIX.to_vec();
+        let mut t = conclave_protocol::TRANSITION_PREFIX.to_vec();
         t.extend_from_slice(b"old_group=a\n");
         assert_eq!(classify(&t), MessageKind::Transition);
         assert_eq!(classify(b"release 1.2.3 sha256 abcd"), MessageKind::Raw);
