@@ -160,6 +160,8 @@ pub enum AuditError {
     Damaged { path: PathBuf, what: String },
     #[error("audit log {path} is not a regular file")]
     NotAFile { path: PathBuf },
+    #[error("audit log {path} is in use by another process (one writer per log: give each process a log of its own)")]
+    InUse { path: PathBuf },
     #[error("audit log {path}: an earlier write failed, so the chain may end in a torn record; nothing more is written until the node restarts")]
     Broken { path: PathBuf },
 }
@@ -232,6 +234,50 @@ fn sidecar(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// One writer per log: two processes appending with their own sequence counters would break
+/// the chain. An exclusive advisory lock, held as long as the file is open (fail closed).
+#[cfg(unix)]
+fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
+    use rustix::fs::{flock, FlockOperation};
+    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            AuditError::InUse {
+                path: path.to_path_buf(),
+            }
+        } else {
+            AuditError::Io {
+                path: path.to_path_buf(),
+                source: e.into(),
+            }
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn lock(_file: &File, _path: &Path) -> Result<(), AuditError> {
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// The last line of `bytes` (without its newline), if any.
 fn last_line(bytes: &[u8]) -> Option<&[u8]> {
     let trimmed = bytes.strip_suffix(b"\n")?;
@@ -257,6 +303,7 @@ impl AuditLog {
                 path: path.to_path_buf(),
             });
         }
+        lock(&file, path)?;
         let bytes =
             conclave_protocol::read_bounded(path, options.max_bytes.max(MAX_LINE as u64) * 2)
                 .map_err(|e| AuditError::Io {
@@ -348,6 +395,8 @@ impl AuditLog {
             opts.mode(0o600);
         }
         self.file = opts.open(&self.path).map_err(io(&self.path))?;
+        lock(&self.file, &self.path)?;
+        sync_dir(parent(&self.path)).map_err(io(&self.path))?;
         self.size = 0;
         let previous = target
             .file_name()
@@ -392,10 +441,65 @@ impl AuditLog {
         let tmp = side.with_extension("checkpoint.tmp");
         std::fs::write(&tmp, marker)
             .and_then(|()| std::fs::rename(&tmp, &side))
+            .and_then(|()| sync_dir(parent(&side)))
             .map_err(io(&side))?;
         self.since_checkpoint = 0;
         Ok(())
     }
+}
+
+/// The files of the log at `path`, oldest first: its rotated files (`<path>.1`, `<path>.2`,
+/// ... in numeric order), then `path` itself. Any argument naming one of them, or the
+/// checkpoint sidecar, names the same log.
+pub fn log_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let base = base_of(path);
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rotated: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(parent(&base))? {
+        let entry = entry?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = file
+            .strip_prefix(&name)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            rotated.push((n, entry.path()));
+        }
+    }
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    files.push(base);
+    Ok(files)
+}
+
+/// `audit.log.3`, `audit.log.checkpoint` → `audit.log`.
+fn base_of(path: &Path) -> PathBuf {
+    let s = path.to_string_lossy();
+    if let Some(b) = s.strip_suffix(".checkpoint") {
+        return PathBuf::from(b);
+    }
+    if let Some((b, n)) = s.rsplit_once('.') {
+        if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) {
+            return PathBuf::from(b);
+        }
+    }
+    path.to_path_buf()
+}
+
+/// The distinct logs named by `args` (any of their files), each expanded to its files in
+/// order: what `conclave audit verify audit.log*` means.
+pub fn expand_args(args: &[PathBuf]) -> std::io::Result<Vec<Vec<PathBuf>>> {
+    let mut bases: Vec<PathBuf> = Vec::new();
+    for a in args {
+        let b = base_of(a);
+        if !bases.contains(&b) {
+            bases.push(b);
+        }
+    }
+    bases.iter().map(|b| log_files(b)).collect()
 }
 
 /// What [`verify`] found wrong: the first bad record.
@@ -417,6 +521,17 @@ pub struct Summary {
     /// Records after the last checkpoint (not yet covered by a signature).
     pub unsigned_tail: u64,
     pub node: Option<String>,
+    /// The latest checkpoint, as `SEQ:HASH` (the checkpoint line's SHA-256): kept off the host,
+    /// it detects a later truncation back to an earlier state (`verify_expecting`).
+    pub last_checkpoint: Option<String>,
+}
+
+/// Parses a `SEQ:HASH` checkpoint reference.
+pub fn parse_checkpoint(s: &str) -> Option<(u64, [u8; 32])> {
+    let (seq, hash) = s.trim().split_once(':')?;
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(hash, &mut h).ok()?;
+    Some((seq.parse().ok()?, h))
 }
 
 /// Verifies the chain through `files` (rotated files first, the current one last): every line
@@ -424,6 +539,17 @@ pub struct Summary {
 /// every checkpoint is signed by `key` (or, unpinned, by the same key throughout). The latest
 /// checkpoint recorded beside the last file must be in the chain (truncation before it shows).
 pub fn verify(files: &[PathBuf], key: Option<NodeId>) -> Result<Summary, VerifyError> {
+    verify_expecting(files, key, None)
+}
+
+/// Like [`verify`], and the checkpoint `expected` (`SEQ`, line hash), from a copy kept
+/// elsewhere, must be in the chain: with file access alone one can cut a log back to an earlier
+/// checkpoint (and its sidecar with it), but not past a checkpoint recorded off the host.
+pub fn verify_expecting(
+    files: &[PathBuf],
+    key: Option<NodeId>,
+    expected: Option<(u64, [u8; 32])>,
+) -> Result<Summary, VerifyError> {
     let mut expect_seq = 0u64;
     let mut prev = [0u8; 32];
     let mut summary = Summary {
@@ -432,6 +558,7 @@ pub fn verify(files: &[PathBuf], key: Option<NodeId>) -> Result<Summary, VerifyE
         checkpoints: 0,
         unsigned_tail: 0,
         node: key.map(|k| k.to_hex()),
+        last_checkpoint: None,
     };
     let mut signer: Option<NodeId> = key;
     let mut checkpoints_seen: Vec<(u64, [u8; 32])> = vec![];
@@ -535,6 +662,23 @@ pub fn verify(files: &[PathBuf], key: Option<NodeId>) -> Result<Summary, VerifyE
             }
         }
     }
+    if let Some((seq, hash)) = expected {
+        if !checkpoints_seen
+            .iter()
+            .any(|(s, h)| *s == seq && *h == hash)
+        {
+            return Err(VerifyError {
+                file: files.last().cloned().unwrap_or_default(),
+                seq,
+                what:
+                    "the expected checkpoint is not in the log (it was truncated back or replaced)"
+                        .into(),
+            });
+        }
+    }
+    summary.last_checkpoint = checkpoints_seen
+        .last()
+        .map(|(seq, h)| format!("{seq}:{}", hex::encode(h)));
     summary.node = signer.map(|k| k.to_hex()).or(summary.node);
     Ok(summary)
 }

@@ -241,7 +241,7 @@ pub fn participant(path: &Path, cfg: &config::ParticipantConfig) -> Checks {
         }
         c.passphrase_source(mode, &what, s.passphrase_file.as_deref());
     }
-    c.policy(&cfg.policy, true);
+    c.policy(mode, &cfg.policy, true);
     c.audit_dir(mode, &cfg.audit_log);
     c
 }
@@ -281,15 +281,34 @@ pub fn coordinator(path: &Path, cfg: &config::CoordinatorConfig) -> Checks {
         }
     }
     if let Some(p) = &cfg.policy {
-        c.policy(p, false);
+        c.policy(mode, p, false);
     }
     c.audit_dir(mode, &cfg.audit_log);
     c
 }
 
 impl Checks {
-    /// The policy file parses; a participant's names at least one client.
-    fn policy(&mut self, path: &Path, signer: bool) {
+    /// The policy file parses, and nobody but its owner can change it; a participant's names
+    /// at least one client.
+    fn policy(&mut self, mode: Mode, path: &Path, signer: bool) {
+        #[cfg(unix)]
+        if let Ok(m) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            let perm = m.permissions().mode() & 0o777;
+            if perm & 0o022 != 0 {
+                self.problem(
+                    mode,
+                    "policy file",
+                    format!(
+                        "{} is writable by group/others (mode {perm:03o}): they could grant themselves signatures",
+                        path.display()
+                    ),
+                    format!("chmod go-w {}", path.display()),
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
         match conclave_policy::Policy::read(path) {
             Ok(p) if p.clients().is_empty() && signer => self.checks.push(Check {
                 level: Level::Warn,

@@ -310,16 +310,25 @@ pub(crate) async fn sign(args: SignArgs) -> CmdResult {
     if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
         return Err(anyhow!("--timeout must be between 0 and 3600 seconds").into());
     }
-    let expected = match &args.manifest {
-        Some(m) => Some(
-            GroupManifest::read(m)
-                .with_context(|| format!("manifest {}", m.display()))?
-                .public_key_bytes()?,
-        ),
+    let manifest = match &args.manifest {
+        Some(m) => {
+            Some(GroupManifest::read(m).with_context(|| format!("manifest {}", m.display()))?)
+        }
+        None => None,
+    };
+    let expected = match &manifest {
+        Some(m) => Some(m.public_key_bytes()?),
         None => None,
     };
     let message = read_message(args.message_file.as_deref())?;
     let (client, group) = connect(&args.client).await?;
+    if let Some(m) = &manifest {
+        if m.group != group {
+            return Err(anyhow!("--manifest is for group {}, not {group}", m.group).into());
+        }
+        // The epoch the client signs for comes from its own manifest, not the coordinator.
+        client.pin_epoch(&group, m.epoch);
+    }
     let signed = match client
         .sign_kind(
             &group,

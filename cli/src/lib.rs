@@ -214,13 +214,19 @@ enum AuditCmd {
 
 #[derive(Args, Debug)]
 struct AuditArgs {
-    /// The log's files, oldest first.
+    /// The log (its current file, e.g. audit.log); its rotated files (audit.log.1, .2, ...)
+    /// are found beside it. A glob such as `audit.log*` names the same log.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// The node's identity public key (hex, or an identity directory / identity.pub): the key
     /// every checkpoint must be signed by. Without it, checkpoints must agree on one key.
     #[arg(long, value_name = "KEY")]
     key: Option<String>,
+    /// A checkpoint `SEQ:HASH` printed by an earlier `audit verify` and kept off the host: it
+    /// must still be in the log (detects truncation back to an earlier checkpoint, which file
+    /// access alone allows).
+    #[arg(long, value_name = "SEQ:HASH")]
+    expect_checkpoint: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -328,8 +334,9 @@ struct RotateJoinArgs {
     /// File with the new share's passphrase.
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
-    /// This node's audit log (its daemon's `audit_log`): joining, with the plan fingerprint,
-    /// and the outcome are recorded there; a join that cannot be recorded does not start.
+    /// An audit log for this host's ceremonies (a directory of its own, not the running
+    /// daemon's log: one writer per log): joining, with the plan fingerprint, and the outcome
+    /// are recorded there; a join that cannot be recorded does not start.
     #[arg(long)]
     audit_log: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
@@ -574,8 +581,9 @@ struct DkgJoinArgs {
     /// File whose first line is the passphrase for the new share file.
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
-    /// This node's audit log (its daemon's `audit_log`): joining, with the plan fingerprint,
-    /// and the outcome are recorded there; a join that cannot be recorded does not start.
+    /// An audit log for this host's ceremonies (a directory of its own, not the running
+    /// daemon's log: one writer per log): joining, with the plan fingerprint, and the outcome
+    /// are recorded there; a join that cannot be recorded does not start.
     #[arg(long)]
     audit_log: Option<PathBuf>,
     /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
@@ -683,7 +691,8 @@ struct SignArgs {
     /// Seconds the coordinator may take.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Group manifest: refuse a signature under any other key.
+    /// Group manifest (this host's own copy): refuse a signature under any other key, and sign
+    /// the request for its epoch rather than the one the coordinator reports.
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// Declare the message kind (raw, sshsig:NAMESPACE, ssh-auth, transition) instead of
@@ -745,6 +754,10 @@ struct BenchArgs {
     /// Time reshare ceremonies (3-of-5 -> 5-of-7 and 67-of-100 -> 67-of-100) instead of signing.
     #[arg(long)]
     reshare: bool,
+    /// Only the cost of authorization: 3-of-5 with the audit log in memory, in a file without
+    /// fsync, and with fsync per record, next to the in-process cost of the checks.
+    #[arg(long, conflicts_with = "reshare")]
+    authorization: bool,
 }
 
 fn init_logging(verbose: u8, daemon: bool, narrated: bool) {
@@ -777,7 +790,28 @@ fn audit_verify(args: AuditArgs, show: bool) -> CmdResult {
         ),
         None => None,
     };
-    let summary = match conclave_audit::verify(&args.files, key) {
+    // Any file of a log (a shell glob included) names the whole log, in rotation order; one
+    // log at a time.
+    let logs = conclave_audit::expand_args(&args.files)
+        .map_err(|e| anyhow::anyhow!("cannot list the audit log's files: {e}"))?;
+    let files = match logs.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            return Err(anyhow::anyhow!(
+                "these files belong to {} different logs: verify one log at a time",
+                logs.len()
+            )
+            .into())
+        }
+    };
+    let args = AuditArgs { files, ..args };
+    let expected = match &args.expect_checkpoint {
+        Some(c) => Some(conclave_audit::parse_checkpoint(c).ok_or_else(|| {
+            anyhow::anyhow!("--expect-checkpoint {c:?}: expected SEQ:HASH (64 hex digits)")
+        })?),
+        None => None,
+    };
+    let summary = match conclave_audit::verify_expecting(&args.files, key, expected) {
         Ok(s) => s,
         Err(e) => {
             if args.json {
@@ -817,6 +851,9 @@ fn audit_verify(args: AuditArgs, show: bool) -> CmdResult {
                 .unwrap_or_default(),
             summary.unsigned_tail
         );
+        if let Some(c) = &summary.last_checkpoint {
+            println!("latest checkpoint: {c} (keep it off this host; --expect-checkpoint {c} later detects truncation back before it)");
+        }
         if key.is_none() {
             eprintln!("note: no --key given: the checkpoints agree on one key, but nothing says it is the node's");
         }
@@ -932,6 +969,7 @@ fn run(command: Command) -> CmdResult {
                 json: args.json,
                 requests: args.requests,
                 quick: args.quick,
+                authorization_only: args.authorization,
             },
         ))?),
         Command::Sim(args) => runtime()?.block_on(sim::run(*args)),

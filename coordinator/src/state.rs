@@ -54,6 +54,10 @@ pub struct CoordinatorConfig {
     pub failure_penalty: Duration,
     /// Most signing sessions at once; more are refused as `Overloaded`.
     pub max_sessions: usize,
+    /// How long a signer that refused a client on its policy is asked last for that client's
+    /// next requests (not a penalty: other clients are unaffected, and it is still asked when
+    /// it is needed to reach the threshold).
+    pub refusal_memory: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -66,6 +70,7 @@ impl Default for CoordinatorConfig {
             culprit_penalty: Duration::from_secs(300),
             failure_penalty: Duration::from_secs(5),
             max_sessions: 4096,
+            refusal_memory: Duration::from_secs(300),
         }
     }
 }
@@ -84,6 +89,9 @@ pub enum Misbehaviour {
     /// Keeps the first request it sees and sends that one again instead of every later one.
     Replay,
 }
+
+/// (client, signer) policy refusals remembered at most.
+const MAX_REFUSALS_REMEMBERED: usize = 10_000;
 
 /// Names one signing session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -284,6 +292,8 @@ pub struct Coordinator {
     next_request: u64,
     next_session: u64,
     policy: Option<Policy>,
+    /// (client, signer) → until when the signer is asked last for that client.
+    refused: BTreeMap<(NodeId, NodeId), Instant>,
     #[cfg(feature = "fault-injection")]
     fault: Option<Misbehaviour>,
     #[cfg(feature = "fault-injection")]
@@ -360,6 +370,7 @@ impl Coordinator {
             next_request: 1,
             next_session: 1,
             policy: None,
+            refused: BTreeMap::new(),
             #[cfg(feature = "fault-injection")]
             fault: None,
             #[cfg(feature = "fault-injection")]
@@ -811,7 +822,8 @@ impl Coordinator {
             .ok_or(SignError::UnknownGroup)?;
         let t = usize::from(group.info.threshold);
         let n = group.members.len().max(1);
-        let mut candidates: Vec<(bool, bool, usize, NodeId)> = group
+        let client = session.request.client;
+        let mut candidates: Vec<(bool, bool, bool, usize, NodeId)> = group
             .members
             .iter()
             .enumerate()
@@ -830,8 +842,12 @@ impl Coordinator {
                     .pools
                     .get(&(m.node, session.group.clone()))
                     .is_none_or(|p| p.entries.is_empty());
+                let refused = self
+                    .refused
+                    .get(&(client, m.node))
+                    .is_some_and(|u| *u > now);
                 let rotation = (i + n - (id.0 as usize % n)) % n;
-                (penalized, empty, rotation, m.node)
+                (penalized, refused, empty, rotation, m.node)
             })
             .collect();
         // Usable signers for any request (those spent on this one included): fewer than t and
@@ -865,7 +881,7 @@ impl Coordinator {
             });
         }
         candidates.sort();
-        let signers = candidates.into_iter().take(t).map(|c| c.3).collect();
+        let signers = candidates.into_iter().take(t).map(|c| c.4).collect();
         let session = self
             .sessions
             .get_mut(&id)
@@ -1407,6 +1423,14 @@ impl Coordinator {
             Some(rule) => {
                 tracing::info!(group = %s.group, node = %node.short(), rule = rule.code(), "signer refused the request on its policy");
                 s.denied.push((node, rule));
+                let client = s.request.client;
+                if self.refused.len() >= MAX_REFUSALS_REMEMBERED {
+                    self.refused.retain(|_, until| *until > now);
+                }
+                if self.refused.len() < MAX_REFUSALS_REMEMBERED {
+                    self.refused
+                        .insert((client, node), now + self.config.refusal_memory);
+                }
             }
             None => self.penalize(now, node, penalty),
         }

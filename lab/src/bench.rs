@@ -22,6 +22,8 @@ pub struct BenchOptions {
     pub requests: usize,
     /// Only 3-of-5, fewer requests: a smoke run.
     pub quick: bool,
+    /// Only the authorization-cost section.
+    pub authorization_only: bool,
 }
 
 /// In-process FROST: mean time of one whole t-of-n signature (all signers' commits, the
@@ -63,6 +65,84 @@ pub fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Dur
         frost::aggregate(&package, &sig_shares, &pkp)?;
     }
     Ok(start.elapsed() / iterations.max(1) as u32)
+}
+
+/// The in-process cost of authorization on the critical path of one signature: the client
+/// signs its request, the coordinator verifies it, and a signer verifies it and runs its
+/// policy (signers do so in parallel, so one signer's decision counts once). Mean over
+/// `iterations`.
+pub fn authorization_micro(iterations: usize) -> anyhow::Result<Duration> {
+    use conclave_protocol::request::{MessageRef, SignRequestBody};
+    let mut rng = rand::rngs::OsRng;
+    let client = IdentityKey::generate(&mut rng);
+    let group = GroupName::new("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut policy =
+        conclave_policy::Policy::from_toml(&crate::cluster::lab_policy(&client.node_id(), &group))?;
+    let start = Instant::now();
+    for i in 0..iterations {
+        let message = format!("bench message {i}");
+        let mut request_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rng, &mut request_id);
+        let request = SignRequestBody {
+            group: group.clone(),
+            epoch: 1,
+            message: MessageRef::Full(message.clone().into_bytes()),
+            kind: "raw".into(),
+            request_id,
+            not_after: 1_800_000_060,
+        }
+        .sign(&client)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The coordinator's early check, then the signer's decision.
+        request.verify().map_err(|e| anyhow::anyhow!("{e}"))?;
+        policy
+            .decide(1_800_000_000, &request, &group, 1, message.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(start.elapsed() / iterations.max(1) as u32)
+}
+
+/// The cost of authorization through a real 3-of-5 cluster: p50 at concurrency 1 with the
+/// audit log in memory, in files without fsync, and in files with fsync per record.
+struct AuthCost {
+    micro: Duration,
+    memory: Run,
+    no_fsync: Run,
+    fsync: Run,
+}
+
+async fn authorization_cost(requests: usize, json: bool) -> anyhow::Result<AuthCost> {
+    let micro = tokio::task::spawn_blocking(|| authorization_micro(2000)).await??;
+    let mut runs = Vec::new();
+    for audit in [
+        Audit::Memory,
+        Audit::Files { fsync: false },
+        Audit::Files { fsync: true },
+    ] {
+        let dir = tempfile::Builder::new()
+            .prefix("conclave-bench-auth-")
+            .tempdir()?;
+        let cluster =
+            Arc::new(LocalCluster::start(dir.path(), 3, 5, Kdf::Light, audit, |_| {}).await?);
+        if !json {
+            eprintln!("  3-of-5, audit {audit:?}: {requests} signatures at concurrency 1 ...");
+        }
+        runs.push(measure(&cluster, 1, requests).await?);
+        if let Ok(c) = Arc::try_unwrap(cluster) {
+            c.shutdown().await;
+        }
+    }
+    let mut runs = runs.into_iter();
+    let (Some(memory), Some(no_fsync), Some(fsync)) = (runs.next(), runs.next(), runs.next())
+    else {
+        anyhow::bail!("authorization runs missing");
+    };
+    Ok(AuthCost {
+        micro,
+        memory,
+        no_fsync,
+        fsync,
+    })
 }
 
 struct Run {
@@ -147,7 +227,9 @@ fn us(d: Duration) -> f64 {
 
 /// Runs the signing benchmark and prints its report.
 pub async fn run(args: BenchOptions) -> anyhow::Result<()> {
-    let configs: &[(u16, usize)] = if args.quick {
+    let configs: &[(u16, usize)] = if args.authorization_only {
+        &[]
+    } else if args.quick {
         &[(3, 5)]
     } else {
         &[(3, 5), (7, 10)]
@@ -160,6 +242,7 @@ pub async fn run(args: BenchOptions) -> anyhow::Result<()> {
     let mut results = Vec::new();
     if !args.json {
         println!("conclave bench: real QUIC cluster on 127.0.0.1 vs in-process frost-ed25519, same run, {} cores", std::thread::available_parallelism().map_or(1, |n| n.get()));
+        println!("(every request signed by the client, checked by every signer's policy, audit log fsynced per record)");
     }
     for &(t, n) in configs {
         let inproc = tokio::task::spawn_blocking(move || frost_pipeline(t, n, 200)).await??;
@@ -189,6 +272,17 @@ pub async fn run(args: BenchOptions) -> anyhow::Result<()> {
         }
         results.push((t, n, inproc, runs));
     }
+    let auth = authorization_cost(requests, args.json).await?;
+    // Without authorization there would be no client signature, no policy and no audit: its
+    // p50 is estimated as the memory-audit p50 minus the in-process cost of the checks on the
+    // critical path (the memory run does no disk I/O, so the remaining difference is exactly
+    // those checks).
+    let base = auth
+        .memory
+        .p50
+        .saturating_sub(auth.micro)
+        .max(Duration::from_micros(1));
+    let ratio = |r: &Run| r.p50.as_secs_f64() / base.as_secs_f64();
     if args.json {
         let out: Vec<_> = results
             .iter()
@@ -206,7 +300,21 @@ pub async fn run(args: BenchOptions) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "bench": "sign", "results": out }));
+        let auth_json = serde_json::json!({
+            "group": "3-of-5", "concurrency": 1, "requests": requests,
+            "checks_inprocess_us": us(auth.micro),
+            "p50_without_estimated_us": us(base),
+            "p50_audit_memory_us": us(auth.memory.p50),
+            "p50_audit_file_no_fsync_us": us(auth.no_fsync.p50),
+            "p50_audit_file_fsync_us": us(auth.fsync.p50),
+            "ratio_no_fsync": ratio(&auth.no_fsync),
+            "ratio_fsync": ratio(&auth.fsync),
+            "fsync_cost_us": us(auth.fsync.p50.saturating_sub(auth.no_fsync.p50)),
+        });
+        println!(
+            "{}",
+            serde_json::json!({ "bench": "sign", "results": out, "authorization": auth_json })
+        );
         return Ok(());
     }
     println!();
@@ -241,5 +349,32 @@ pub async fn run(args: BenchOptions) -> anyhow::Result<()> {
     println!();
     println!("in-process: one whole FROST signature (t commits, t shares, aggregate) with no network, on one core.");
     println!("p50/in-proc: latency over that cost; rate/in-proc: throughput over the in-process single-core rate.");
+    println!();
+    println!("cost of authorization, 3-of-5, concurrency 1, {requests} signatures per line:");
+    println!(
+        "  client signature + one signer's verify and policy, in process: {:>8.0}µs",
+        us(auth.micro)
+    );
+    println!(
+        "  p50 without authorization (estimated: memory-audit p50 minus that): {:>6.0}µs",
+        us(base)
+    );
+    for (label, r) in [
+        ("signed requests + policy + audit in memory", &auth.memory),
+        (
+            "signed requests + policy + audit file, no fsync",
+            &auth.no_fsync,
+        ),
+        (
+            "signed requests + policy + audit file, fsync per record",
+            &auth.fsync,
+        ),
+    ] {
+        println!("  {label:<56} p50 {:>6.0}µs  {:>5.2}x", us(r.p50), ratio(r));
+    }
+    println!(
+        "  fsync per record costs {:.0}µs per signature (p50) on this disk",
+        us(auth.fsync.p50.saturating_sub(auth.no_fsync.p50))
+    );
     Ok(())
 }

@@ -386,8 +386,10 @@ impl Participant {
             tracing::info!(%group, client = %request.client.short(), rule = rule.code(), "sign request refused by policy");
             return Err(Refusal::NotAuthorized { rule });
         }
+        // After the grant the request is spent here: a failure now is Internal, not
+        // InvalidSigningPackage (which says the policy did not run, so asking again is fine).
         let signature_share = frost::round2::sign(&package, &pending.nonces, &share.key_package)
-            .map_err(|_| Refusal::InvalidSigningPackage)?;
+            .map_err(|_| Refusal::Internal)?;
         drop(pending); // zeroizes the nonces
         let mut bytes = signature_share.serialize();
         if fault == Some(Misbehaviour::CorruptShares) {

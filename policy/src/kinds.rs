@@ -105,31 +105,66 @@ fn sshsig(message: &[u8]) -> MessageKind {
     }
 }
 
+/// An SSH user-authentication payload (RFC 4252 §7, and OpenSSH's host-bound variant), or
+/// `None` when the message does not start like one. Once it starts like one (a non-empty
+/// session identifier, then SSH_MSG_USERAUTH_REQUEST) it is either exactly a form this signer
+/// recognises or [`MessageKind::Invalid`]: never `raw`, so a client allowed only raw messages
+/// cannot get a signature that an SSH server would accept as a login.
 fn ssh_auth(message: &[u8]) -> Option<MessageKind> {
     let mut r = Reader(message);
     let session = r.string()?;
     if session.is_empty() || r.byte()? != SSH_MSG_USERAUTH_REQUEST {
         return None;
     }
+    Some(userauth(&mut r).unwrap_or(MessageKind::Invalid(
+        "an SSH authentication payload of a form this signer does not accept",
+    )))
+}
+
+fn userauth(r: &mut Reader<'_>) -> Option<MessageKind> {
     let user = r.string()?;
     let _service = r.string()?;
-    if r.string()? != b"publickey" || r.byte()? != 1 {
+    let hostbound = match r.string()? {
+        b"publickey" => false,
+        b"publickey-hostbound-v00@openssh.com" => true,
+        _ => return None,
+    };
+    if r.byte()? != 1 {
         return None;
     }
     let _alg = r.string()?;
     let key = r.string()?;
+    if hostbound {
+        let _server_host_key = r.string()?;
+    }
     if !r.is_empty() {
         return None;
     }
+    // Printable and unambiguous in an audit record: anything else becomes '?'.
     let user = String::from_utf8_lossy(user)
         .chars()
-        .filter(|c| !c.is_control())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@') {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(64)
         .collect();
     Some(MessageKind::SshAuth {
         user,
         key_fingerprint: hex::encode(Sha256::digest(key).get(..8).unwrap_or_default()),
     })
+}
+
+/// True if `message` starts like the to-be-signed part of an OpenSSH certificate (its first
+/// string is a `*-cert-v01@openssh.com` key type): signing one with a group key that is an SSH
+/// CA would issue a certificate.
+fn ssh_certificate(message: &[u8]) -> bool {
+    Reader(message)
+        .string()
+        .is_some_and(|t| t.ends_with(b"-cert-v01@openssh.com"))
 }
 
 /// The kind of `message`.
@@ -142,6 +177,9 @@ pub fn classify(message: &[u8]) -> MessageKind {
             Ok(_) => MessageKind::Transition,
             Err(_) => MessageKind::Invalid("a transition statement that is not text"),
         };
+    }
+    if ssh_certificate(message) {
+        return MessageKind::Invalid("an SSH certificate to be signed");
     }
     ssh_auth(message).unwrap_or(MessageKind::Raw)
 }
@@ -212,9 +250,50 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // Not quite one: raw.
-        p.push(0);
-        assert_eq!(classify(&p), MessageKind::Raw);
+        // Shaped like one but not exactly a form the signer knows: invalid, never raw.
+        let mut trailing = p.clone();
+        trailing.push(0);
+        assert!(matches!(classify(&trailing), MessageKind::Invalid(_)));
+        // OpenSSH's host-bound variant (a server host key after the key blob) is ssh-auth.
+        let mut hb = vec![];
+        string(&mut hb, &[9u8; 32]);
+        hb.push(SSH_MSG_USERAUTH_REQUEST);
+        string(&mut hb, b"root");
+        string(&mut hb, b"ssh-connection");
+        string(&mut hb, b"publickey-hostbound-v00@openssh.com");
+        hb.push(1);
+        string(&mut hb, b"ssh-ed25519");
+        string(&mut hb, b"group key blob");
+        string(&mut hb, b"server host key blob");
+        assert_eq!(classify(&hb).name(), "ssh-auth");
+        // Other methods (hostbased, ...) are invalid.
+        let mut hostbased = vec![];
+        string(&mut hostbased, &[9u8; 32]);
+        hostbased.push(SSH_MSG_USERAUTH_REQUEST);
+        string(&mut hostbased, b"root");
+        string(&mut hostbased, b"ssh-connection");
+        string(&mut hostbased, b"hostbased");
+        string(&mut hostbased, b"ssh-ed25519");
+        assert!(matches!(classify(&hostbased), MessageKind::Invalid(_)));
+        // A user name that would spoof the audit record's text is made harmless.
+        let mut spoof = vec![];
+        string(&mut spoof, &[9u8; 32]);
+        spoof.push(SSH_MSG_USERAUTH_REQUEST);
+        string(&mut spoof, "a key=0000\u{202e}".as_bytes());
+        string(&mut spoof, b"ssh-connection");
+        string(&mut spoof, b"publickey");
+        spoof.push(1);
+        string(&mut spoof, b"ssh-ed25519");
+        string(&mut spoof, b"k");
+        match classify(&spoof) {
+            MessageKind::SshAuth { user, .. } => assert_eq!(user, "a?key?0000?"),
+            other => panic!("{other:?}"),
+        }
+        // An OpenSSH certificate body is never signed as raw.
+        let mut cert = vec![];
+        string(&mut cert, b"ssh-ed25519-cert-v01@openssh.com");
+        string(&mut cert, &[1u8; 32]);
+        assert!(matches!(classify(&cert), MessageKind::Invalid(_)));
     }
 
     #[test]

@@ -26,9 +26,12 @@ use crate::kinds::{classify, MessageKind};
 
 /// Largest policy file read.
 pub const MAX_POLICY_LEN: u64 = 1024 * 1024;
-/// Request ids remembered at most (about 40 bytes each): beyond, new requests are refused
-/// until old ones expire (fail closed).
+/// Request ids remembered at most per client (about 40 bytes each): beyond, that client's new
+/// requests are refused until its old ones expire (fail closed). Per client, so that one busy
+/// client cannot lock the others out.
 pub const MAX_REMEMBERED: usize = 100_000;
+/// Largest clock skew a policy may tolerate.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
 /// Longest a request may be valid for (bounds how long an id must be remembered).
 pub const MAX_VALIDITY_SECS: u64 = 3600;
 
@@ -98,7 +101,9 @@ fn parse_window(s: &str) -> Option<(u32, u32)> {
         (h < 24 && m < 60).then_some(h * 60 + m)
     };
     let (a, b) = s.split_once('-')?;
-    Some((minutes(a)?, minutes(b)?))
+    let (from, to) = (minutes(a)?, minutes(b)?);
+    // An empty window would allow nothing: say so rather than refuse every request.
+    (from != to).then_some((from, to))
 }
 
 #[derive(Debug)]
@@ -128,7 +133,8 @@ pub struct Policy {
     skew: u64,
     clients: HashMap<NodeId, Client>,
     buckets: HashMap<(NodeId, GroupName), (f64, u64)>,
-    seen: HashMap<[u8; 16], u64>,
+    /// Per client: request id → its not-after.
+    seen: HashMap<NodeId, HashMap<[u8; 16], u64>>,
 }
 
 impl Policy {
@@ -136,6 +142,11 @@ impl Policy {
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
         let f: File =
             toml::from_str(text).map_err(|e| PolicyError::Syntax(e.message().to_owned()))?;
+        if f.clock_skew_secs > MAX_CLOCK_SKEW_SECS {
+            return Err(PolicyError::Syntax(format!(
+                "clock_skew_secs is at most {MAX_CLOCK_SKEW_SECS}"
+            )));
+        }
         let mut clients = HashMap::new();
         let mut names = std::collections::BTreeSet::new();
         for c in f.client {
@@ -251,13 +262,14 @@ impl Policy {
                 return Err(Rule::Window);
             }
         }
-        if self.seen.contains_key(&body.request_id) {
+        let skew = self.skew;
+        let seen = self.seen.entry(request.client).or_default();
+        if seen.contains_key(&body.request_id) {
             return Err(Rule::Replay);
         }
-        if self.seen.len() >= MAX_REMEMBERED {
-            self.seen
-                .retain(|_, not_after| *not_after + self.skew >= now);
-            if self.seen.len() >= MAX_REMEMBERED {
+        if seen.len() >= MAX_REMEMBERED {
+            seen.retain(|_, not_after| not_after.saturating_add(skew) >= now);
+            if seen.len() >= MAX_REMEMBERED {
                 return Err(Rule::Busy);
             }
         }
@@ -279,7 +291,10 @@ impl Policy {
             client: client.name.clone(),
             kind,
         };
-        self.seen.insert(body.request_id, body.not_after);
+        self.seen
+            .entry(request.client)
+            .or_default()
+            .insert(body.request_id, body.not_after);
         Ok(grant)
     }
 
@@ -502,6 +517,9 @@ mod tests {
         assert!(base("", "[\"everything\"]", "1/min").is_err());
         assert!(base("", "[\"raw\"]", "fast").is_err());
         assert!(base("window = \"25:00-26:00\"", "[\"raw\"]", "1/min").is_err());
+        assert!(base("window = \"08:00-08:00\"", "[\"raw\"]", "1/min").is_err());
+        assert!(Policy::from_toml("clock_skew_secs = 100000\n").is_err());
+        assert!(Policy::from_toml("clock_skew_secs = 600\n").is_ok());
         assert!(base("unknown = 1", "[\"raw\"]", "1/min").is_err());
         assert!(Policy::from_toml("[[client]]\nname = 1").is_err());
     }

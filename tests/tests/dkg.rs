@@ -29,6 +29,30 @@ fn dkg_3_of_5_then_sign_and_verify_with_dalek_and_openssl() {
         assert_eq!(v["threshold"], 3);
     }
     assert!(files_ending(d, &[".pending"]).is_empty());
+    // Every member recorded joining the ceremony, with the plan fingerprint, and its outcome.
+    let mut plans = std::collections::BTreeSet::new();
+    for i in 1..=5 {
+        let log = d.join(format!("p{i}-ceremony-audit/audit.log"));
+        let out = common::conclave(&["audit", "show", "--json", log.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let records = v["records"].as_array().unwrap();
+        let results: Vec<&str> = records
+            .iter()
+            .map(|r| r["result"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(results, ["joined", "completed"], "p{i}");
+        for r in records {
+            assert_eq!(r["action"], "ceremony");
+            assert_eq!(r["group"], "it");
+            plans.insert(r["plan"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(plans.len(), 1, "one plan fingerprint for all: {plans:?}");
     cluster.wait_reachable(5);
     let msg = b"signed by a key nobody ever held";
     let (code, json, stderr) = cluster.sign(msg, 10);

@@ -69,6 +69,8 @@ pub struct Client {
     next_id: std::sync::atomic::AtomicU64,
     identity: IdentityKey,
     epochs: std::sync::Mutex<std::collections::HashMap<GroupName, u64>>,
+    /// Epochs the caller knows from its own manifest: never taken from the coordinator.
+    pinned: std::sync::Mutex<std::collections::HashMap<GroupName, u64>>,
 }
 
 impl Client {
@@ -91,21 +93,35 @@ impl Client {
             next_id: 1.into(),
             identity: identity.clone(),
             epochs: Default::default(),
+            pinned: Default::default(),
         })
     }
 
-    /// The group's epoch, from the coordinator the first time.
+    /// Signs requests for `group` at `epoch` (from the caller's own copy of the manifest), and
+    /// never at the epoch the coordinator reports: the epoch in a signed request is then the
+    /// client's intent, not the coordinator's claim.
+    pub fn pin_epoch(&self, group: &GroupName, epoch: u64) {
+        if let Ok(mut m) = self.pinned.lock() {
+            m.insert(group.clone(), epoch);
+        }
+    }
+
+    /// The group's epoch: pinned, or from the coordinator the first time (and again when the
+    /// signers refuse it, never going back to a lower one).
     async fn epoch(&self, group: &GroupName, refresh: bool) -> Result<u64, ClientError> {
-        if !refresh {
-            if let Some(e) = self.epochs.lock().ok().and_then(|m| m.get(group).copied()) {
-                return Ok(e);
-            }
+        if let Some(e) = self.pinned.lock().ok().and_then(|m| m.get(group).copied()) {
+            return Ok(e);
+        }
+        let cached = self.epochs.lock().ok().and_then(|m| m.get(group).copied());
+        if let (Some(e), false) = (cached, refresh) {
+            return Ok(e);
         }
         let info = self.group_info(group).await?;
+        let epoch = cached.map_or(info.epoch, |c| c.max(info.epoch));
         if let Ok(mut m) = self.epochs.lock() {
-            m.insert(group.clone(), info.epoch);
+            m.insert(group.clone(), epoch);
         }
-        Ok(info.epoch)
+        Ok(epoch)
     }
 
     /// A request for `message`, signed by this client's identity.
@@ -131,7 +147,10 @@ impl Client {
             message: message_ref,
             kind,
             request_id,
-            not_after: crate::unix_now() + valid_for.as_secs() + VALIDITY_MARGIN_SECS,
+            // Signers accept at most an hour ahead.
+            not_after: crate::unix_now()
+                + (valid_for.as_secs() + VALIDITY_MARGIN_SECS)
+                    .min(conclave_policy::MAX_VALIDITY_SECS),
         }
         .sign(&self.identity)
         .map_err(|_| ClientError::BadKind)

@@ -590,3 +590,29 @@ fn a_request_is_signed_at_most_once_per_signer_even_across_attempts() {
     let o = outcome.expect("a new request signs without the culprit");
     assert!(!o.signers.contains(&"p0".to_string()));
 }
+
+#[test]
+fn a_signer_that_refuses_a_client_is_asked_last_for_it_so_one_signer_cannot_veto_everything() {
+    // 3-of-5 where p0's policy allows nobody: the sessions it is picked for end as
+    // not_authorized (no retry around it within a session), but the client's later requests
+    // go to the four signers that allow it first, and p0 is not penalised for others.
+    let mut net = Net::new(3, 5);
+    let p0 = net.order[0];
+    net.parts
+        .get_mut(&p0)
+        .unwrap()
+        .set_policy(Policy::deny_all());
+    let mut denied = 0;
+    for i in 0..10 {
+        match net.sign(format!("m{i}").as_bytes()) {
+            Ok(o) => assert!(!o.signers.contains(&"p0".to_string())),
+            Err(SignError::NotAuthorized { refusals }) => {
+                assert_eq!(refusals, [("p0".to_string(), PolicyRule::UnknownClient)]);
+                denied += 1;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(denied <= 1, "p0 vetoed {denied} of 10 requests");
+    assert!(net.coord.peers[&p0].penalty_until.is_none());
+}

@@ -740,6 +740,10 @@ pub fn run_dkg(d: &Path, group: &str, t: usize, specs: &[String], faults: &DkgFa
                     d.join(name).to_str().expect("utf8"),
                     "--out",
                     d.join(format!("{name}-dkg")).to_str().expect("utf8"),
+                    "--audit-log",
+                    d.join(format!("{name}-ceremony-audit/audit.log"))
+                        .to_str()
+                        .expect("utf8"),
                     "--mode",
                     "dev",
                     "--kdf",
