@@ -199,7 +199,7 @@ pub async fn run(json: bool, keep: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     say.step(format!(
-        "each signer checked the client's signed request against its own policy before its share left, and recorded it: {released} shares released, all {} audit logs verify (conclave audit verify {}/audit/*/audit.log)",
+        "each signer checked the client's signed request against its own policy before its share left, and recorded it: {released} shares released, all {} audit logs verify (conclave audit verify {}/audit/NODE/audit.log)",
         PARTICIPANTS + 1,
         dir.display()
     ));
