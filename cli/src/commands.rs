@@ -285,21 +285,12 @@ fn read_message(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Connects as `args` (flags over the client config) says, within its timeout.
 pub(crate) async fn connect(args: &crate::ClientArgs) -> anyhow::Result<(Client, GroupName)> {
-    let group =
-        GroupName::new(&args.group).map_err(|e| anyhow!("--group {:?}: {e}", args.group))?;
-    let key = read_node_id(&args.coordinator_key)
-        .context("--coordinator-key is neither a hex key nor a readable identity.pub")?;
-    let identity =
-        IdentityKey::read_from(&args.identity).context("cannot load the client identity")?;
-    let addr = tokio::net::lookup_host(&args.coordinator)
-        .await
-        .with_context(|| format!("cannot resolve {}", args.coordinator))?
-        .next()
-        .ok_or_else(|| anyhow!("cannot resolve {}", args.coordinator))?;
-    let client = Client::connect(&identity, addr, key)
-        .await
-        .with_context(|| format!("cannot connect to the coordinator at {addr} (is this client's key in its `clients`?)"))?;
+    let config = crate::clientcmd::resolve(args)?;
+    let group = crate::clientcmd::group(&config)?;
+    let (deadline, _) = crate::clientcmd::deadline(&config, None);
+    let client = crate::clientcmd::connect(&config, &group, deadline).await?;
     Ok((client, group))
 }
 
@@ -307,38 +298,43 @@ pub(crate) async fn sign(args: SignArgs) -> CmdResult {
     if args.format == SigFormat::Raw && !args.json && std::io::stdout().is_terminal() {
         return Err(anyhow!("refusing to write a raw signature to a terminal; redirect stdout or use --format base64").into());
     }
-    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
-        return Err(anyhow!("--timeout must be between 0 and 3600 seconds").into());
+    if let Some(t) = args.timeout {
+        if !(t > 0.0 && t <= 3600.0) {
+            return Err(anyhow!("--timeout must be between 0 and 3600 seconds").into());
+        }
     }
+    let config = crate::clientcmd::resolve(&args.client)?;
+    let group = crate::clientcmd::group(&config)?;
+    // The key and epoch from this host's own manifest: --manifest, else the client config's.
     let manifest = match &args.manifest {
         Some(m) => {
             Some(GroupManifest::read(m).with_context(|| format!("manifest {}", m.display()))?)
         }
-        None => None,
+        None => crate::clientcmd::local_manifest(&config, &group).map(|(_, m)| m),
     };
+    if let Some(m) = &manifest {
+        if m.group != group {
+            return Err(anyhow!("--manifest is for group {}, not {group}", m.group).into());
+        }
+    }
     let expected = match &manifest {
         Some(m) => Some(m.public_key_bytes()?),
         None => None,
     };
     let message = read_message(args.message_file.as_deref())?;
-    let (client, group) = connect(&args.client).await?;
+    let (deadline, _) = crate::clientcmd::deadline(&config, args.timeout);
+    let client = crate::clientcmd::connect(&config, &group, deadline).await?;
     if let Some(m) = &manifest {
-        if m.group != group {
-            return Err(anyhow!("--manifest is for group {}, not {group}", m.group).into());
-        }
         // The epoch the client signs for comes from its own manifest, not the coordinator.
         client.pin_epoch(&group, m.epoch);
     }
-    let signed = match client
-        .sign_kind(
-            &group,
-            &message,
-            args.kind.as_deref(),
-            Duration::from_secs_f64(args.timeout),
-            expected,
-        )
-        .await
-    {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let result = client
+        .sign_kind(&group, &message, args.kind.as_deref(), left, expected)
+        .await;
+    // Closed cleanly: the coordinator frees the connection now, not at its idle timeout.
+    client.close().await;
+    let signed = match result {
         Ok(s) => s,
         Err(conclave_transport::client::ClientError::Sign(e)) => {
             let refusals: Vec<_> = match &e {
@@ -464,7 +460,7 @@ fn public_key_openssh(key: &[u8; 32], comment: &str) -> String {
     format!("ssh-ed25519 {} {comment}\n", B64.encode(blob))
 }
 
-pub(crate) fn pubkey(manifest: &Path, format: KeyFormat) -> CmdResult {
+pub(crate) fn pubkey(manifest: &Path, format: KeyFormat, key_id: Option<&str>) -> CmdResult {
     let m = GroupManifest::read(manifest)
         .with_context(|| format!("manifest {}", manifest.display()))?;
     let key = m.public_key_bytes()?;
@@ -475,13 +471,23 @@ pub(crate) fn pubkey(manifest: &Path, format: KeyFormat) -> CmdResult {
             "{}",
             public_key_openssh(&key, &format!("conclave:{}", m.group))
         ),
+        KeyFormat::RegistryJson => println!(
+            "{}",
+            serde_json::json!({
+                "key_id": key_id.map_or_else(|| format!("conclave:{}", m.group), str::to_owned),
+                "public_key": hex::encode(key),
+                "alg": "ed25519",
+            })
+        ),
     }
     Ok(())
 }
 
 pub(crate) async fn status(args: StatusArgs) -> CmdResult {
     let (client, group) = connect(&args.client).await?;
-    let info = client.group_info(&group).await?;
+    let info = client.group_info(&group).await;
+    client.close().await;
+    let info = info?;
     if args.json {
         println!(
             "{}",

@@ -13,8 +13,10 @@ macro_rules! fail {
     };
 }
 
+mod agent;
 mod ceremony;
 mod checks;
+mod clientcmd;
 mod commands;
 mod config;
 mod confirm;
@@ -22,6 +24,7 @@ mod faults;
 mod migrate;
 mod passphrase;
 mod rotate;
+mod signer;
 mod sim;
 
 use std::path::PathBuf;
@@ -83,14 +86,25 @@ enum Command {
     /// Inspect a share file, or change its passphrase.
     #[command(subcommand)]
     Share(ShareCmd),
-    /// Print a group's public key (hex, PEM for OpenSSL, or OpenSSH).
+    /// Print a group's public key (hex, PEM for OpenSSL, OpenSSH, or a trusted-key-registry
+    /// entry).
     Pubkey {
         /// Group manifest.
         #[arg(long, short)]
         manifest: PathBuf,
         #[arg(long, value_enum, default_value_t = KeyFormat::Hex)]
         format: KeyFormat,
+        /// registry-json: the entry's key_id (default "conclave:<group>").
+        #[arg(long)]
+        key_id: Option<String>,
     },
+    /// The SIGNER_CMD convention: message bytes on stdin, the signature on stdout (base64).
+    /// On failure nothing on stdout and `CODE: reason` on stderr. Docs: docs/CLIENTS.md.
+    #[command(after_help = EXTERNAL_SIGNER_HELP)]
+    ExternalSigner(ExternalSignerArgs),
+    /// An ssh-agent whose keys are group keys: `ssh`, `ssh-add -L`, `ssh-keygen -Y sign` and
+    /// git's SSH signing sign through the threshold. Docs: docs/CLIENTS.md.
+    Agent(AgentArgs),
     /// Ask a coordinator about a group: key, threshold, epoch, reachable participants.
     Status(StatusArgs),
     /// Run a local 3-of-5 cluster on 127.0.0.1 and watch it sign, lose nodes, and fail closed.
@@ -119,6 +133,14 @@ enum Command {
     #[command(subcommand, after_help = MIGRATE_HELP)]
     Migrate(MigrateCmd),
 }
+
+const EXTERNAL_SIGNER_HELP: &str = "\
+Environment: SIGNER_TIMEOUT_MS (the whole call, connecting included; default the client
+config's timeout_ms), SIGNER_OUTPUT (base64, hex or raw), CONCLAVE_CLIENT_CONFIG.
+Exit codes and the first word on stderr: 0 signed; 10 SIGNER_UNAVAILABLE (no coordinator or
+too few signers); 11 SIGNER_TIMEOUT; 12 SIGNER_REFUSED (not authorised, or another typed
+refusal); 13 SIGNER_BAD_INPUT (empty or oversized stdin, bad --hash hex, bad config);
+14 SIGNER_BAD_RESPONSE (a signature that does not verify: never printed).";
 
 const MIGRATE_HELP: &str = "\
 Steps: (1) make the new group with `conclave keygen dkg` (another group name); (2) serve both
@@ -645,6 +667,49 @@ enum KdfChoice {
     Light,
 }
 
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// The agent's Unix socket (its directory is created 0700 if missing, and must not be open
+    /// to others); point SSH_AUTH_SOCK at it.
+    #[arg(long)]
+    socket: PathBuf,
+    /// A group whose key the agent serves (repeat for several; default: the client config's
+    /// group).
+    #[arg(long)]
+    group: Vec<String>,
+    /// A uid allowed to use the socket (repeat; default: the agent's own uid).
+    #[arg(long, value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// Client config (identity, coordinators, timeout); see `conclave sign --help`.
+    #[arg(long, value_name = "PATH")]
+    client_config: Option<PathBuf>,
+    /// Coordinator address, HOST:PORT (instead of the config's coordinators).
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Coordinator identity public key (hex, or path of its identity.pub).
+    #[arg(long)]
+    coordinator_key: Option<String>,
+    /// This client's identity directory.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ExternalSignerArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Stdin is a 32- or 64-byte digest in hex; those bytes are signed as the message
+    /// (FROST(Ed25519) has no Ed25519ph: the verifier checks the signature over the digest).
+    #[arg(long)]
+    hash: bool,
+    /// Output format (default: $SIGNER_OUTPUT, else base64).
+    #[arg(long, value_enum)]
+    output: Option<SigFormat>,
+    /// Deadline in milliseconds (default: $SIGNER_TIMEOUT_MS, else the config's timeout_ms).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum SigFormat {
     Base64,
@@ -657,22 +722,28 @@ enum KeyFormat {
     Hex,
     Pem,
     Openssh,
+    /// {"key_id", "public_key" (hex), "alg": "ed25519"} for a trusted-key registry.
+    RegistryJson,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 struct ClientArgs {
-    /// Coordinator address, HOST:PORT.
+    /// Client config (identity, coordinators tried in order, group, timeout); default
+    /// $CONCLAVE_CLIENT_CONFIG, else ~/.config/conclave/client.toml. Flags override it.
+    #[arg(long, value_name = "PATH")]
+    client_config: Option<PathBuf>,
+    /// Coordinator address, HOST:PORT (instead of the config's coordinators).
     #[arg(long)]
-    coordinator: String,
+    coordinator: Option<String>,
     /// Coordinator identity public key (hex, or path of its identity.pub).
     #[arg(long)]
-    coordinator_key: String,
+    coordinator_key: Option<String>,
     /// This client's identity directory (its public key must be in the coordinator's clients).
     #[arg(long)]
-    identity: PathBuf,
+    identity: Option<PathBuf>,
     /// Group name.
     #[arg(long, short)]
-    group: String,
+    group: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -688,9 +759,10 @@ struct SignArgs {
     /// Print {"public_key", "signature", "message_sha256"} as JSON.
     #[arg(long)]
     json: bool,
-    /// Seconds the coordinator may take.
-    #[arg(long, default_value_t = 10.0)]
-    timeout: f64,
+    /// Seconds the whole request may take, connecting included (default: the client config's
+    /// timeout_ms, else 10).
+    #[arg(long)]
+    timeout: Option<f64>,
     /// Group manifest (this host's own copy): refuse a signature under any other key, and sign
     /// the request for its epoch rather than the one the coordinator reports.
     #[arg(long)]
@@ -876,6 +948,14 @@ impl Exit {
         }
     }
 
+    /// A failure whose message the command already printed.
+    pub(crate) fn silent(code: u8) -> Self {
+        Self {
+            code,
+            error: anyhow::anyhow!(""),
+        }
+    }
+
     /// The signers' policies did not authorise the request (exit code 3).
     pub(crate) fn not_authorized(error: impl Into<anyhow::Error>) -> Self {
         Self {
@@ -901,7 +981,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(
         cli.command,
-        Command::Participant { .. } | Command::Coordinator { .. }
+        Command::Participant { .. } | Command::Coordinator { .. } | Command::Agent(_)
     );
     let narrated = matches!(
         cli.command,
@@ -913,7 +993,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Exit { code, error }) => {
-            if code != 1 || !error.to_string().is_empty() {
+            if !error.to_string().is_empty() {
                 eprintln!("conclave: error: {error:#}");
             }
             ExitCode::from(code)
@@ -943,7 +1023,13 @@ fn run(command: Command) -> CmdResult {
         Command::Coordinator { config } => runtime()?.block_on(commands::run_coordinator(&config)),
         Command::Sign(args) => runtime()?.block_on(commands::sign(args)),
         Command::Verify(args) => commands::verify(args),
-        Command::Pubkey { manifest, format } => commands::pubkey(&manifest, format),
+        Command::Pubkey {
+            manifest,
+            format,
+            key_id,
+        } => commands::pubkey(&manifest, format, key_id.as_deref()),
+        Command::ExternalSigner(args) => runtime()?.block_on(signer::run(args)),
+        Command::Agent(args) => runtime()?.block_on(agent::run(args)),
         Command::Config(ConfigCmd::Check { config, json }) => commands::config_check(&config, json),
         Command::Share(ShareCmd::Inspect { file, json }) => commands::share_inspect(&file, json),
         Command::Share(ShareCmd::Passwd {

@@ -29,10 +29,11 @@ async fn connect(
     conclave_protocol::GroupName,
 )> {
     crate::commands::connect(&crate::ClientArgs {
-        coordinator: client.coordinator.clone(),
-        coordinator_key: client.coordinator_key.clone(),
-        identity: client.identity.clone(),
-        group: group.to_owned(),
+        coordinator: Some(client.coordinator.clone()),
+        coordinator_key: Some(client.coordinator_key.clone()),
+        identity: Some(client.identity.clone()),
+        group: Some(group.to_owned()),
+        ..Default::default()
     })
     .await
 }

@@ -473,10 +473,11 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
             .map(|(_, m)| m.group.to_string())
             .ok_or_else(|| anyhow!("give at least one --manifest"))?;
         let c = crate::ClientArgs {
-            coordinator,
-            coordinator_key,
-            identity,
-            group,
+            coordinator: Some(coordinator),
+            coordinator_key: Some(coordinator_key),
+            identity: Some(identity),
+            group: Some(group),
+            ..Default::default()
         };
         let (client, group) = crate::commands::connect(&c).await?;
         let info = client
@@ -596,10 +597,11 @@ pub(crate) async fn retire(args: RetireArgs) -> CmdResult {
         );
     }
     let client_args = crate::ClientArgs {
-        coordinator: args.client.coordinator.clone(),
-        coordinator_key: args.client.coordinator_key.clone(),
-        identity: args.client.identity.clone(),
-        group: new.group.to_string(),
+        coordinator: Some(args.client.coordinator.clone()),
+        coordinator_key: Some(args.client.coordinator_key.clone()),
+        identity: Some(args.client.identity.clone()),
+        group: Some(new.group.to_string()),
+        ..Default::default()
     };
     let (client, group) = crate::commands::connect(&client_args).await?;
     let info = client

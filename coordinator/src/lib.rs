@@ -8,10 +8,11 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-pub mod error;
 pub mod state;
 
-pub use error::SignError;
+/// The typed outcome of a failed signing request (defined in `conclave-protocol`, where the
+/// client library finds it too).
+pub use conclave_protocol::SignError;
 #[cfg(feature = "fault-injection")]
 pub use state::Misbehaviour;
 pub use state::{Coordinator, CoordinatorConfig, Event, GroupInfo, SessionId, SignOutcome};

@@ -35,7 +35,7 @@ use conclave_protocol::{
 };
 use frost_ed25519 as frost;
 
-use crate::error::SignError;
+use conclave_protocol::SignError;
 
 /// Tunables of the coordinator.
 #[derive(Clone, Debug)]

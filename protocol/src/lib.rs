@@ -11,6 +11,7 @@
 )]
 
 pub mod codec;
+pub mod error;
 pub mod fsread;
 pub mod identity;
 pub mod message;
@@ -19,6 +20,7 @@ pub mod request;
 pub use codec::{
     decode_frame, encode_frame, CodecError, EncodeError, FRAME_HEADER_LEN, MAX_FRAME_LEN,
 };
+pub use error::SignError;
 pub use fsread::{read_bounded, read_bounded_to_string, read_limited, ReadError};
 pub use identity::{IdentityError, IdentityKey, NodeId};
 pub use message::{

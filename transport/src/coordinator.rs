@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::quic::{self, Pinned, TransportError};
 use conclave_audit::{AuditSink, Decision};
+use conclave_client::quic::{self, Pinned, TransportError};
 use conclave_protocol::request::SignedRequest;
 use conclave_protocol::{
     Envelope, GroupName, IdentityKey, Message, NodeId, PolicyRule, Refusal, Transmit,

@@ -13,19 +13,15 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
-pub mod client;
 pub mod coordinator;
 pub mod hygiene;
 pub mod member;
 pub mod participant;
 pub mod proxy;
-pub mod quic;
 pub mod relay;
 
-/// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970): the wall
-/// time that request validity and audit records use.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// The QUIC/TLS layer and the client library live in `conclave-client` (so that a client
+/// application needs nothing else); re-exported here for the daemons.
+pub use conclave_client::{client, quic};
+
+pub use conclave_client::unix_now;

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::quic::{self, TransportError};
+use conclave_client::quic::{self, TransportError};
 use conclave_keygen::ceremony::{Applied, Member, MemberEnd, MemberEvent, Protocol};
 use conclave_keygen::store::{ShareStore, StoreError};
 use conclave_protocol::{IdentityKey, NodeId};

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::quic::{self, Pinned, TransportError};
+use conclave_client::quic::{self, Pinned, TransportError};
 use conclave_protocol::{Envelope, IdentityKey, Message, NodeId, Refusal};
 
 use conclave_participant::Participant;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::quic::{self, Pinned, TransportError};
+use conclave_client::quic::{self, Pinned, TransportError};
 use conclave_keygen::ceremony::{
     AbortReport, CeremonyPlan, Completion, CompletionFailure, Relay, RelayEvent,
 };

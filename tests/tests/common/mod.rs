@@ -566,6 +566,55 @@ impl Cluster {
         }
     }
 
+    /// Stops the coordinator (SIGKILL: it closes nothing).
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts another coordinator process with the same identity and config (so the
+    /// participants already pin it) on a port of its own; returns its address. It is stopped
+    /// with the cluster.
+    pub fn start_second_coordinator(&mut self) -> String {
+        let d = self.dir.path().to_path_buf();
+        let config = std::fs::read_to_string(d.join("coordinator.toml"))
+            .expect("coordinator config")
+            .replace("coordinator-audit/", "coordinator2-audit/");
+        let path = d.join("coordinator2.toml");
+        std::fs::write(&path, config).expect("config");
+        let mut child = self.spawn_raw(
+            "coordinator",
+            &path,
+            &d.join("coordinator2.log"),
+            None,
+            None,
+        );
+        let line = first_line(&mut child);
+        let addr = line.rsplit(' ').next().expect("address").to_owned();
+        self.proxies.push(child);
+        addr
+    }
+
+    /// Writes a client config for client A (`client`), with these coordinator addresses in
+    /// order and the group's manifest; returns its path.
+    pub fn client_config(&self, name: &str, coordinators: &[&str], timeout_ms: u64) -> PathBuf {
+        let mut text = format!(
+            "identity = \"client\"\ngroup = \"{}\"\ntimeout_ms = {timeout_ms}\nmanifests = [\"it.manifest.toml\"]\n",
+            self.group
+        );
+        for addr in coordinators {
+            text += &format!(
+                "[[coordinator]]\naddress = \"{addr}\"\nkey = \"{}\"\n",
+                self.coordinator_key
+            );
+        }
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("client config");
+        path
+    }
+
     /// Starts (or stops) dropping all traffic of participant `i` (0-based) at its proxy.
     pub fn blackhole(&self, i: usize, on: bool) {
         let path = self.dir.path().join(format!("p{}.blackhole", i + 1));

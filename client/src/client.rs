@@ -20,7 +20,7 @@ const VALIDITY_MARGIN_SECS: u64 = 60;
 /// New requests sent when an attempt failed after round 2 began.
 const MAX_REQUESTS: usize = 3;
 
-use conclave_coordinator::SignError;
+use conclave_protocol::SignError;
 
 /// A signature from the coordinator, verified by the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,19 +74,30 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the coordinator at `addr`, which must prove it holds `coordinator`'s key.
+    /// Connects to the coordinator at `addr`, which must prove it holds `coordinator`'s key
+    /// (within 10 s).
     pub async fn connect(
         identity: &IdentityKey,
         addr: SocketAddr,
         coordinator: NodeId,
     ) -> Result<Self, ClientError> {
+        Self::connect_within(identity, addr, coordinator, Duration::from_secs(10)).await
+    }
+
+    /// Like [`connect`](Self::connect), giving up after `timeout`.
+    pub async fn connect_within(
+        identity: &IdentityKey,
+        addr: SocketAddr,
+        coordinator: NodeId,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let endpoint = quic::client_endpoint(addr)?;
         let conn = tokio::time::timeout(
-            Duration::from_secs(10),
+            timeout,
             quic::connect(&endpoint, identity, coordinator, addr),
         )
         .await
-        .map_err(|_| TransportError::Timeout(Duration::from_secs(10)))??;
+        .map_err(|_| TransportError::Timeout(timeout))??;
         Ok(Self {
             _endpoint: endpoint,
             conn,
@@ -95,6 +106,18 @@ impl Client {
             epochs: Default::default(),
             pinned: Default::default(),
         })
+    }
+
+    /// Closes the connection cleanly (the coordinator frees it at once instead of at its idle
+    /// timeout) and waits briefly for the close to be sent.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"client done");
+        let _ = tokio::time::timeout(Duration::from_millis(200), self._endpoint.wait_idle()).await;
+    }
+
+    /// True while the connection is up.
+    pub fn is_open(&self) -> bool {
+        self.conn.close_reason().is_none()
     }
 
     /// Signs requests for `group` at `epoch` (from the caller's own copy of the manifest), and

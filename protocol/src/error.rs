@@ -1,7 +1,7 @@
 //! The typed outcome of a failed signing request, shared by the state machine, the driver and
 //! the client library (it travels as a [`Refusal`] code).
 
-use conclave_protocol::{PolicyRule, Refusal};
+use crate::{PolicyRule, Refusal};
 
 /// Why no signature was returned. Failure is always closed: an error, never an unverified
 /// signature.
@@ -82,7 +82,7 @@ impl SignError {
         match r {
             Refusal::UnknownGroup => SignError::UnknownGroup,
             Refusal::MessageTooLarge => SignError::MessageTooLarge {
-                max: conclave_protocol::MAX_SIGN_MESSAGE_LEN,
+                max: crate::MAX_SIGN_MESSAGE_LEN,
             },
             Refusal::SignerUnavailable { reachable, needed } => SignError::SignerUnavailable {
                 reachable: reachable.into(),

@@ -1,0 +1,234 @@
+//! `conclave agent`: an ssh-agent (draft-miller-ssh-agent, via `ssh-agent-lib`) whose keys are
+//! threshold group keys. It lists each group key as an `ssh-ed25519` identity (comment = the
+//! group name) and answers sign requests through threshold signing, so `ssh`, `ssh-add -L`,
+//! `ssh-keygen -Y sign` and git's SSH signing work with a key whose secret is nowhere.
+//!
+//! The socket is created 0600 in a directory only its owner can enter; every connecting
+//! process's uid (SO_PEERCRED) must be in the allow list (default: the agent's own uid).
+//! Adding or removing identities is refused with the protocol's failure reply.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use conclave_client::{SigningService, ThresholdSigner};
+use ssh_agent_lib::agent::{Agent, Session};
+use ssh_agent_lib::error::AgentError;
+use ssh_agent_lib::proto::{Identity, SignRequest};
+use ssh_key::public::{Ed25519PublicKey, KeyData};
+use ssh_key::{Algorithm, Signature};
+
+use crate::{AgentArgs, CmdResult};
+
+/// The groups served, by public key.
+struct Keys {
+    by_key: HashMap<[u8; 32], Arc<ThresholdSigner>>,
+    /// In the order given, for the identity list.
+    order: Vec<Arc<ThresholdSigner>>,
+}
+
+/// Makes one session per connection, after checking the peer's uid.
+struct Factory {
+    keys: Arc<Keys>,
+    allowed: Vec<u32>,
+}
+
+/// A connection from an allowed process.
+#[derive(Clone)]
+struct Served {
+    keys: Arc<Keys>,
+    uid: u32,
+}
+
+/// A connection from a process that is not allowed: every request fails.
+struct Denied;
+
+impl Session for Denied {}
+
+/// Either session kind behind one type (`new_session` returns one concrete type).
+enum Conn {
+    Served(Served),
+    Denied(Denied),
+}
+
+impl Agent<tokio::net::UnixListener> for Factory {
+    fn new_session(&mut self, socket: &tokio::net::UnixStream) -> impl Session {
+        let uid = socket.peer_cred().ok().map(|c| c.uid());
+        match uid {
+            Some(uid) if self.allowed.contains(&uid) => Conn::Served(Served {
+                keys: self.keys.clone(),
+                uid,
+            }),
+            other => {
+                tracing::warn!(uid = ?other, "agent connection refused: uid not allowed (--allow-uid)");
+                Conn::Denied(Denied)
+            }
+        }
+    }
+}
+
+#[ssh_agent_lib::async_trait]
+impl Session for Conn {
+    async fn request_identities(&mut self) -> Result<Vec<Identity>, AgentError> {
+        match self {
+            Conn::Served(s) => s.request_identities().await,
+            Conn::Denied(d) => d.request_identities().await,
+        }
+    }
+
+    async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
+        match self {
+            Conn::Served(s) => s.sign(request).await,
+            Conn::Denied(d) => d.sign(request).await,
+        }
+    }
+}
+
+#[ssh_agent_lib::async_trait]
+impl Session for Served {
+    async fn request_identities(&mut self) -> Result<Vec<Identity>, AgentError> {
+        Ok(self
+            .keys
+            .order
+            .iter()
+            .map(|s| Identity {
+                pubkey: KeyData::Ed25519(Ed25519PublicKey(s.public_key().to_bytes())),
+                comment: s.group().to_string(),
+            })
+            .collect())
+    }
+
+    async fn sign(&mut self, request: SignRequest) -> Result<Signature, AgentError> {
+        let KeyData::Ed25519(Ed25519PublicKey(key)) = &request.pubkey else {
+            tracing::info!(
+                uid = self.uid,
+                result = "refused",
+                "agent sign: not an Ed25519 key of this agent"
+            );
+            return Err(AgentError::Failure);
+        };
+        let Some(signer) = self.keys.by_key.get(key).cloned() else {
+            tracing::info!(
+                uid = self.uid,
+                result = "refused",
+                "agent sign: unknown key"
+            );
+            return Err(AgentError::Failure);
+        };
+        // Logged: the kind (and SSHSIG namespace or SSH user) recognised from the bytes,
+        // never the bytes themselves.
+        let kind = conclave_policy::classify(&request.data);
+        let detail = match &kind {
+            conclave_policy::MessageKind::SshAuth { user, .. } => format!(" user={user}"),
+            _ => String::new(),
+        };
+        match signer.sign(&request.data).await {
+            Ok(sig) => {
+                tracing::info!(uid = self.uid, group = %signer.group(), kind = %kind.name(), result = "signed", "agent sign{detail}");
+                Signature::new(Algorithm::Ed25519, sig.to_bytes().to_vec())
+                    .map_err(AgentError::other)
+            }
+            Err(e) => {
+                tracing::warn!(uid = self.uid, group = %signer.group(), kind = %kind.name(), result = e.code(), error = %e, "agent sign failed{detail}");
+                Err(AgentError::Failure)
+            }
+        }
+    }
+}
+
+/// Creates the socket's directory (0700) if missing and refuses one that others can enter;
+/// removes a stale socket; binds; makes the socket 0600.
+fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if !dir.exists() {
+        conclave_protocol::identity::create_private_dir(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is open to group/others (mode {mode:03o}): the agent's socket needs a directory of its own (chmod 700 {})",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if let Ok(m) = std::fs::symlink_metadata(socket) {
+        if m.file_type().is_socket() {
+            std::fs::remove_file(socket)?;
+        } else {
+            bail!("{} exists and is not a socket", socket.display());
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub(crate) async fn run(args: AgentArgs) -> CmdResult {
+    let client_args = crate::ClientArgs {
+        client_config: args.client_config.clone(),
+        coordinator: args.coordinator.clone(),
+        coordinator_key: args.coordinator_key.clone(),
+        identity: args.identity.clone(),
+        group: None,
+    };
+    let config = crate::clientcmd::resolve(&client_args)?;
+    let groups: Vec<String> = if args.group.is_empty() {
+        vec![config
+            .group
+            .clone()
+            .ok_or_else(|| anyhow!("no group: --group NAME (repeat for several), or `group = ...` in the client config"))?]
+    } else {
+        args.group.clone()
+    };
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let signers = ThresholdSigner::connect_groups(&config, &names)
+        .await
+        .map_err(|e| anyhow!("{} {e}", e.code()))?;
+    let mut by_key = HashMap::new();
+    let mut order = Vec::new();
+    for s in signers {
+        let s = Arc::new(s);
+        if by_key
+            .insert(s.public_key().to_bytes(), s.clone())
+            .is_some()
+        {
+            return Err(anyhow!("two groups share one public key").into());
+        }
+        order.push(s);
+    }
+    let allowed = if args.allow_uid.is_empty() {
+        vec![rustix::process::getuid().as_raw()]
+    } else {
+        args.allow_uid.clone()
+    };
+    let listener = bind(&args.socket)?;
+    println!(
+        "conclave agent listening on {} for {} ({} identit{}); SSH_AUTH_SOCK={}",
+        args.socket.display(),
+        groups.join(", "),
+        order.len(),
+        if order.len() == 1 { "y" } else { "ies" },
+        args.socket.display()
+    );
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let factory = Factory {
+        keys: Arc::new(Keys { by_key, order }),
+        allowed,
+    };
+    tokio::select! {
+        r = ssh_agent_lib::agent::listen(listener, factory) => {
+            r.map_err(|e| anyhow!("agent socket: {e}"))?;
+        }
+        _ = crate::commands::shutdown_signal() => {}
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}

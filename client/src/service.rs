@@ -1,0 +1,448 @@
+//! An async signing service over a conclave group: what an application holds instead of a
+//! private key.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), conclave_client::ServiceError> {
+//! use conclave_client::{ClientConfig, SigningService, ThresholdSigner};
+//! let config = ClientConfig::read(std::path::Path::new("/etc/conclave/client.toml"))?;
+//! let signer = ThresholdSigner::connect(&config, None).await?;
+//! let signature = signer.sign(b"release 1.2.3").await?;
+//! signer.public_key().verify_strict(b"release 1.2.3", &signature).expect("verified");
+//! # Ok(()) }
+//! ```
+//!
+//! A runnable version against a real cluster is `tests/tests/client_library.rs`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use conclave_protocol::{GroupName, IdentityKey, NodeId, PolicyRule, SignError};
+use ed25519_dalek::{Signature, VerifyingKey};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+use crate::client::{Client, ClientError};
+use crate::config::{ClientConfig, ConfigError};
+use crate::quic::TransportError;
+
+/// Something that signs with an Ed25519 key it may not hold.
+pub trait SigningService {
+    /// The key every signature verifies under.
+    fn public_key(&self) -> VerifyingKey;
+    /// A signature of `message`, verified under [`public_key`](Self::public_key) before it is
+    /// returned.
+    fn sign(&self, message: &[u8]) -> impl Future<Output = Result<Signature, ServiceError>> + Send;
+}
+
+/// Why no signature came back. [`code`](Self::code) gives the stable codes the CLI's
+/// `external-signer` prints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// No coordinator reachable, or fewer than a threshold of signers.
+    #[error("signer unavailable: {0}")]
+    Unavailable(String),
+    /// The deadline passed (connecting included).
+    #[error("no signature within {0:?}")]
+    Timeout(Duration),
+    /// The signers' policies did not authorise the request.
+    #[error("not authorized: {}", .refusals.iter().map(|(who, rule)| format!("{who}: {rule}")).collect::<Vec<_>>().join("; "))]
+    NotAuthorized { refusals: Vec<(String, PolicyRule)> },
+    /// Another typed refusal of the request.
+    #[error("refused: {0}")]
+    Refused(SignError),
+    /// The coordinator answered something that is not a valid signature under the key.
+    #[error("bad response from the coordinator: {0}")]
+    BadResponse(String),
+    /// The request itself cannot be made (configuration, message too large, ...).
+    #[error("{0}")]
+    BadInput(String),
+}
+
+impl ServiceError {
+    /// `SIGNER_UNAVAILABLE`, `SIGNER_TIMEOUT`, `SIGNER_REFUSED`, `SIGNER_BAD_RESPONSE` or
+    /// `SIGNER_BAD_INPUT`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::Unavailable(_) => "SIGNER_UNAVAILABLE",
+            ServiceError::Timeout(_) => "SIGNER_TIMEOUT",
+            ServiceError::NotAuthorized { .. } | ServiceError::Refused(_) => "SIGNER_REFUSED",
+            ServiceError::BadResponse(_) => "SIGNER_BAD_RESPONSE",
+            ServiceError::BadInput(_) => "SIGNER_BAD_INPUT",
+        }
+    }
+
+    fn from_client(e: ClientError, timeout: Duration) -> Self {
+        match e {
+            ClientError::Transport(TransportError::Timeout(_)) => ServiceError::Timeout(timeout),
+            ClientError::Transport(t) => ServiceError::Unavailable(t.to_string()),
+            ClientError::Sign(SignError::NotAuthorized { refusals }) => {
+                ServiceError::NotAuthorized { refusals }
+            }
+            ClientError::Sign(
+                e @ (SignError::SignerUnavailable { .. } | SignError::AttemptFailed { .. }),
+            ) => ServiceError::Unavailable(e.to_string()),
+            ClientError::Sign(SignError::DeadlineExceeded) => ServiceError::Timeout(timeout),
+            ClientError::Sign(e @ SignError::MessageTooLarge { .. }) => {
+                ServiceError::BadInput(e.to_string())
+            }
+            ClientError::Sign(e) => ServiceError::Refused(e),
+            e @ (ClientError::UnexpectedReply
+            | ClientError::InvalidSignature
+            | ClientError::WrongKey { .. }) => ServiceError::BadResponse(e.to_string()),
+            e => ServiceError::BadInput(e.to_string()),
+        }
+    }
+}
+
+impl From<ConfigError> for ServiceError {
+    fn from(e: ConfigError) -> Self {
+        ServiceError::BadInput(e.to_string())
+    }
+}
+
+/// The kept connection and the index of the coordinator it goes to, shared by the signers of
+/// one [`ThresholdSigner::connect_groups`].
+type SharedConn = Arc<Mutex<Option<(Arc<Client>, usize)>>>;
+
+/// A threshold signer for one group: one kept-open connection to the first coordinator that
+/// answers, reconnecting (and failing over to the next coordinator) when it drops. Cheap to
+/// share behind an `Arc`; requests from several tasks share the connection.
+pub struct ThresholdSigner {
+    identity: IdentityKey,
+    coordinators: Vec<(String, NodeId)>,
+    group: GroupName,
+    public_key: VerifyingKey,
+    /// The epoch from this host's manifest, when it has one.
+    epoch: Option<u64>,
+    timeout: Duration,
+    /// The kept connection, shared by every signer made together (one per group), and the
+    /// index of the coordinator it goes to.
+    conn: SharedConn,
+    /// Where the next connection attempt starts (after a failover, the next coordinator).
+    preferred: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for ThresholdSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThresholdSigner")
+            .field("group", &self.group)
+            .field("public_key", &hex::encode(self.public_key.as_bytes()))
+            .finish_non_exhaustive()
+    }
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, ServiceError> {
+    tokio::net::lookup_host(address)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ServiceError::Unavailable(format!("cannot resolve {address}")))
+}
+
+/// The public key and epoch of `group` from this host's own manifests, if one names it.
+fn from_manifests(
+    config: &ClientConfig,
+    group: &GroupName,
+) -> Result<Option<(VerifyingKey, u64)>, ServiceError> {
+    for path in &config.manifests {
+        let text = conclave_protocol::read_bounded_to_string(path, 1024 * 1024)
+            .map_err(|e| ServiceError::BadInput(format!("manifest {}: {e}", path.display())))?;
+        let m: ManifestHead = toml::from_str(&text).map_err(|e| {
+            ServiceError::BadInput(format!("manifest {}: {}", path.display(), e.message()))
+        })?;
+        if m.group != group.as_str() {
+            continue;
+        }
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&m.group_public_key, &mut key).map_err(|_| {
+            ServiceError::BadInput(format!("manifest {}: bad group_public_key", path.display()))
+        })?;
+        let vk = VerifyingKey::from_bytes(&key).map_err(|_| {
+            ServiceError::BadInput(format!("manifest {}: bad group_public_key", path.display()))
+        })?;
+        return Ok(Some((vk, m.epoch)));
+    }
+    Ok(None)
+}
+
+/// The fields of a group manifest a client needs (the rest is ignored).
+#[derive(serde::Deserialize)]
+struct ManifestHead {
+    group: String,
+    epoch: u64,
+    group_public_key: String,
+}
+
+impl ThresholdSigner {
+    /// Connects for `group` (or the config's default group): the public key comes from this
+    /// host's manifest when the config lists one for the group, else from the coordinator at
+    /// connect (and is then pinned for the life of the signer).
+    pub async fn connect(config: &ClientConfig, group: Option<&str>) -> Result<Self, ServiceError> {
+        let name = group.or(config.group.as_deref()).ok_or_else(|| {
+            ServiceError::BadInput(
+                "no group given and no default group in the client config".into(),
+            )
+        })?;
+        let mut all = Self::connect_groups(config, &[name]).await?;
+        all.pop()
+            .ok_or_else(|| ServiceError::BadInput("no group".into()))
+    }
+
+    /// Signers for several groups over one kept connection (what the ssh-agent serves).
+    pub async fn connect_groups(
+        config: &ClientConfig,
+        groups: &[&str],
+    ) -> Result<Vec<Self>, ServiceError> {
+        let mut out = Vec::with_capacity(groups.len());
+        let shared: SharedConn = Arc::new(Mutex::new(None));
+        let preferred = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let deadline = Instant::now() + config.timeout();
+        for name in groups {
+            out.push(
+                Self::connect_one(config, name, shared.clone(), preferred.clone(), deadline)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn connect_one(
+        config: &ClientConfig,
+        name: &str,
+        shared: SharedConn,
+        preferred: Arc<std::sync::atomic::AtomicUsize>,
+        deadline: Instant,
+    ) -> Result<Self, ServiceError> {
+        let group = GroupName::new(name)
+            .map_err(|e| ServiceError::BadInput(format!("group {name:?}: {e}")))?;
+        if config.coordinators.is_empty() {
+            return Err(ServiceError::BadInput(
+                "the client config lists no [[coordinator]]".into(),
+            ));
+        }
+        let identity = IdentityKey::read_from(&config.identity).map_err(|e| {
+            ServiceError::BadInput(format!(
+                "cannot load the client identity {}: {e}",
+                config.identity.display()
+            ))
+        })?;
+        let coordinators = config
+            .coordinators
+            .iter()
+            .map(|c| Ok((c.address.clone(), c.node_id()?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let local = from_manifests(config, &group)?;
+        let timeout = config.timeout();
+        let mut signer = Self {
+            identity,
+            coordinators,
+            group,
+            // Replaced below: from the manifest, or from the coordinator.
+            public_key: VerifyingKey::default(),
+            epoch: local.map(|(_, e)| e),
+            timeout,
+            conn: shared,
+            preferred,
+        };
+        let (client, _) = signer.client(deadline).await?;
+        signer.public_key = match local {
+            Some((vk, _)) => vk,
+            None => {
+                let info = tokio::time::timeout(
+                    deadline.saturating_duration_since(Instant::now()),
+                    client.group_info(&signer.group),
+                )
+                .await
+                .map_err(|_| ServiceError::Timeout(timeout))?
+                .map_err(|e| ServiceError::from_client(e, timeout))?;
+                VerifyingKey::from_bytes(&info.public_key).map_err(|_| {
+                    ServiceError::BadResponse("the group key is not a valid Ed25519 key".into())
+                })?
+            }
+        };
+        if let Some(e) = signer.epoch {
+            client.pin_epoch(&signer.group, e);
+        }
+        Ok(signer)
+    }
+
+    /// The kept connection, (re)opened if needed. The lock is held only to look or replace,
+    /// never while a request runs.
+    async fn client(&self, deadline: Instant) -> Result<(Arc<Client>, usize), ServiceError> {
+        let mut conn = self.conn.lock().await;
+        if let Some((c, i)) = conn.as_ref().filter(|(c, _)| c.is_open()) {
+            return Ok((c.clone(), *i));
+        }
+        let (c, i) = self.open(deadline).await?;
+        let c = Arc::new(c);
+        *conn = Some((c.clone(), i));
+        Ok((c, i))
+    }
+
+    /// Forgets the kept connection (if it is still `client`) and starts the next attempt at
+    /// the coordinator after `index`.
+    async fn fail_over(&self, client: &Arc<Client>, index: usize) {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_some_and(|(c, _)| Arc::ptr_eq(c, client)) {
+            *conn = None;
+            let next = (index + 1) % self.coordinators.len().max(1);
+            self.preferred
+                .store(next, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The group signed for.
+    pub fn group(&self) -> &GroupName {
+        &self.group
+    }
+
+    /// Connects to the first coordinator that answers before `deadline`, in config order
+    /// starting at the preferred one; each attempt gets an even part of the time left, so a
+    /// dead coordinator cannot use up the whole budget.
+    async fn open(&self, deadline: Instant) -> Result<(Client, usize), ServiceError> {
+        let mut last = String::from("no coordinator configured");
+        let n = self.coordinators.len();
+        let start = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % n.max(1);
+        for k in 0..n {
+            let index = (start + k) % n;
+            let Some((address, key)) = self.coordinators.get(index) else {
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let left = left / u32::try_from(n - k).unwrap_or(1);
+            let addr = match resolve(address).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            match Client::connect_within(&self.identity, addr, *key, left).await {
+                Ok(c) => {
+                    if let Some(e) = self.epoch {
+                        c.pin_epoch(&self.group, e);
+                    }
+                    tracing::debug!(coordinator = %address, "connected");
+                    self.preferred
+                        .store(index, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((c, index));
+                }
+                Err(e) => {
+                    tracing::debug!(coordinator = %address, error = %e, "coordinator not reachable; trying the next");
+                    last = format!("{address}: {e}");
+                }
+            }
+        }
+        // No coordinator answered in time: unavailable (not a slow signature).
+        Err(ServiceError::Unavailable(format!(
+            "no coordinator reachable ({last})"
+        )))
+    }
+
+    /// Signs `message`, declaring `kind` instead of recognising it from the bytes, within the
+    /// configured timeout.
+    pub async fn sign_kind(
+        &self,
+        message: &[u8],
+        kind: Option<&str>,
+    ) -> Result<Signature, ServiceError> {
+        self.sign_within(message, kind, self.timeout).await
+    }
+
+    /// Signs `message` within `budget` (connecting, when the kept connection is gone, included).
+    pub async fn sign_within(
+        &self,
+        message: &[u8],
+        kind: Option<&str>,
+        budget: Duration,
+    ) -> Result<Signature, ServiceError> {
+        let deadline = Instant::now() + budget;
+        let several = self.coordinators.len() > 1;
+        // One reconnect (and failover) per request when the kept connection breaks.
+        for attempt in 0..2 {
+            let (client, index) = self.client(deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ServiceError::Timeout(budget));
+            }
+            // A coordinator that died without closing its connection answers nothing: with
+            // another coordinator to go to, the first try gets half the time.
+            let this_try = if several && attempt == 0 {
+                left / 2
+            } else {
+                left
+            };
+            let result = tokio::time::timeout(
+                this_try,
+                client.sign_kind(
+                    &self.group,
+                    message,
+                    kind,
+                    this_try,
+                    Some(self.public_key.to_bytes()),
+                ),
+            )
+            .await;
+            match result {
+                Err(_) | Ok(Err(ClientError::Transport(TransportError::Timeout(_))))
+                    if several && attempt == 0 =>
+                {
+                    tracing::debug!("no answer from the coordinator; failing over");
+                    self.fail_over(&client, index).await;
+                }
+                Err(_) => return Err(ServiceError::Timeout(budget)),
+                Ok(Ok(signed)) => return Ok(Signature::from_bytes(&signed.signature)),
+                // The connection broke: forget it (the next try reconnects, failing over).
+                Ok(Err(ClientError::Transport(e))) if !matches!(e, TransportError::Timeout(_)) => {
+                    tracing::debug!(error = %e, "connection to the coordinator lost; reconnecting");
+                    self.fail_over(&client, index).await;
+                }
+                Ok(Err(e)) => return Err(ServiceError::from_client(e, budget)),
+            }
+        }
+        Err(ServiceError::Unavailable(
+            "the coordinator connection keeps failing".into(),
+        ))
+    }
+
+    /// Closes the kept connection cleanly.
+    pub async fn close(&self) {
+        let taken = self.conn.lock().await.take();
+        if let Some(c) = taken.and_then(|(c, _)| Arc::try_unwrap(c).ok()) {
+            c.close().await;
+        }
+    }
+}
+
+impl SigningService for ThresholdSigner {
+    fn public_key(&self) -> VerifyingKey {
+        self.public_key
+    }
+
+    fn sign(&self, message: &[u8]) -> impl Future<Output = Result<Signature, ServiceError>> + Send {
+        self.sign_kind(message, None)
+    }
+}
+
+impl async_signature::AsyncSigner<Signature> for ThresholdSigner {
+    async fn sign_async(&self, msg: &[u8]) -> Result<Signature, signature::Error> {
+        self.sign_kind(msg, None)
+            .await
+            .map_err(signature::Error::from_source)
+    }
+}
+
+impl AsRef<VerifyingKey> for ThresholdSigner {
+    fn as_ref(&self) -> &VerifyingKey {
+        &self.public_key
+    }
+}
+
+impl signature::KeypairRef for ThresholdSigner {
+    type VerifyingKey = VerifyingKey;
+}
