@@ -649,15 +649,35 @@ mod time_tests {
 }
 
 pub(crate) fn config_check(path: &Path, json: bool) -> CmdResult {
-    let checks = if let Ok(cfg) = config::ParticipantConfig::read(path) {
-        crate::checks::participant(path, &cfg)
+    // Which kind of config it is from the keys only one kind has, so that an error (a typo)
+    // lists the fields of the right kind.
+    let text = conclave_protocol::read_bounded_to_string(path, 1024 * 1024)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let keys: Vec<String> = toml::from_str::<toml::Table>(&text)
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    let participant_like = keys
+        .iter()
+        .any(|k| matches!(k.as_str(), "coordinators" | "shares"));
+    let coordinator_like = keys
+        .iter()
+        .any(|k| matches!(k.as_str(), "clients" | "manifests"));
+    let checks = if participant_like || !coordinator_like {
+        match config::ParticipantConfig::read(path) {
+            Ok(cfg) => crate::checks::participant(path, &cfg),
+            Err(e) if !participant_like => {
+                let cfg = config::CoordinatorConfig::read(path).map_err(|_| {
+                    e.context(format!(
+                        "{} is neither a valid participant nor a valid coordinator config",
+                        path.display()
+                    ))
+                })?;
+                crate::checks::coordinator(path, &cfg)
+            }
+            Err(e) => return Err(e.context("as a participant config").into()),
+        }
     } else {
-        let cfg = config::CoordinatorConfig::read(path).with_context(|| {
-            format!(
-                "{} is neither a valid participant nor a valid coordinator config",
-                path.display()
-            )
-        })?;
+        let cfg = config::CoordinatorConfig::read(path).context("as a coordinator config")?;
         crate::checks::coordinator(path, &cfg)
     };
     if json {

@@ -708,6 +708,10 @@ struct ExternalSignerArgs {
     /// Deadline in milliseconds (default: $SIGNER_TIMEOUT_MS, else the config's timeout_ms).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Print the group's public key (hex) instead of signing: from this host's manifest when
+    /// the client config lists one, else from the coordinator. Reads no stdin.
+    #[arg(long, conflicts_with = "hash")]
+    public_key: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -756,7 +760,8 @@ struct SignArgs {
     /// Output format of the signature.
     #[arg(long, value_enum, default_value_t = SigFormat::Base64)]
     format: SigFormat,
-    /// Print {"public_key", "signature", "message_sha256"} as JSON.
+    /// Print {"public_key", "signature", "message_sha256", "signers"} as JSON (on a refusal:
+    /// {"error", "message", "refusals"}).
     #[arg(long)]
     json: bool,
     /// Seconds the whole request may take, connecting included (default: the client config's
@@ -830,6 +835,10 @@ struct BenchArgs {
     /// fsync, and with fsync per record, next to the in-process cost of the checks.
     #[arg(long, conflicts_with = "reshare")]
     authorization: bool,
+    /// One signature through each client front end (library, external-signer, ssh-agent via
+    /// ssh-keygen) against the in-process pipeline.
+    #[arg(long, conflicts_with_all = ["reshare", "authorization"])]
+    clients: bool,
 }
 
 fn init_logging(verbose: u8, daemon: bool, narrated: bool) {
@@ -1028,7 +1037,11 @@ fn run(command: Command) -> CmdResult {
             format,
             key_id,
         } => commands::pubkey(&manifest, format, key_id.as_deref()),
-        Command::ExternalSigner(args) => runtime()?.block_on(signer::run(args)),
+        // One short request: a single-threaded runtime starts faster.
+        Command::ExternalSigner(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(signer::run(args)),
         Command::Agent(args) => runtime()?.block_on(agent::run(args)),
         Command::Config(ConfigCmd::Check { config, json }) => commands::config_check(&config, json),
         Command::Share(ShareCmd::Inspect { file, json }) => commands::share_inspect(&file, json),
@@ -1046,6 +1059,9 @@ fn run(command: Command) -> CmdResult {
         Command::Status(args) => runtime()?.block_on(commands::status(args)),
         Command::Demo { json, keep } => {
             Ok(runtime()?.block_on(conclave_lab::demo::run(json, keep))?)
+        }
+        Command::Bench(args) if args.clients => {
+            Ok(runtime()?.block_on(conclave_lab::bench_clients::run(args.json, args.quick))?)
         }
         Command::Bench(args) if args.reshare => {
             Ok(runtime()?.block_on(conclave_lab::bench_reshare::run(args.json, args.quick))?)

@@ -109,11 +109,28 @@ fn output(args: &ExternalSignerArgs) -> Result<SigFormat, Exit> {
 pub(crate) async fn run(args: ExternalSignerArgs) -> Result<(), Exit> {
     let started = Instant::now();
     let format = output(&args)?;
-    let message = read_input(args.hash)?;
     let mut config = crate::clientcmd::resolve(&args.client)
         .map_err(|e| fail("SIGNER_BAD_INPUT", format!("{e:#}")))?;
     let budget = timeout(&args, config.timeout())?;
     config.timeout_ms = Some(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX));
+    if args.public_key {
+        let connect = ThresholdSigner::connect(&config, None);
+        let signer = match tokio::time::timeout(budget + Duration::from_millis(60), connect).await {
+            Err(_) => {
+                return Err(fail(
+                    "SIGNER_TIMEOUT",
+                    format!("no answer within {budget:?}"),
+                ))
+            }
+            Ok(Err(e)) => return Err(fail_with(&e)),
+            Ok(Ok(s)) => s,
+        };
+        let key = signer.public_key();
+        signer.close().await;
+        println!("{}", hex::encode(key.to_bytes()));
+        return Ok(());
+    }
+    let message = read_input(args.hash)?;
     let work = async {
         let signer = ThresholdSigner::connect(&config, None).await?;
         let left = budget.saturating_sub(started.elapsed());

@@ -44,6 +44,12 @@ impl Running {
 pub struct LocalCluster {
     pub group: GroupName,
     pub manifest: GroupManifest,
+    /// Where the manifest file is.
+    pub manifest_file: std::path::PathBuf,
+    /// The coordinator's identity public key.
+    pub coordinator_key: NodeId,
+    /// The client's identity directory.
+    pub client_identity: std::path::PathBuf,
     pub names: Vec<String>,
     pub client: Client,
     pub coordinator_addr: SocketAddr,
@@ -225,6 +231,9 @@ impl LocalCluster {
         let cluster = Self {
             group,
             manifest,
+            manifest_file: manifest_file.clone(),
+            coordinator_key: coordinator_id.node_id(),
+            client_identity: keys.join("client"),
             names,
             client,
             coordinator_addr,

@@ -10,6 +10,7 @@
 )]
 
 pub mod bench;
+pub mod bench_clients;
 pub mod bench_reshare;
 pub mod cluster;
 pub mod demo;
