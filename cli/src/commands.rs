@@ -460,21 +460,46 @@ fn public_key_openssh(key: &[u8; 32], comment: &str) -> String {
     format!("ssh-ed25519 {} {comment}\n", B64.encode(blob))
 }
 
-pub(crate) fn pubkey(manifest: &Path, format: KeyFormat, key_id: Option<&str>) -> CmdResult {
-    let m = GroupManifest::read(manifest)
-        .with_context(|| format!("manifest {}", manifest.display()))?;
-    let key = m.public_key_bytes()?;
+pub(crate) async fn pubkey(
+    manifest: Option<&Path>,
+    client: &crate::ClientArgs,
+    format: KeyFormat,
+    key_id: Option<&str>,
+) -> CmdResult {
+    let (group, key) = match manifest {
+        Some(path) => {
+            let m = GroupManifest::read(path)
+                .with_context(|| format!("manifest {}", path.display()))?;
+            (m.group.clone(), m.public_key_bytes()?)
+        }
+        None => {
+            let config = crate::clientcmd::resolve(client).context(
+                "no --manifest: the key comes from the client config's manifest or its coordinator",
+            )?;
+            let group = crate::clientcmd::group(&config)?;
+            match crate::clientcmd::local_manifest(&config, &group) {
+                Some((_, m)) => (group, m.public_key_bytes()?),
+                None => {
+                    let (deadline, _) = crate::clientcmd::deadline(&config, None);
+                    let c = crate::clientcmd::connect(&config, &group, deadline).await?;
+                    let info = c.group_info(&group).await;
+                    c.close().await;
+                    (group, info?.public_key)
+                }
+            }
+        }
+    };
     match format {
         KeyFormat::Hex => println!("{}", hex::encode(key)),
         KeyFormat::Pem => print!("{}", public_key_pem(&key)),
         KeyFormat::Openssh => print!(
             "{}",
-            public_key_openssh(&key, &format!("conclave:{}", m.group))
+            public_key_openssh(&key, &format!("conclave:{}", group))
         ),
         KeyFormat::RegistryJson => println!(
             "{}",
             serde_json::json!({
-                "key_id": key_id.map_or_else(|| format!("conclave:{}", m.group), str::to_owned),
+                "key_id": key_id.map_or_else(|| format!("conclave:{}", group), str::to_owned),
                 "public_key": hex::encode(key),
                 "alg": "ed25519",
             })

@@ -89,9 +89,12 @@ enum Command {
     /// Print a group's public key (hex, PEM for OpenSSL, OpenSSH, or a trusted-key-registry
     /// entry).
     Pubkey {
-        /// Group manifest.
+        /// Group manifest (without it: this host's copy named in the client config, else the
+        /// key the coordinator reports for the group).
         #[arg(long, short)]
-        manifest: PathBuf,
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long, value_enum, default_value_t = KeyFormat::Hex)]
         format: KeyFormat,
         /// registry-json: the entry's key_id (default "conclave:<group>").
@@ -1034,9 +1037,15 @@ fn run(command: Command) -> CmdResult {
         Command::Verify(args) => commands::verify(args),
         Command::Pubkey {
             manifest,
+            client,
             format,
             key_id,
-        } => commands::pubkey(&manifest, format, key_id.as_deref()),
+        } => runtime()?.block_on(commands::pubkey(
+            manifest.as_deref(),
+            &client,
+            format,
+            key_id.as_deref(),
+        )),
         // One short request: a single-threaded runtime starts faster.
         Command::ExternalSigner(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -102,6 +102,27 @@ fn the_external_signer_signs_stdin_and_fails_closed_with_stable_codes() {
         assert!(out.stdout.is_empty());
         assert!(String::from_utf8_lossy(&out.stderr).starts_with("SIGNER_BAD_INPUT"));
     }
+    // `pubkey` without --manifest: from the config's manifest, or from the coordinator.
+    let no_manifest = c.dir.path().join("no-manifest.toml");
+    std::fs::write(
+        &no_manifest,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("manifests = [\"it.manifest.toml\"]\n", ""),
+    )
+    .unwrap();
+    for cfg in [&config, &no_manifest] {
+        let out = conclave(&["pubkey", "--client-config", cfg.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().trim(),
+            hex::encode(c.public_key())
+        );
+    }
     // The registry entry of the group key.
     let out = conclave(&[
         "pubkey",
