@@ -219,6 +219,23 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
     );
     use std::io::Write as _;
     std::io::stdout().flush()?;
+    // Keeps the connection up in the background, reconnecting with backoff (1 s to 30 s),
+    // so a sign request rarely waits for a handshake.
+    let keeper = order.first().cloned().map(|s| {
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_secs(1);
+            loop {
+                match s.ensure_connected().await {
+                    Ok(()) => backoff = std::time::Duration::from_secs(1),
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "agent: no coordinator reachable");
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+            }
+        })
+    });
     let factory = Factory {
         keys: Arc::new(Keys { by_key, order }),
         allowed,
@@ -228,6 +245,9 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
             r.map_err(|e| anyhow!("agent socket: {e}"))?;
         }
         _ = crate::commands::shutdown_signal() => {}
+    }
+    if let Some(k) = keeper {
+        k.abort();
     }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())

@@ -281,6 +281,13 @@ impl ThresholdSigner {
         Ok((c, i))
     }
 
+    /// Opens the kept connection if it is down (failing over in config order), within the
+    /// configured timeout. A long-running front end (the ssh-agent) calls it in the
+    /// background with backoff, so a request rarely waits for a handshake.
+    pub async fn ensure_connected(&self) -> Result<(), ServiceError> {
+        self.client(Instant::now() + self.timeout).await.map(|_| ())
+    }
+
     /// Forgets the kept connection (if it is still `client`) and starts the next attempt at
     /// the coordinator after `index`.
     async fn fail_over(&self, client: &Arc<Client>, index: usize) {
