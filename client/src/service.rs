@@ -11,7 +11,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A runnable version against a real cluster is `tests/tests/client_library.rs`.
+//! A runnable version is `examples/sign.rs`; the tests run it against a real cluster
+//! (`tests/tests/client_library.rs`).
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -60,3 +60,31 @@ fn the_library_signs_generically_and_fails_over_to_the_next_coordinator() {
         "the second coordinator signed: {records:?}"
     );
 }
+
+#[test]
+fn the_crate_example_signs_against_a_real_cluster() {
+    let c = Cluster::start(2, 2, vec![]);
+    c.wait_reachable(2);
+    let path = c.client_config("example.toml", &[&c.coordinator_addr], 5000);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_client-example"))
+        .env("CONCLAVE_CLIENT_CONFIG", &path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the example");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from the example").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sig = hex::decode(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&c.public_key()).unwrap();
+    vk.verify_strict(
+        b"from the example",
+        &ed25519_dalek::Signature::from_slice(&sig).unwrap(),
+    )
+    .unwrap();
+}
