@@ -149,7 +149,19 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         conclave_protocol::identity::create_private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+    let meta = std::fs::metadata(&dir)?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            bail!(
+                "{} belongs to uid {}, not to this agent's uid {me}: the socket needs a directory of its own",
+                dir.display(),
+                meta.uid()
+            );
+        }
+    }
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
             "{} is open to group/others (mode {mode:03o}): the agent's socket needs a directory of its own (chmod 700 {})",
@@ -158,11 +170,17 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         );
     }
     if let Ok(m) = std::fs::symlink_metadata(socket) {
-        if m.file_type().is_socket() {
-            std::fs::remove_file(socket)?;
-        } else {
+        if !m.file_type().is_socket() {
             bail!("{} exists and is not a socket", socket.display());
         }
+        // A socket something still answers on belongs to a running agent: never take it over.
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!(
+                "an agent is already listening on {}: stop it first, or choose another --socket",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)?;
     }
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
@@ -209,6 +227,13 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
         args.allow_uid.clone()
     };
     let listener = bind(&args.socket)?;
+    // Removed on exit only if it is still ours (another agent may have taken the path since).
+    let ours = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&args.socket)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
     println!(
         "conclave agent listening on {} for {} ({} identit{}); SSH_AUTH_SOCK={}",
         args.socket.display(),
@@ -249,6 +274,14 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
     if let Some(k) = keeper {
         k.abort();
     }
-    let _ = std::fs::remove_file(&args.socket);
+    let still_ours = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&args.socket)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    if ours.is_some() && still_ours == ours {
+        let _ = std::fs::remove_file(&args.socket);
+    }
     Ok(())
 }

@@ -60,6 +60,7 @@ pub(crate) fn resolve(args: &crate::ClientArgs) -> anyhow::Result<ClientConfig> 
             .clone()
             .or_else(|| file.as_ref().and_then(|c| c.group.clone())),
         timeout_ms: file.as_ref().and_then(|c| c.timeout_ms),
+        trust_coordinator_key: file.as_ref().is_some_and(|c| c.trust_coordinator_key),
         manifests: file.map(|c| c.manifests).unwrap_or_default(),
         coordinators,
     })
@@ -88,12 +89,17 @@ pub(crate) async fn connect(
         )
     })?;
     let mut errors = Vec::new();
-    for entry in &config.coordinators {
+    let n = config.coordinators.len();
+    for (k, entry) in config.coordinators.iter().enumerate() {
         let key: NodeId = entry.node_id()?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
+        // An even part of the time left for each coordinator still to try: a silent one
+        // cannot use up the whole deadline.
+        let share = left / u32::try_from(n - k).unwrap_or(1);
+        let attempt_deadline = Instant::now() + share;
         let addr = match tokio::net::lookup_host(&entry.address)
             .await
             .ok()
@@ -105,7 +111,7 @@ pub(crate) async fn connect(
                 continue;
             }
         };
-        let client = match Client::connect_within(&identity, addr, key, left).await {
+        let client = match Client::connect_within(&identity, addr, key, share).await {
             Ok(c) => c,
             Err(e) => {
                 errors.push(format!(
@@ -118,7 +124,9 @@ pub(crate) async fn connect(
         };
         // With TLS 1.3 the client's side of the handshake ends before the coordinator has
         // checked this client's certificate: the first request tells.
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = attempt_deadline
+            .max(Instant::now() + Duration::from_millis(1))
+            .saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, client.group_info(group)).await {
             Ok(Ok(_)) => return Ok(client),
             Ok(Err(conclave_client::ClientError::Sign(e))) => {
@@ -153,15 +161,18 @@ pub(crate) fn deadline(config: &ClientConfig, flag_secs: Option<f64>) -> (Instan
     (Instant::now() + timeout, timeout)
 }
 
-/// A manifest of `group` among the config's own copies, if any.
+/// A manifest of `group` among the config's own copies, if any. Every listed manifest must
+/// read: a typo in a path is an error, never a quiet fall back to the coordinator's word.
 pub(crate) fn local_manifest(
     config: &ClientConfig,
     group: &GroupName,
-) -> Option<(PathBuf, conclave_keygen::GroupManifest)> {
-    config.manifests.iter().find_map(|p| {
-        conclave_keygen::GroupManifest::read(p)
-            .ok()
-            .filter(|m| &m.group == group)
-            .map(|m| (p.clone(), m))
-    })
+) -> anyhow::Result<Option<(PathBuf, conclave_keygen::GroupManifest)>> {
+    for p in &config.manifests {
+        let m = conclave_keygen::GroupManifest::read(p)
+            .with_context(|| format!("manifest {} (listed in the client config)", p.display()))?;
+        if &m.group == group {
+            return Ok(Some((p.clone(), m)));
+        }
+    }
+    Ok(None)
 }

@@ -310,8 +310,11 @@ pub(crate) async fn sign(args: SignArgs) -> CmdResult {
         Some(m) => {
             Some(GroupManifest::read(m).with_context(|| format!("manifest {}", m.display()))?)
         }
-        None => crate::clientcmd::local_manifest(&config, &group).map(|(_, m)| m),
+        None => crate::clientcmd::local_manifest(&config, &group)?.map(|(_, m)| m),
     };
+    if manifest.is_none() {
+        eprintln!("note: no manifest for group {group} (--manifest, or `manifests` in the client config): the signature is checked only against the key the coordinator reports");
+    }
     if let Some(m) = &manifest {
         if m.group != group {
             return Err(anyhow!("--manifest is for group {}, not {group}", m.group).into());
@@ -463,6 +466,7 @@ fn public_key_openssh(key: &[u8; 32], comment: &str) -> String {
 pub(crate) async fn pubkey(
     manifest: Option<&Path>,
     client: &crate::ClientArgs,
+    trust_coordinator: bool,
     format: KeyFormat,
     key_id: Option<&str>,
 ) -> CmdResult {
@@ -477,9 +481,16 @@ pub(crate) async fn pubkey(
                 "no --manifest: the key comes from the client config's manifest or its coordinator",
             )?;
             let group = crate::clientcmd::group(&config)?;
-            match crate::clientcmd::local_manifest(&config, &group) {
+            match crate::clientcmd::local_manifest(&config, &group)? {
                 Some((_, m)) => (group, m.public_key_bytes()?),
+                None if !(trust_coordinator || config.trust_coordinator_key) => {
+                    return Err(anyhow!(
+                        "no manifest for group {group}: give --manifest, list this host's copy in the client config's `manifests`, or --trust-coordinator-key (the key would then come from the coordinator alone: never use it to set up trust)"
+                    )
+                    .into())
+                }
                 None => {
+                    eprintln!("warning: this is the key the coordinator reports for {group}, not checked against any manifest");
                     let (deadline, _) = crate::clientcmd::deadline(&config, None);
                     let c = crate::clientcmd::connect(&config, &group, deadline).await?;
                     let info = c.group_info(&group).await;

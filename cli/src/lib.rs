@@ -95,6 +95,10 @@ enum Command {
         manifest: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
+        /// Without a manifest: accept the key the coordinator reports (never use that to set up
+        /// trust: a coordinator alone could name a key of its own).
+        #[arg(long)]
+        trust_coordinator_key: bool,
         #[arg(long, value_enum, default_value_t = KeyFormat::Hex)]
         format: KeyFormat,
         /// registry-json: the entry's key_id (default "conclave:<group>").
@@ -856,6 +860,12 @@ fn init_logging(verbose: u8, daemon: bool, narrated: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // ssh-agent-lib logs whole requests at debug level (the data to sign, `ssh-add -x` lock
+    // passphrases): never let them through, whatever the verbosity.
+    let filter = match "ssh_agent_lib=warn".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -990,7 +1000,20 @@ pub(crate) type CmdResult = Result<(), Exit>;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // The external signer's callers read one stable code on stderr: a usage error is
+        // SIGNER_BAD_INPUT (exit 13) there, as everywhere else in its contract.
+        Err(e)
+            if std::env::args().nth(1).as_deref() == Some("external-signer") && e.use_stderr() =>
+        {
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or("bad arguments");
+            eprintln!("SIGNER_BAD_INPUT: {first}");
+            return ExitCode::from(signer::EXIT_BAD_INPUT);
+        }
+        Err(e) => e.exit(),
+    };
     let daemon = matches!(
         cli.command,
         Command::Participant { .. } | Command::Coordinator { .. } | Command::Agent(_)
@@ -1038,11 +1061,13 @@ fn run(command: Command) -> CmdResult {
         Command::Pubkey {
             manifest,
             client,
+            trust_coordinator_key,
             format,
             key_id,
         } => runtime()?.block_on(commands::pubkey(
             manifest.as_deref(),
             &client,
+            trust_coordinator_key,
             format,
             key_id.as_deref(),
         )),

@@ -130,7 +130,19 @@ pub(crate) async fn run(args: ExternalSignerArgs) -> Result<(), Exit> {
         println!("{}", hex::encode(key.to_bytes()));
         return Ok(());
     }
-    let message = read_input(args.hash)?;
+    // Reading stdin counts against the deadline too: a caller that never closes it gets
+    // SIGNER_TIMEOUT, not a hang. (The reading thread cannot be cancelled, so on that path the
+    // process exits at once.)
+    let hash = args.hash;
+    let read = tokio::task::spawn_blocking(move || read_input(hash));
+    let message = match tokio::time::timeout(budget, read).await {
+        Err(_) => {
+            eprintln!("SIGNER_TIMEOUT: stdin was not closed within {budget:?}");
+            std::process::exit(i32::from(EXIT_TIMEOUT));
+        }
+        Ok(Err(_)) => return Err(fail("SIGNER_BAD_INPUT", "cannot read stdin")),
+        Ok(Ok(r)) => r?,
+    };
     let work = async {
         let signer = ThresholdSigner::connect(&config, None).await?;
         let left = budget.saturating_sub(started.elapsed());

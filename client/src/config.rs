@@ -69,6 +69,10 @@ pub struct ClientConfig {
     /// Coordinators, tried in order.
     #[serde(default, rename = "coordinator")]
     pub coordinators: Vec<CoordinatorEntry>,
+    /// Accept the group key the coordinator reports when no manifest names the group. Off by
+    /// default: a coordinator alone could then name a key of its own and sign with it.
+    #[serde(default)]
+    pub trust_coordinator_key: bool,
 }
 
 /// A config that cannot be used.
@@ -112,6 +116,14 @@ impl ClientConfig {
         c.manifests = c.manifests.iter().map(|m| abs(m)).collect();
         for entry in &c.coordinators {
             entry.node_id()?;
+        }
+        if let Some(ms) = c.timeout_ms {
+            if !(1..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid(format!(
+                    "client config {}: timeout_ms is 1 to 3600000",
+                    path.display()
+                )));
+            }
         }
         Ok(c)
     }

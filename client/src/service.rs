@@ -250,7 +250,14 @@ impl ThresholdSigner {
         let (client, _) = signer.client(deadline).await?;
         signer.public_key = match local {
             Some((vk, _)) => vk,
+            None if !config.trust_coordinator_key => {
+                return Err(ServiceError::BadInput(format!(
+                    "no manifest for group {} in the client config: list this host's copy in `manifests` (the group key must not come from the coordinator alone), or set trust_coordinator_key = true",
+                    signer.group
+                )))
+            }
             None => {
+                tracing::warn!(group = %signer.group, "trusting the group key the coordinator reports (trust_coordinator_key)");
                 let info = tokio::time::timeout(
                     deadline.saturating_duration_since(Instant::now()),
                     client.group_info(&signer.group),
@@ -269,10 +276,18 @@ impl ThresholdSigner {
         Ok(signer)
     }
 
-    /// The kept connection, (re)opened if needed. The lock is held only to look or replace,
-    /// never while a request runs.
+    /// The kept connection, (re)opened if needed. The lock is never held while a request runs.
     async fn client(&self, deadline: Instant) -> Result<(Arc<Client>, usize), ServiceError> {
-        let mut conn = self.conn.lock().await;
+        // Held while (re)connecting, so that one connect serves every waiting caller; each
+        // waits no longer than its own deadline.
+        let mut conn = tokio::time::timeout_at(deadline.into(), self.conn.lock())
+            .await
+            .map_err(|_| {
+                ServiceError::Unavailable(
+                    "no coordinator connection within the deadline (another caller is still connecting)"
+                        .into(),
+                )
+            })?;
         if let Some((c, i)) = conn.as_ref().filter(|(c, _)| c.is_open()) {
             return Ok((c.clone(), *i));
         }

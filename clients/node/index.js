@@ -49,7 +49,15 @@ export class ConclaveSigner {
     if (options.group) this.#args.push("--group", options.group);
     this.#env = { ...process.env, ...(options.env ?? {}) };
     if (options.timeoutMs !== undefined) this.#env.SIGNER_TIMEOUT_MS = String(options.timeoutMs);
-    this.#timeoutMs = options.timeoutMs;
+    // The deadline the child is given, whichever way it was set: the backstop follows it.
+    const effective = this.#env.SIGNER_TIMEOUT_MS;
+    if (effective !== undefined) {
+      const ms = Number(effective);
+      if (!Number.isInteger(ms) || ms < 1 || ms > 3600000) {
+        throw new SignerError("SIGNER_BAD_INPUT", `timeoutMs / SIGNER_TIMEOUT_MS ${effective}: an integer from 1 to 3600000`, null);
+      }
+      this.#timeoutMs = ms;
+    }
   }
 
   #run(extra, input) {
@@ -57,11 +65,17 @@ export class ConclaveSigner {
       const child = spawn(this.#command, ["external-signer", ...this.#args, ...extra], {
         env: { ...this.#env, SIGNER_OUTPUT: "hex" },
         stdio: ["pipe", "pipe", "pipe"],
+        // Its own process group, so the backstop reaches a wrapper script's children too.
+        detached: true,
       });
       const out = [];
       const err = [];
+      let killed = false;
       // A backstop beyond the signer's own deadline (process start included).
-      const backstop = this.#timeoutMs === undefined ? null : setTimeout(() => child.kill("SIGKILL"), this.#timeoutMs + 2000);
+      const backstop = this.#timeoutMs === undefined ? null : setTimeout(() => {
+        killed = true;
+        try { process.kill(-child.pid, "SIGKILL"); } catch { child.kill("SIGKILL"); }
+      }, this.#timeoutMs + 2000);
       child.stdout.on("data", (d) => out.push(d));
       child.stderr.on("data", (d) => err.push(d));
       child.on("error", (e) => {
@@ -72,6 +86,7 @@ export class ConclaveSigner {
         if (backstop) clearTimeout(backstop);
         const stdout = Buffer.concat(out).toString("utf8").trim();
         const stderr = Buffer.concat(err).toString("utf8").trim();
+        if (killed) return reject(new SignerError("SIGNER_TIMEOUT", `no answer within ${this.#timeoutMs} ms`, status));
         if (status === 0 && stdout) return resolve(stdout);
         const first = stderr.split("\n").find((l) => l.length > 0) ?? "";
         const code = first.split(":")[0];

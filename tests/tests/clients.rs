@@ -111,8 +111,13 @@ fn the_external_signer_signs_stdin_and_fails_closed_with_stable_codes() {
             .replace("manifests = [\"it.manifest.toml\"]\n", ""),
     )
     .unwrap();
-    for cfg in [&config, &no_manifest] {
-        let out = conclave(&["pubkey", "--client-config", cfg.to_str().unwrap()]);
+    for (cfg, extra) in [
+        (&config, None),
+        (&no_manifest, Some("--trust-coordinator-key")),
+    ] {
+        let mut args = vec!["pubkey", "--client-config", cfg.to_str().unwrap()];
+        args.extend(extra);
+        let out = conclave(&args);
         assert!(
             out.status.success(),
             "{}",
@@ -123,6 +128,34 @@ fn the_external_signer_signs_stdin_and_fails_closed_with_stable_codes() {
             hex::encode(c.public_key())
         );
     }
+    // Without a manifest and without the explicit opt-in, the coordinator's word is refused;
+    // a manifest path that does not read is an error, not a fall back to the coordinator.
+    let out = conclave(&["pubkey", "--client-config", no_manifest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let typo = c.dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("it.manifest.toml", "it.manfest.toml"),
+    )
+    .unwrap();
+    for args in [
+        vec!["pubkey", "--client-config", typo.to_str().unwrap()],
+        vec!["sign", "--client-config", typo.to_str().unwrap()],
+    ] {
+        let out = conclave(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("it.manfest.toml"));
+    }
+    let (out, _) = external_signer(
+        &[("CONCLAVE_CLIENT_CONFIG", no_manifest.to_str().unwrap())],
+        &[],
+        b"m",
+    );
+    assert_eq!(out.status.code(), Some(13), "no manifest: SIGNER_BAD_INPUT");
+    assert!(out.stdout.is_empty());
     // The registry entry of the group key.
     let out = conclave(&[
         "pubkey",
@@ -162,6 +195,28 @@ fn the_external_signer_reports_an_unreachable_coordinator_within_its_timeout() {
     // figure is printed (the benchmark measures it properly).
     eprintln!("external-signer gave up after {took:?} with SIGNER_TIMEOUT_MS=500");
     assert!(took < Duration::from_millis(2500), "took {took:?}");
+    // A usage error is SIGNER_BAD_INPUT too (exit 13), not clap's own exit 2.
+    let (out, _) = external_signer(&[], &["--output", "yaml"], b"m");
+    assert_eq!(out.status.code(), Some(13));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("SIGNER_BAD_INPUT"));
+    // A caller that never closes stdin gets SIGNER_TIMEOUT, not a hang.
+    let start = Instant::now();
+    let mut child = Command::new(bin())
+        .arg("external-signer")
+        .env("CONCLAVE_CLIENT_CONFIG", config.to_str().unwrap())
+        .env("SIGNER_TIMEOUT_MS", "300")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take(); // kept open, never written
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(11));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("SIGNER_TIMEOUT"));
+    assert!(start.elapsed() < Duration::from_millis(2500));
 }
 
 /// An ssh-agent on a socket in a private directory; stopped with the returned guard.
@@ -211,6 +266,14 @@ fn the_agent_serves_openssh_git_and_ssh_logins_through_the_threshold() {
     let config = c.client_config("agent-client.toml", &[&c.coordinator_addr], 5000);
     let agent = start_agent(&c, &config);
     let d = c.dir.path().to_path_buf();
+    // A second agent never takes over the socket of a running one.
+    let second = Command::new(bin())
+        .args(["agent", "--socket", agent.socket.to_str().unwrap()])
+        .env("CONCLAVE_CLIENT_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already listening"));
     let sock = agent.socket.to_str().unwrap().to_owned();
     // ssh-add -L lists the group key, as `conclave pubkey --format openssh` prints it.
     let listed = run(Command::new("ssh-add")

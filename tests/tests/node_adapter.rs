@@ -32,8 +32,8 @@ fn the_node_external_signer_signs_and_verifies_with_node_crypto() {
         "node --test failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Both tests ran: none skipped, none failed.
-    for want in ["# pass 2", "# fail 0", "# skipped 0"] {
+    // Every test ran: none skipped, none failed.
+    for want in ["# pass 3", "# fail 0", "# skipped 0"] {
         assert!(stdout.contains(want), "expected {want:?} in:\n{stdout}");
     }
 }

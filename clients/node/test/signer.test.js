@@ -28,6 +28,11 @@ test("signMessage and signHash verify with crypto.verify under getAddress()", { 
   await assert.rejects(signer.signHash("abcd"), (e) => e instanceof SignerError && e.code === "SIGNER_BAD_INPUT");
 });
 
+test("a bad timeout is refused at construction", () => {
+  assert.throws(() => new ConclaveSigner({ timeoutMs: Number.NaN }), (e) => e instanceof SignerError && e.code === "SIGNER_BAD_INPUT");
+  assert.throws(() => new ConclaveSigner({ timeoutMs: 0 }), (e) => e instanceof SignerError && e.code === "SIGNER_BAD_INPUT");
+});
+
 test("an unreachable coordinator is a typed SIGNER_UNAVAILABLE", { skip: !process.env.CONCLAVE_DOWN_CONFIG && "run by cargo test" }, async () => {
   const signer = new ConclaveSigner({ clientConfig: process.env.CONCLAVE_DOWN_CONFIG, timeoutMs: 500 });
   await assert.rejects(signer.signMessage("m"), (e) => e instanceof SignerError && e.code === "SIGNER_UNAVAILABLE" && e.exitCode === 10);
