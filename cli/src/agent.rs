@@ -190,10 +190,7 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 
 pub(crate) async fn run(args: AgentArgs) -> CmdResult {
     let client_args = crate::ClientArgs {
-        client_config: args.client_config.clone(),
-        coordinator: args.coordinator.clone(),
-        coordinator_key: args.coordinator_key.clone(),
-        identity: args.identity.clone(),
+        conn: args.conn.clone(),
         group: None,
     };
     let config = crate::clientcmd::resolve(&client_args)?;

@@ -27,14 +27,15 @@ pub(crate) fn load_config(explicit: Option<&Path>) -> anyhow::Result<Option<Clie
 
 /// A client config made of the config file and the flags (flags win).
 pub(crate) fn resolve(args: &crate::ClientArgs) -> anyhow::Result<ClientConfig> {
-    let file = load_config(args.client_config.as_deref())?;
+    let file = load_config(args.conn.client_config.as_deref())?;
     let no_config = "(give it as a flag, or write a client config: docs/CLIENTS.md)";
     let identity = args
+        .conn
         .identity
         .clone()
         .or_else(|| file.as_ref().map(|c| c.identity.clone()))
         .ok_or_else(|| anyhow!("no client identity {no_config}: --identity DIR"))?;
-    let coordinators = match (&args.coordinator, &args.coordinator_key) {
+    let coordinators = match (&args.conn.coordinator, &args.conn.coordinator_key) {
         (Some(address), Some(key)) => {
             let key = read_node_id(key)
                 .context("--coordinator-key is neither a hex key nor a readable identity.pub")?;

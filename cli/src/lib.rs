@@ -687,18 +687,8 @@ struct AgentArgs {
     /// A uid allowed to use the socket (repeat; default: the agent's own uid).
     #[arg(long, value_name = "UID")]
     allow_uid: Vec<u32>,
-    /// Client config (identity, coordinators, timeout); see `conclave sign --help`.
-    #[arg(long, value_name = "PATH")]
-    client_config: Option<PathBuf>,
-    /// Coordinator address, HOST:PORT (instead of the config's coordinators).
-    #[arg(long)]
-    coordinator: Option<String>,
-    /// Coordinator identity public key (hex, or path of its identity.pub).
-    #[arg(long)]
-    coordinator_key: Option<String>,
-    /// This client's identity directory.
-    #[arg(long)]
-    identity: Option<PathBuf>,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Args, Debug)]
@@ -737,8 +727,9 @@ enum KeyFormat {
     RegistryJson,
 }
 
+/// Where a client connects, and as whom: the client config and the flags that override it.
 #[derive(Args, Debug, Clone, Default)]
-struct ClientArgs {
+struct ConnArgs {
     /// Client config (identity, coordinators tried in order, group, timeout); default
     /// $CONCLAVE_CLIENT_CONFIG, else ~/.config/conclave/client.toml. Flags override it.
     #[arg(long, value_name = "PATH")]
@@ -752,6 +743,12 @@ struct ClientArgs {
     /// This client's identity directory (its public key must be in the coordinator's clients).
     #[arg(long)]
     identity: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ClientArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
     /// Group name.
     #[arg(long, short)]
     group: Option<String>,

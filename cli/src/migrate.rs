@@ -29,11 +29,13 @@ async fn connect(
     conclave_protocol::GroupName,
 )> {
     crate::commands::connect(&crate::ClientArgs {
-        coordinator: Some(client.coordinator.clone()),
-        coordinator_key: Some(client.coordinator_key.clone()),
-        identity: Some(client.identity.clone()),
+        conn: crate::ConnArgs {
+            coordinator: Some(client.coordinator.clone()),
+            coordinator_key: Some(client.coordinator_key.clone()),
+            identity: Some(client.identity.clone()),
+            ..Default::default()
+        },
         group: Some(group.to_owned()),
-        ..Default::default()
     })
     .await
 }

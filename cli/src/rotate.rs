@@ -473,11 +473,13 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
             .map(|(_, m)| m.group.to_string())
             .ok_or_else(|| anyhow!("give at least one --manifest"))?;
         let c = crate::ClientArgs {
-            coordinator: Some(coordinator),
-            coordinator_key: Some(coordinator_key),
-            identity: Some(identity),
+            conn: crate::ConnArgs {
+                coordinator: Some(coordinator),
+                coordinator_key: Some(coordinator_key),
+                identity: Some(identity),
+                ..Default::default()
+            },
             group: Some(group),
-            ..Default::default()
         };
         let (client, group) = crate::commands::connect(&c).await?;
         let info = client
@@ -597,11 +599,13 @@ pub(crate) async fn retire(args: RetireArgs) -> CmdResult {
         );
     }
     let client_args = crate::ClientArgs {
-        coordinator: Some(args.client.coordinator.clone()),
-        coordinator_key: Some(args.client.coordinator_key.clone()),
-        identity: Some(args.client.identity.clone()),
+        conn: crate::ConnArgs {
+            coordinator: Some(args.client.coordinator.clone()),
+            coordinator_key: Some(args.client.coordinator_key.clone()),
+            identity: Some(args.client.identity.clone()),
+            ..Default::default()
+        },
         group: Some(new.group.to_string()),
-        ..Default::default()
     };
     let (client, group) = crate::commands::connect(&client_args).await?;
     let info = client
