@@ -400,15 +400,9 @@ impl Cluster {
         );
         let path = d.join("coordinator.toml");
         std::fs::write(&path, config).expect("config");
-        let mut child = cluster.spawn_raw(
-            "coordinator",
-            &path,
-            &d.join("coordinator.log"),
-            coordinator_fault,
-            None,
-        );
-        let line = first_line(&mut child);
-        cluster.coordinator_addr = line.rsplit(' ').next().expect("address").to_owned();
+        let (child, addr) =
+            cluster.spawn_coordinator(&path, &d.join("coordinator.log"), coordinator_fault);
+        cluster.coordinator_addr = addr;
         cluster.coordinator = Some(child);
         cluster
     }
@@ -584,17 +578,17 @@ impl Cluster {
             .replace("coordinator-audit/", "coordinator2-audit/");
         let path = d.join("coordinator2.toml");
         std::fs::write(&path, config).expect("config");
-        let mut child = self.spawn_raw(
-            "coordinator",
-            &path,
-            &d.join("coordinator2.log"),
-            None,
-            None,
-        );
-        let line = first_line(&mut child);
-        let addr = line.rsplit(' ').next().expect("address").to_owned();
+        let (child, addr) = self.spawn_coordinator(&path, &d.join("coordinator2.log"), None);
         self.proxies.push(child);
         addr
+    }
+
+    /// Starts a coordinator process and returns it with the address it prints.
+    fn spawn_coordinator(&self, config: &Path, log: &Path, fault: Option<&str>) -> (Child, String) {
+        let mut child = self.spawn_raw("coordinator", config, log, fault, None);
+        let line = first_line(&mut child);
+        let addr = line.rsplit(' ').next().expect("address").to_owned();
+        (child, addr)
     }
 
     /// Writes a client config for client A (`client`), with these coordinator addresses in
