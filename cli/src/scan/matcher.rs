@@ -118,18 +118,20 @@ impl Matcher {
     /// Reports the matches in `window` (which starts at stream offset `base`) that end after
     /// stream offset `seen` (those ending at or before it were in the previous window).
     fn search(&self, window: &[u8], base: u64, seen: u64, report: &mut impl FnMut(Match)) {
-        for (i, rest) in (0..window.len()).filter_map(|i| Some((i, window.get(i..)?))) {
-            let Some(k) = pair(rest) else { break };
+        for (i, two) in window.windows(2).enumerate() {
+            let &[a, b] = two else { continue };
+            let k = usize::from(a) << 8 | usize::from(b);
             let hit = self
                 .present
-                .get(k / 64)
-                .is_some_and(|w| w & (1 << (k % 64)) != 0);
+                .get(k >> 6)
+                .is_some_and(|w| w & (1 << (k & 63)) != 0);
             if !hit {
                 continue;
             }
             let (Some(lo), Some(hi)) = (self.bucket.get(k), self.bucket.get(k + 1)) else {
                 continue;
             };
+            let rest = window.get(i..).unwrap_or(&[]);
             let candidates = self.needles.get(*lo as usize..*hi as usize).unwrap_or(&[]);
             for (secret, needle) in candidates {
                 let end = base + (i + needle.len()) as u64;
