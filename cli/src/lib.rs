@@ -24,6 +24,7 @@ mod faults;
 mod migrate;
 mod passphrase;
 mod rotate;
+pub mod scan;
 mod signer;
 mod sim;
 
@@ -36,7 +37,8 @@ pub use config::Mode;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 a signature did not verify or a signing request was refused
-(typed, fail-closed); 2 any other error (bad input, unreadable file, unreachable node).
+(typed, fail-closed); 2 any other error (bad input, unreadable file, unreachable node);
+`logs scan`: 4 secret material found.
 
 Start with `conclave demo`, then see README.md for a real cluster across hosts.";
 
@@ -139,6 +141,18 @@ enum Command {
     /// keys; verify statements; destroy the old key's shares.
     #[command(subcommand, after_help = MIGRATE_HELP)]
     Migrate(MigrateCmd),
+    /// Incident controls for logs: search log and telemetry files for share, identity-key or
+    /// passphrase material.
+    #[command(subcommand)]
+    Logs(LogsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum LogsCmd {
+    /// Search files for shares, identity keys and passphrases (raw, hex, base64, Debug forms);
+    /// names file, offset, secret and encoding, never the secret. Exit 4 if any is found.
+    #[command(after_help = scan::SCAN_HELP)]
+    Scan(scan::ScanArgs),
 }
 
 const EXTERNAL_SIGNER_HELP: &str = "\
@@ -1115,6 +1129,7 @@ fn run(command: Command) -> CmdResult {
         Command::Rotate(RotateCmd::Status(args)) => runtime()?.block_on(rotate::status(args)),
         Command::Rotate(RotateCmd::Retire(args)) => runtime()?.block_on(rotate::retire(args)),
         Command::Rotate(RotateCmd::Resume(args)) => rotate::resume(args),
+        Command::Logs(LogsCmd::Scan(args)) => scan::run(args),
     }
 }
 
