@@ -139,7 +139,7 @@ impl Session for Served {
 
 /// Creates the socket's directory (0700) if missing and refuses one that others can enter;
 /// removes a stale socket; binds; makes the socket 0600.
-fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+pub(crate) fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let dir = match socket.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -155,7 +155,7 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
             bail!(
-                "{} belongs to uid {}, not to this agent's uid {me}: the socket needs a directory of its own",
+                "{} belongs to uid {}, not to this process's uid {me}: the socket needs a directory of its own",
                 dir.display(),
                 meta.uid()
             );
@@ -164,7 +164,7 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
-            "{} is open to group/others (mode {mode:03o}): the agent's socket needs a directory of its own (chmod 700 {})",
+            "{} is open to group/others (mode {mode:03o}): the socket needs a directory of its own (chmod 700 {})",
             dir.display(),
             dir.display()
         );
@@ -176,7 +176,7 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
         // A socket something still answers on belongs to a running agent: never take it over.
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!(
-                "an agent is already listening on {}: stop it first, or choose another --socket",
+                "a process is already listening on {}: stop it first, or choose another socket path",
                 socket.display()
             );
         }
@@ -241,6 +241,7 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
     );
     use std::io::Write as _;
     std::io::stdout().flush()?;
+    crate::daemon::notify_ready();
     // Keeps the connection up in the background, reconnecting with backoff (1 s to 30 s),
     // so a sign request rarely waits for a handshake.
     let keeper = order.first().cloned().map(|s| {

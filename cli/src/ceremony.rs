@@ -307,6 +307,9 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     kdf_choice: KdfChoice,
     json: bool,
 ) -> CmdResult {
+    // A node frozen for this group (`conclave freeze`, state beside its audit log) takes part
+    // in no ceremony for it.
+    crate::daemon::refuse_if_frozen(audit_log, &plan.group).map_err(Exit::refused)?;
     let mut audit = CeremonyAudit::open(audit_log, &identity, plan)?;
     let me = identity.node_id();
     let my_name = plan.name_of(&me);

@@ -1,9 +1,7 @@
 //! The subcommands other than `demo` and `bench`.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
@@ -163,107 +161,6 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-pub(crate) async fn run_participant(path: &Path) -> CmdResult {
-    // Before any secret is read: no core dumps, memory locked if the limits allow.
-    let hardening = conclave_transport::hygiene::harden_process();
-    if hardening.core_dumps_disabled {
-        tracing::info!(
-            memory_locked = hardening.memory_locked,
-            "core dumps disabled"
-        );
-    }
-    for problem in &hardening.problems {
-        tracing::warn!("{problem}");
-    }
-    #[cfg(unix)]
-    let _file_size_limit = conclave_transport::hygiene::survive_file_size_limit();
-    let cfg = config::ParticipantConfig::read(path)?;
-    enforce(&crate::checks::participant(path, &cfg))?;
-    let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
-    let coordinators = config::node_ids(&cfg.coordinators, "coordinators")?;
-    let mut shares = store::ServedShares::new(identity.node_id());
-    for entry in &cfg.shares {
-        let what = entry.file.display().to_string();
-        let pass = passphrase::obtain(entry.passphrase_file.as_deref(), cfg.mode, &what, false)?;
-        let share = ShareFile::read(&entry.file, &pass)?;
-        drop(pass);
-        let (group, epoch) = (share.header.group.clone(), share.header.epoch);
-        shares.add(&entry.file, share)?;
-        tracing::info!(%group, epoch, "loaded share {what}");
-    }
-    let shares = shares.into_inner();
-    let policy = conclave_policy::Policy::read(&cfg.policy)?;
-    tracing::info!(policy = %cfg.policy.display(), clients = ?policy.clients(), "policy loaded");
-    let audit = config::open_audit_log(&cfg.audit_log, &identity, cfg.audit_fsync)?;
-    tracing::info!(audit_log = %cfg.audit_log.display(), fsync = cfg.audit_fsync, "audit log open");
-    let mut participant = conclave_participant::Participant::new(
-        shares,
-        Default::default(),
-        policy,
-        Box::new(audit),
-        &mut rand::rngs::OsRng,
-    );
-    crate::faults::FaultPlan::from_env().apply_participant(&mut participant);
-    let server =
-        conclave_transport::participant::Server::bind(&identity, cfg.listen, coordinators)?;
-    tracing::info!(mode = %cfg.mode, "participant starting");
-    let addr = server.local_addr()?;
-    println!("participant {} listening on {addr}", identity.node_id());
-    std::io::stdout().flush()?;
-    server.run(participant, shutdown_signal()).await;
-    tracing::info!("participant stopped");
-    Ok(())
-}
-
-pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
-    #[cfg(unix)]
-    let _file_size_limit = conclave_transport::hygiene::survive_file_size_limit();
-    let cfg = config::CoordinatorConfig::read(path)?;
-    enforce(&crate::checks::coordinator(path, &cfg))?;
-    let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
-    let clients = config::node_ids(&cfg.clients, "clients")?;
-    let mut manifests = Vec::new();
-    let mut addresses = HashMap::new();
-    for m in &cfg.manifests {
-        let manifest =
-            GroupManifest::read(m).with_context(|| format!("manifest {}", m.display()))?;
-        for p in manifest.members()? {
-            addresses.entry(p.node_id).or_insert(p.address);
-        }
-        tracing::info!(group = %manifest.group, threshold = manifest.threshold, epoch = manifest.epoch, "serving group");
-        manifests.push(manifest);
-    }
-    let defaults = conclave_coordinator::CoordinatorConfig::default();
-    let sm_config = conclave_coordinator::CoordinatorConfig {
-        participant_timeout: cfg
-            .participant_timeout_ms
-            .map_or(defaults.participant_timeout, Duration::from_millis),
-        default_timeout: cfg
-            .default_timeout_ms
-            .map_or(defaults.default_timeout, Duration::from_millis),
-        pool_target: cfg.pool_target.unwrap_or(defaults.pool_target),
-        ..defaults
-    };
-    let mut coordinator = conclave_coordinator::Coordinator::new(manifests, sm_config)?;
-    if let Some(p) = &cfg.policy {
-        let policy = conclave_policy::Policy::read(p)?;
-        tracing::info!(policy = %p.display(), clients = ?policy.clients(), "policy loaded (early refusal; the participants decide for themselves)");
-        coordinator.set_policy(Some(policy));
-    }
-    crate::faults::FaultPlan::from_env().apply_coordinator(&mut coordinator, &identity);
-    let audit = config::open_audit_log(&cfg.audit_log, &identity, cfg.audit_fsync)?;
-    let server =
-        conclave_transport::coordinator::Server::bind(identity.clone(), cfg.listen, clients)?
-            .with_audit(Box::new(audit));
-    let addr = server.local_addr()?;
-    tracing::info!(mode = %cfg.mode, "coordinator starting");
-    println!("coordinator {} listening on {addr}", identity.node_id());
-    std::io::stdout().flush()?;
-    server.run(coordinator, addresses, shutdown_signal()).await;
-    tracing::info!("coordinator stopped");
-    Ok(())
 }
 
 /// Reads the message to sign or verify (a regular file, or stdin for none or "-"), refusing
@@ -729,7 +626,7 @@ pub(crate) fn config_check(path: &Path, json: bool) -> CmdResult {
 }
 
 /// Runs the mode checks at daemon start: prod refuses on any failure, test warns.
-fn enforce(checks: &crate::checks::Checks) -> anyhow::Result<()> {
+pub(crate) fn enforce(checks: &crate::checks::Checks) -> anyhow::Result<()> {
     for w in checks.warnings() {
         tracing::warn!(
             "{}: {} (fix: {})",

@@ -66,10 +66,47 @@ pub struct ParticipantConfig {
     /// loss for speed; a record that cannot be written still stops the signature.
     #[serde(default = "yes")]
     pub audit_fsync: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds after which an idle decrypted share is dropped from memory (zeroized) and
+    /// decrypted again, from its passphrase source, on the next request. Default: kept.
+    pub share_cache_ttl: Option<u64>,
+    /// Seconds a SIGTERM gives requests in flight to finish (default 30).
+    pub drain_grace_secs: Option<u64>,
+    /// The control socket (`conclave reload`, `freeze`, `unfreeze`); default
+    /// `control.sock` beside the audit log.
+    pub control_socket: Option<PathBuf>,
+    /// Where the frozen groups are kept across restarts; default `frozen.toml` beside the
+    /// audit log.
+    pub freeze_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// Default drain grace.
+pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 30;
+/// Longest drain grace accepted.
+pub const MAX_DRAIN_GRACE_SECS: u64 = 3600;
+
+/// The directory of a node's state: its audit log's directory.
+pub fn state_dir(audit_log: &Path) -> PathBuf {
+    match audit_log.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn drain_grace(v: Option<u64>, path: &Path) -> Result<std::time::Duration> {
+    let secs = v.unwrap_or(DEFAULT_DRAIN_GRACE_SECS);
+    if secs > MAX_DRAIN_GRACE_SECS {
+        bail!(
+            "config {}: drain_grace_secs is at most {MAX_DRAIN_GRACE_SECS}",
+            path.display()
+        );
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// `conclave coordinator --config FILE`.
@@ -100,6 +137,12 @@ pub struct CoordinatorConfig {
     /// fsync every audit record (default true).
     #[serde(default = "yes")]
     pub audit_fsync: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off by default).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds a SIGTERM gives sessions in flight to finish (default 30).
+    pub drain_grace_secs: Option<u64>,
+    /// The control socket (`conclave reload`); default `control.sock` beside the audit log.
+    pub control_socket: Option<PathBuf>,
 }
 
 fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -129,6 +172,28 @@ pub fn node_ids(keys: &[String], what: &str) -> Result<HashSet<NodeId>> {
 }
 
 impl ParticipantConfig {
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| state_dir(&self.audit_log).join("control.sock"))
+    }
+
+    /// The freeze file's path.
+    pub fn freeze_file(&self) -> PathBuf {
+        self.freeze_file
+            .clone()
+            .unwrap_or_else(|| state_dir(&self.audit_log).join("frozen.toml"))
+    }
+
+    pub fn drain_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.drain_grace_secs
+                .unwrap_or(DEFAULT_DRAIN_GRACE_SECS)
+                .min(MAX_DRAIN_GRACE_SECS),
+        )
+    }
+
     pub fn read(path: &Path) -> Result<Self> {
         let mut c: Self = read_toml(path)?;
         c.identity = relative_to(path, &c.identity);
@@ -138,6 +203,15 @@ impl ParticipantConfig {
             s.file = relative_to(path, &s.file);
             s.passphrase_file = s.passphrase_file.as_ref().map(|p| relative_to(path, p));
         }
+        c.control_socket = c.control_socket.as_ref().map(|p| relative_to(path, p));
+        c.freeze_file = c.freeze_file.as_ref().map(|p| relative_to(path, p));
+        if c.share_cache_ttl == Some(0) {
+            bail!(
+                "config {}: share_cache_ttl must be at least 1 second (leave it out to keep shares in memory)",
+                path.display()
+            );
+        }
+        drain_grace(c.drain_grace_secs, path)?;
         if c.shares.is_empty() {
             bail!("config {}: no [[shares]] listed", path.display());
         }
@@ -152,12 +226,29 @@ impl ParticipantConfig {
 }
 
 impl CoordinatorConfig {
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| state_dir(&self.audit_log).join("control.sock"))
+    }
+
+    pub fn drain_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.drain_grace_secs
+                .unwrap_or(DEFAULT_DRAIN_GRACE_SECS)
+                .min(MAX_DRAIN_GRACE_SECS),
+        )
+    }
+
     pub fn read(path: &Path) -> Result<Self> {
         let mut c: Self = read_toml(path)?;
         c.identity = relative_to(path, &c.identity);
         c.policy = c.policy.as_ref().map(|p| relative_to(path, p));
         c.audit_log = relative_to(path, &c.audit_log);
         c.manifests = c.manifests.iter().map(|m| relative_to(path, m)).collect();
+        c.control_socket = c.control_socket.as_ref().map(|p| relative_to(path, p));
+        drain_grace(c.drain_grace_secs, path)?;
         if c.manifests.is_empty() {
             bail!("config {}: no manifests listed", path.display());
         }

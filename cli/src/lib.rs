@@ -20,6 +20,7 @@ mod clientcmd;
 mod commands;
 mod config;
 mod confirm;
+mod daemon;
 mod faults;
 mod migrate;
 mod passphrase;
@@ -78,6 +79,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Make a running participant or coordinator re-read its files (as SIGHUP does) and say
+    /// what changed; a bad new file is refused and the old state keeps serving.
+    #[command(after_help = RELOAD_HELP)]
+    Reload {
+        /// The daemon's config file (its control socket is found from it).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Incident control: this participant refuses every signature and ceremony for a group
+    /// (or all groups), at once and across restarts, until `conclave unfreeze`.
+    #[command(after_help = FREEZE_HELP)]
+    Freeze(FreezeArgs),
+    /// Lift `conclave freeze` (for one group, or everything).
+    Unfreeze(FreezeArgs),
     /// Ask a coordinator for a signature of a message (from a file or stdin).
     Sign(SignArgs),
     /// Verify an Ed25519 signature against a group manifest or a public key.
@@ -153,6 +170,37 @@ enum LogsCmd {
     /// names file, offset, secret and encoding, never the secret. Exit 4 if any is found.
     #[command(after_help = scan::SCAN_HELP)]
     Scan(scan::ScanArgs),
+}
+
+const RELOAD_HELP: &str = "\
+Re-read: manifests, shares (passphrases from their files or systemd credential; never a
+prompt), policy, client and coordinator lists, timeouts. Not without a restart: identity,
+listen, audit_log, metrics_listen, control_socket. Requests in flight finish; sessions begun
+on an epoch a reload replaced finish on it. `systemctl reload` and SIGHUP do the same (the
+outcome is then in the log). Exit 0 reloaded, 1 refused (old state kept), 2 error.
+Runbook: docs/OPERATIONS.md.";
+
+const FREEZE_HELP: &str = "\
+Run on the participant's host with its config. A running daemon applies it within the
+request (its control socket answers once it is in force), writes it to freeze_file (default
+frozen.toml beside the audit log) and records it in the audit log; a stopped daemon starts
+frozen. The coordinator reports frozen signers as `frozen`, not as faults; below the
+threshold, signing fails closed with the code `frozen`. `dkg join` and `rotate join` with
+--audit-log in the same directory refuse frozen groups. Runbook: docs/OPERATIONS.md.";
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct FreezeArgs {
+    /// The participant's config file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only this group (default: every group, present and future).
+    #[arg(long)]
+    group: Option<String>,
+    /// Why (printable ASCII; goes into the audit record).
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 const EXTERNAL_SIGNER_HELP: &str = "\
@@ -1065,8 +1113,15 @@ fn run(command: Command) -> CmdResult {
         Command::Keygen(KeygenCmd::Dkg(DkgCmd::Join(args))) => {
             runtime()?.block_on(ceremony::join(args))
         }
-        Command::Participant { config } => runtime()?.block_on(commands::run_participant(&config)),
-        Command::Coordinator { config } => runtime()?.block_on(commands::run_coordinator(&config)),
+        Command::Participant { config } => runtime()?.block_on(daemon::run_participant(&config)),
+        Command::Coordinator { config } => runtime()?.block_on(daemon::run_coordinator(&config)),
+        Command::Reload { config, json } => runtime()?.block_on(daemon::reload_cmd(&config, json)),
+        Command::Freeze(a) => runtime()?.block_on(daemon::freeze_cmd(
+            &a.config, true, a.group, a.reason, a.json,
+        )),
+        Command::Unfreeze(a) => runtime()?.block_on(daemon::freeze_cmd(
+            &a.config, false, a.group, a.reason, a.json,
+        )),
         Command::Sign(args) => runtime()?.block_on(commands::sign(args)),
         Command::Verify(args) => commands::verify(args),
         Command::Pubkey {

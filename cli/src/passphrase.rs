@@ -32,6 +32,30 @@ fn from_file(path: &Path) -> Result<Passphrase> {
 
 /// Obtains a passphrase for `what` (a file name, for prompts). `new` asks twice on a terminal.
 pub fn obtain(file: Option<&Path>, mode: Mode, what: &str, new: bool) -> Result<Passphrase> {
+    obtain_from(file, mode, what, new, true)
+}
+
+/// Like [`obtain`], never prompting: what a running daemon uses on a reload or to decrypt a
+/// share again after the share cache TTL (there is nobody at a terminal then).
+pub fn obtain_unattended(file: Option<&Path>, mode: Mode, what: &str) -> Result<Passphrase> {
+    obtain_from(file, mode, what, false, false)
+}
+
+/// True when a passphrase for this entry can be had without a terminal.
+pub fn unattended_source(file: Option<&Path>, mode: Mode) -> bool {
+    file.is_some()
+        || std::env::var_os("CREDENTIALS_DIRECTORY")
+            .is_some_and(|d| Path::new(&d).join(CREDENTIAL_NAME).exists())
+        || (mode != Mode::Prod && std::env::var_os(ENV_VAR).is_some())
+}
+
+fn obtain_from(
+    file: Option<&Path>,
+    mode: Mode,
+    what: &str,
+    new: bool,
+    prompt: bool,
+) -> Result<Passphrase> {
     if let Some(file) = file {
         return from_file(file);
     }
@@ -55,6 +79,9 @@ pub fn obtain(file: Option<&Path>, mode: Mode, what: &str, new: bool) -> Result<
             return Ok(Passphrase::new(text));
         }
         bail!("{ENV_VAR} is set, but prod mode does not accept passphrases from the environment (dev and test modes do); use a passphrase file or a systemd credential");
+    }
+    if !prompt {
+        bail!("no passphrase for {what} without a terminal: give passphrase_file in the config, or a systemd credential {CREDENTIAL_NAME} (a passphrase typed at start cannot be asked again on a reload or after the share cache TTL)");
     }
     if !std::io::stdin().is_terminal() {
         bail!("no passphrase for {what}: give --passphrase-file (or passphrase_file in the config), a systemd credential {CREDENTIAL_NAME}, or run on a terminal");

@@ -122,9 +122,11 @@ impl Client {
         self.conn.close_reason().is_none()
     }
 
-    /// Signs requests for `group` at `epoch` (from the caller's own copy of the manifest), and
-    /// never at the epoch the coordinator reports: the epoch in a signed request is then the
-    /// client's intent, not the coordinator's claim.
+    /// Signs requests for `group` at `epoch` (from the caller's own copy of the manifest) or
+    /// later, never earlier: the coordinator cannot take the client back to an older epoch
+    /// (older shares), but when the signers refuse the pinned epoch because the group moved
+    /// on (a rotation switch), the client follows it forward to the epoch the coordinator
+    /// serves. The key is still checked against the caller's own copy.
     pub fn pin_epoch(&self, group: &GroupName, epoch: u64) {
         if let Ok(mut m) = self.pinned.lock() {
             m.insert(group.clone(), epoch);
@@ -134,10 +136,12 @@ impl Client {
     /// The group's epoch: pinned, or from the coordinator the first time (and again when the
     /// signers refuse it, never going back to a lower one).
     async fn epoch(&self, group: &GroupName, refresh: bool) -> Result<u64, ClientError> {
-        if let Some(e) = self.pinned.lock().ok().and_then(|m| m.get(group).copied()) {
-            return Ok(e);
-        }
+        let pinned = self.pinned.lock().ok().and_then(|m| m.get(group).copied());
         let cached = self.epochs.lock().ok().and_then(|m| m.get(group).copied());
+        let cached = match (pinned, cached) {
+            (Some(p), c) => Some(c.map_or(p, |c| c.max(p))),
+            (None, c) => c,
+        };
         if let (Some(e), false) = (cached, refresh) {
             return Ok(e);
         }

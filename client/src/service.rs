@@ -18,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use conclave_protocol::{GroupName, IdentityKey, NodeId, PolicyRule, SignError};
+use conclave_protocol::{GroupName, IdentityKey, NodeId, PolicyRule, Refusal, SignError};
 use ed25519_dalek::{Signature, VerifyingKey};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -420,6 +420,13 @@ impl ThresholdSigner {
                 }
                 Err(_) => return Err(ServiceError::Timeout(budget)),
                 Ok(Ok(signed)) => return Ok(Signature::from_bytes(&signed.signature)),
+                // The coordinator is draining before it stops: the next one takes the request.
+                Ok(Err(ClientError::Sign(SignError::Refused(Refusal::ShuttingDown))))
+                    if several =>
+                {
+                    tracing::debug!("the coordinator is shutting down; failing over");
+                    self.fail_over(&client, index).await;
+                }
                 // The connection broke: forget it (the next try reconnects, failing over).
                 Ok(Err(ClientError::Transport(e))) if !matches!(e, TransportError::Timeout(_)) => {
                     tracing::debug!(error = %e, "connection to the coordinator lost; reconnecting");

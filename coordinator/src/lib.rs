@@ -15,4 +15,6 @@ pub mod state;
 pub use conclave_protocol::SignError;
 #[cfg(feature = "fault-injection")]
 pub use state::Misbehaviour;
-pub use state::{Coordinator, CoordinatorConfig, Event, GroupInfo, SessionId, SignOutcome};
+pub use state::{
+    Coordinator, CoordinatorConfig, Event, GroupInfo, ReloadSummary, SessionId, SignOutcome,
+};

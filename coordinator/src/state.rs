@@ -128,6 +128,12 @@ pub enum Event {
         node: NodeId,
         name: String,
     },
+    /// A participant refused because its operator froze the group.
+    Frozen {
+        group: GroupName,
+        node: NodeId,
+        name: String,
+    },
     /// A participant is on another epoch than the group manifest.
     StaleEpoch {
         group: GroupName,
@@ -151,6 +157,8 @@ pub struct GroupInfo {
     /// Participants that answered on another epoch (name, their epoch): refused until they
     /// reconnect on the group's epoch.
     pub stale: Vec<(String, u64)>,
+    /// Participants whose operators froze this group.
+    pub frozen: Vec<String>,
 }
 
 /// Counters, for logs, benchmarks and the simulator.
@@ -196,8 +204,12 @@ struct GroupState {
 struct PeerState {
     connected: bool,
     penalty_until: Option<Instant>,
-    /// Groups for which this node answered with another epoch: group → its epoch.
-    stale: BTreeMap<GroupName, u64>,
+    /// (group, epoch) this node does not serve: it answered with another epoch (its newest).
+    stale: BTreeMap<(GroupName, u64), u64>,
+    /// Groups its operator froze (`conclave freeze`): it refuses them until unfrozen.
+    frozen: BTreeSet<GroupName>,
+    /// When the node is next asked again whether it still refuses (stale or frozen).
+    recheck_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -209,6 +221,7 @@ struct Pool {
 enum RequestKind {
     Commit {
         group: GroupName,
+        epoch: u64,
         count: u16,
     },
     Sign {
@@ -245,6 +258,9 @@ enum Phase {
 
 struct Session {
     group: GroupName,
+    /// The epoch the client's request names: the session uses that epoch's members, keys
+    /// and commitments to the end, also when a reload moves the group to a newer epoch.
+    epoch: u64,
     message: Vec<u8>,
     /// The client's signed request, forwarded unchanged to every signer.
     request: SignedRequest,
@@ -267,7 +283,13 @@ struct Session {
 enum Timer {
     Request(u64),
     Session(SessionId),
+    /// Ask nodes that refused as stale or frozen whether they still do.
+    Recheck,
 }
+
+/// How long a node that refused a group (other epoch, frozen) is left alone before it is
+/// asked again: a node that reloads onto the right epoch, or is unfrozen, is back within this.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a participant's request did not produce a usable answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,8 +304,10 @@ enum Failure {
 pub struct Coordinator {
     config: CoordinatorConfig,
     groups: BTreeMap<GroupName, GroupState>,
+    /// Epochs a reload replaced, kept while sessions begun on them finish.
+    retired: BTreeMap<(GroupName, u64), GroupState>,
     peers: BTreeMap<NodeId, PeerState>,
-    pools: BTreeMap<(NodeId, GroupName), Pool>,
+    pools: BTreeMap<(NodeId, GroupName, u64), Pool>,
     inflight: BTreeMap<u64, InFlight>,
     sessions: BTreeMap<SessionId, Session>,
     timers: BTreeSet<(Instant, Timer)>,
@@ -291,6 +315,7 @@ pub struct Coordinator {
     events: VecDeque<Event>,
     next_request: u64,
     next_session: u64,
+    membership: u64,
     policy: Option<Policy>,
     /// (client, signer) → until when the signer is asked last for that client.
     refused: BTreeMap<(NodeId, NodeId), Instant>,
@@ -301,65 +326,101 @@ pub struct Coordinator {
     pub stats: CoordinatorStats,
 }
 
+/// Checks and indexes manifests, one per group.
+fn group_states(groups: Vec<GroupManifest>) -> Result<BTreeMap<GroupName, GroupState>, SetupError> {
+    let mut states = BTreeMap::new();
+    for manifest in groups {
+        let group = manifest.group.clone();
+        let err = |source| SetupError::Manifest {
+            group: group.clone(),
+            source,
+        };
+        let members = manifest.members().map_err(err)?;
+        let public_key_package = manifest.public_key_package().map_err(err)?;
+        let public_key = manifest.public_key_bytes().map_err(err)?;
+        let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(&public_key)
+            .map_err(|_| err(conclave_keygen::ManifestError::BadGroupKey))?;
+        let members: Vec<MemberInfo> = members
+            .into_iter()
+            .map(|m| MemberInfo {
+                name: m.name,
+                node: m.node_id,
+                identifier: m.identifier,
+            })
+            .collect();
+        let state = GroupState {
+            info: GroupInfo {
+                group: group.clone(),
+                public_key,
+                threshold: manifest.threshold,
+                epoch: manifest.epoch,
+                participants: members.iter().map(|m| m.name.clone()).collect(),
+                reachable: 0,
+                stale: vec![],
+                frozen: vec![],
+            },
+            by_identifier: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.identifier, i))
+                .collect(),
+            by_node: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.node, i))
+                .collect(),
+            members,
+            public_key_package,
+            verifying_key,
+        };
+        if states.insert(group.clone(), state).is_some() {
+            return Err(SetupError::DuplicateGroup(group));
+        }
+    }
+    Ok(states)
+}
+
+/// What [`Coordinator::reload`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Groups served for the first time.
+    pub added: Vec<GroupName>,
+    /// Groups no longer served (their sessions still finish).
+    pub removed: Vec<GroupName>,
+    /// Groups now served at another epoch or with other members: (group, old, new epoch).
+    pub changed: Vec<(GroupName, u64, u64)>,
+    /// Groups unchanged.
+    pub unchanged: Vec<GroupName>,
+}
+
+impl GroupState {
+    /// Same epoch, key and members (nothing a session depends on differs).
+    fn same_as(&self, other: &GroupState) -> bool {
+        self.info.epoch == other.info.epoch
+            && self.info.public_key == other.info.public_key
+            && self.info.threshold == other.info.threshold
+            && self.public_key_package == other.public_key_package
+            && self.by_node == other.by_node
+            && self.by_identifier == other.by_identifier
+            && self.info.participants == other.info.participants
+    }
+}
+
 impl Coordinator {
     /// A coordinator serving `groups`. No participant is connected yet: the driver reports
     /// connections with [`peer_up`](Self::peer_up).
     pub fn new(groups: Vec<GroupManifest>, config: CoordinatorConfig) -> Result<Self, SetupError> {
-        let mut states = BTreeMap::new();
+        let states = group_states(groups)?;
         let mut peers = BTreeMap::new();
-        for manifest in groups {
-            let group = manifest.group.clone();
-            let err = |source| SetupError::Manifest {
-                group: group.clone(),
-                source,
-            };
-            let members = manifest.members().map_err(err)?;
-            let public_key_package = manifest.public_key_package().map_err(err)?;
-            let public_key = manifest.public_key_bytes().map_err(err)?;
-            let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(&public_key)
-                .map_err(|_| err(conclave_keygen::ManifestError::BadGroupKey))?;
-            let members: Vec<MemberInfo> = members
-                .into_iter()
-                .map(|m| MemberInfo {
-                    name: m.name,
-                    node: m.node_id,
-                    identifier: m.identifier,
-                })
-                .collect();
-            for m in &members {
+        for g in states.values() {
+            for m in &g.members {
                 peers.entry(m.node).or_insert_with(PeerState::default);
-            }
-            let state = GroupState {
-                info: GroupInfo {
-                    group: group.clone(),
-                    public_key,
-                    threshold: manifest.threshold,
-                    epoch: manifest.epoch,
-                    participants: members.iter().map(|m| m.name.clone()).collect(),
-                    reachable: 0,
-                    stale: vec![],
-                },
-                by_identifier: members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (m.identifier, i))
-                    .collect(),
-                by_node: members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (m.node, i))
-                    .collect(),
-                members,
-                public_key_package,
-                verifying_key,
-            };
-            if states.insert(group.clone(), state).is_some() {
-                return Err(SetupError::DuplicateGroup(group));
             }
         }
         Ok(Self {
             config,
             groups: states,
+            retired: BTreeMap::new(),
             peers,
             pools: BTreeMap::new(),
             inflight: BTreeMap::new(),
@@ -369,6 +430,7 @@ impl Coordinator {
             events: VecDeque::new(),
             next_request: 1,
             next_session: 1,
+            membership: 0,
             policy: None,
             refused: BTreeMap::new(),
             #[cfg(feature = "fault-injection")]
@@ -381,8 +443,124 @@ impl Coordinator {
 
     /// Gives the coordinator a policy of its own, for early refusal (the participants still
     /// decide for themselves).
-    pub fn set_policy(&mut self, policy: Option<Policy>) {
+    pub fn set_policy(&mut self, mut policy: Option<Policy>) {
+        if let (Some(new), Some(old)) = (policy.as_mut(), self.policy.as_mut()) {
+            new.take_state(old);
+        }
         self.policy = policy;
+    }
+
+    /// Replaces the tunables (a reload). Sessions already running keep their deadlines.
+    pub fn set_config(&mut self, config: CoordinatorConfig) {
+        self.config = config;
+    }
+
+    /// Serves `manifests` from now on (a reload). Checked as a whole first: on an error
+    /// nothing changes. A group whose manifest is unchanged keeps its state (pools,
+    /// connections); a group at a new epoch or with new members is served from the new
+    /// manifest for every new request, while sessions already begun finish on the epoch
+    /// they started with (its commitments and keys are kept until they end). Nodes that are
+    /// in no group any more are left for the driver to disconnect ([`participants`]).
+    ///
+    /// [`participants`]: Self::participants
+    pub fn reload(
+        &mut self,
+        now: Instant,
+        manifests: Vec<GroupManifest>,
+    ) -> Result<ReloadSummary, SetupError> {
+        let mut new = group_states(manifests)?;
+        let mut summary = ReloadSummary::default();
+        let old = std::mem::take(&mut self.groups);
+        for (name, state) in old {
+            match new.remove(&name) {
+                Some(fresh) if fresh.same_as(&state) => {
+                    summary.unchanged.push(name.clone());
+                    self.groups.insert(name, state);
+                }
+                Some(fresh) => {
+                    summary
+                        .changed
+                        .push((name.clone(), state.info.epoch, fresh.info.epoch));
+                    // Refusals about the group's old epoch say nothing about the new one.
+                    for p in self.peers.values_mut() {
+                        p.stale.retain(|(g, _), _| *g != name);
+                    }
+                    self.retired.insert((name.clone(), state.info.epoch), state);
+                    self.groups.insert(name, fresh);
+                }
+                None => {
+                    summary.removed.push(name.clone());
+                    self.retired.insert((name.clone(), state.info.epoch), state);
+                }
+            }
+        }
+        for (name, fresh) in new {
+            summary.added.push(name.clone());
+            self.groups.insert(name, fresh);
+        }
+        for g in self.groups.values() {
+            for m in &g.members {
+                if let std::collections::btree_map::Entry::Vacant(e) = self.peers.entry(m.node) {
+                    e.insert(PeerState::default());
+                    self.membership += 1;
+                }
+            }
+        }
+        self.collect_retired();
+        // New and changed groups need commitments from nodes already connected.
+        let fill: Vec<(NodeId, GroupName)> = summary
+            .added
+            .iter()
+            .chain(summary.changed.iter().map(|(g, _, _)| g))
+            .filter_map(|g| self.groups.get(g).map(|s| (g, s)))
+            .flat_map(|(g, s)| s.members.iter().map(move |m| (m.node, g.clone())))
+            .collect();
+        for (node, group) in fill {
+            if let Some(epoch) = self.groups.get(&group).map(|g| g.info.epoch) {
+                self.refill(now, node, &group, epoch);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Drops retired epochs and pools no session can use any more.
+    fn collect_retired(&mut self) {
+        let in_use: BTreeSet<(GroupName, u64)> = self
+            .sessions
+            .values()
+            .map(|s| (s.group.clone(), s.epoch))
+            .collect();
+        self.retired.retain(|k, _| in_use.contains(k));
+        let groups = &self.groups;
+        let retired = &self.retired;
+        self.pools.retain(|(_, g, e), _| {
+            groups.get(g).is_some_and(|s| s.info.epoch == *e)
+                || retired.contains_key(&(g.clone(), *e))
+        });
+        let peers_in_use: BTreeSet<NodeId> = groups
+            .values()
+            .chain(retired.values())
+            .flat_map(|g| g.members.iter().map(|m| m.node))
+            .collect();
+        let before = self.peers.len();
+        self.peers.retain(|n, _| peers_in_use.contains(n));
+        if self.peers.len() != before {
+            self.membership += 1;
+        }
+    }
+
+    /// Changes whenever the set of [`participants`](Self::participants) changes: the driver
+    /// compares it to connect to new nodes and drop old ones.
+    pub fn membership(&self) -> u64 {
+        self.membership
+    }
+
+    /// The group state a session at `epoch` uses: the current one, or a retired epoch.
+    fn state(&self, group: &GroupName, epoch: u64) -> Option<&GroupState> {
+        match self.groups.get(group) {
+            Some(g) if g.info.epoch == epoch => Some(g),
+            _ => self.retired.get(&(group.clone(), epoch)),
+        }
     }
 
     /// The name the coordinator's own policy gives a client, if it has a policy naming it.
@@ -407,22 +585,35 @@ impl Coordinator {
     /// Public facts about a group.
     pub fn group_info(&self, group: &GroupName) -> Option<GroupInfo> {
         let g = self.groups.get(group)?;
+        let epoch = g.info.epoch;
         let reachable = g
             .members
             .iter()
-            .filter(|m| self.usable(&m.node, group))
+            .filter(|m| self.usable(&m.node, group, epoch))
             .count();
+        let key = (group.clone(), epoch);
         let stale = g
             .members
             .iter()
             .filter_map(|m| {
-                let e = self.peers.get(&m.node)?.stale.get(group)?;
+                let e = self.peers.get(&m.node)?.stale.get(&key)?;
                 Some((m.name.clone(), *e))
             })
+            .collect();
+        let frozen = g
+            .members
+            .iter()
+            .filter(|m| {
+                self.peers
+                    .get(&m.node)
+                    .is_some_and(|p| p.frozen.contains(group))
+            })
+            .map(|m| m.name.clone())
             .collect();
         Some(GroupInfo {
             reachable,
             stale,
+            frozen,
             ..g.info.clone()
         })
     }
@@ -443,8 +634,39 @@ impl Coordinator {
     /// Number of pooled commitments for one participant of one group.
     pub fn pooled(&self, node: NodeId, group: &GroupName) -> usize {
         self.pools
-            .get(&(node, group.clone()))
-            .map_or(0, |p| p.entries.len())
+            .iter()
+            .filter(|((n, g, _), _)| *n == node && g == group)
+            .map(|(_, p)| p.entries.len())
+            .sum()
+    }
+
+    /// Pooled commitments of every participant of every group served: (group, name, count).
+    pub fn pool_depths(&self) -> Vec<(GroupName, String, usize)> {
+        let mut out = Vec::new();
+        for (name, g) in &self.groups {
+            for m in &g.members {
+                let n = self
+                    .pools
+                    .get(&(m.node, name.clone(), g.info.epoch))
+                    .map_or(0, |p| p.entries.len());
+                out.push((name.clone(), m.name.clone(), n));
+            }
+        }
+        out
+    }
+
+    /// Participants connected right now.
+    pub fn connected(&self) -> usize {
+        self.peers.values().filter(|p| p.connected).count()
+    }
+
+    /// The name of `node` in `group`, if it is a member.
+    pub fn member_name(&self, group: &GroupName, node: &NodeId) -> Option<String> {
+        let g = self.groups.get(group)?;
+        g.by_node
+            .get(node)
+            .and_then(|&i| g.members.get(i))
+            .map(|m| m.name.clone())
     }
 
     // ----- inputs -------------------------------------------------------------------------
@@ -507,10 +729,11 @@ impl Coordinator {
         // Once a threshold of the group's members report a newer epoch, the shares of the epoch
         // this coordinator serves are superseded: t old holders could still sign with them,
         // but this coordinator will not ask them to (one member alone cannot trigger this).
+        let key = (group.clone(), g.info.epoch);
         let newer: Vec<u64> = g
             .members
             .iter()
-            .filter_map(|m| self.peers.get(&m.node)?.stale.get(&group).copied())
+            .filter_map(|m| self.peers.get(&m.node)?.stale.get(&key).copied())
             .filter(|e| *e > g.info.epoch)
             .collect();
         if newer.len() >= usize::from(g.info.threshold) {
@@ -526,6 +749,7 @@ impl Coordinator {
             );
             return id;
         }
+        let epoch = g.info.epoch;
         #[cfg(feature = "fault-injection")]
         let (request, message) = self.misbehave(request, message);
         let timeout = timeout
@@ -536,6 +760,7 @@ impl Coordinator {
             id,
             Session {
                 group,
+                epoch,
                 message,
                 request,
                 denied: Vec::new(),
@@ -602,14 +827,15 @@ impl Coordinator {
         };
         peer.connected = true;
         peer.stale.clear();
-        let groups: Vec<GroupName> = self
+        peer.frozen.clear();
+        let groups: Vec<(GroupName, u64)> = self
             .groups
             .iter()
             .filter(|(_, g)| g.by_node.contains_key(&node))
-            .map(|(n, _)| n.clone())
+            .map(|(n, g)| (n.clone(), g.info.epoch))
             .collect();
-        for group in groups {
-            self.refill(now, node, &group);
+        for (group, epoch) in groups {
+            self.refill(now, node, &group, epoch);
         }
     }
 
@@ -621,7 +847,7 @@ impl Coordinator {
             return;
         };
         peer.connected = false;
-        self.pools.retain(|(n, _), _| *n != node);
+        self.pools.retain(|(n, _, _), _| *n != node);
         let failed: Vec<u64> = self
             .inflight
             .iter()
@@ -687,16 +913,17 @@ impl Coordinator {
                             self.finish_denied(id);
                             continue;
                         }
-                        let reachable = self.reachable(now, &s.group, &s.excluded);
-                        let needed = self.threshold(&s.group);
+                        let reachable = self.reachable(now, &s.group, s.epoch, &s.excluded);
+                        let needed = self.threshold(&s.group, s.epoch);
                         let err = if reachable < needed {
-                            SignError::SignerUnavailable { reachable, needed }
+                            self.unavailable(&s.group, s.epoch, reachable, needed)
                         } else {
                             SignError::DeadlineExceeded
                         };
                         self.finish(id, Err(err));
                     }
                 }
+                Timer::Recheck => self.recheck(now),
             }
         }
     }
@@ -720,25 +947,131 @@ impl Coordinator {
 
     // ----- internals ----------------------------------------------------------------------
 
-    fn threshold(&self, group: &GroupName) -> usize {
-        self.groups
-            .get(group)
+    fn threshold(&self, group: &GroupName, epoch: u64) -> usize {
+        self.state(group, epoch)
             .map_or(usize::MAX, |g| usize::from(g.info.threshold))
     }
 
-    fn usable(&self, node: &NodeId, group: &GroupName) -> bool {
-        self.peers
-            .get(node)
-            .is_some_and(|p| p.connected && !p.stale.contains_key(group))
+    fn usable(&self, node: &NodeId, group: &GroupName, epoch: u64) -> bool {
+        self.peers.get(node).is_some_and(|p| {
+            p.connected
+                && !p.frozen.contains(group)
+                && !p.stale.contains_key(&(group.clone(), epoch))
+        })
     }
 
-    fn reachable(&self, _now: Instant, group: &GroupName, excluded: &BTreeSet<NodeId>) -> usize {
-        self.groups.get(group).map_or(0, |g| {
+    fn reachable(
+        &self,
+        _now: Instant,
+        group: &GroupName,
+        epoch: u64,
+        excluded: &BTreeSet<NodeId>,
+    ) -> usize {
+        self.state(group, epoch).map_or(0, |g| {
             g.members
                 .iter()
-                .filter(|m| !excluded.contains(&m.node) && self.usable(&m.node, group))
+                .filter(|m| !excluded.contains(&m.node) && self.usable(&m.node, group, epoch))
                 .count()
         })
+    }
+
+    /// Why fewer than `needed` signers are available: frozen by their operators (an incident
+    /// control, reported as such), or simply unreachable.
+    fn unavailable(
+        &self,
+        group: &GroupName,
+        epoch: u64,
+        reachable: usize,
+        needed: usize,
+    ) -> SignError {
+        let names: Vec<String> = self.state(group, epoch).map_or_else(Vec::new, |g| {
+            g.members
+                .iter()
+                .filter(|m| {
+                    self.peers
+                        .get(&m.node)
+                        .is_some_and(|p| p.frozen.contains(group))
+                })
+                .map(|m| m.name.clone())
+                .collect()
+        });
+        if names.is_empty() {
+            SignError::SignerUnavailable { reachable, needed }
+        } else {
+            SignError::Frozen {
+                frozen: names.len(),
+                names,
+                reachable,
+                needed,
+            }
+        }
+    }
+
+    /// Schedules a recheck of a node that refused a group.
+    fn schedule_recheck(&mut self, now: Instant, node: NodeId) {
+        let at = now + RECHECK_INTERVAL;
+        if let Some(p) = self.peers.get_mut(&node) {
+            if p.recheck_at.is_none() {
+                p.recheck_at = Some(at);
+            }
+        }
+        if !self.timers.iter().any(|(_, t)| *t == Timer::Recheck) {
+            self.timers.insert((at, Timer::Recheck));
+        }
+    }
+
+    /// Asks every connected node that refused a group (stale epoch, frozen) for commitments
+    /// again: an answer at the group's epoch puts it back in service (a node that reloaded onto
+    /// the new epoch, or was unfrozen, needs no reconnection).
+    fn recheck(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        let mut refill = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (node, p) in self.peers.iter_mut() {
+            let Some(at) = p.recheck_at else { continue };
+            if !p.connected {
+                p.recheck_at = None;
+                continue;
+            }
+            if at > now {
+                next = Some(next.map_or(at, |t| t.min(at)));
+                continue;
+            }
+            p.recheck_at = None;
+            refill.push(*node);
+            for (g, e) in p.stale.keys() {
+                due.push((*node, g.clone(), *e));
+            }
+            for g in &p.frozen {
+                if let Some(state) = self.groups.get(g) {
+                    due.push((*node, g.clone(), state.info.epoch));
+                }
+            }
+        }
+        for (node, group, epoch) in due {
+            let key = (node, group.clone(), epoch);
+            if self.pools.get(&key).is_some_and(|p| p.fetching.is_some()) {
+                continue;
+            }
+            let target = self.config.pool_target.clamp(1, MAX_BATCH);
+            self.send_commit(now, node, &group, epoch, target);
+        }
+        // A node whose pool was dropped after a failure is only chosen once it has pooled
+        // commitments again: fetch them now rather than never.
+        for node in refill {
+            let groups: Vec<(GroupName, u64)> = self
+                .groups
+                .iter()
+                .filter(|(_, g)| g.by_node.contains_key(&node))
+                .map(|(n, g)| (n.clone(), g.info.epoch))
+                .collect();
+            for (group, epoch) in groups {
+                self.refill(now, node, &group, epoch);
+            }
+        }
+        if let Some(at) = next {
+            self.timers.insert((at, Timer::Recheck));
+        }
     }
 
     fn send(&mut self, now: Instant, to: NodeId, kind: RequestKind, msg: Message) -> u64 {
@@ -754,21 +1087,30 @@ impl Coordinator {
         id
     }
 
-    /// Asks `node` for more commitments if its pool runs low and no fetch is under way.
-    fn refill(&mut self, now: Instant, node: NodeId, group: &GroupName) {
-        if !self.usable(&node, group) {
+    /// Asks `node` for more commitments of `group` at `epoch` if its pool runs low and no
+    /// fetch is under way.
+    fn refill(&mut self, now: Instant, node: NodeId, group: &GroupName, epoch: u64) {
+        if !self.usable(&node, group, epoch) || self.state(group, epoch).is_none() {
             return;
         }
-        let Some(epoch) = self.groups.get(group).map(|g| g.info.epoch) else {
-            return;
-        };
         let target = self.config.pool_target.clamp(1, MAX_BATCH);
-        let pool = self.pools.entry((node, group.clone())).or_default();
+        let pool = self.pools.entry((node, group.clone(), epoch)).or_default();
         let have = pool.entries.len();
         if pool.fetching.is_some() || have >= usize::from(target).div_ceil(2) {
             return;
         }
         let count = target - u16::try_from(have).unwrap_or(target);
+        self.send_commit(now, node, group, epoch, count);
+    }
+
+    fn send_commit(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        group: &GroupName,
+        epoch: u64,
+        count: u16,
+    ) {
         let msg = Message::Commit {
             group: group.clone(),
             epoch,
@@ -779,13 +1121,15 @@ impl Coordinator {
             node,
             RequestKind::Commit {
                 group: group.clone(),
+                epoch,
                 count,
             },
             msg,
         );
-        if let Some(pool) = self.pools.get_mut(&(node, group.clone())) {
-            pool.fetching = Some(id);
-        }
+        self.pools
+            .entry((node, group.clone(), epoch))
+            .or_default()
+            .fetching = Some(id);
     }
 
     fn penalize(&mut self, now: Instant, node: NodeId, for_: Duration) {
@@ -816,9 +1160,9 @@ impl Coordinator {
             .sessions
             .get(&id)
             .ok_or(SignError::Internal("no session"))?;
+        let epoch = session.epoch;
         let group = self
-            .groups
-            .get(&session.group)
+            .state(&session.group, epoch)
             .ok_or(SignError::UnknownGroup)?;
         let t = usize::from(group.info.threshold);
         let n = group.members.len().max(1);
@@ -830,7 +1174,7 @@ impl Coordinator {
             .filter(|(_, m)| {
                 !session.excluded.contains(&m.node)
                     && !session.spent.contains(&m.node)
-                    && self.usable(&m.node, &session.group)
+                    && self.usable(&m.node, &session.group, epoch)
             })
             .map(|(i, m)| {
                 let penalized = self
@@ -840,7 +1184,7 @@ impl Coordinator {
                     .is_some_and(|u| u > now);
                 let empty = self
                     .pools
-                    .get(&(m.node, session.group.clone()))
+                    .get(&(m.node, session.group.clone(), epoch))
                     .is_none_or(|p| p.entries.is_empty());
                 let refused = self
                     .refused
@@ -855,13 +1199,12 @@ impl Coordinator {
         let available = group
             .members
             .iter()
-            .filter(|m| !session.excluded.contains(&m.node) && self.usable(&m.node, &session.group))
+            .filter(|m| {
+                !session.excluded.contains(&m.node) && self.usable(&m.node, &session.group, epoch)
+            })
             .count();
         if available < t {
-            return Err(SignError::SignerUnavailable {
-                reachable: available,
-                needed: t,
-            });
+            return Err(self.unavailable(&session.group, epoch, available, t));
         }
         if candidates.len() < t {
             // Enough signers, but some already answered this request and will not sign it
@@ -902,6 +1245,7 @@ impl Coordinator {
             return;
         };
         let group_name = session.group.clone();
+        let epoch = session.epoch;
         let Phase::Collect { signers, have } = &mut session.phase else {
             return;
         };
@@ -912,7 +1256,7 @@ impl Coordinator {
             }
             match self
                 .pools
-                .get_mut(&(*node, group_name.clone()))
+                .get_mut(&(*node, group_name.clone(), epoch))
                 .and_then(|p| p.entries.pop_front())
             {
                 Some(c) => {
@@ -928,7 +1272,7 @@ impl Coordinator {
             self.start_round2(now, id);
         }
         for node in signers.iter() {
-            self.refill(now, *node, &group_name);
+            self.refill(now, *node, &group_name, epoch);
         }
     }
 
@@ -936,8 +1280,12 @@ impl Coordinator {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
-        let Some(group) = self.groups.get(&session.group) else {
-            return;
+        let group = match self.groups.get(&session.group) {
+            Some(g) if g.info.epoch == session.epoch => g,
+            _ => match self.retired.get(&(session.group.clone(), session.epoch)) {
+                Some(g) => g,
+                None => return,
+            },
         };
         let Phase::Collect { have, .. } = std::mem::replace(&mut session.phase, Phase::Select)
         else {
@@ -1013,6 +1361,7 @@ impl Coordinator {
             kind:
                 RequestKind::Commit {
                     group: asked,
+                    epoch: asked_epoch,
                     count,
                 },
             ..
@@ -1021,10 +1370,10 @@ impl Coordinator {
             self.fail_request(now, req, Failure::BadReply);
             return;
         };
-        let (to, asked, count) = (*to, asked.clone(), *count);
-        let expected_epoch = self.groups.get(&asked).map(|g| g.info.epoch);
+        let (to, asked, asked_epoch, count) = (*to, asked.clone(), *asked_epoch, *count);
         if group != asked
-            || Some(epoch) != expected_epoch
+            || epoch != asked_epoch
+            || self.state(&asked, asked_epoch).is_none()
             || entries.is_empty()
             || entries.len() > usize::from(count)
         {
@@ -1042,22 +1391,37 @@ impl Coordinator {
             }
         }
         self.inflight.remove(&req);
-        let pool = self.pools.entry((to, asked.clone())).or_default();
+        if let Some(p) = self.peers.get_mut(&to) {
+            // It answers at this epoch (again): back in service if a recheck was pending.
+            if p.stale.remove(&(asked.clone(), asked_epoch)).is_some() | p.frozen.remove(&asked) {
+                tracing::info!(group = %asked, epoch = asked_epoch, node = %to.short(), "participant serves the group again");
+            }
+        }
+        let pool = self
+            .pools
+            .entry((to, asked.clone(), asked_epoch))
+            .or_default();
         pool.fetching = None;
         pool.entries.extend(parsed);
         // Sessions waiting in the collect phase for this participant can move on.
-        let waiting = self.waiting_for_commitment(to, &asked);
+        let waiting = self.waiting_for_commitment(to, &asked, asked_epoch);
         for id in waiting {
             self.collect(now, id);
         }
     }
 
     /// Sessions of `group` in the collect phase still waiting for a commitment from `node`.
-    fn waiting_for_commitment(&self, node: NodeId, group: &GroupName) -> Vec<SessionId> {
+    fn waiting_for_commitment(
+        &self,
+        node: NodeId,
+        group: &GroupName,
+        epoch: u64,
+    ) -> Vec<SessionId> {
         self.sessions
             .iter()
             .filter(|(_, s)| {
                 s.group == *group
+                    && s.epoch == epoch
                     && matches!(&s.phase, Phase::Collect { signers, have } if signers.contains(&node) && !have.contains_key(&node))
             })
             .map(|(id, _)| *id)
@@ -1085,8 +1449,12 @@ impl Coordinator {
         if session.attempt != attempt {
             return;
         }
-        let Some(group) = self.groups.get(&session.group) else {
-            return;
+        let group = match self.groups.get(&session.group) {
+            Some(g) if g.info.epoch == session.epoch => g,
+            _ => match self.retired.get(&(session.group.clone(), session.epoch)) {
+                Some(g) => g,
+                None => return,
+            },
         };
         let Phase::Sign {
             shares, waiting, ..
@@ -1137,7 +1505,7 @@ impl Coordinator {
         let Some(session) = self.sessions.get(&sid) else {
             return;
         };
-        let Some(group) = self.groups.get(&session.group) else {
+        let Some(group) = self.state(&session.group, session.epoch) else {
             return;
         };
         let Phase::Sign {
@@ -1223,9 +1591,9 @@ impl Coordinator {
             session.excluded.insert(node);
             session.culprits.push(node);
             let group = session.group.clone();
+            let epoch = session.epoch;
             let name = self
-                .groups
-                .get(&group)
+                .state(&group, epoch)
                 .and_then(|g| g.by_node.get(&node).and_then(|&i| g.members.get(i)))
                 .map(|m| m.name.clone())
                 .unwrap_or_default();
@@ -1251,11 +1619,12 @@ impl Coordinator {
             return;
         };
         let group = session.group.clone();
+        let epoch = session.epoch;
         match std::mem::replace(&mut session.phase, Phase::Select) {
             Phase::Select => {}
             Phase::Collect { have, .. } => {
                 for (node, c) in have {
-                    if let Some(pool) = self.pools.get_mut(&(node, group.clone())) {
+                    if let Some(pool) = self.pools.get_mut(&(node, group.clone(), epoch)) {
                         pool.entries.push_front(c);
                     }
                 }
@@ -1294,29 +1663,36 @@ impl Coordinator {
             failure,
             Failure::Refused(Refusal::UnknownCommitment | Refusal::InvalidSigningPackage)
         );
+        let asked: Option<(GroupName, u64)> = match &request.kind {
+            RequestKind::Commit { group, epoch, .. } => Some((group.clone(), *epoch)),
+            RequestKind::Sign { session, .. } => self
+                .sessions
+                .get(session)
+                .map(|s| (s.group.clone(), s.epoch)),
+        };
         match &failure {
             Failure::Refused(Refusal::EpochMismatch { current }) => {
-                let group = match &request.kind {
-                    RequestKind::Commit { group, .. } => Some(group.clone()),
-                    RequestKind::Sign { session, .. } => {
-                        self.sessions.get(session).map(|s| s.group.clone())
-                    }
-                };
-                if let Some(group) = group {
-                    self.mark_stale(node, group, *current);
+                if let Some((group, epoch)) = asked {
+                    self.mark_stale(now, node, group, epoch, *current);
+                }
+            }
+            Failure::Refused(Refusal::NodeFrozen) => {
+                if let Some((group, _)) = asked {
+                    self.mark_frozen(now, node, group);
                 }
             }
             Failure::Refused(Refusal::UnknownCommitment | Refusal::InvalidSigningPackage) => {
                 // Our pooled commitments no longer match the participant's nonces (it restarted,
                 // or expired them): drop the pool and let it refill.
-                self.pools.retain(|(n, _), _| *n != node);
+                self.pools.retain(|(n, _, _), _| *n != node);
             }
-            Failure::Timeout | Failure::Transport => {
+            Failure::Timeout | Failure::Transport | Failure::Refused(Refusal::ShuttingDown) => {
                 self.penalize(now, node, failure_penalty);
                 // Its pooled commitments may be gone with it: the next attempt that picks it
                 // fetches a fresh one first, which proves it alive before round 2 spends any
-                // co-signer on the request.
-                self.pools.retain(|(n, _), _| *n != node);
+                // co-signer on the request. A recheck refills its pool if nothing picks it.
+                self.pools.retain(|(n, _, _), _| *n != node);
+                self.schedule_recheck(now, node);
             }
             Failure::BadReply | Failure::Refused(_) => {
                 self.penalize(now, node, failure_penalty);
@@ -1327,11 +1703,11 @@ impl Coordinator {
         }
         tracing::debug!(node = %node.short(), ?failure, "participant request failed");
         match request.kind {
-            RequestKind::Commit { group, .. } => {
-                if let Some(pool) = self.pools.get_mut(&(node, group.clone())) {
+            RequestKind::Commit { group, epoch, .. } => {
+                if let Some(pool) = self.pools.get_mut(&(node, group.clone(), epoch)) {
                     pool.fetching = None;
                 }
-                let affected = self.waiting_for_commitment(node, &group);
+                let affected = self.waiting_for_commitment(node, &group, epoch);
                 for sid in affected {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.excluded.insert(node);
@@ -1349,13 +1725,16 @@ impl Coordinator {
                     return;
                 }
                 // A refusal made before the signer's policy ran (stale commitment, bad package,
-                // other epoch) did not use up the request at that signer; anything else may have.
+                // other epoch, frozen) did not use up the request at that signer; anything else
+                // may have.
                 if !matches!(
                     failure,
                     Failure::Refused(
                         Refusal::UnknownCommitment
                             | Refusal::InvalidSigningPackage
                             | Refusal::EpochMismatch { .. }
+                            | Refusal::NodeFrozen
+                            | Refusal::ShuttingDown
                     )
                 ) {
                     s.spent.insert(node);
@@ -1449,8 +1828,7 @@ impl Coordinator {
             .iter()
             .map(|(node, rule)| {
                 let name = self
-                    .groups
-                    .get(&s.group)
+                    .state(&s.group, s.epoch)
                     .and_then(|g| g.by_node.get(node).and_then(|&i| g.members.get(i)))
                     .map_or_else(|| node.short(), |m| m.name.clone());
                 (name, *rule)
@@ -1459,8 +1837,15 @@ impl Coordinator {
         self.finish(sid, Err(SignError::NotAuthorized { refusals }));
     }
 
-    fn mark_stale(&mut self, node: NodeId, group: GroupName, node_epoch: u64) {
-        let Some(g) = self.groups.get(&group) else {
+    fn mark_stale(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        group: GroupName,
+        epoch: u64,
+        node_epoch: u64,
+    ) {
+        let Some(g) = self.state(&group, epoch) else {
             return;
         };
         let name = g
@@ -1470,10 +1855,10 @@ impl Coordinator {
             .map(|m| m.name.clone())
             .unwrap_or_default();
         let group_epoch = g.info.epoch;
-        self.pools.remove(&(node, group.clone()));
+        self.pools.remove(&(node, group.clone(), epoch));
         if let Some(p) = self.peers.get_mut(&node) {
-            if p.stale.insert(group.clone(), node_epoch).is_none() {
-                tracing::warn!(%group, participant = %name, node_epoch, group_epoch, "participant is on another epoch than the group manifest; it is not used until it reconnects on epoch {group_epoch}");
+            if p.stale.insert((group.clone(), epoch), node_epoch).is_none() {
+                tracing::warn!(%group, participant = %name, node_epoch, group_epoch, "participant is on another epoch than the group manifest; it is not used until it serves epoch {group_epoch} (rechecked every second)");
                 self.events.push_back(Event::StaleEpoch {
                     group,
                     node,
@@ -1483,6 +1868,22 @@ impl Coordinator {
                 });
             }
         }
+        self.schedule_recheck(now, node);
+    }
+
+    fn mark_frozen(&mut self, now: Instant, node: NodeId, group: GroupName) {
+        let name = self
+            .member_name(&group, &node)
+            .unwrap_or_else(|| node.short());
+        self.pools
+            .retain(|(n, g, _), _| !(*n == node && *g == group));
+        if let Some(p) = self.peers.get_mut(&node) {
+            if p.frozen.insert(group.clone()) {
+                tracing::warn!(%group, participant = %name, "participant is frozen by its operator: it signs nothing for this group until unfrozen");
+                self.events.push_back(Event::Frozen { group, node, name });
+            }
+        }
+        self.schedule_recheck(now, node);
     }
 
     fn finish_early(&mut self, id: SessionId, err: SignError) {
@@ -1500,6 +1901,9 @@ impl Coordinator {
             return;
         };
         self.timers.remove(&(session.deadline, Timer::Session(id)));
+        if !self.retired.is_empty() {
+            self.collect_retired();
+        }
         match &result {
             Ok(_) => self.stats.signatures += 1,
             Err(_) => self.stats.failures += 1,

@@ -637,12 +637,17 @@ pub enum ServeError {
         owner: String,
         me: String,
     },
-    #[error("{path}: a second share of group {group} (one share per group)")]
-    SecondShare { path: PathBuf, group: GroupName },
+    #[error("{path}: a second share of group {group} at epoch {epoch} (one share per group and epoch; two epochs side by side only during a rotation switch)")]
+    SecondShare {
+        path: PathBuf,
+        group: GroupName,
+        epoch: u64,
+    },
 }
 
 /// The shares a participant serves, with the rules for loading them in one place: each share
-/// belongs to this node's identity, and there is one share per group.
+/// belongs to this node's identity, and there is one share per group and epoch (a group's old
+/// and new epoch side by side while a rotation switch is under way).
 pub struct ServedShares {
     me: NodeId,
     shares: Vec<(GroupName, u64, frost::keys::KeyPackage)>,
@@ -663,10 +668,15 @@ impl ServedShares {
                 me: self.me.short(),
             });
         }
-        if self.shares.iter().any(|(g, _, _)| *g == share.header.group) {
+        if self
+            .shares
+            .iter()
+            .any(|(g, e, _)| *g == share.header.group && *e == share.header.epoch)
+        {
             return Err(ServeError::SecondShare {
                 path: path.to_path_buf(),
                 group: share.header.group.clone(),
+                epoch: share.header.epoch,
             });
         }
         self.shares.push((

@@ -222,9 +222,14 @@ impl LocalCluster {
         .with_audit(audit_sink(dir, "coordinator", &coordinator_id, audit)?);
         let coordinator_addr = server.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(sm, addresses, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            server
+                .run(sm, addresses, async {
+                    let _ = stopped.await;
+                    std::time::Duration::ZERO
+                })
+                .await;
+        });
         let coordinator = Running::new(stop, task);
         let client =
             Client::connect(&client_id, coordinator_addr, coordinator_id.node_id()).await?;

@@ -11,4 +11,7 @@
 pub mod state;
 
 pub use conclave_protocol::Transmit;
-pub use state::{corrupt_share, Misbehaviour, Participant, ParticipantConfig, ParticipantStats};
+pub use state::{
+    corrupt_share, Freeze, Misbehaviour, Participant, ParticipantConfig, ParticipantStats,
+    ShareChanges,
+};

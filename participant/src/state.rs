@@ -32,6 +32,42 @@ use sha2::{Digest, Sha256};
 /// Round-2 answers remembered for duplicated requests.
 const MAX_ANSWERED: usize = 4096;
 
+/// Which groups a participant refuses to sign for (`conclave freeze`): all of them, or some.
+/// The node's operator decides it; the driver persists it and hands it over.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freeze {
+    /// Every group, present and future.
+    #[serde(default)]
+    pub all: bool,
+    /// These groups.
+    #[serde(default)]
+    pub groups: std::collections::BTreeSet<GroupName>,
+}
+
+impl Freeze {
+    /// True when `group` is frozen.
+    pub fn covers(&self, group: &GroupName) -> bool {
+        self.all || self.groups.contains(group)
+    }
+
+    /// True when nothing is frozen.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.groups.is_empty()
+    }
+}
+
+/// What [`Participant::set_shares`] changed, by (group, epoch).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShareChanges {
+    pub added: Vec<(GroupName, u64)>,
+    pub removed: Vec<(GroupName, u64)>,
+    /// Same group and epoch, another share (a repaired or re-encrypted file holds the same
+    /// share and is not listed here).
+    pub replaced: Vec<(GroupName, u64)>,
+    pub kept: Vec<(GroupName, u64)>,
+}
+
 /// Limits of a participant.
 #[derive(Clone, Debug)]
 pub struct ParticipantConfig {
@@ -41,6 +77,11 @@ pub struct ParticipantConfig {
     pub nonce_ttl: Duration,
     /// Most signers a signing package may name.
     pub max_signers: usize,
+    /// Drop a decrypted share from memory once it has not been used for this long (the
+    /// driver decrypts it again, through [`Participant::needs_share`] and
+    /// [`Participant::restore_share`], before the next request that needs it). `None` keeps
+    /// shares in memory for the life of the process.
+    pub share_cache_ttl: Option<Duration>,
 }
 
 impl Default for ParticipantConfig {
@@ -49,6 +90,7 @@ impl Default for ParticipantConfig {
             max_outstanding: 1024,
             nonce_ttl: Duration::from_secs(600),
             max_signers: 1000,
+            share_cache_ttl: None,
         }
     }
 }
@@ -77,15 +119,35 @@ struct PendingNonce {
 }
 
 struct GroupShare {
-    epoch: u64,
-    key_package: frost::keys::KeyPackage,
+    /// `None` while dropped from memory by the share cache TTL.
+    key_package: Option<frost::keys::KeyPackage>,
+    /// The public part, kept while the share is dropped: identifier and minimum signers.
+    identifier: frost::Identifier,
+    min_signers: u16,
+    last_used: Instant,
     nonces: HashMap<u64, PendingNonce>,
+}
+
+impl GroupShare {
+    fn new(key_package: frost::keys::KeyPackage, now: Instant) -> Self {
+        Self {
+            identifier: *key_package.identifier(),
+            min_signers: *key_package.min_signers(),
+            key_package: Some(key_package),
+            last_used: now,
+            nonces: HashMap::new(),
+        }
+    }
 }
 
 /// A signer node's protocol state for every group it holds a share of.
 pub struct Participant {
     config: ParticipantConfig,
-    groups: BTreeMap<GroupName, GroupShare>,
+    /// Every share served, by group and epoch: during a rotation switch a node serves the old
+    /// and the new epoch of a group side by side, so that no request fails while the
+    /// coordinators move over.
+    groups: BTreeMap<(GroupName, u64), GroupShare>,
+    freeze: Freeze,
     next_commitment_id: u64,
     outbox: VecDeque<Transmit>,
     next_sweep: Option<Instant>,
@@ -112,12 +174,17 @@ pub struct ParticipantStats {
     /// Shares dropped because their audit record could not be written.
     pub audit_failures: u64,
     pub nonces_expired: u64,
+    /// Requests refused because the group is frozen.
+    pub frozen_refusals: u64,
+    /// Shares dropped from memory by the share cache TTL.
+    pub shares_evicted: u64,
 }
 
 impl std::fmt::Debug for Participant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Participant")
             .field("groups", &self.groups.keys().collect::<Vec<_>>())
+            .field("freeze", &self.freeze)
             .field("secrets", &"[redacted]")
             .finish()
     }
@@ -134,25 +201,19 @@ impl Participant {
         audit: Box<dyn AuditSink>,
         rng: &mut R,
     ) -> Self {
+        let now = Instant::now();
         let groups = shares
             .into_iter()
-            .map(|(g, epoch, key_package)| {
-                (
-                    g,
-                    GroupShare {
-                        epoch,
-                        key_package,
-                        nonces: HashMap::new(),
-                    },
-                )
-            })
+            .map(|(g, epoch, key_package)| ((g, epoch), GroupShare::new(key_package, now)))
             .collect();
+        let next_sweep = config.share_cache_ttl.map(|ttl| now + ttl);
         Self {
             config,
             groups,
+            freeze: Freeze::default(),
             next_commitment_id: rng.next_u64() >> 1,
             outbox: VecDeque::new(),
-            next_sweep: None,
+            next_sweep,
             fault: None,
             policy,
             audit,
@@ -162,9 +223,128 @@ impl Participant {
         }
     }
 
-    /// Replaces the policy (its rate and replay state start afresh).
-    pub fn set_policy(&mut self, policy: Policy) {
+    /// Replaces the policy. The replay memory and rate buckets carry over (see
+    /// [`Policy::take_state`]): a reload does not make an old request signable again.
+    pub fn set_policy(&mut self, mut policy: Policy) {
+        policy.take_state(&mut self.policy);
         self.policy = policy;
+    }
+
+    /// Replaces the shares served (a reload). A share whose group, epoch and key are
+    /// unchanged keeps its pooled nonces, so requests in flight finish; every other share's
+    /// nonces are dropped (zeroized) with it.
+    pub fn set_shares(
+        &mut self,
+        now: Instant,
+        shares: Vec<(GroupName, u64, frost::keys::KeyPackage)>,
+    ) -> ShareChanges {
+        let mut changes = ShareChanges::default();
+        let mut old = std::mem::take(&mut self.groups);
+        for (g, epoch, key_package) in shares {
+            let key = (g, epoch);
+            match old.remove(&key) {
+                Some(mut existing)
+                    if existing.identifier == *key_package.identifier()
+                        && existing.key_package.as_ref().is_none_or(|k| {
+                            k.verifying_share() == key_package.verifying_share()
+                        }) =>
+                {
+                    existing.min_signers = *key_package.min_signers();
+                    existing.key_package = Some(key_package);
+                    changes.kept.push(key.clone());
+                    self.groups.insert(key, existing);
+                }
+                Some(_) => {
+                    changes.replaced.push(key.clone());
+                    self.groups.insert(key, GroupShare::new(key_package, now));
+                }
+                None => {
+                    changes.added.push(key.clone());
+                    self.groups.insert(key, GroupShare::new(key_package, now));
+                }
+            }
+        }
+        changes.removed = old.into_keys().collect();
+        self.next_sweep = Some(now);
+        changes
+    }
+
+    /// Freezes or unfreezes groups: a frozen group gets no commitment and no signature share
+    /// from this node (refused as `NodeFrozen`), whatever the coordinator or the client says.
+    /// Freezing drops the group's pooled nonces.
+    pub fn set_freeze(&mut self, freeze: Freeze) {
+        for ((g, _), share) in self.groups.iter_mut() {
+            if freeze.covers(g) {
+                share.nonces.clear();
+            }
+        }
+        self.freeze = freeze;
+    }
+
+    /// Writes an operator action (reload, freeze) to this node's audit log.
+    pub fn record(
+        &mut self,
+        unix_now: u64,
+        decision: Decision,
+    ) -> Result<(), conclave_audit::AuditError> {
+        self.audit.record(unix_now, decision)
+    }
+
+    /// The name this node's policy gives a client.
+    pub fn client_name(&self, key: &NodeId) -> Option<&str> {
+        self.policy.client_name(key)
+    }
+
+    /// What is frozen.
+    pub fn freeze(&self) -> &Freeze {
+        &self.freeze
+    }
+
+    /// The (group, epoch) whose share a request needs and which the share cache TTL dropped
+    /// from memory: the driver decrypts it and calls [`restore_share`](Self::restore_share)
+    /// before [`handle`](Self::handle).
+    pub fn needs_share(&self, request: &Envelope) -> Option<(GroupName, u64)> {
+        let key = match &request.msg {
+            Message::Commit { group, epoch, .. } | Message::Sign { group, epoch, .. } => {
+                (group.clone(), *epoch)
+            }
+            _ => return None,
+        };
+        if self.freeze.covers(&key.0) {
+            return None;
+        }
+        match self.groups.get(&key) {
+            Some(share) if share.key_package.is_none() => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Puts back a share the TTL dropped. Refused (false) unless it is the same share.
+    pub fn restore_share(
+        &mut self,
+        now: Instant,
+        group: &GroupName,
+        epoch: u64,
+        key_package: frost::keys::KeyPackage,
+    ) -> bool {
+        let Some(share) = self.groups.get_mut(&(group.clone(), epoch)) else {
+            return false;
+        };
+        if share.identifier != *key_package.identifier() {
+            return false;
+        }
+        share.key_package = Some(key_package);
+        share.last_used = now;
+        self.schedule_ttl(now);
+        true
+    }
+
+    /// Number of shares decrypted in memory right now.
+    pub fn shares_in_memory(&self) -> usize {
+        self.groups
+            .values()
+            .filter(|s| s.key_package.is_some())
+            .count()
     }
 
     /// Turns on a test-only fault.
@@ -173,17 +353,18 @@ impl Participant {
         self.fault = fault;
     }
 
-    /// The groups served and their epochs.
+    /// The groups served and their epochs (a group twice during a rotation switch).
     pub fn groups(&self) -> Vec<(GroupName, u64)> {
-        self.groups
-            .iter()
-            .map(|(g, s)| (g.clone(), s.epoch))
-            .collect()
+        self.groups.keys().cloned().collect()
     }
 
-    /// Number of unused commitments held for `group`.
+    /// Number of unused commitments held for `group` (every epoch).
     pub fn outstanding(&self, group: &GroupName) -> usize {
-        self.groups.get(group).map_or(0, |g| g.nonces.len())
+        self.groups
+            .iter()
+            .filter(|((g, _), _)| g == group)
+            .map(|(_, s)| s.nonces.len())
+            .sum()
     }
 
     /// Handles one request from the authenticated peer `from`. Queues exactly one reply.
@@ -213,6 +394,7 @@ impl Participant {
                 signing_package,
                 request,
             } => self.sign(
+                now,
                 unix_now,
                 from,
                 &group,
@@ -235,16 +417,42 @@ impl Participant {
                 msg,
             },
         });
+        self.schedule_ttl(now);
     }
 
-    fn group(&mut self, group: &GroupName, epoch: u64) -> Result<&mut GroupShare, Refusal> {
-        let share = self.groups.get_mut(group).ok_or(Refusal::UnknownGroup)?;
-        if share.epoch != epoch {
-            return Err(Refusal::EpochMismatch {
-                current: share.epoch,
+    /// With a share cache TTL, a sweep is due at most one TTL after the last use.
+    fn schedule_ttl(&mut self, now: Instant) {
+        if let Some(ttl) = self.config.share_cache_ttl {
+            let at = now + ttl;
+            self.next_sweep = Some(self.next_sweep.map_or(at, |t| t.min(at)));
+        }
+    }
+
+    /// The share of `group` at `epoch`; refused when the group is frozen, unknown, or served
+    /// at other epochs only (the newest is reported).
+    fn group<'a>(
+        groups: &'a mut BTreeMap<(GroupName, u64), GroupShare>,
+        freeze: &Freeze,
+        group: &GroupName,
+        epoch: u64,
+    ) -> Result<&'a mut GroupShare, Refusal> {
+        if freeze.covers(group) {
+            return Err(Refusal::NodeFrozen);
+        }
+        if !groups.contains_key(&(group.clone(), epoch)) {
+            let newest = groups
+                .keys()
+                .filter(|(g, _)| g == group)
+                .map(|(_, e)| *e)
+                .max();
+            return Err(match newest {
+                Some(current) => Refusal::EpochMismatch { current },
+                None => Refusal::UnknownGroup,
             });
         }
-        Ok(share)
+        groups
+            .get_mut(&(group.clone(), epoch))
+            .ok_or(Refusal::UnknownGroup)
     }
 
     fn commit<R: RngCore + CryptoRng>(
@@ -262,7 +470,12 @@ impl Participant {
         let max = self.config.max_outstanding;
         let expires = now + self.config.nonce_ttl;
         let mut next_id = self.next_commitment_id;
-        let share = self.group(group, epoch)?;
+        let share = Self::group(&mut self.groups, &self.freeze, group, epoch)?;
+        let Some(key_package) = share.key_package.as_ref() else {
+            tracing::error!(%group, epoch, "share not in memory (the driver did not restore it)");
+            return Err(Refusal::Internal);
+        };
+        share.last_used = now;
         let held = share.nonces.values().filter(|n| n.owner == from).count();
         let room = max.saturating_sub(held).min(usize::from(count));
         if room == 0 {
@@ -270,8 +483,7 @@ impl Participant {
         }
         let mut entries = Vec::with_capacity(room);
         for _ in 0..room {
-            let (nonces, commitments) =
-                frost::round1::commit(share.key_package.signing_share(), rng);
+            let (nonces, commitments) = frost::round1::commit(key_package.signing_share(), rng);
             let bytes = commitments.serialize().map_err(|_| Refusal::Internal)?;
             let id = next_id;
             next_id = next_id.wrapping_add(1);
@@ -302,6 +514,7 @@ impl Participant {
     #[allow(clippy::too_many_arguments)]
     fn sign(
         &mut self,
+        now: Instant,
         unix_now: u64,
         from: NodeId,
         group: &GroupName,
@@ -329,12 +542,19 @@ impl Participant {
                 });
             }
         }
-        let share = self.groups.get_mut(group).ok_or(Refusal::UnknownGroup)?;
-        if share.epoch != epoch {
-            return Err(Refusal::EpochMismatch {
-                current: share.epoch,
-            });
+        if self.freeze.covers(group) {
+            self.stats.frozen_refusals += 1;
+            let mut record = Decision::new("sign", "refused:frozen");
+            record.client_key = Some(request.client.to_hex());
+            record.group = Some(group.to_string());
+            record.epoch = Some(epoch);
+            record.request_id = Some(hex::encode(request.body.request_id));
+            if let Err(e) = self.audit.record(unix_now, record) {
+                tracing::error!(error = %e, "cannot write the audit record of a refusal");
+            }
+            return Err(Refusal::NodeFrozen);
         }
+        let share = Self::group(&mut self.groups, &self.freeze, group, epoch)?;
         // Only the coordinator that asked for a commitment may spend it.
         match share.nonces.get(&commitment_id) {
             Some(p) if p.owner == from => {}
@@ -351,12 +571,13 @@ impl Participant {
             return Err(Refusal::MessageTooLarge);
         }
         let signers = package.signing_commitments().len();
-        if signers < usize::from(*share.key_package.min_signers()) || signers > max_signers {
+        if signers < usize::from(share.min_signers) || signers > max_signers {
             return Err(Refusal::InvalidSigningPackage);
         }
-        if package.signing_commitment(share.key_package.identifier()) != Some(pending.commitments) {
+        if package.signing_commitment(&share.identifier) != Some(pending.commitments) {
             return Err(Refusal::InvalidSigningPackage);
         }
+        share.last_used = now;
         // The signer's own decision: the coordinator's word counts for nothing here.
         let message = package.message();
         let mut record = Decision::new("sign", "signed");
@@ -388,7 +609,17 @@ impl Participant {
         }
         // After the grant the request is spent here: a failure now is Internal, not
         // InvalidSigningPackage (which says the policy did not run, so asking again is fine).
-        let signature_share = frost::round2::sign(&package, &pending.nonces, &share.key_package)
+        let key_package = match self.groups.get(&(group.clone(), epoch)) {
+            Some(GroupShare {
+                key_package: Some(k),
+                ..
+            }) => k,
+            _ => {
+                tracing::error!(%group, epoch, "share not in memory (the driver did not restore it)");
+                return Err(Refusal::Internal);
+            }
+        };
+        let signature_share = frost::round2::sign(&package, &pending.nonces, key_package)
             .map_err(|_| Refusal::Internal)?;
         drop(pending); // zeroizes the nonces
         let mut bytes = signature_share.serialize();
@@ -417,18 +648,31 @@ impl Participant {
         })
     }
 
-    /// Drops expired commitments.
+    /// Drops expired commitments, and decrypted shares idle for longer than the share
+    /// cache TTL.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_sweep.is_none_or(|t| t > now) {
             return;
         }
+        let ttl = self.config.share_cache_ttl;
         let mut next: Option<Instant> = None;
-        for share in self.groups.values_mut() {
+        for ((group, epoch), share) in self.groups.iter_mut() {
             let before = share.nonces.len();
             share.nonces.retain(|_, p| p.expires > now);
             self.stats.nonces_expired += (before - share.nonces.len()) as u64;
             for p in share.nonces.values() {
                 next = Some(next.map_or(p.expires, |t| t.min(p.expires)));
+            }
+            if let (Some(ttl), true) = (ttl, share.key_package.is_some()) {
+                let idle_until = share.last_used + ttl;
+                if idle_until <= now {
+                    // KeyPackage zeroizes its signing share on drop.
+                    share.key_package = None;
+                    self.stats.shares_evicted += 1;
+                    tracing::info!(%group, epoch, "share dropped from memory after being idle for the share cache TTL");
+                } else {
+                    next = Some(next.map_or(idle_until, |t| t.min(idle_until)));
+                }
             }
         }
         self.next_sweep = next;
@@ -969,14 +1213,16 @@ mod tests {
             let mut f = fixture();
             for p in &f.participants {
                 for g in p.groups.values() {
-                    secrets.push(g.key_package.signing_share().serialize());
+                    if let Some(k) = &g.key_package {
+                        secrets.push(k.signing_share().serialize());
+                    }
                 }
             }
             let (c0, k0) = commitment(&mut f, 0);
             let (c1, k1) = commitment(&mut f, 1);
             let (c2, k2) = commitment(&mut f, 2);
             for (i, c) in [(0, c0), (1, c1), (2, c2)] {
-                let pending = &f.participants[i].groups[&f.group].nonces[&c].nonces;
+                let pending = &f.participants[i].groups[&(f.group.clone(), 1)].nonces[&c].nonces;
                 secrets.push(pending.hiding().serialize());
                 secrets.push(pending.binding().serialize());
             }
@@ -1047,5 +1293,215 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One participant (of a 2-of-3 group) with its key package kept for reloads.
+    fn lone() -> (Participant, frost::keys::KeyPackage, MemoryAudit, Fixture) {
+        let f = fixture();
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<NewMember> = (0..3)
+            .map(|i| NewMember {
+                name: format!("p{i}"),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect();
+        let (_, mut shares) = deal(f.group.clone(), 2, &members, &mut rng).unwrap();
+        let kp = shares.remove(0).key_package;
+        let audit = MemoryAudit::default();
+        let p = Participant::new(
+            vec![(f.group.clone(), 1, kp.clone())],
+            ParticipantConfig {
+                share_cache_ttl: Some(Duration::from_secs(10)),
+                ..Default::default()
+            },
+            allow(&f.client),
+            Box::new(audit.clone()),
+            &mut rng,
+        );
+        (p, kp, audit, f)
+    }
+
+    fn commit_at(p: &mut Participant, f: &Fixture, epoch: u64) -> Message {
+        ask(
+            p,
+            f.coordinator,
+            Message::Commit {
+                group: f.group.clone(),
+                epoch,
+                count: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_shares_with_their_nonces_and_serves_two_epochs_side_by_side() {
+        let (mut p, kp, _, f) = lone();
+        let Message::Commitments { entries, .. } = commit_at(&mut p, &f, 1) else {
+            panic!("no commitment")
+        };
+        let now = Instant::now();
+        let changes = p.set_shares(
+            now,
+            vec![
+                (f.group.clone(), 1, kp.clone()),
+                (f.group.clone(), 2, kp.clone()),
+            ],
+        );
+        assert_eq!(changes.kept, vec![(f.group.clone(), 1)]);
+        assert_eq!(changes.added, vec![(f.group.clone(), 2)]);
+        // The epoch-1 commitment handed out before the reload is still there.
+        assert_eq!(p.outstanding(&f.group), 1);
+        assert!(p.groups[&(f.group.clone(), 1)]
+            .nonces
+            .contains_key(&entries[0].id));
+        assert!(matches!(
+            commit_at(&mut p, &f, 2),
+            Message::Commitments { epoch: 2, .. }
+        ));
+        assert_eq!(p.groups(), vec![(f.group.clone(), 1), (f.group.clone(), 2)]);
+        // The old epoch removed: its nonces go with it, and it is refused as another epoch.
+        let changes = p.set_shares(now, vec![(f.group.clone(), 2, kp)]);
+        assert_eq!(changes.removed, vec![(f.group.clone(), 1)]);
+        assert_eq!(
+            commit_at(&mut p, &f, 1),
+            Message::Refused(Refusal::EpochMismatch { current: 2 })
+        );
+    }
+
+    #[test]
+    fn a_reload_with_another_share_for_the_same_epoch_drops_the_old_nonces() {
+        let (mut p, _, _, f) = lone();
+        let _ = commit_at(&mut p, &f, 1);
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<NewMember> = (0..3)
+            .map(|i| NewMember {
+                name: format!("p{i}"),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect();
+        let (_, mut shares) = deal(f.group.clone(), 2, &members, &mut rng).unwrap();
+        let changes = p.set_shares(
+            Instant::now(),
+            vec![(f.group.clone(), 1, shares.remove(0).key_package)],
+        );
+        assert_eq!(changes.replaced, vec![(f.group.clone(), 1)]);
+        assert_eq!(p.outstanding(&f.group), 0);
+    }
+
+    #[test]
+    fn a_frozen_group_gets_no_commitment_and_no_share_and_the_refusal_is_recorded() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+        let coord = f.coordinator;
+        f.participants[0].set_freeze(Freeze {
+            all: false,
+            groups: [f.group.clone()].into(),
+        });
+        // Freezing dropped the pooled nonces; a share for the old commitment is refused.
+        assert_eq!(f.participants[0].outstanding(&f.group), 0);
+        let msg = sign_msg(&f, c0, &package);
+        assert_eq!(
+            ask(&mut f.participants[0], coord, msg),
+            Message::Refused(Refusal::NodeFrozen)
+        );
+        let records = f.audits[0].decisions.lock().unwrap().clone();
+        assert_eq!(
+            records.last().map(|r| r.result.as_str()),
+            Some("refused:frozen")
+        );
+        let commit = Message::Commit {
+            group: f.group.clone(),
+            epoch: 1,
+            count: 1,
+        };
+        assert_eq!(
+            ask(&mut f.participants[0], coord, commit.clone()),
+            Message::Refused(Refusal::NodeFrozen)
+        );
+        // Freezing everything covers groups by name it never saw.
+        f.participants[1].set_freeze(Freeze {
+            all: true,
+            groups: Default::default(),
+        });
+        assert_eq!(
+            ask(&mut f.participants[1], coord, commit.clone()),
+            Message::Refused(Refusal::NodeFrozen)
+        );
+        f.participants[0].set_freeze(Freeze::default());
+        assert!(matches!(
+            ask(&mut f.participants[0], coord, commit),
+            Message::Commitments { .. }
+        ));
+    }
+
+    #[test]
+    fn the_share_cache_ttl_drops_an_idle_share_until_the_driver_restores_it() {
+        let (mut p, kp, _, f) = lone();
+        let start = Instant::now();
+        assert_eq!(p.shares_in_memory(), 1);
+        // Used: the TTL counts from the last use.
+        let _ = commit_at(&mut p, &f, 1);
+        p.handle_timeout(start + Duration::from_secs(5));
+        assert_eq!(p.shares_in_memory(), 1);
+        let wake = p.poll_timeout().expect("a timer for the TTL");
+        assert!(wake <= Instant::now() + Duration::from_secs(10));
+        p.handle_timeout(Instant::now() + Duration::from_secs(11));
+        assert_eq!(p.shares_in_memory(), 0);
+        assert_eq!(p.stats.shares_evicted, 1);
+        let commit = Envelope {
+            id: 1,
+            msg: Message::Commit {
+                group: f.group.clone(),
+                epoch: 1,
+                count: 1,
+            },
+        };
+        assert_eq!(p.needs_share(&commit), Some((f.group.clone(), 1)));
+        // Not restored: refused, never a commitment made without the share.
+        assert_eq!(
+            commit_at(&mut p, &f, 1),
+            Message::Refused(Refusal::Internal)
+        );
+        // A share of another member is not taken for this one.
+        let other = lone().1;
+        assert!(!p.restore_share(Instant::now(), &f.group, 1, other));
+        assert!(p.restore_share(Instant::now(), &f.group, 1, kp));
+        assert_eq!(p.needs_share(&commit), None);
+        assert!(matches!(
+            commit_at(&mut p, &f, 1),
+            Message::Commitments { .. }
+        ));
+    }
+
+    #[test]
+    fn a_new_policy_keeps_the_replay_memory() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let (c1, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+        let request = request_for(&f.client, &f.group, b"m");
+        let coord = f.coordinator;
+        let msg = sign_as(&f, c0, &package, request.clone());
+        assert!(matches!(
+            ask(&mut f.participants[0], coord, msg),
+            Message::SignatureShare { .. }
+        ));
+        // A reload replaces the policy: the request already signed stays spent.
+        let fresh = allow(&f.client);
+        f.participants[0].set_policy(fresh);
+        let (c2, k2) = commitment(&mut f, 0);
+        let package = frost::SigningPackage::new([(f.ids[0], k2), (f.ids[1], k1)].into(), b"m");
+        let _ = c1;
+        let msg = sign_as(&f, c2, &package, request);
+        assert_eq!(
+            ask(&mut f.participants[0], coord, msg),
+            Message::Refused(Refusal::NotAuthorized {
+                rule: conclave_protocol::PolicyRule::Replay
+            })
+        );
     }
 }

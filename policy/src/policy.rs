@@ -138,6 +138,23 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Takes over the replay memory and the rate buckets of `old` (the policy this one
+    /// replaces on a reload), so that a reload neither makes a request already signed
+    /// signable again nor refills a client's rate. Buckets of clients or groups this policy no
+    /// longer allows are dropped; a bucket is capped at this policy's rate.
+    pub fn take_state(&mut self, old: &mut Policy) {
+        self.seen = std::mem::take(&mut old.seen);
+        for ((client, group), bucket) in std::mem::take(&mut old.buckets) {
+            if let Some(c) = self.clients.get(&client) {
+                if !c.groups.contains(&group) {
+                    continue;
+                }
+                let capped = (bucket.0.min(c.rate.per as f64), bucket.1);
+                self.buckets.insert((client, group), capped);
+            }
+        }
+    }
+
     /// Parses a policy file's text.
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
         let f: File =

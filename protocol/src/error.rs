@@ -37,6 +37,16 @@ pub enum SignError {
     /// The coordinator could not write its audit record, so it returns nothing (fail closed).
     #[error("the coordinator's audit log cannot be written; nothing was returned")]
     AuditFailed,
+    /// Fewer than a threshold of signers are available because some are frozen by their
+    /// operators (`conclave freeze`): an incident control, not a fault.
+    #[error("signing is frozen: {frozen} signer(s) frozen by their operators{} ({reachable} available, {needed} needed)", if .names.is_empty() { String::new() } else { format!(": {}", .names.join(", ")) })]
+    Frozen {
+        frozen: usize,
+        /// Their names, where known (the coordinator knows them; a client learns the count).
+        names: Vec<String>,
+        reachable: usize,
+        needed: usize,
+    },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -71,6 +81,16 @@ impl SignError {
             },
             SignError::AuditFailed => Refusal::AuditFailed,
             SignError::AttemptFailed { .. } => Refusal::AttemptFailed,
+            SignError::Frozen {
+                frozen,
+                reachable,
+                needed,
+                ..
+            } => Refusal::Frozen {
+                frozen: u16::try_from(frozen).unwrap_or(u16::MAX),
+                reachable: u16::try_from(reachable).unwrap_or(u16::MAX),
+                needed: u16::try_from(needed).unwrap_or(u16::MAX),
+            },
             SignError::Internal(_) | SignError::Unverified | SignError::UnknownSigner => {
                 Refusal::Internal
             }
@@ -94,6 +114,16 @@ impl SignError {
             },
             Refusal::AuditFailed => SignError::AuditFailed,
             Refusal::AttemptFailed => SignError::AttemptFailed { culprits: vec![] },
+            Refusal::Frozen {
+                frozen,
+                reachable,
+                needed,
+            } => SignError::Frozen {
+                frozen: frozen.into(),
+                names: Vec::new(),
+                reachable: reachable.into(),
+                needed: needed.into(),
+            },
             other => SignError::Refused(other),
         }
     }
@@ -106,12 +136,14 @@ impl SignError {
             SignError::SignerUnavailable { .. } => "signer_unavailable",
             SignError::DeadlineExceeded => "deadline_exceeded",
             SignError::Refused(Refusal::EpochSuperseded { .. }) => "epoch_superseded",
+            SignError::Refused(Refusal::ShuttingDown) => "shutting_down",
             SignError::Refused(_) => "refused",
             SignError::NotAuthorized { .. } => "not_authorized",
             SignError::AuditFailed => "audit_failed",
             SignError::AttemptFailed { .. } => "attempt_failed",
             SignError::Unverified => "unverified",
             SignError::UnknownSigner => "unknown_signer",
+            SignError::Frozen { .. } => "frozen",
             SignError::Internal(_) => "internal",
         }
     }

@@ -262,6 +262,19 @@ pub enum Refusal {
     /// newer epoch `newer`: the old shares are superseded and it will not ask them to sign.
     #[error("epoch {serving} is superseded: a threshold of members serve epoch {newer}; restart the coordinator on the new manifest")]
     EpochSuperseded { serving: u64, newer: u64 },
+    /// The signer's operator froze this group (`conclave freeze`): it signs nothing for it.
+    #[error("the signer is frozen for this group")]
+    NodeFrozen,
+    /// Too few signers are available because `frozen` of them are frozen by their operators.
+    #[error("signing is frozen: {frozen} signer(s) frozen by their operators, {reachable} available, {needed} needed")]
+    Frozen {
+        frozen: u16,
+        reachable: u16,
+        needed: u16,
+    },
+    /// The node is draining before it stops: it takes no new work (ask another coordinator).
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }
 
 /// Which policy rule refused a sign request. A code: never text from the request.

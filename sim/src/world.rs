@@ -71,8 +71,9 @@ struct Node {
     slow: Nanos,
     /// For replay: the last share this node produced, and the last reply it sent.
     last_share: Option<Vec<u8>>,
-    /// The last share it replaced, and what it sent instead.
-    last_substitute: Option<(Vec<u8>, Vec<u8>)>,
+    /// Per commitment id: the share it sent in place of the real one (None: the real one), so
+    /// that a duplicated request gets the same answer however late it comes.
+    replay_decisions: BTreeMap<u64, Option<Vec<u8>>>,
     last_reply: Option<Envelope>,
 }
 
@@ -193,7 +194,7 @@ impl<'t> Simulation<'t> {
                     .map(|s| s.delay_ms * MS)
                     .sum(),
                 last_share: None,
-                last_substitute: None,
+                replay_decisions: BTreeMap::new(),
                 last_reply: None,
             });
         }
@@ -517,6 +518,9 @@ impl<'t> Simulation<'t> {
             Event::StaleEpoch { name, .. } => {
                 self.log(format!("stale-epoch {name}"));
             }
+            Event::Frozen { name, .. } => {
+                self.log(format!("frozen {name}"));
+            }
         }
     }
 
@@ -659,20 +663,23 @@ impl<'t> Simulation<'t> {
                     invalid = true;
                 }
                 Some((Behaviour::Replay, _)) => {
-                    // A duplicated request gets the participant's remembered answer again: the
-                    // replayer sends it the same substitute as the first time, consistently.
-                    let again = match &node.last_substitute {
-                        Some((current, sent)) if current == share => Some(sent.clone()),
-                        _ => None,
+                    // A duplicated request (also one delivered again after later ones) gets the
+                    // participant's remembered answer again: the replayer makes the same choice
+                    // for it as the first time, consistently, per commitment.
+                    let substitute = match node.replay_decisions.get(commitment_id) {
+                        Some(decided) => decided.clone(),
+                        None => {
+                            let old = node.last_share.replace(share.clone());
+                            // The same share again is no substitute.
+                            let decided = old.filter(|o| o != share);
+                            if node.replay_decisions.len() >= 100_000 {
+                                node.replay_decisions.clear();
+                            }
+                            node.replay_decisions
+                                .insert(*commitment_id, decided.clone());
+                            decided
+                        }
                     };
-                    let substitute = again.or_else(|| {
-                        let old = node.last_share.replace(share.clone())?;
-                        // The same share again (a duplicate of the last request) is no substitute.
-                        (old != *share).then(|| {
-                            node.last_substitute = Some((share.clone(), old.clone()));
-                            old
-                        })
-                    });
                     if let Some(old) = substitute {
                         *share = old;
                         invalid = true;

@@ -1376,3 +1376,268 @@ fn a_member_cut_off_after_acknowledging_keeps_its_share_and_resume_finishes_it()
     let signers = w.sign_and_verify(&run, m2, &key);
     assert!(signers.contains(&"c".to_string()), "{signers:?}");
 }
+
+/// Writes participant `name`'s config (as `World::start` does) serving these share files.
+fn write_participant_config(w: &World, name: &str, shares: &[String]) {
+    let mut config = format!(
+        "mode = \"dev\"\nidentity = \"{name}\"\nlisten = \"127.0.0.1:{}\"\ncoordinators = [\"{}\"]\npolicy = \"{name}.policy.toml\"\naudit_log = \"{name}-audit/audit.log\"\n",
+        w.ports[name], w.coordinator_key
+    );
+    for share in shares {
+        config += &format!("\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n");
+    }
+    std::fs::write(w.d().join(format!("{name}.toml")), config).unwrap();
+}
+
+/// `conclave reload` of a node's config; panics with the daemon's answer unless it reloaded.
+fn reload(w: &World, config: &str) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(["reload", "--config", config, "--json"])
+        .current_dir(w.d())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reload {config}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Points the coordinator's config at `manifest` and reloads it.
+fn switch_coordinator(w: &World, manifest: &str) {
+    let path = w.d().join("coordinator.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("manifests = [").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    let text = format!(
+        "{}manifests = [\"{manifest}\"]{}",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(&path, text).unwrap();
+    let reply = reload(w, "coordinator.toml");
+    assert!(
+        reply["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g[1].as_u64() == manifest_epoch(manifest)),
+        "{reply}"
+    );
+}
+
+fn manifest_epoch(manifest: &str) -> Option<u64> {
+    manifest
+        .split(".epoch")
+        .nth(1)
+        .and_then(|s| s.split('.').next())
+        .and_then(|e| e.parse().ok())
+        .or(Some(1))
+}
+
+#[test]
+fn a_refresh_and_a_reshare_switch_by_reload_while_signing_twenty_times_a_second_with_no_failure() {
+    let mut w = World::new(&["a", "b", "c", "d"]);
+    let d = w.d().to_path_buf();
+    let key = w.dealer_group();
+    let run = w.start(
+        "story.manifest.toml",
+        &[
+            ("a", share("a", 1)),
+            ("b", share("b", 1)),
+            ("c", share("c", 1)),
+        ],
+    );
+    w.sign_and_verify(&run, "story.manifest.toml", &key);
+    // A client signing continuously, through the library, with its own manifest of epoch 1.
+    let client_config = d.join("signer.toml");
+    std::fs::write(
+        &client_config,
+        format!(
+            "identity = \"client\"\ngroup = \"story\"\ntimeout_ms = 10000\nmanifests = [\"story.manifest.toml\"]\n[[coordinator]]\naddress = \"{}\"\nkey = \"{}\"\n",
+            run.coordinator_addr, w.coordinator_key
+        ),
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signer = {
+        let stop = stop.clone();
+        let config = conclave_client::ClientConfig::read(&client_config).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let signer = conclave_client::ThresholdSigner::connect(&config, None)
+                    .await
+                    .expect("connect");
+                let mut ok = 0usize;
+                let mut failed = Vec::new();
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    i += 1;
+                    let msg = format!("continuous {i}");
+                    match conclave_client::SigningService::sign(&signer, msg.as_bytes()).await {
+                        Ok(sig) => {
+                            conclave_client::SigningService::public_key(&signer)
+                                .verify_strict(msg.as_bytes(), &sig)
+                                .expect("verifies under the unchanged key");
+                            ok += 1;
+                        }
+                        Err(e) => failed.push(format!("request {i}: {e}")),
+                    }
+                }
+                signer.close().await;
+                (ok, failed)
+            })
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    // Refresh to epoch 2 while epoch 1 serves.
+    w.plan(
+        "refresh.toml",
+        &["--kind", "refresh", "--old-manifest", "story.manifest.toml"],
+    );
+    let old = |n: &str| Some(share(n, 1));
+    let (relay, members) = w.ceremony(
+        "refresh.toml",
+        &[("a", old("a")), ("b", old("b")), ("c", old("c"))],
+        "story.manifest.toml",
+        None,
+    );
+    assert!(
+        relay.status.success() && members.iter().all(|m| m.status.success()),
+        "{}",
+        describe(&relay, &members)
+    );
+    let m2 = "story.epoch2.manifest.toml";
+    // The switch, with no outage: (1) every participant serves both epochs, (2) the
+    // coordinator moves to the new manifest, (3) the old shares are dropped.
+    for n in ["a", "b", "c"] {
+        write_participant_config(&w, n, &[share(n, 1), share(n, 2)]);
+        let reply = reload(&w, &format!("{n}.toml"));
+        assert!(
+            reply["changes"].to_string().contains("added: story@2"),
+            "{reply}"
+        );
+    }
+    switch_coordinator(&w, m2);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for n in ["a", "b", "c"] {
+        write_participant_config(&w, n, &[share(n, 2)]);
+        let reply = reload(&w, &format!("{n}.toml"));
+        assert!(
+            reply["changes"].to_string().contains("removed: story@1"),
+            "{reply}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    // Reshare to 3-of-4, adding d, while epoch 2 serves.
+    w.plan(
+        "reshare.toml",
+        &[
+            "--kind",
+            "reshare",
+            "--old-manifest",
+            m2,
+            "-t",
+            "3",
+            "-p",
+            "a",
+            "-p",
+            "b",
+            "-p",
+            "c",
+            "-p",
+            &w.spec("d"),
+        ],
+    );
+    let e2 = |n: &str| Some(share(n, 2));
+    let (relay, members) = w.ceremony(
+        "reshare.toml",
+        &[("a", e2("a")), ("b", e2("b")), ("c", e2("c")), ("d", None)],
+        m2,
+        None,
+    );
+    assert!(
+        relay.status.success() && members.iter().all(|m| m.status.success()),
+        "{}",
+        describe(&relay, &members)
+    );
+    let m3 = "story.epoch3.manifest.toml";
+    // d is new: started on its epoch-3 share alone.
+    let policy = std::fs::read_to_string(d.join("a.policy.toml")).unwrap();
+    std::fs::write(d.join("d.policy.toml"), policy).unwrap();
+    write_participant_config(&w, "d", &[share("d", 3)]);
+    if let Some(mut r) = w.reserved.remove("d") {
+        r.release();
+    }
+    let mut child = Command::new(bin())
+        .args(["participant", "--config", "d.toml"])
+        .current_dir(&d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(d.join("d.log")).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(first_line(&mut child).contains("listening on"));
+    let _d = Running {
+        children: vec![child],
+        coordinator_addr: String::new(),
+        log: d.join("d.log"),
+    };
+    for n in ["a", "b", "c"] {
+        write_participant_config(&w, n, &[share(n, 2), share(n, 3)]);
+        reload(&w, &format!("{n}.toml"));
+    }
+    switch_coordinator(&w, m3);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for n in ["a", "b", "c"] {
+        write_participant_config(&w, n, &[share(n, 3)]);
+        reload(&w, &format!("{n}.toml"));
+    }
+    // Keep signing a little on epoch 3, then stop.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = signer.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 40, "only {ok} signatures");
+    eprintln!("reload story: {ok} signatures through a refresh and a reshare, 0 failed");
+    // Epoch 3 is 3-of-4 and d signs.
+    let mut seen_d = false;
+    for _ in 0..10 {
+        let signers = w.sign_and_verify(&run, m3, &key);
+        assert_eq!(signers.len(), 3);
+        seen_d |= signers.contains(&"d".to_string());
+        if seen_d {
+            break;
+        }
+    }
+    assert!(seen_d, "d never signed");
+    // The old shares are in service no more: retire works.
+    let mut args: Vec<String> = vec![
+        "rotate".into(),
+        "retire".into(),
+        "--share".into(),
+        share("a", 1),
+        "--manifest".into(),
+        m3.into(),
+        "--yes".into(),
+    ];
+    args.extend(w.client_args(&run));
+    let o = Command::new(bin())
+        .args(&args)
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

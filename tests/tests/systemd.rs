@@ -752,6 +752,8 @@ impl Host {
         match role {
             "participant" => pairs.extend([
                 ("0.0.0.0:7001", loopback.as_str()),
+                // The metrics port too is chosen by the OS here.
+                ("127.0.0.1:9464", "127.0.0.1:0"),
                 (
                     "<hex identity key of the coordinator>",
                     self.coordinator_key.as_str(),
@@ -759,6 +761,7 @@ impl Host {
             ]),
             _ => pairs.extend([
                 ("0.0.0.0:7000", loopback.as_str()),
+                ("127.0.0.1:9465", "127.0.0.1:0"),
                 ("<hex identity key of a client>", self.client_key.as_str()),
             ]),
         }

@@ -5,7 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conclave_audit::{AuditSink, Decision};
@@ -18,7 +19,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use conclave_coordinator::SignError;
-use conclave_coordinator::{Coordinator, Event, GroupInfo, SessionId, SignOutcome};
+use conclave_coordinator::{
+    Coordinator, CoordinatorConfig, Event, GroupInfo, ReloadSummary, SessionId, SignOutcome,
+};
+use conclave_keygen::GroupManifest;
+use conclave_policy::Policy;
+
+use crate::metrics::{GroupLabel, GroupSigner, GroupSignerRule, Metrics};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -54,12 +61,37 @@ enum Input {
     Failed {
         id: u64,
     },
+    Reload {
+        update: Box<CoordinatorUpdate>,
+        reply: oneshot::Sender<Result<ReloadSummary, String>>,
+    },
+}
+
+/// What a reload gives a running coordinator: everything it re-reads from its files.
+pub struct CoordinatorUpdate {
+    pub manifests: Vec<GroupManifest>,
+    /// Where each participant listens (`host:port`).
+    pub addresses: HashMap<NodeId, String>,
+    /// The clients allowed to connect; connections of clients no longer listed are closed.
+    pub clients: HashSet<NodeId>,
+    pub policy: Option<Policy>,
+    pub config: CoordinatorConfig,
+}
+
+/// How a coordinator stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// Sessions still running when the drain grace ran out (their clients were told
+    /// `shutting_down`). Zero after a clean drain.
+    pub abandoned: usize,
 }
 
 /// In-process access to a running coordinator (what the QUIC client API does over the wire).
 #[derive(Clone)]
 pub struct CoordinatorHandle {
     tx: mpsc::Sender<Input>,
+    /// Set once draining: new sign requests are refused as `shutting_down`.
+    draining: Arc<AtomicBool>,
 }
 
 impl CoordinatorHandle {
@@ -81,6 +113,9 @@ impl CoordinatorHandle {
         message: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<SignOutcome, SignError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(SignError::Refused(Refusal::ShuttingDown));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Input::Sign {
@@ -111,6 +146,20 @@ impl CoordinatorHandle {
         self.tx.send(Input::Info { group, reply }).await.ok()?;
         rx.await.ok().flatten()
     }
+
+    /// Applies a reload: on an error (a manifest that does not check) nothing changes and the
+    /// coordinator goes on serving what it served.
+    pub async fn reload(&self, update: CoordinatorUpdate) -> Result<ReloadSummary, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Reload {
+                update: Box::new(update),
+                reply,
+            })
+            .await
+            .map_err(|_| "coordinator stopped".to_owned())?;
+        rx.await.map_err(|_| "coordinator stopped".to_owned())?
+    }
 }
 
 /// A bound, not yet running coordinator.
@@ -120,13 +169,28 @@ pub struct Server {
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     audit: Option<Box<dyn AuditSink>>,
+    metrics: Option<Arc<Metrics>>,
+    draining: Arc<AtomicBool>,
 }
 
 /// What the coordinator's audit record of a session says about its request.
 struct Pending {
     reply: oneshot::Sender<Result<SignOutcome, SignError>>,
     record: Decision,
+    /// The group label for metrics: a served group's name, or "unknown".
+    group: String,
+    started: Instant,
 }
+
+/// Live client connections, so that a reload can close those of clients no longer allowed.
+type ClientConns = Arc<Mutex<HashMap<usize, (NodeId, quinn::Connection)>>>;
+
+/// Client requests being answered (until the client has the reply): a drain waits for them
+/// before it closes the endpoint, which would discard replies not yet delivered.
+type Replying = Arc<std::sync::atomic::AtomicUsize>;
+
+/// How long a stopping coordinator waits for its last replies to reach their clients.
+const FLUSH: Duration = Duration::from_secs(3);
 
 fn request_record(request: &SignedRequest, message: &[u8], name: Option<String>) -> Decision {
     let mut d = Decision::new("sign", "signed");
@@ -192,7 +256,15 @@ impl Server {
             tx,
             rx,
             audit: None,
+            metrics: None,
+            draining: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Counts what happens in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Records every session's outcome in `audit`; a signature whose record cannot be written
@@ -211,46 +283,51 @@ impl Server {
     pub fn handle(&self) -> CoordinatorHandle {
         CoordinatorHandle {
             tx: self.tx.clone(),
+            draining: self.draining.clone(),
         }
     }
 
-    /// Runs until `shutdown` completes. `addresses` says where each participant listens
-    /// (`host:port`, resolved at each connection attempt).
+    /// Runs until `shutdown` completes with a drain grace, then drains: new connections and
+    /// new sign requests are refused (`shutting_down`, so clients fail over at once), sessions
+    /// in flight finish within the grace, and it returns. `addresses` says where each
+    /// participant listens (`host:port`, resolved at each connection attempt).
     pub async fn run(
         self,
         mut coordinator: Coordinator,
-        addresses: HashMap<NodeId, String>,
-        shutdown: impl Future<Output = ()>,
-    ) {
+        mut addresses: HashMap<NodeId, String>,
+        shutdown: impl Future<Output = Duration>,
+    ) -> Stopped {
         let Server {
             endpoint,
             identity,
             tx,
             mut rx,
             mut audit,
+            metrics,
+            draining,
         } = self;
         let identity = Arc::new(identity);
         let mut tasks = tokio::task::JoinSet::new();
-        for node in coordinator.participants() {
-            let Some(addr) = addresses.get(&node).cloned() else {
-                tracing::warn!(node = %node.short(), "no address for participant; it will never be used");
-                continue;
-            };
-            tasks.spawn(maintain(
-                endpoint.clone(),
-                identity.clone(),
-                node,
-                addr,
-                tx.clone(),
-            ));
-        }
+        let mut maintained: HashMap<NodeId, (String, tokio::task::AbortHandle)> = HashMap::new();
+        let client_conns: ClientConns = Arc::default();
+        let handle = CoordinatorHandle {
+            tx: tx.clone(),
+            draining: draining.clone(),
+        };
+        let replying: Replying = Arc::default();
         tasks.spawn(accept_clients(
             endpoint.clone(),
-            CoordinatorHandle { tx: tx.clone() },
+            handle.clone(),
+            client_conns.clone(),
+            replying.clone(),
         ));
         let request_timeout = Duration::from_secs(30);
         let mut conns: HashMap<NodeId, quinn::Connection> = HashMap::new();
         let mut waiters: HashMap<SessionId, Pending> = HashMap::new();
+        let mut membership = None;
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_until: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
             flush(
@@ -259,8 +336,30 @@ impl Server {
                 &tx,
                 &mut waiters,
                 &mut audit,
+                metrics.as_deref(),
                 request_timeout,
             );
+            if membership != Some(coordinator.membership()) {
+                membership = Some(coordinator.membership());
+                sync_participants(
+                    &coordinator,
+                    &addresses,
+                    &mut maintained,
+                    &mut tasks,
+                    &mut conns,
+                    &endpoint,
+                    &identity,
+                    &tx,
+                );
+            }
+            if let Some(m) = &metrics {
+                m.in_flight
+                    .set(i64::try_from(waiters.len()).unwrap_or(i64::MAX));
+            }
+            if drain_until.is_some() && waiters.is_empty() {
+                tracing::info!("drained: every session in flight finished");
+                break;
+            }
             let deadline = coordinator.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -268,8 +367,32 @@ impl Server {
                     None => std::future::pending().await,
                 }
             };
+            let drain_deadline = async {
+                match drain_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = &mut shutdown => break,
+                grace = &mut shutdown, if drain_until.is_none() => {
+                    draining.store(true, Ordering::Relaxed);
+                    if let Some(m) = &metrics {
+                        m.draining.set(1);
+                    }
+                    // No new connections; connected clients get `shutting_down` for new requests.
+                    endpoint.set_server_config(None);
+                    tracing::info!(in_flight = waiters.len(), grace_secs = grace.as_secs_f64(), "draining: refusing new requests, finishing those in flight");
+                    drain_until = Some(tokio::time::Instant::now() + grace);
+                }
+                _ = drain_deadline => {
+                    tracing::warn!(abandoned = waiters.len(), "drain grace over: abandoning the sessions still in flight");
+                    break;
+                }
+                _ = gauges.tick() => {
+                    if let Some(m) = &metrics {
+                        update_gauges(&coordinator, m);
+                    }
+                }
                 _ = sleep => coordinator.handle_timeout(Instant::now()),
                 input = rx.recv() => {
                     let Some(input) = input else { break };
@@ -281,6 +404,11 @@ impl Server {
                                 &message,
                                 coordinator.client_name(&request.client),
                             );
+                            let group = if coordinator.group_info(&request.body.group).is_some() {
+                                request.body.group.to_string()
+                            } else {
+                                "unknown".to_owned()
+                            };
                             // A client presents only requests it signed itself.
                             if requester.is_some_and(|r| r != request.client) {
                                 let result = Err(SignError::NotAuthorized {
@@ -288,14 +416,22 @@ impl Server {
                                 });
                                 let result = match record_outcome(&mut audit, record, &result) {
                                     Ok(()) => result,
-                                    Err(_) => Err(SignError::AuditFailed),
+                                    Err(_) => {
+                                        if let Some(m) = &metrics {
+                                            m.audit_write_failures.inc();
+                                        }
+                                        Err(SignError::AuditFailed)
+                                    }
                                 };
+                                if let Some(m) = &metrics {
+                                    count_result(m, &group, &result, Duration::ZERO);
+                                }
                                 let _ = reply.send(result);
                                 continue;
                             }
                             // The session cap is the state machine's (CoordinatorConfig::max_sessions).
                             let id = coordinator.submit(now, crate::unix_now(), request, message, timeout);
-                            waiters.insert(id, Pending { reply, record });
+                            waiters.insert(id, Pending { reply, record, group, started: now });
                         }
                         Input::Info { group, reply } => {
                             let _ = reply.send(coordinator.group_info(&group));
@@ -315,19 +451,152 @@ impl Server {
                         }
                         Input::Reply { from, envelope } => coordinator.handle(now, from, envelope),
                         Input::Failed { id } => coordinator.handle_failure(now, id),
+                        Input::Reload { update, reply } => {
+                            let CoordinatorUpdate { manifests, addresses: new_addresses, clients, policy, config } = *update;
+                            let result = coordinator.reload(now, manifests).map_err(|e| format!("{e}"));
+                            if let Ok(summary) = &result {
+                                coordinator.set_config(config);
+                                coordinator.set_policy(policy);
+                                addresses = new_addresses;
+                                // Addresses may have changed for nodes already connected.
+                                membership = None;
+                                match quic::server_config(&identity, Pinned::AnyOf(Arc::new(clients.clone()))) {
+                                    Ok(cfg) if !draining.load(Ordering::Relaxed) => endpoint.set_server_config(Some(cfg)),
+                                    Ok(_) => {}
+                                    Err(e) => tracing::error!(error = %e, "cannot rebuild the client TLS config; keeping the old client list"),
+                                }
+                                if let Ok(live) = client_conns.lock() {
+                                    for (node, conn) in live.values() {
+                                        if !clients.contains(node) {
+                                            tracing::info!(client = %node.short(), "client no longer allowed: closing its connection");
+                                            conn.close(2u32.into(), b"no longer allowed");
+                                        }
+                                    }
+                                }
+                                tracing::info!(?summary, "reloaded");
+                            }
+                            let _ = reply.send(result);
+                        }
                     }
                 }
             }
         }
-        tasks.abort_all();
+        let abandoned = waiters.len();
         for (_, p) in waiters.drain() {
-            let _ = p
-                .reply
-                .send(Err(SignError::Internal("coordinator stopped")));
+            let _ = p.reply.send(Err(SignError::Refused(Refusal::ShuttingDown)));
         }
+        // The answers just given are on their way: let them reach their clients.
+        let flush_until = Instant::now() + FLUSH;
+        while replying.load(Ordering::Relaxed) > 0 && Instant::now() < flush_until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tasks.abort_all();
         endpoint.close(0u32.into(), b"shutdown");
         // CONNECTION_CLOSE goes out at once; do not sit through the whole draining period.
         let _ = tokio::time::timeout(Duration::from_millis(250), endpoint.wait_idle()).await;
+        Stopped { abandoned }
+    }
+}
+
+/// Keeps one connection task per participant the state machine names, at the address now
+/// configured: new nodes are dialled, nodes no longer named (or moved) are dropped.
+#[allow(clippy::too_many_arguments)]
+fn sync_participants(
+    coordinator: &Coordinator,
+    addresses: &HashMap<NodeId, String>,
+    maintained: &mut HashMap<NodeId, (String, tokio::task::AbortHandle)>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    conns: &mut HashMap<NodeId, quinn::Connection>,
+    endpoint: &quinn::Endpoint,
+    identity: &Arc<IdentityKey>,
+    tx: &mpsc::Sender<Input>,
+) {
+    let wanted: HashMap<NodeId, String> = coordinator
+        .participants()
+        .into_iter()
+        .filter_map(|n| match addresses.get(&n) {
+            Some(a) => Some((n, a.clone())),
+            None => {
+                tracing::warn!(node = %n.short(), "no address for participant; it will never be used");
+                None
+            }
+        })
+        .collect();
+    maintained.retain(|node, (addr, task)| {
+        let keep = wanted.get(node) == Some(addr);
+        if !keep {
+            task.abort();
+            if let Some(conn) = conns.remove(node) {
+                conn.close(0u32.into(), b"no longer a participant here");
+            }
+        }
+        keep
+    });
+    for (node, addr) in wanted {
+        if maintained.contains_key(&node) {
+            continue;
+        }
+        let task = tasks.spawn(maintain(
+            endpoint.clone(),
+            identity.clone(),
+            node,
+            addr.clone(),
+            tx.clone(),
+        ));
+        maintained.insert(node, (addr, task));
+    }
+}
+
+fn update_gauges(coordinator: &Coordinator, m: &Metrics) {
+    m.participants_connected
+        .set(i64::try_from(coordinator.connected()).unwrap_or(i64::MAX));
+    m.in_flight
+        .set(i64::try_from(coordinator.active_sessions()).unwrap_or(i64::MAX));
+    m.pool_depth.clear();
+    for (group, signer, n) in coordinator.pool_depths() {
+        m.pool_depth
+            .get_or_create(&GroupSigner {
+                group: group.to_string(),
+                signer,
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    m.group_epoch.clear();
+    m.frozen_signers.clear();
+    for g in coordinator.groups() {
+        let label = GroupLabel {
+            group: g.group.to_string(),
+        };
+        m.group_epoch
+            .get_or_create(&label)
+            .set(i64::try_from(g.epoch).unwrap_or(i64::MAX));
+        m.frozen_signers
+            .get_or_create(&label)
+            .set(i64::try_from(g.frozen.len()).unwrap_or(i64::MAX));
+    }
+}
+
+fn count_result(
+    m: &Metrics,
+    group: &str,
+    result: &Result<SignOutcome, SignError>,
+    elapsed: Duration,
+) {
+    let code = match result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    m.sign_done(group, code, elapsed);
+    if let Err(SignError::NotAuthorized { refusals }) = result {
+        for (signer, rule) in refusals {
+            m.policy_refusals_by_signer
+                .get_or_create(&GroupSignerRule {
+                    group: group.to_owned(),
+                    signer: signer.clone(),
+                    rule: rule.code().to_owned(),
+                })
+                .inc();
+        }
     }
 }
 
@@ -338,6 +607,7 @@ fn flush(
     tx: &mpsc::Sender<Input>,
     waiters: &mut HashMap<SessionId, Pending>,
     audit: &mut Option<Box<dyn AuditSink>>,
+    metrics: Option<&Metrics>,
     request_timeout: Duration,
 ) {
     loop {
@@ -376,14 +646,31 @@ fn flush(
                             Ok(()) => result,
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot write the audit record: returning no signature");
+                                if let Some(m) = metrics {
+                                    m.audit_write_failures.inc();
+                                }
                                 Err(SignError::AuditFailed)
                             }
                         };
+                        if let Some(m) = metrics {
+                            count_result(m, &w.group, &result, w.started.elapsed());
+                        }
                         let _ = w.reply.send(result);
                     }
                 }
                 Event::CulpritDetected { group, name, .. } => {
                     tracing::warn!(%group, participant = %name, "culprit: invalid signature share");
+                    if let Some(m) = metrics {
+                        m.culprits
+                            .get_or_create(&GroupSigner {
+                                group: group.to_string(),
+                                signer: name,
+                            })
+                            .inc();
+                    }
+                }
+                Event::Frozen { group, name, .. } => {
+                    tracing::warn!(%group, participant = %name, "participant frozen by its operator");
                 }
                 Event::StaleEpoch {
                     group,
@@ -497,9 +784,16 @@ async fn connect(
         .map_err(|_| TransportError::Timeout(Duration::from_secs(5)))?
 }
 
-async fn accept_clients(endpoint: quinn::Endpoint, handle: CoordinatorHandle) {
+async fn accept_clients(
+    endpoint: quinn::Endpoint,
+    handle: CoordinatorHandle,
+    live: ClientConns,
+    replying: Replying,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let handle = handle.clone();
+        let live = live.clone();
+        let replying = replying.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -513,8 +807,14 @@ async fn accept_clients(endpoint: quinn::Endpoint, handle: CoordinatorHandle) {
                 return;
             };
             tracing::debug!(%remote, client = %client.short(), "client connected");
+            let stable_id = conn.stable_id();
+            if let Ok(mut l) = live.lock() {
+                l.insert(stable_id, (client, conn.clone()));
+            }
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let handle = handle.clone();
+                let replying = replying.clone();
+                replying.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let reply = match quic::read_request(&mut recv).await {
                         Ok(request) => serve_client_request(client, request, &handle).await,
@@ -523,8 +823,15 @@ async fn accept_clients(endpoint: quinn::Endpoint, handle: CoordinatorHandle) {
                             msg: Message::Refused(Refusal::Malformed),
                         },
                     };
-                    let _ = quic::write_frame(&mut send, &reply).await;
+                    if quic::write_frame(&mut send, &reply).await.is_ok() {
+                        // Until the client has it (or gives up): a stopping coordinator waits.
+                        let _ = tokio::time::timeout(FLUSH, send.stopped()).await;
+                    }
+                    replying.fetch_sub(1, Ordering::Relaxed);
                 });
+            }
+            if let Ok(mut l) = live.lock() {
+                l.remove(&stable_id);
             }
         });
     }

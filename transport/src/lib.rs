@@ -16,6 +16,7 @@
 pub mod coordinator;
 pub mod hygiene;
 pub mod member;
+pub mod metrics;
 pub mod participant;
 pub mod proxy;
 pub mod relay;

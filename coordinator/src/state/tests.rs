@@ -616,3 +616,201 @@ fn a_signer_that_refuses_a_client_is_asked_last_for_it_so_one_signer_cannot_veto
     assert!(denied <= 1, "p0 vetoed {denied} of 10 requests");
     assert!(net.coord.peers[&p0].penalty_until.is_none());
 }
+
+/// A second key for the same group and members at `epoch` (a reload's new manifest), with
+/// each member's key package.
+fn new_epoch(net: &Net, epoch: u64) -> (GroupManifest, HashMap<NodeId, frost::keys::KeyPackage>) {
+    let members: Vec<NewMember> = net
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NewMember {
+            name: format!("p{i}"),
+            node_id: *n,
+            address: "127.0.0.1:1".into(),
+        })
+        .collect();
+    let t = net.coord.group_info(&net.group).unwrap().threshold;
+    let (mut manifest, dealt) =
+        deal(net.group.clone(), t, &members, &mut rand::rngs::OsRng).unwrap();
+    manifest.epoch = epoch;
+    let shares = dealt
+        .into_iter()
+        .map(|s| (s.node_id, s.key_package))
+        .collect();
+    (manifest, shares)
+}
+
+#[test]
+fn a_reload_onto_a_new_epoch_lets_sessions_in_flight_finish_on_the_old_one() {
+    let mut net = Net::new(2, 3);
+    let old_key = net.sign(b"warm-up").unwrap().public_key;
+    let (manifest, new_shares) = new_epoch(&net, 2);
+    // Every participant serves both epochs (the switch's first step).
+    for (node, p) in net.parts.iter_mut() {
+        let changes = p.set_shares(
+            net.now,
+            vec![
+                (net.group.clone(), 1, net.shares[node].clone()),
+                (net.group.clone(), 2, new_shares[node].clone()),
+            ],
+        );
+        assert_eq!(changes.kept.len(), 1);
+    }
+    // A session begun on epoch 1, its round 2 queued but not yet delivered.
+    let request = net.request(b"in flight");
+    let sid = net.coord.submit(
+        net.now,
+        UNIX,
+        request,
+        b"in flight".to_vec(),
+        Some(Duration::from_secs(10)),
+    );
+    let summary = net.coord.reload(net.now, vec![manifest]).unwrap();
+    assert_eq!(summary.changed, vec![(net.group.clone(), 1, 2)]);
+    assert_eq!(net.coord.group_info(&net.group).unwrap().epoch, 2);
+    net.pump();
+    let done = net
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::SignDone {
+                session, result, ..
+            } if *session == sid => Some(result.clone()),
+            _ => None,
+        })
+        .expect("the epoch-1 session finished");
+    let o = done.expect("signed on the epoch it began on");
+    assert_eq!(o.public_key, old_key);
+    // New requests: epoch 1 is refused by name, epoch 2 signs under the new key.
+    let stale = request_by(&net.client, &net.group, 1, b"late");
+    assert!(matches!(
+        net.sign_request(stale, b"late"),
+        Err(SignError::NotAuthorized { refusals }) if refusals == vec![("coordinator".to_string(), PolicyRule::Epoch)]
+    ));
+    let o = net.sign(b"after").unwrap();
+    assert_ne!(o.public_key, old_key);
+    // The retired epoch is gone once no session uses it.
+    assert!(net.coord.retired.is_empty());
+    assert!(net.coord.pools.keys().all(|(_, _, e)| *e == 2));
+}
+
+#[test]
+fn a_reload_with_a_bad_manifest_changes_nothing() {
+    let mut net = Net::new(2, 3);
+    let (mut a, _) = new_epoch(&net, 2);
+    let b = a.clone();
+    // The same group twice.
+    let err = net.coord.reload(net.now, vec![a.clone(), b]).unwrap_err();
+    assert!(matches!(err, SetupError::DuplicateGroup(_)));
+    a.group_public_key = "not a key".into();
+    assert!(net.coord.reload(net.now, vec![a]).is_err());
+    assert_eq!(net.coord.group_info(&net.group).unwrap().epoch, 1);
+    net.sign(b"still serving").unwrap();
+}
+
+#[test]
+fn a_node_on_another_epoch_is_back_once_it_serves_the_epoch_without_reconnecting() {
+    let mut net = Net::new(2, 3);
+    let node = net.order[0];
+    let kp = net.shares[&node].clone();
+    // p0 moved to epoch 2 ahead of the others: refused, marked stale.
+    net.parts
+        .get_mut(&node)
+        .unwrap()
+        .set_shares(net.now, vec![(net.group.clone(), 2, kp.clone())]);
+    for i in 0..4 {
+        net.sign(format!("m{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(
+        net.coord.group_info(&net.group).unwrap().stale,
+        vec![("p0".to_string(), 2)]
+    );
+    // It serves epoch 1 again (a reload on that node, no reconnection): within a recheck
+    // interval it is used again.
+    net.parts
+        .get_mut(&node)
+        .unwrap()
+        .set_shares(net.now, vec![(net.group.clone(), 1, kp)]);
+    net.now += RECHECK_INTERVAL + Duration::from_millis(1);
+    net.coord.handle_timeout(net.now);
+    net.pump();
+    let info = net.coord.group_info(&net.group).unwrap();
+    assert!(info.stale.is_empty(), "{:?}", info.stale);
+    assert_eq!(info.reachable, 3);
+}
+
+#[test]
+fn frozen_signers_fail_closed_with_a_typed_reason_and_come_back_when_unfrozen() {
+    let mut net = Net::new(2, 3);
+    net.sign(b"warm-up").unwrap();
+    let frozen = conclave_participant::Freeze {
+        all: true,
+        groups: Default::default(),
+    };
+    for node in &net.order[..2] {
+        net.parts.get_mut(node).unwrap().set_freeze(frozen.clone());
+    }
+    let mut last = None;
+    for i in 0..4 {
+        last = Some(net.sign(format!("f{i}").as_bytes()));
+    }
+    match last.unwrap() {
+        Err(SignError::Frozen {
+            frozen,
+            names,
+            needed,
+            ..
+        }) => {
+            assert_eq!((frozen, needed), (2, 2));
+            assert_eq!(names, vec!["p0".to_string(), "p1".to_string()]);
+        }
+        other => panic!("expected a frozen refusal, got {other:?}"),
+    }
+    assert!(net.events.iter().any(|e| matches!(e, Event::Frozen { .. })));
+    assert_eq!(net.coord.group_info(&net.group).unwrap().frozen.len(), 2);
+    assert_eq!(
+        SignError::Frozen {
+            frozen: 2,
+            names: vec![],
+            reachable: 1,
+            needed: 2
+        }
+        .code(),
+        "frozen"
+    );
+    for node in &net.order[..2] {
+        net.parts
+            .get_mut(node)
+            .unwrap()
+            .set_freeze(Default::default());
+    }
+    net.now += RECHECK_INTERVAL + Duration::from_millis(1);
+    net.coord.handle_timeout(net.now);
+    net.pump();
+    assert!(net.coord.group_info(&net.group).unwrap().frozen.is_empty());
+    net.sign(b"thawed").unwrap();
+}
+
+#[test]
+fn a_node_whose_pool_was_dropped_after_a_timeout_is_refilled_and_used_again() {
+    let mut net = Net::new(2, 3);
+    net.sign(b"warm-up").unwrap();
+    let node = net.order[0];
+    net.silent.insert(node);
+    for i in 0..3 {
+        net.sign(format!("s{i}").as_bytes()).unwrap();
+    }
+    // It answers again, over the same connection (a short link cut).
+    net.silent.remove(&node);
+    net.now += Duration::from_secs(6);
+    net.coord.handle_timeout(net.now);
+    net.pump();
+    assert!(net.coord.pooled(node, &net.group) > 0, "pool refilled");
+    let mut used = false;
+    for i in 0..6 {
+        let o = net.sign(format!("u{i}").as_bytes()).unwrap();
+        used |= o.signers.contains(&"p0".to_string());
+    }
+    assert!(used, "p0 is chosen again");
+}

@@ -98,6 +98,8 @@ pub struct ParticipantSetup {
     /// Start it under `ulimit -f BLOCKS` (512-byte blocks): its files, the audit log among
     /// them, cannot grow beyond that.
     pub file_size_limit_blocks: Option<u32>,
+    /// More config lines (top-level keys, e.g. `metrics_listen = "127.0.0.1:0"`).
+    pub extra_config: Option<String>,
 }
 
 /// The policy every participant holds unless a test gives another: client A ("it-client")
@@ -129,12 +131,44 @@ pub struct Cluster {
     proxies: Vec<Child>,
     pub n: usize,
     verbose: bool,
+    /// Metrics endpoints (`host:port`) by node name, for nodes started with `metrics_listen`.
+    pub metrics: std::collections::BTreeMap<String, String>,
 }
 
 impl Cluster {
     /// Makes keys with the CLI, starts `n` participants and a coordinator.
     pub fn start(t: usize, n: usize, setups: Vec<ParticipantSetup>) -> Cluster {
         Self::start_with(t, n, setups, None)
+    }
+
+    /// Like `start`, with more lines in the coordinator's config (`coordinator_extra`) and in
+    /// each participant's (`ParticipantSetup::extra_config`).
+    pub fn start_ops(
+        t: usize,
+        n: usize,
+        setups: Vec<ParticipantSetup>,
+        coordinator_extra: &str,
+    ) -> Cluster {
+        Self::start_full2(t, n, setups, None, false, false, None, coordinator_extra)
+    }
+
+    /// `start_ops` with a chaos proxy in front of every participant.
+    pub fn start_ops_with_proxy(
+        t: usize,
+        n: usize,
+        proxy: ProxyOpts,
+        coordinator_extra: &str,
+    ) -> Cluster {
+        Self::start_full2(
+            t,
+            n,
+            vec![],
+            Some(proxy),
+            false,
+            false,
+            None,
+            coordinator_extra,
+        )
     }
 
     /// Like `start`, with a chaos proxy process in front of each participant: the manifest
@@ -146,6 +180,19 @@ impl Cluster {
         proxy: Option<ProxyOpts>,
     ) -> Cluster {
         Self::start_full(t, n, setups, proxy, false, false, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_full(
+        t: usize,
+        n: usize,
+        setups: Vec<ParticipantSetup>,
+        proxy: Option<ProxyOpts>,
+        dkg: bool,
+        verbose: bool,
+        coordinator_fault: Option<&'static str>,
+    ) -> Cluster {
+        Self::start_full2(t, n, setups, proxy, dkg, verbose, coordinator_fault, "")
     }
 
     /// Like `start`, with a coordinator that misbehaves (`CONCLAVE_TEST_FAULT` for it only).
@@ -169,7 +216,8 @@ impl Cluster {
         Self::start_full(t, n, setups, None, true, true, None)
     }
 
-    fn start_full(
+    #[allow(clippy::too_many_arguments)]
+    fn start_full2(
         t: usize,
         n: usize,
         setups: Vec<ParticipantSetup>,
@@ -177,6 +225,7 @@ impl Cluster {
         dkg: bool,
         verbose: bool,
         coordinator_fault: Option<&'static str>,
+        coordinator_extra: &str,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("conclave-it-")
@@ -284,6 +333,7 @@ impl Cluster {
             n,
             dir,
             verbose,
+            metrics: Default::default(),
         };
         let d = cluster.dir.path().to_path_buf();
         if let Some(opts) = proxy {
@@ -380,26 +430,59 @@ impl Cluster {
                 .replace("{A}", &client_key)
                 .replace("{B}", &client_b_key);
             std::fs::write(d.join(format!("{name}.policy.toml")), policy).expect("policy");
+            let extra = setup.extra_config.clone().unwrap_or_default();
             let config = format!(
-                "mode = \"dev\"\nidentity = \"{identity}\"\nlisten = \"127.0.0.1:{port}\"\ncoordinators = [\"{coord}\"]\npolicy = \"{name}.policy.toml\"\naudit_log = \"{name}-audit/audit.log\"\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n"
+                "mode = \"dev\"\nidentity = \"{identity}\"\nlisten = \"127.0.0.1:{port}\"\ncoordinators = [\"{coord}\"]\npolicy = \"{name}.policy.toml\"\naudit_log = \"{name}-audit/audit.log\"\n{extra}\n\n[[shares]]\nfile = \"{share}\"\npassphrase_file = \"pass\"\n"
             );
             let path = d.join(format!("{name}.toml"));
             std::fs::write(&path, config).expect("config");
             reserved[i].release();
-            let child = cluster.spawn_limited(
+            let mut child = cluster.spawn_raw(
                 "participant",
                 &path,
                 &d.join(format!("{name}.log")),
                 setup.fault,
                 setup.file_size_limit_blocks,
             );
+            let lines = first_lines(
+                &mut child,
+                if extra.contains("metrics_listen") {
+                    2
+                } else {
+                    1
+                },
+            );
+            assert!(
+                lines[0].contains("listening on"),
+                "participant did not start: {lines:?}; log: {}",
+                std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default()
+            );
+            if let Some(m) = lines.get(1) {
+                cluster.metrics.insert(name.clone(), metrics_addr(m));
+            }
             cluster.participants.push(Some(child));
         }
         let config = format!(
-            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\", \"{client_b_key}\"]\nmanifests = [\"it.manifest.toml\"]\nparticipant_timeout_ms = 1500\naudit_log = \"coordinator-audit/audit.log\"\n"
+            "mode = \"dev\"\nidentity = \"coordinator\"\nlisten = \"127.0.0.1:0\"\nclients = [\"{client_key}\", \"{client_b_key}\"]\nmanifests = [\"it.manifest.toml\"]\nparticipant_timeout_ms = 1500\naudit_log = \"coordinator-audit/audit.log\"\n{coordinator_extra}\n"
         );
         let path = d.join("coordinator.toml");
         std::fs::write(&path, config).expect("config");
+        if coordinator_extra.contains("metrics_listen") {
+            let mut child = cluster.spawn_raw(
+                "coordinator",
+                &path,
+                &d.join("coordinator.log"),
+                coordinator_fault,
+                None,
+            );
+            let lines = first_lines(&mut child, 2);
+            cluster.coordinator_addr = lines[0].rsplit(' ').next().expect("address").to_owned();
+            cluster
+                .metrics
+                .insert("coordinator".into(), metrics_addr(&lines[1]));
+            cluster.coordinator = Some(child);
+            return cluster;
+        }
         let (child, addr) =
             cluster.spawn_coordinator(&path, &d.join("coordinator.log"), coordinator_fault);
         cluster.coordinator_addr = addr;
@@ -560,6 +643,33 @@ impl Cluster {
         }
     }
 
+    /// The config file of node `name` ("p1", ..., "coordinator").
+    pub fn config(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.toml"))
+    }
+
+    /// Sends SIGTERM to the coordinator and waits (at most `within`) for it to exit; its
+    /// exit code.
+    pub fn terminate_coordinator(&mut self, within: Duration) -> Option<i32> {
+        let mut c = self.coordinator.take().expect("coordinator running");
+        terminate(&mut c, within)
+    }
+
+    /// Sends SIGTERM to participant `i` and waits (at most `within`); its exit code.
+    pub fn terminate(&mut self, i: usize, within: Duration) -> Option<i32> {
+        let mut c = self.participants[i].take().expect("participant running");
+        terminate(&mut c, within)
+    }
+
+    /// Starts participant `i` (0-based) again on its config.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let name = format!("p{}", i + 1);
+        let log = self.dir.path().join(format!("{name}-restarted.log"));
+        let child = self.spawn_limited("participant", &self.config(&name), &log, None, None);
+        self.participants[i] = Some(child);
+    }
+
     /// Stops the coordinator (SIGKILL: it closes nothing).
     pub fn kill_coordinator(&mut self) {
         if let Some(mut c) = self.coordinator.take() {
@@ -581,6 +691,68 @@ impl Cluster {
         let (child, addr) = self.spawn_coordinator(&path, &d.join("coordinator2.log"), None);
         self.proxies.push(child);
         addr
+    }
+
+    /// Starts a second coordinator with an identity of its own, and has every running
+    /// participant pin it too (their config's `coordinators` gains its key; `conclave reload`
+    /// applies that without a restart). Returns its address and key.
+    pub fn add_coordinator(&mut self) -> (String, String) {
+        let d = self.dir.path().to_path_buf();
+        let out = conclave(&[
+            "node",
+            "init",
+            "--out",
+            d.join("coordinator2").to_str().expect("utf8"),
+        ]);
+        assert!(out.status.success());
+        let key = stdout_line(&out);
+        let config = std::fs::read_to_string(d.join("coordinator.toml"))
+            .expect("coordinator config")
+            .replace("identity = \"coordinator\"", "identity = \"coordinator2\"")
+            .replace("coordinator-audit/", "coordinator2-audit/");
+        let path = d.join("coordinator2.toml");
+        std::fs::write(&path, config).expect("config");
+        for i in 0..self.n {
+            if self.participants.get(i).is_none_or(Option::is_none) {
+                continue;
+            }
+            let p = self.config(&format!("p{}", i + 1));
+            let text = std::fs::read_to_string(&p).expect("participant config");
+            let text = text.replace(
+                &format!("coordinators = [\"{}\"]", self.coordinator_key),
+                &format!("coordinators = [\"{}\", \"{key}\"]", self.coordinator_key),
+            );
+            std::fs::write(&p, text).expect("participant config");
+            let out = conclave(&["reload", "--config", p.to_str().expect("utf8")]);
+            assert!(
+                out.status.success(),
+                "reload p{}: {}",
+                i + 1,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let (child, addr) = self.spawn_coordinator(&path, &d.join("coordinator2.log"), None);
+        self.proxies.push(child);
+        (addr, key)
+    }
+
+    /// A client config for client A naming these (address, key) coordinators in order.
+    pub fn client_config_keys(
+        &self,
+        name: &str,
+        coordinators: &[(&str, &str)],
+        timeout_ms: u64,
+    ) -> PathBuf {
+        let mut text = format!(
+            "identity = \"client\"\ngroup = \"{}\"\ntimeout_ms = {timeout_ms}\nmanifests = [\"it.manifest.toml\"]\n",
+            self.group
+        );
+        for (addr, key) in coordinators {
+            text += &format!("[[coordinator]]\naddress = \"{addr}\"\nkey = \"{key}\"\n");
+        }
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("client config");
+        path
     }
 
     /// Starts a coordinator process and returns it with the address it prints.
@@ -858,11 +1030,59 @@ pub fn files_ending(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
     out
 }
 
+/// SIGTERM, then waits up to `within` for the exit code (SIGKILL after that: None).
+pub fn terminate(child: &mut Child, within: Duration) -> Option<i32> {
+    // SAFETY: kill(2) on the pid of a child this process spawned and has not reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let until = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `curl -s http://ADDR/PATH`: the body (curl is installed by .ci/run).
+pub fn curl(addr: &str, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", &format!("http://{addr}{path}")])
+        .output()
+        .expect("curl (CI installs it)");
+    assert!(out.status.success(), "curl {addr}{path} failed");
+    String::from_utf8(out.stdout).expect("utf8 body")
+}
+
 pub fn first_line(child: &mut Child) -> String {
+    first_lines(child, 1).remove(0)
+}
+
+/// `host:port` out of a daemon's `metrics on http://HOST:PORT/metrics` line.
+pub fn metrics_addr(line: &str) -> String {
+    line.trim()
+        .strip_prefix("metrics on http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("not a metrics line: {line:?}"))
+        .to_owned()
+}
+
+/// The first `n` lines a child prints (trimmed); the rest of its output is drained.
+pub fn first_lines(child: &mut Child, n: usize) -> Vec<String> {
     let stdout = child.stdout.take().expect("stdout");
     let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    let _ = reader.read_line(&mut line);
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        lines.push(line.trim().to_owned());
+    }
     // Keep draining so the daemon never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sink = String::new();
@@ -870,7 +1090,7 @@ pub fn first_line(child: &mut Child) -> String {
             sink.clear();
         }
     });
-    line.trim().to_owned()
+    lines
 }
 
 impl Drop for Cluster {
