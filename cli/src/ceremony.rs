@@ -179,6 +179,16 @@ pub(crate) async fn relay(args: DkgRelayArgs) -> CmdResult {
             _ => {}
         })
         .await;
+    if let Some(file) = &args.metrics_textfile {
+        let outcome = match &end {
+            RelayEnd::Completed { .. } => "completed",
+            RelayEnd::Aborted(_) => "aborted",
+            RelayEnd::Failed(_) => "failed",
+        };
+        if let Err(e) = crate::textfile::record(file, &plan.kind.to_string(), "relay", outcome) {
+            eprintln!("conclave: warning: {e:#}");
+        }
+    }
     match end {
         RelayEnd::Completed {
             manifest,
@@ -245,11 +255,22 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
         &args.out,
         args.passphrase_file.as_deref(),
         args.audit_log.as_deref(),
+        crate::ceremony::Extras {
+            freeze_file: args.freeze_file.as_deref(),
+            metrics_textfile: args.metrics_textfile.as_deref(),
+        },
         args.mode,
         args.kdf,
         args.json,
     )
     .await
+}
+
+/// What a join does besides the ceremony: the freeze check and the metrics textfile.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Extras<'a> {
+    pub freeze_file: Option<&'a Path>,
+    pub metrics_textfile: Option<&'a Path>,
 }
 
 /// The node's audit records of one ceremony: "joined" before anything is sent (no record,
@@ -303,13 +324,17 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     out: &Path,
     passphrase_file: Option<&Path>,
     audit_log: Option<&Path>,
+    extras: Extras<'_>,
     mode: Mode,
     kdf_choice: KdfChoice,
     json: bool,
 ) -> CmdResult {
-    // A node frozen for this group (`conclave freeze`, state beside its audit log) takes part
-    // in no ceremony for it.
-    crate::daemon::refuse_if_frozen(audit_log, &plan.group).map_err(Exit::refused)?;
+    // A node frozen for this group (`conclave freeze`) takes part in no ceremony for it.
+    let freeze_file = extras
+        .freeze_file
+        .map(Path::to_path_buf)
+        .or_else(|| audit_log.map(|l| crate::config::state_dir(l).join("frozen.toml")));
+    crate::daemon::refuse_if_frozen(freeze_file.as_deref(), &plan.group).map_err(Exit::refused)?;
     let mut audit = CeremonyAudit::open(audit_log, &identity, plan)?;
     let me = identity.node_id();
     let my_name = plan.name_of(&me);
@@ -382,6 +407,11 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
     };
     if let Err(e) = audit.record(outcome) {
         eprintln!("conclave: warning: {e:#}");
+    }
+    if let Some(file) = extras.metrics_textfile {
+        if let Err(e) = crate::textfile::record(file, &plan.kind.to_string(), "member", outcome) {
+            eprintln!("conclave: warning: {e:#}");
+        }
     }
     match end? {
         Some(MemberEnd::Activated { manifest, .. }) => {

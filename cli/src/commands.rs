@@ -429,6 +429,7 @@ pub(crate) async fn status(args: StatusArgs) -> CmdResult {
                 "threshold": info.threshold, "epoch": info.epoch,
                 "participants": info.participants, "reachable": info.reachable,
                 "on_other_epochs": info.stale.iter().map(|(n, e)| serde_json::json!({"name": n, "epoch": e})).collect::<Vec<_>>(),
+                "frozen": info.frozen,
             })
         );
     } else {
@@ -447,9 +448,12 @@ pub(crate) async fn status(args: StatusArgs) -> CmdResult {
         );
         for (name, epoch) in &info.stale {
             println!(
-                "{name} is on epoch {epoch}, not {}: refused until it restarts with its current share",
+                "{name} is on epoch {epoch}, not {}: refused until it serves its current share (reload it)",
                 info.epoch
             );
+        }
+        for name in &info.frozen {
+            println!("{name} is frozen by its operator: it signs nothing for this group until `conclave unfreeze` on its host");
         }
     }
     Ok(())

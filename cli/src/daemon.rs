@@ -553,6 +553,9 @@ impl ParticipantDaemon {
         ));
         let audit = self.handle.record(record);
         let mut warnings = Vec::new();
+        if !freeze && group.is_some() && after.all {
+            warnings.push("every group is frozen (`freeze` without --group): `unfreeze` without --group lifts it".into());
+        }
         if let Err(e) = persisted {
             warnings.push(format!(
                 "frozen in memory but NOT persisted ({e:#}): a restart would lose it"
@@ -1089,6 +1092,9 @@ pub(crate) async fn freeze_cmd(
                 cfg.control_socket().display(),
                 file.display()
             )];
+            if !freeze && group.is_some() && after.all {
+                warnings.push("every group is frozen (`freeze` without --group): `unfreeze` without --group lifts it".into());
+            }
             match config::open_audit_log(&cfg.audit_log, &identity, cfg.audit_fsync) {
                 Ok(mut log) => {
                     if let Err(e) = conclave_audit::AuditSink::record(
@@ -1114,13 +1120,15 @@ pub(crate) async fn freeze_cmd(
 }
 
 /// Refuses a ceremony for a frozen group: checked by `dkg join` and `rotate join` against
-/// the freeze file beside their audit log (the node's state directory).
-pub(crate) fn refuse_if_frozen(audit_log: Option<&Path>, group: &GroupName) -> anyhow::Result<()> {
-    let Some(log) = audit_log else {
+/// the node's freeze file (`--freeze-file`, or frozen.toml beside `--audit-log`).
+pub(crate) fn refuse_if_frozen(
+    freeze_file: Option<&Path>,
+    group: &GroupName,
+) -> anyhow::Result<()> {
+    let Some(file) = freeze_file else {
         return Ok(());
     };
-    let file = config::state_dir(log).join("frozen.toml");
-    let freeze = read_freeze(&file)?;
+    let freeze = read_freeze(file)?;
     if freeze.covers(group) {
         bail!(
             "this node is frozen for group {group} ({}): it takes part in no ceremony for it until `conclave unfreeze`",
@@ -1128,4 +1136,35 @@ pub(crate) fn refuse_if_frozen(audit_log: Option<&Path>, group: &GroupName) -> a
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_group_refuses_ceremonies_and_a_malformed_freeze_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("frozen.toml");
+        let g = GroupName::new("g").unwrap();
+        let h = GroupName::new("h").unwrap();
+        // No file, no freeze; no file named at all, nothing checked.
+        refuse_if_frozen(Some(&file), &g).unwrap();
+        refuse_if_frozen(None, &g).unwrap();
+        let one = apply_freeze(Freeze::default(), true, Some(&g));
+        write_freeze(&file, &one).unwrap();
+        assert_eq!(read_freeze(&file).unwrap(), one);
+        assert!(refuse_if_frozen(Some(&file), &g).is_err());
+        refuse_if_frozen(Some(&file), &h).unwrap();
+        let all = apply_freeze(one, true, None);
+        write_freeze(&file, &all).unwrap();
+        assert!(refuse_if_frozen(Some(&file), &h).is_err());
+        // Unfreezing one group of "all" leaves all frozen; unfreezing everything clears it.
+        let still = apply_freeze(all.clone(), false, Some(&h));
+        assert!(still.covers(&h));
+        assert!(apply_freeze(all, false, None).is_empty());
+        std::fs::write(&file, "all = \"yes\"\n").unwrap();
+        assert!(read_freeze(&file).is_err());
+        assert!(refuse_if_frozen(Some(&file), &h).is_err());
+    }
 }

@@ -28,6 +28,7 @@ mod rotate;
 pub mod scan;
 mod signer;
 mod sim;
+mod textfile;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -430,6 +431,14 @@ struct RotateJoinArgs {
     /// are recorded there; a join that cannot be recorded does not start.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// The participant's freeze file (its config's `freeze_file`; default: frozen.toml beside
+    /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
+    #[arg(long)]
+    freeze_file: Option<PathBuf>,
+    /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
+    /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
+    #[arg(long)]
+    metrics_textfile: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,
     #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
@@ -651,6 +660,10 @@ struct DkgRelayArgs {
     /// Directory for the group manifest.
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
+    /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
+    #[arg(long)]
+    metrics_textfile: Option<PathBuf>,
     #[arg(long)]
     json: bool,
     /// Rotations: do not ask for confirmation of the plan.
@@ -677,6 +690,14 @@ struct DkgJoinArgs {
     /// are recorded there; a join that cannot be recorded does not start.
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// The participant's freeze file (its config's `freeze_file`; default: frozen.toml beside
+    /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
+    #[arg(long)]
+    freeze_file: Option<PathBuf>,
+    /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
+    /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
+    #[arg(long)]
+    metrics_textfile: Option<PathBuf>,
     /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,

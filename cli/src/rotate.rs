@@ -310,6 +310,10 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         &args.out,
         args.passphrase_file.as_deref(),
         args.audit_log.as_deref(),
+        crate::ceremony::Extras {
+            freeze_file: args.freeze_file.as_deref(),
+            metrics_textfile: args.metrics_textfile.as_deref(),
+        },
         args.mode,
         args.kdf,
         args.json,
@@ -556,12 +560,12 @@ pub(crate) async fn status(args: RotateStatusArgs) -> CmdResult {
         for (name, epoch) in &i.stale {
             if *epoch < i.epoch {
                 println!(
-                    "  {name} is on epoch {epoch}: refused until it restarts on its epoch-{} share (its epoch-{epoch} share still exists: retire it)",
+                    "  {name} is on epoch {epoch}: refused until it serves its epoch-{} share (reload it) (its epoch-{epoch} share still exists: retire it)",
                     i.epoch
                 );
             } else {
                 println!(
-                    "  {name} is on epoch {epoch}: refused until it restarts on its epoch-{} share",
+                    "  {name} is on epoch {epoch}: refused until it serves its epoch-{} share (reload it)",
                     i.epoch
                 );
             }

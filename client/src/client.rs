@@ -42,6 +42,8 @@ pub struct RemoteGroup {
     pub reachable: u16,
     /// Participants on another epoch (name, epoch), refused by the coordinator.
     pub stale: Vec<(String, u64)>,
+    /// Participants frozen by their operators: they sign nothing for the group.
+    pub frozen: Vec<String>,
 }
 
 /// Client failures.
@@ -317,6 +319,7 @@ impl Client {
                 participants,
                 reachable,
                 stale,
+                frozen,
             } => Ok(RemoteGroup {
                 group,
                 public_key,
@@ -325,6 +328,7 @@ impl Client {
                 participants,
                 reachable,
                 stale,
+                frozen,
             }),
             Message::Refused(r) => Err(SignError::from_refusal(r).into()),
             _ => Err(ClientError::UnexpectedReply),

@@ -147,6 +147,8 @@ pub enum Message {
         reachable: u16,
         /// Participants that answered on another epoch (name, their epoch).
         stale: Vec<(String, u64)>,
+        /// Participants frozen by their operators (`conclave freeze`).
+        frozen: Vec<String>,
     },
 
     /// Ceremony member → relay (coordinator): this member's messages for `round` of the key
@@ -260,7 +262,7 @@ pub enum Refusal {
     WrongRound,
     /// The coordinator serves `serving`, but a threshold of the group's members report the
     /// newer epoch `newer`: the old shares are superseded and it will not ask them to sign.
-    #[error("epoch {serving} is superseded: a threshold of members serve epoch {newer}; restart the coordinator on the new manifest")]
+    #[error("epoch {serving} is superseded: a threshold of members serve epoch {newer}; reload the coordinator on the new manifest")]
     EpochSuperseded { serving: u64, newer: u64 },
     /// The signer's operator froze this group (`conclave freeze`): it signs nothing for it.
     #[error("the signer is frozen for this group")]

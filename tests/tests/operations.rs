@@ -237,6 +237,8 @@ fn a_frozen_signer_refuses_at_once_stays_frozen_across_a_restart_and_below_thres
         records.iter().any(|r| r["action"] == "freeze"),
         "{records:?}"
     );
+    // The coordinator reports it as frozen (not as a fault).
+    assert_eq!(c.status()["frozen"], serde_json::json!(["p1"]));
     // Two of three frozen: below the threshold, a typed `frozen` failure, no signature.
     freeze(&c, "p2", "freeze");
     let (code, json, _) = c.sign(b"nobody may sign", 10);

@@ -873,6 +873,7 @@ async fn serve_client_request(
                 participants: info.participants,
                 reachable: u16::try_from(info.reachable).unwrap_or(u16::MAX),
                 stale: info.stale,
+                frozen: info.frozen,
             },
             None => Message::Refused(Refusal::UnknownGroup),
         },
