@@ -258,6 +258,7 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
         crate::ceremony::Extras {
             freeze_file: args.freeze_file.as_deref(),
             metrics_textfile: args.metrics_textfile.as_deref(),
+            while_frozen: args.while_frozen,
         },
         args.mode,
         args.kdf,
@@ -271,6 +272,8 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
 pub(crate) struct Extras<'a> {
     pub freeze_file: Option<&'a Path>,
     pub metrics_textfile: Option<&'a Path>,
+    /// The operator's explicit go-ahead for a ceremony of a frozen group.
+    pub while_frozen: bool,
 }
 
 /// The node's audit records of one ceremony: "joined" before anything is sent (no record,
@@ -334,7 +337,16 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
         .freeze_file
         .map(Path::to_path_buf)
         .or_else(|| audit_log.map(|l| crate::config::state_dir(l).join("frozen.toml")));
-    crate::daemon::refuse_if_frozen(freeze_file.as_deref(), &plan.group).map_err(Exit::refused)?;
+    if let Err(e) = crate::daemon::refuse_if_frozen(freeze_file.as_deref(), &plan.group) {
+        if !extras.while_frozen {
+            return Err(Exit::refused(anyhow!(
+                "{e:#} (--while-frozen takes part anyway, signing staying frozen)"
+            )));
+        }
+        eprintln!(
+            "conclave: warning: {e:#}; taking part anyway (--while-frozen): signing stays frozen"
+        );
+    }
     let mut audit = CeremonyAudit::open(audit_log, &identity, plan)?;
     let me = identity.node_id();
     let my_name = plan.name_of(&me);

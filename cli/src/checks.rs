@@ -240,9 +240,19 @@ pub fn participant(path: &Path, cfg: &config::ParticipantConfig) -> Checks {
             ),
         }
         c.passphrase_source(mode, &what, s.passphrase_file.as_deref());
+        if cfg.share_cache_ttl.is_some()
+            && !passphrase::unattended_source(s.passphrase_file.as_deref(), mode)
+        {
+            c.fail(
+                format!("{what} share_cache_ttl"),
+                "the share is decrypted again after the TTL, with nobody at a terminal, but its passphrase would be typed",
+                "give passphrase_file, or a systemd credential, or remove share_cache_ttl",
+            );
+        }
     }
     c.policy(mode, &cfg.policy, true);
     c.audit_dir(mode, &cfg.audit_log);
+    c.metrics(cfg.metrics_listen);
     c
 }
 
@@ -284,10 +294,28 @@ pub fn coordinator(path: &Path, cfg: &config::CoordinatorConfig) -> Checks {
         c.policy(mode, p, false);
     }
     c.audit_dir(mode, &cfg.audit_log);
+    c.metrics(cfg.metrics_listen);
     c
 }
 
 impl Checks {
+    /// Metrics carry no secret but tell who signs how often: a non-loopback address is worth a
+    /// warning (fine behind a firewall or a scraper-only network).
+    fn metrics(&mut self, listen: Option<std::net::SocketAddr>) {
+        match listen {
+            None => self.pass("metrics", "off (metrics_listen not set)"),
+            Some(a) if a.ip().is_loopback() => {
+                self.pass("metrics", format!("http://{a}/metrics (loopback)"))
+            }
+            Some(a) => self.checks.push(Check {
+                level: Level::Warn,
+                what: "metrics".into(),
+                detail: format!("http://{a}/metrics is reachable beyond this host: it shows who signs how often"),
+                fix: Some("listen on 127.0.0.1 and scrape through your agent, or allow only the scraper".into()),
+            }),
+        }
+    }
+
     /// The policy file parses, and nobody but its owner can change it; a participant's names
     /// at least one client.
     fn policy(&mut self, mode: Mode, path: &Path, signer: bool) {

@@ -87,6 +87,8 @@ fn yes() -> bool {
 
 /// Default drain grace.
 pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 30;
+/// Longest share cache TTL accepted.
+pub const MAX_SHARE_CACHE_TTL_SECS: u64 = 30 * 86400;
 /// Longest drain grace accepted.
 pub const MAX_DRAIN_GRACE_SECS: u64 = 3600;
 
@@ -205,6 +207,14 @@ impl ParticipantConfig {
         }
         c.control_socket = c.control_socket.as_ref().map(|p| relative_to(path, p));
         c.freeze_file = c.freeze_file.as_ref().map(|p| relative_to(path, p));
+        if c.share_cache_ttl
+            .is_some_and(|t| t > MAX_SHARE_CACHE_TTL_SECS)
+        {
+            bail!(
+                "config {}: share_cache_ttl is at most {MAX_SHARE_CACHE_TTL_SECS} seconds (30 days)",
+                path.display()
+            );
+        }
         if c.share_cache_ttl == Some(0) {
             bail!(
                 "config {}: share_cache_ttl must be at least 1 second (leave it out to keep shares in memory)",

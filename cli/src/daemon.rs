@@ -373,8 +373,10 @@ struct ParticipantDaemon {
     started: StartedParticipant,
     freeze_file: PathBuf,
     metrics: Option<Arc<Metrics>>,
-    /// One reload or freeze at a time.
+    /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
+    /// One freeze or unfreeze at a time (never waiting behind a reload's decryption).
+    freezing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -456,6 +458,25 @@ impl ParticipantDaemon {
                     .started
                     .restart_needed(&StartedParticipant::of(&l.cfg, l.identity.node_id()));
                 let sources = sources_of(&l.cfg);
+                // The freeze file may have been written while the control socket did not answer
+                // (`conclave freeze` then writes it alone): a reload applies what it adds.
+                let _freezing = self.freezing.lock().await;
+                match read_freeze(&self.freeze_file) {
+                    Ok(on_disk) if !on_disk.is_empty() => {
+                        let mut now = self.handle.freeze();
+                        let before = now.clone();
+                        now.all |= on_disk.all;
+                        now.groups.extend(on_disk.groups);
+                        if now != before {
+                            tracing::warn!(frozen = %describe_freeze(&now), "freeze file adds frozen groups: applied");
+                            self.handle.set_freeze(now);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "freeze file unreadable: the freeze in memory stays as it is")
+                    }
+                }
                 match self.handle.reload(ParticipantUpdate {
                     shares: l.shares,
                     policy: l.policy,
@@ -525,7 +546,7 @@ impl ParticipantDaemon {
         group: Option<GroupName>,
         reason: Option<String>,
     ) -> ControlReply {
-        let _one = self.busy.lock().await;
+        let _one = self.freezing.lock().await;
         let before = self.handle.freeze();
         let after = apply_freeze(before.clone(), freeze, group.as_ref());
         let persisted = write_freeze(&self.freeze_file, &after);
@@ -689,6 +710,7 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
         freeze_file,
         metrics,
         busy: tokio::sync::Mutex::new(()),
+        freezing: tokio::sync::Mutex::new(()),
     });
     let control_path = cfg.control_socket();
     {
@@ -1105,7 +1127,17 @@ pub(crate) async fn freeze_cmd(
                         warnings.push(format!("cannot write the audit record: {e}"));
                     }
                 }
-                Err(e) => warnings.push(format!("cannot open the audit log: {e:#}")),
+                // The log is locked, or unusable: a daemon may be running without answering on
+                // this socket (another control_socket, a deleted socket). Say so; never claim
+                // a freeze that a running daemon does not apply.
+                Err(e) => {
+                    return Err(Exit::refused(anyhow!(
+                        "wrote {} ({}), but no daemon answers on {} and the audit log cannot be opened ({e:#}): if a participant is running, it is NOT frozen yet; send it SIGHUP (systemctl reload conclave-participant), which applies the file, or restart it",
+                        file.display(),
+                        describe_freeze(&after),
+                        cfg.control_socket().display()
+                    )))
+                }
             }
             let reply = ControlReply {
                 ok: true,

@@ -435,6 +435,10 @@ struct RotateJoinArgs {
     /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
     #[arg(long)]
     freeze_file: Option<PathBuf>,
+    /// Take part although the node is frozen for the group (the incident runbook's refresh
+    /// or migration: signing stays frozen; only this ceremony goes ahead).
+    #[arg(long)]
+    while_frozen: bool,
     /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
     /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
     #[arg(long)]
@@ -694,6 +698,10 @@ struct DkgJoinArgs {
     /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
     #[arg(long)]
     freeze_file: Option<PathBuf>,
+    /// Take part although the node is frozen for the group (the incident runbook's refresh
+    /// or migration: signing stays frozen; only this ceremony goes ahead).
+    #[arg(long)]
+    while_frozen: bool,
     /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
     /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
     #[arg(long)]

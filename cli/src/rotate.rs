@@ -313,6 +313,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         crate::ceremony::Extras {
             freeze_file: args.freeze_file.as_deref(),
             metrics_textfile: args.metrics_textfile.as_deref(),
+            while_frozen: args.while_frozen,
         },
         args.mode,
         args.kdf,

@@ -177,6 +177,8 @@ pub struct CoordinatorStats {
 pub enum SetupError {
     #[error("group {0} is configured twice")]
     DuplicateGroup(GroupName),
+    #[error("group {0}: the new manifest differs from the one served but keeps its epoch (a rotation always moves to a new epoch): refused")]
+    ChangedWithoutNewEpoch(GroupName),
     #[error("group {group}")]
     Manifest {
         group: GroupName,
@@ -469,6 +471,13 @@ impl Coordinator {
         manifests: Vec<GroupManifest>,
     ) -> Result<ReloadSummary, SetupError> {
         let mut new = group_states(manifests)?;
+        for (name, fresh) in &new {
+            if let Some(old) = self.groups.get(name) {
+                if fresh.info.epoch == old.info.epoch && !fresh.same_as(old) {
+                    return Err(SetupError::ChangedWithoutNewEpoch(name.clone()));
+                }
+            }
+        }
         let mut summary = ReloadSummary::default();
         let old = std::mem::take(&mut self.groups);
         for (name, state) in old {
@@ -1371,9 +1380,14 @@ impl Coordinator {
             return;
         };
         let (to, asked, asked_epoch, count) = (*to, asked.clone(), *asked_epoch, *count);
+        if self.state(&asked, asked_epoch).is_none() {
+            // A reload retired that epoch since: the answer is moot, the node did nothing wrong.
+            self.inflight.remove(&req);
+            self.pools.remove(&(to, asked, asked_epoch));
+            return;
+        }
         if group != asked
             || epoch != asked_epoch
-            || self.state(&asked, asked_epoch).is_none()
             || entries.is_empty()
             || entries.len() > usize::from(count)
         {

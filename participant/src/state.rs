@@ -121,8 +121,10 @@ struct PendingNonce {
 struct GroupShare {
     /// `None` while dropped from memory by the share cache TTL.
     key_package: Option<frost::keys::KeyPackage>,
-    /// The public part, kept while the share is dropped: identifier and minimum signers.
+    /// The public part, kept while the share is dropped: identifier, verifying share, minimum
+    /// signers (what tells this share from the node's other shares).
     identifier: frost::Identifier,
+    verifying_share: frost::keys::VerifyingShare,
     min_signers: u16,
     last_used: Instant,
     nonces: HashMap<u64, PendingNonce>,
@@ -132,6 +134,7 @@ impl GroupShare {
     fn new(key_package: frost::keys::KeyPackage, now: Instant) -> Self {
         Self {
             identifier: *key_package.identifier(),
+            verifying_share: *key_package.verifying_share(),
             min_signers: *key_package.min_signers(),
             key_package: Some(key_package),
             last_used: now,
@@ -245,9 +248,7 @@ impl Participant {
             match old.remove(&key) {
                 Some(mut existing)
                     if existing.identifier == *key_package.identifier()
-                        && existing.key_package.as_ref().is_none_or(|k| {
-                            k.verifying_share() == key_package.verifying_share()
-                        }) =>
+                        && existing.verifying_share == *key_package.verifying_share() =>
                 {
                     existing.min_signers = *key_package.min_signers();
                     existing.key_package = Some(key_package);
@@ -330,7 +331,9 @@ impl Participant {
         let Some(share) = self.groups.get_mut(&(group.clone(), epoch)) else {
             return false;
         };
-        if share.identifier != *key_package.identifier() {
+        if share.identifier != *key_package.identifier()
+            || share.verifying_share != *key_package.verifying_share()
+        {
             return false;
         }
         share.key_package = Some(key_package);
@@ -525,6 +528,25 @@ impl Participant {
     ) -> Result<Message, Refusal> {
         let max_signers = self.config.max_signers;
         let fault = self.fault;
+        // Frozen, or no longer served: nothing leaves, not even a remembered answer.
+        if self.freeze.covers(group) {
+            self.stats.frozen_refusals += 1;
+            // Recorded only for a request its client really signed: a coordinator cannot fill
+            // the log with made-up refusals.
+            if request.verify().is_ok() {
+                let mut record = Decision::new("sign", "refused:frozen");
+                record.client = self.policy.client_name(&request.client).map(str::to_owned);
+                record.client_key = Some(request.client.to_hex());
+                record.group = Some(group.to_string());
+                record.epoch = Some(epoch);
+                record.request_id = Some(hex::encode(request.body.request_id));
+                if let Err(e) = self.audit.record(unix_now, record) {
+                    tracing::error!(error = %e, "cannot write the audit record of a refusal");
+                }
+            }
+            return Err(Refusal::NodeFrozen);
+        }
+        Self::group(&mut self.groups, &self.freeze, group, epoch)?;
         // The same request again (a duplicate): the same answer, computed once.
         let digest: [u8; 32] = {
             let mut h = Sha256::new();
@@ -541,18 +563,6 @@ impl Participant {
                     share: share.clone(),
                 });
             }
-        }
-        if self.freeze.covers(group) {
-            self.stats.frozen_refusals += 1;
-            let mut record = Decision::new("sign", "refused:frozen");
-            record.client_key = Some(request.client.to_hex());
-            record.group = Some(group.to_string());
-            record.epoch = Some(epoch);
-            record.request_id = Some(hex::encode(request.body.request_id));
-            if let Err(e) = self.audit.record(unix_now, record) {
-                tracing::error!(error = %e, "cannot write the audit record of a refusal");
-            }
-            return Err(Refusal::NodeFrozen);
         }
         let share = Self::group(&mut self.groups, &self.freeze, group, epoch)?;
         // Only the coordinator that asked for a commitment may spend it.
@@ -1503,5 +1513,92 @@ mod tests {
                 rule: conclave_protocol::PolicyRule::Replay
             })
         );
+    }
+
+    #[test]
+    fn a_frozen_node_does_not_release_a_remembered_share_either() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+        let coord = f.coordinator;
+        let msg = sign_msg(&f, c0, &package);
+        assert!(matches!(
+            ask(&mut f.participants[0], coord, msg.clone()),
+            Message::SignatureShare { .. }
+        ));
+        // The same request again, after a freeze: refused, although the answer is remembered.
+        f.participants[0].set_freeze(Freeze {
+            all: true,
+            groups: Default::default(),
+        });
+        assert_eq!(
+            ask(&mut f.participants[0], coord, msg.clone()),
+            Message::Refused(Refusal::NodeFrozen)
+        );
+        // Unfrozen but the share removed: refused too.
+        f.participants[0].set_freeze(Freeze::default());
+        f.participants[0].set_shares(Instant::now(), vec![]);
+        assert_eq!(
+            ask(&mut f.participants[0], coord, msg),
+            Message::Refused(Refusal::UnknownGroup)
+        );
+    }
+
+    #[test]
+    fn a_frozen_refusal_is_recorded_only_for_a_request_its_client_signed() {
+        let mut f = fixture();
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+        let coord = f.coordinator;
+        f.participants[0].set_freeze(Freeze {
+            all: true,
+            groups: Default::default(),
+        });
+        let before = f.audits[0].decisions.lock().unwrap().len();
+        let mut forged = request_for(&f.client, &f.group, b"m");
+        forged.signature[0] ^= 1;
+        let msg = sign_as(&f, c0, &package, forged);
+        assert_eq!(
+            ask(&mut f.participants[0], coord, msg),
+            Message::Refused(Refusal::NodeFrozen)
+        );
+        assert_eq!(f.audits[0].decisions.lock().unwrap().len(), before);
+    }
+
+    #[test]
+    fn another_share_of_the_same_node_is_not_taken_for_the_dropped_one() {
+        let f = fixture();
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<NewMember> = (0..2)
+            .map(|i| NewMember {
+                name: format!("p{i}"),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect();
+        // The same members in two groups: the same identifiers, other shares.
+        let (_, mut g) = deal(f.group.clone(), 2, &members, &mut rng).unwrap();
+        let (_, mut h) = deal(GroupName::new("h").unwrap(), 2, &members, &mut rng).unwrap();
+        let (mine, theirs) = (g.remove(0).key_package, h.remove(0).key_package);
+        assert_eq!(mine.identifier(), theirs.identifier());
+        let mut p = Participant::new(
+            vec![(f.group.clone(), 1, mine.clone())],
+            ParticipantConfig {
+                share_cache_ttl: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+            allow(&f.client),
+            Box::new(MemoryAudit::default()),
+            &mut rng,
+        );
+        p.handle_timeout(Instant::now() + Duration::from_secs(2));
+        assert_eq!(p.shares_in_memory(), 0);
+        assert!(!p.restore_share(Instant::now(), &f.group, 1, theirs.clone()));
+        // A reload with the other share under this group's name is a replacement, not "kept".
+        let changes = p.set_shares(Instant::now(), vec![(f.group.clone(), 1, theirs)]);
+        assert_eq!(changes.replaced, vec![(f.group.clone(), 1)]);
+        let _ = mine;
     }
 }

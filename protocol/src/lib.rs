@@ -36,4 +36,4 @@ pub const TRANSITION_PREFIX: &[u8] = b"\0conclave-key-transition/v1\n";
 pub const ALPN: &[u8] = b"conclave/1";
 
 /// Version byte carried by every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;

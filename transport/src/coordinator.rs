@@ -171,6 +171,7 @@ pub struct Server {
     audit: Option<Box<dyn AuditSink>>,
     metrics: Option<Arc<Metrics>>,
     draining: Arc<AtomicBool>,
+    clients: HashSet<NodeId>,
 }
 
 /// What the coordinator's audit record of a session says about its request.
@@ -182,8 +183,15 @@ struct Pending {
     started: Instant,
 }
 
-/// Live client connections, so that a reload can close those of clients no longer allowed.
-type ClientConns = Arc<Mutex<HashMap<usize, (NodeId, quinn::Connection)>>>;
+/// Live client connections and the clients allowed now: a reload closes connections of
+/// clients no longer allowed, and a handshake begun under an older list is checked against
+/// the current one before it is served.
+#[derive(Default)]
+struct Clients {
+    live: HashMap<usize, (NodeId, quinn::Connection)>,
+    allowed: HashSet<NodeId>,
+}
+type ClientConns = Arc<Mutex<Clients>>;
 
 /// Client requests being answered (until the client has the reply): a drain waits for them
 /// before it closes the endpoint, which would discard replies not yet delivered.
@@ -247,7 +255,7 @@ impl Server {
         listen: SocketAddr,
         clients: HashSet<NodeId>,
     ) -> Result<Self, TransportError> {
-        let cfg = quic::server_config(&identity, Pinned::AnyOf(Arc::new(clients)))?;
+        let cfg = quic::server_config(&identity, Pinned::AnyOf(Arc::new(clients.clone())))?;
         let endpoint = quic::server_endpoint(listen, cfg)?;
         let (tx, rx) = mpsc::channel(4096);
         Ok(Self {
@@ -258,6 +266,7 @@ impl Server {
             audit: None,
             metrics: None,
             draining: Arc::new(AtomicBool::new(false)),
+            clients,
         })
     }
 
@@ -305,11 +314,15 @@ impl Server {
             mut audit,
             metrics,
             draining,
+            clients,
         } = self;
         let identity = Arc::new(identity);
         let mut tasks = tokio::task::JoinSet::new();
         let mut maintained: HashMap<NodeId, (String, tokio::task::AbortHandle)> = HashMap::new();
-        let client_conns: ClientConns = Arc::default();
+        let client_conns: ClientConns = Arc::new(Mutex::new(Clients {
+            live: HashMap::new(),
+            allowed: clients,
+        }));
         let handle = CoordinatorHandle {
             tx: tx.clone(),
             draining: draining.clone(),
@@ -342,7 +355,7 @@ impl Server {
             if membership != Some(coordinator.membership()) {
                 membership = Some(coordinator.membership());
                 sync_participants(
-                    &coordinator,
+                    &mut coordinator,
                     &addresses,
                     &mut maintained,
                     &mut tasks,
@@ -440,6 +453,11 @@ impl Server {
                             let _ = reply.send(coordinator.groups());
                         }
                         Input::PeerUp { node, conn } => {
+                            // From a connection task a reload stopped since: not ours any more.
+                            if !maintained.contains_key(&node) {
+                                conn.close(0u32.into(), b"no longer a participant here");
+                                continue;
+                            }
                             conns.insert(node, conn);
                             coordinator.peer_up(now, node);
                         }
@@ -454,6 +472,26 @@ impl Server {
                         Input::Reload { update, reply } => {
                             let CoordinatorUpdate { manifests, addresses: new_addresses, clients, policy, config } = *update;
                             let result = coordinator.reload(now, manifests).map_err(|e| format!("{e}"));
+                            // Who may sign what through this node changed: on the record.
+                            if let Some(log) = audit.as_mut() {
+                                let mut d = Decision::new(
+                                    "reload",
+                                    if result.is_ok() { "ok" } else { "refused:bad_config" },
+                                );
+                                d.detail = Some(match &result {
+                                    Ok(s) => format!(
+                                        "changed={:?} added={:?} removed={:?} clients={}",
+                                        s.changed.iter().map(|(g, a, b)| format!("{g}@{a}->{b}")).collect::<Vec<_>>(),
+                                        s.added.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+                                        s.removed.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+                                        clients.len()
+                                    ),
+                                    Err(e) => e.clone(),
+                                });
+                                if let Err(e) = log.record(crate::unix_now(), d) {
+                                    tracing::error!(error = %e, "cannot write the audit record of the reload");
+                                }
+                            }
                             if let Ok(summary) = &result {
                                 coordinator.set_config(config);
                                 coordinator.set_policy(policy);
@@ -465,8 +503,9 @@ impl Server {
                                     Ok(_) => {}
                                     Err(e) => tracing::error!(error = %e, "cannot rebuild the client TLS config; keeping the old client list"),
                                 }
-                                if let Ok(live) = client_conns.lock() {
-                                    for (node, conn) in live.values() {
+                                if let Ok(mut conns) = client_conns.lock() {
+                                    conns.allowed = clients.clone();
+                                    for (node, conn) in conns.live.values() {
                                         if !clients.contains(node) {
                                             tracing::info!(client = %node.short(), "client no longer allowed: closing its connection");
                                             conn.close(2u32.into(), b"no longer allowed");
@@ -483,7 +522,11 @@ impl Server {
         }
         let abandoned = waiters.len();
         for (_, p) in waiters.drain() {
-            let _ = p.reply.send(Err(SignError::Refused(Refusal::ShuttingDown)));
+            let result = Err(SignError::Refused(Refusal::ShuttingDown));
+            if let Err(e) = record_outcome(&mut audit, p.record, &result) {
+                tracing::error!(error = %e, "cannot write the audit record of an abandoned session");
+            }
+            let _ = p.reply.send(result);
         }
         // The answers just given are on their way: let them reach their clients.
         let flush_until = Instant::now() + FLUSH;
@@ -502,7 +545,7 @@ impl Server {
 /// configured: new nodes are dialled, nodes no longer named (or moved) are dropped.
 #[allow(clippy::too_many_arguments)]
 fn sync_participants(
-    coordinator: &Coordinator,
+    coordinator: &mut Coordinator,
     addresses: &HashMap<NodeId, String>,
     maintained: &mut HashMap<NodeId, (String, tokio::task::AbortHandle)>,
     tasks: &mut tokio::task::JoinSet<()>,
@@ -522,6 +565,7 @@ fn sync_participants(
             }
         })
         .collect();
+    let mut dropped = Vec::new();
     maintained.retain(|node, (addr, task)| {
         let keep = wanted.get(node) == Some(addr);
         if !keep {
@@ -529,9 +573,14 @@ fn sync_participants(
             if let Some(conn) = conns.remove(node) {
                 conn.close(0u32.into(), b"no longer a participant here");
             }
+            dropped.push(*node);
         }
         keep
     });
+    // Its sessions fail over now, not at a timeout (a moved node reconnects at its new address).
+    for node in dropped {
+        coordinator.peer_down(Instant::now(), node);
+    }
     for (node, addr) in wanted {
         if maintained.contains_key(&node) {
             continue;
@@ -808,8 +857,14 @@ async fn accept_clients(
             };
             tracing::debug!(%remote, client = %client.short(), "client connected");
             let stable_id = conn.stable_id();
-            if let Ok(mut l) = live.lock() {
-                l.insert(stable_id, (client, conn.clone()));
+            {
+                let Ok(mut l) = live.lock() else { return };
+                if !l.allowed.contains(&client) {
+                    tracing::info!(client = %client.short(), "client no longer allowed (reloaded during its handshake)");
+                    conn.close(2u32.into(), b"no longer allowed");
+                    return;
+                }
+                l.live.insert(stable_id, (client, conn.clone()));
             }
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let handle = handle.clone();
@@ -831,7 +886,7 @@ async fn accept_clients(
                 });
             }
             if let Ok(mut l) = live.lock() {
-                l.remove(&stable_id);
+                l.live.remove(&stable_id);
             }
         });
     }

@@ -62,6 +62,9 @@ pub struct BuildLabels {
     pub role: String,
 }
 
+/// Metrics connections served at once.
+const MAX_CONNECTIONS: usize = 16;
+
 type F<L> = Family<L, Counter>;
 type G<L> = Family<L, Gauge>;
 
@@ -283,6 +286,9 @@ impl Metrics {
 pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    // A few scrapers at a time: more connections are closed at once, so that nobody can use
+    // up the daemon's file descriptors through this port.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -293,8 +299,13 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let service =
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -306,7 +317,7 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result
                     .header_read_timeout(Duration::from_secs(10))
                     .timer(hyper_util::rt::TokioTimer::new())
                     .serve_connection(io, service);
-                if let Err(e) = tokio::time::timeout(Duration::from_secs(30), conn).await {
+                if let Err(e) = tokio::time::timeout(Duration::from_secs(10), conn).await {
                     tracing::debug!(error = %e, "metrics connection timed out");
                 }
             });

@@ -30,6 +30,7 @@ const DRAIN_QUIET: Duration = Duration::from_secs(1);
 pub struct Server {
     endpoint: quinn::Endpoint,
     identity: IdentityKey,
+    coordinators: HashSet<NodeId>,
     metrics: Option<Arc<Metrics>>,
     loader: Option<ShareLoader>,
 }
@@ -43,13 +44,21 @@ pub struct ParticipantUpdate {
     pub coordinators: HashSet<NodeId>,
 }
 
+/// Live coordinator connections and the coordinators allowed now (a handshake begun under an
+/// older list is checked against the current one before it is served).
+#[derive(Default)]
+struct Conns {
+    live: HashMap<usize, (NodeId, quinn::Connection)>,
+    allowed: HashSet<NodeId>,
+}
+
 /// Access to a running participant: reload, freeze.
 #[derive(Clone)]
 pub struct ParticipantHandle {
     state: Arc<Mutex<Participant>>,
     endpoint: quinn::Endpoint,
     identity: Arc<IdentityKey>,
-    conns: Arc<Mutex<HashMap<usize, (NodeId, quinn::Connection)>>>,
+    conns: Arc<Mutex<Conns>>,
     metrics: Option<Arc<Metrics>>,
     loader: Option<ShareLoader>,
     /// One decryption at a time (Argon2 is memory-hard; requests wait for the first).
@@ -80,8 +89,9 @@ impl ParticipantHandle {
         if !self.draining.load(Ordering::Relaxed) {
             self.endpoint.set_server_config(Some(cfg));
         }
-        if let Ok(live) = self.conns.lock() {
-            for (node, conn) in live.values() {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.allowed = update.coordinators.clone();
+            for (node, conn) in conns.live.values() {
                 if !update.coordinators.contains(node) {
                     tracing::info!(coordinator = %node.short(), "coordinator no longer allowed: closing its connection");
                     conn.close(2u32.into(), b"no longer allowed");
@@ -162,10 +172,11 @@ impl Server {
         listen: SocketAddr,
         coordinators: HashSet<NodeId>,
     ) -> Result<Self, TransportError> {
-        let cfg = quic::server_config(identity, Pinned::AnyOf(Arc::new(coordinators)))?;
+        let cfg = quic::server_config(identity, Pinned::AnyOf(Arc::new(coordinators.clone())))?;
         Ok(Self {
             endpoint: quic::server_endpoint(listen, cfg)?,
             identity: identity.clone(),
+            coordinators,
             metrics: None,
             loader: None,
         })
@@ -196,7 +207,10 @@ impl Server {
             state: Arc::new(Mutex::new(participant)),
             endpoint: self.endpoint.clone(),
             identity: Arc::new(self.identity.clone()),
-            conns: Arc::default(),
+            conns: Arc::new(Mutex::new(Conns {
+                live: HashMap::new(),
+                allowed: self.coordinators.clone(),
+            })),
             metrics: self.metrics.clone(),
             loader: self.loader.clone(),
             decrypting: Arc::default(),
@@ -309,8 +323,16 @@ async fn serve_connection(incoming: quinn::Incoming, handle: ParticipantHandle) 
     };
     tracing::info!(%remote, coordinator = %peer.short(), "coordinator connected");
     let stable_id = conn.stable_id();
-    if let Ok(mut l) = handle.conns.lock() {
-        l.insert(stable_id, (peer, conn.clone()));
+    {
+        let Ok(mut conns) = handle.conns.lock() else {
+            return;
+        };
+        if !conns.allowed.contains(&peer) {
+            tracing::info!(coordinator = %peer.short(), "coordinator no longer allowed (reloaded during its handshake)");
+            conn.close(2u32.into(), b"no longer allowed");
+            return;
+        }
+        conns.live.insert(stable_id, (peer, conn.clone()));
     }
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
@@ -327,8 +349,11 @@ async fn serve_connection(incoming: quinn::Incoming, handle: ParticipantHandle) 
             let reply = match quic::read_request(&mut recv).await {
                 Ok(request) => {
                     let reply = answer(&handle, peer, request).await;
-                    if let Ok(mut t) = handle.last_request.lock() {
-                        *t = Instant::now();
+                    // A commitment refused while draining is no work in flight.
+                    if !matches!(reply.msg, Message::Refused(Refusal::ShuttingDown)) {
+                        if let Ok(mut t) = handle.last_request.lock() {
+                            *t = Instant::now();
+                        }
                     }
                     reply
                 }
@@ -351,8 +376,8 @@ async fn serve_connection(incoming: quinn::Incoming, handle: ParticipantHandle) 
             handle.in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    if let Ok(mut l) = handle.conns.lock() {
-        l.remove(&stable_id);
+    if let Ok(mut conns) = handle.conns.lock() {
+        conns.live.remove(&stable_id);
     }
 }
 

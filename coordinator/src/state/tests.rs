@@ -705,6 +705,13 @@ fn a_reload_with_a_bad_manifest_changes_nothing() {
     assert!(matches!(err, SetupError::DuplicateGroup(_)));
     a.group_public_key = "not a key".into();
     assert!(net.coord.reload(net.now, vec![a]).is_err());
+    // Another key at the same epoch: refused (a rotation moves to a new epoch).
+    let (mut same_epoch, _) = new_epoch(&net, 1);
+    same_epoch.epoch = 1;
+    assert!(matches!(
+        net.coord.reload(net.now, vec![same_epoch]),
+        Err(SetupError::ChangedWithoutNewEpoch(_))
+    ));
     assert_eq!(net.coord.group_info(&net.group).unwrap().epoch, 1);
     net.sign(b"still serving").unwrap();
 }
