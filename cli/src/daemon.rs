@@ -427,14 +427,29 @@ impl StartedParticipant {
     }
 }
 
-fn count_reload(metrics: &Option<Arc<Metrics>>, ok: bool) {
+/// Counts, logs and tells systemd how a reload ended (READY=1 also after a refusal: the old
+/// state serves).
+fn finish_reload(metrics: &Option<Arc<Metrics>>, reply: ControlReply) -> ControlReply {
     if let Some(m) = metrics {
         m.reloads
             .get_or_create(&ResultLabel {
-                result: if ok { "ok" } else { "error" }.to_owned(),
+                result: if reply.ok { "ok" } else { "error" }.to_owned(),
             })
             .inc();
     }
+    if reply.ok {
+        tracing::info!(changes = ?reply.changes, "reloaded");
+        for w in &reply.warnings {
+            tracing::warn!("{w}");
+        }
+    } else {
+        tracing::error!(
+            error = reply.error.as_deref().unwrap_or(""),
+            "reload refused: still serving the previous files"
+        );
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+    reply
 }
 
 impl ParticipantDaemon {
@@ -524,20 +539,7 @@ impl ParticipantDaemon {
         if let Err(e) = self.handle.record(record) {
             tracing::error!(error = %e, "cannot write the audit record of the reload");
         }
-        count_reload(&self.metrics, reply.ok);
-        if reply.ok {
-            tracing::info!(changes = ?reply.changes, "reloaded");
-            for w in &reply.warnings {
-                tracing::warn!("{w}");
-            }
-        } else {
-            tracing::error!(
-                error = reply.error.as_deref().unwrap_or(""),
-                "reload refused: still serving the previous files"
-            );
-        }
-        notify(&[sd_notify::NotifyState::Ready]);
-        reply
+        finish_reload(&self.metrics, reply)
     }
 
     async fn freeze(
@@ -889,20 +891,7 @@ impl CoordinatorDaemon {
                 }
             }
         };
-        count_reload(&self.metrics, reply.ok);
-        if reply.ok {
-            tracing::info!(changes = ?reply.changes, "reloaded");
-            for w in &reply.warnings {
-                tracing::warn!("{w}");
-            }
-        } else {
-            tracing::error!(
-                error = reply.error.as_deref().unwrap_or(""),
-                "reload refused: still serving the previous files"
-            );
-        }
-        notify(&[sd_notify::NotifyState::Ready]);
-        reply
+        finish_reload(&self.metrics, reply)
     }
 }
 

@@ -186,8 +186,10 @@ Run on the participant's host with its config. A running daemon applies it withi
 request (its control socket answers once it is in force), writes it to freeze_file (default
 frozen.toml beside the audit log) and records it in the audit log; a stopped daemon starts
 frozen. The coordinator reports frozen signers as `frozen`, not as faults; below the
-threshold, signing fails closed with the code `frozen`. `dkg join` and `rotate join` with
---audit-log in the same directory refuse frozen groups. Runbook: docs/OPERATIONS.md.";
+threshold, signing fails closed with the code `frozen`. `dkg join` and `rotate join` refuse a
+frozen group when given the freeze file (--freeze-file, or frozen.toml beside their
+--audit-log) unless --while-frozen. Exit 0 done; 1 refused (e.g. no daemon answers and its
+audit log is held: it is not frozen yet); 2 error. Runbook: docs/OPERATIONS.md.";
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct FreezeArgs {
@@ -431,18 +433,8 @@ struct RotateJoinArgs {
     /// are recorded there; a join that cannot be recorded does not start.
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// The participant's freeze file (its config's `freeze_file`; default: frozen.toml beside
-    /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
-    #[arg(long)]
-    freeze_file: Option<PathBuf>,
-    /// Take part although the node is frozen for the group (the incident runbook's refresh
-    /// or migration: signing stays frozen; only this ceremony goes ahead).
-    #[arg(long)]
-    while_frozen: bool,
-    /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
-    /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
-    #[arg(long)]
-    metrics_textfile: Option<PathBuf>,
+    #[command(flatten)]
+    node: JoinNodeArgs,
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,
     #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
@@ -675,6 +667,23 @@ struct DkgRelayArgs {
     yes: bool,
 }
 
+/// What a join checks and reports on this node besides the ceremony (dkg and rotate alike).
+#[derive(Args, Debug)]
+struct JoinNodeArgs {
+    /// The participant's freeze file (its config's `freeze_file`; default: frozen.toml beside
+    /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
+    #[arg(long)]
+    freeze_file: Option<PathBuf>,
+    /// Take part although the node is frozen for the group (the incident runbook's refresh
+    /// or migration: signing stays frozen; only this ceremony goes ahead).
+    #[arg(long)]
+    while_frozen: bool,
+    /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
+    /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
+    #[arg(long)]
+    metrics_textfile: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 struct DkgJoinArgs {
     /// The ceremony plan.
@@ -694,18 +703,8 @@ struct DkgJoinArgs {
     /// are recorded there; a join that cannot be recorded does not start.
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// The participant's freeze file (its config's `freeze_file`; default: frozen.toml beside
-    /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
-    #[arg(long)]
-    freeze_file: Option<PathBuf>,
-    /// Take part although the node is frozen for the group (the incident runbook's refresh
-    /// or migration: signing stays frozen; only this ceremony goes ahead).
-    #[arg(long)]
-    while_frozen: bool,
-    /// Count the outcome for Prometheus in this textfile (node_exporter's textfile
-    /// collector): conclave_ceremony_outcomes_total{kind,role,outcome}.
-    #[arg(long)]
-    metrics_textfile: Option<PathBuf>,
+    #[command(flatten)]
+    node: JoinNodeArgs,
     /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,

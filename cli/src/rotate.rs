@@ -311,9 +311,9 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         args.passphrase_file.as_deref(),
         args.audit_log.as_deref(),
         crate::ceremony::Extras {
-            freeze_file: args.freeze_file.as_deref(),
-            metrics_textfile: args.metrics_textfile.as_deref(),
-            while_frozen: args.while_frozen,
+            freeze_file: args.node.freeze_file.as_deref(),
+            metrics_textfile: args.node.metrics_textfile.as_deref(),
+            while_frozen: args.node.while_frozen,
         },
         args.mode,
         args.kdf,
