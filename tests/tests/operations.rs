@@ -490,6 +490,39 @@ fn the_share_cache_ttl_drops_an_idle_share_and_decrypts_it_again_on_the_next_req
         "{}",
         c.log("p1")
     );
+    // A passphrase source that no longer works: the request fails closed, and the requests
+    // that follow within the backoff are refused without running Argon2 again each.
+    let pass = c.dir.path().join("pass");
+    let good = std::fs::read(&pass).unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    while in_memory("p1") != 0.0 {
+        assert!(Instant::now() < until, "the idle share stayed in memory");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::write(&pass, b"not the passphrase\n").unwrap();
+    for i in 0..3 {
+        let (code, _, _) = c.sign(format!("broken {i}").as_bytes(), 2);
+        assert_ne!(code, Some(0), "signed without its share");
+    }
+    let failures = c
+        .log("p1")
+        .matches("cannot decrypt the share again")
+        .count();
+    assert!(
+        (1..=2).contains(&failures),
+        "{failures} decryptions tried for three requests within the backoff"
+    );
+    std::fs::write(&pass, good).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, _, err) = c.sign(b"passphrase restored", 10);
+        if code == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < until, "never signed again: {err}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

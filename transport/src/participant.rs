@@ -23,6 +23,10 @@ use crate::metrics::{GroupClientRule, GroupLabel, GroupResult, Metrics};
 pub type ShareLoader =
     Arc<dyn Fn(&GroupName, u64) -> Result<frost::keys::KeyPackage, String> + Send + Sync>;
 
+/// After a share failed to decrypt, how long requests that need it are refused at once
+/// instead of running Argon2 again each.
+const DECRYPT_BACKOFF: Duration = Duration::from_secs(5);
+
 /// How long a draining participant waits without any request in flight before it stops.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
@@ -63,6 +67,8 @@ pub struct ParticipantHandle {
     loader: Option<ShareLoader>,
     /// One decryption at a time (Argon2 is memory-hard; requests wait for the first).
     decrypting: Arc<tokio::sync::Mutex<()>>,
+    /// When decrypting a share last failed: no new attempt within `DECRYPT_BACKOFF`.
+    decrypt_failed: Arc<Mutex<HashMap<(GroupName, u64), Instant>>>,
     draining: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     last_request: Arc<Mutex<Instant>>,
@@ -214,6 +220,7 @@ impl Server {
             metrics: self.metrics.clone(),
             loader: self.loader.clone(),
             decrypting: Arc::default(),
+            decrypt_failed: Arc::default(),
             draining: Arc::default(),
             in_flight: Arc::default(),
             last_request: Arc::new(Mutex::new(Instant::now())),
@@ -395,6 +402,16 @@ async fn restore_if_needed(handle: &ParticipantHandle, request: &Envelope) {
     let Some((group, epoch)) = needs(handle) else {
         return;
     };
+    let key = (group.clone(), epoch);
+    let recently_failed = handle
+        .decrypt_failed
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).copied())
+        .is_some_and(|at| at.elapsed() < DECRYPT_BACKOFF);
+    if recently_failed {
+        return;
+    }
     let started = Instant::now();
     let g = group.clone();
     match tokio::task::spawn_blocking(move || loader(&g, epoch)).await {
@@ -411,6 +428,14 @@ async fn restore_if_needed(handle: &ParticipantHandle, request: &Envelope) {
         }
         Ok(Err(e)) => tracing::error!(%group, epoch, error = %e, "cannot decrypt the share again"),
         Err(_) => tracing::error!(%group, epoch, "share decryption task failed"),
+    }
+    let restored = needs(handle).is_none();
+    if let Ok(mut m) = handle.decrypt_failed.lock() {
+        if restored {
+            m.remove(&key);
+        } else {
+            m.insert(key, Instant::now());
+        }
     }
     handle.update_gauges();
 }
