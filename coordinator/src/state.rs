@@ -837,6 +837,11 @@ impl Coordinator {
         peer.connected = true;
         peer.stale.clear();
         peer.frozen.clear();
+        self.refill_all(now, node);
+    }
+
+    /// Tops up `node`'s pools for every group it is a member of, at the epoch served.
+    fn refill_all(&mut self, now: Instant, node: NodeId) {
         let groups: Vec<(GroupName, u64)> = self
             .groups
             .iter()
@@ -1068,15 +1073,7 @@ impl Coordinator {
         // A node whose pool was dropped after a failure is only chosen once it has pooled
         // commitments again: fetch them now rather than never.
         for node in refill {
-            let groups: Vec<(GroupName, u64)> = self
-                .groups
-                .iter()
-                .filter(|(_, g)| g.by_node.contains_key(&node))
-                .map(|(n, g)| (n.clone(), g.info.epoch))
-                .collect();
-            for (group, epoch) in groups {
-                self.refill(now, node, &group, epoch);
-            }
+            self.refill_all(now, node);
         }
         if let Some(at) = next {
             self.timers.insert((at, Timer::Recheck));

@@ -361,6 +361,11 @@ impl Participant {
         self.groups.keys().cloned().collect()
     }
 
+    /// True when some epoch of `group` is served.
+    pub fn serves(&self, group: &GroupName) -> bool {
+        self.groups.keys().any(|(g, _)| g == group)
+    }
+
     /// Number of unused commitments held for `group` (every epoch).
     pub fn outstanding(&self, group: &GroupName) -> usize {
         self.groups

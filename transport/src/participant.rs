@@ -474,7 +474,7 @@ async fn answer(handle: &ParticipantHandle, peer: NodeId, request: Envelope) -> 
     });
     if let (Some(m), Some((group, client))) = (&handle.metrics, label) {
         // Only served groups become label values (the name comes from the coordinator).
-        let group = if p.groups().iter().any(|(g, _)| *g == group) {
+        let group = if p.serves(&group) {
             group.to_string()
         } else {
             "unknown".to_owned()
