@@ -87,11 +87,117 @@ impl Decision {
 /// it decided (fail closed).
 pub trait AuditSink: Send {
     fn record(&mut self, now: u64, decision: Decision) -> Result<(), AuditError>;
+
+    /// Writes the record but may leave its fsync to [`Durable::wait`], which the caller must
+    /// call (and see succeed) before doing what was decided. Several records waited for
+    /// together share one fsync (group commit), and the wait need not hold the caller's locks.
+    /// The default writes durably at once.
+    fn record_deferred(&mut self, now: u64, decision: Decision) -> Result<Durable, AuditError> {
+        self.record(now, decision).map(|()| Durable::done())
+    }
 }
 
 impl AuditSink for AuditLog {
     fn record(&mut self, now: u64, decision: Decision) -> Result<(), AuditError> {
         self.append(now, decision)
+    }
+
+    fn record_deferred(&mut self, now: u64, decision: Decision) -> Result<Durable, AuditError> {
+        self.append_deferred(now, decision)
+    }
+}
+
+/// Group commit: the fsync state shared by a log and the [`Durable`] tokens it hands out.
+#[derive(Debug)]
+struct Syncer {
+    path: PathBuf,
+    /// The file the newest lines went to (a handle on the log's file).
+    file: std::sync::Mutex<File>,
+    /// Lines written so far (the log's next sequence number after the last write).
+    written: std::sync::atomic::AtomicU64,
+    /// Lines known to be on disk.
+    synced: std::sync::atomic::AtomicU64,
+    /// An fsync failed: nothing written since can be trusted to be on disk.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Syncer {
+    /// Makes the first `lines` lines durable: at once if an fsync since covered them,
+    /// otherwise with one fsync that covers every line written so far.
+    fn sync_through(&self, lines: u64) -> Result<(), AuditError> {
+        use std::sync::atomic::Ordering;
+        let broken = || AuditError::Broken {
+            path: self.path.clone(),
+        };
+        if self.failed.load(Ordering::Acquire) {
+            return Err(broken());
+        }
+        if self.synced.load(Ordering::Acquire) >= lines {
+            return Ok(());
+        }
+        let file = self.file.lock().map_err(|_| broken())?;
+        // Another waiter's fsync may have covered these lines while this one queued.
+        if self.synced.load(Ordering::Acquire) >= lines {
+            return Ok(());
+        }
+        let target = self.written.load(Ordering::Acquire);
+        if let Err(e) = file.sync_data() {
+            self.failed.store(true, Ordering::Release);
+            return Err(AuditError::Io {
+                path: self.path.clone(),
+                source: e,
+            });
+        }
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// A record written to the log whose fsync may still be pending: [`Durable::wait`] returns
+/// once it is on disk (or fails: then it may not be, and the log takes no more records).
+#[derive(Clone, Debug, Default)]
+pub struct Durable(Option<(std::sync::Arc<Syncer>, u64)>);
+
+impl Durable {
+    /// A record already on disk (or a sink without fsync).
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// A record whose fsync failed: waiting for it fails. For tests of the callers' fail-closed
+    /// path (a real fsync failure cannot be provoked on demand).
+    pub fn failed() -> Self {
+        let file = match File::open("/dev/null") {
+            Ok(f) => f,
+            Err(_) => return Self::done(),
+        };
+        Self(Some((
+            std::sync::Arc::new(Syncer {
+                path: PathBuf::from("<failed>"),
+                file: std::sync::Mutex::new(file),
+                written: 1.into(),
+                synced: 0.into(),
+                failed: true.into(),
+            }),
+            1,
+        )))
+    }
+
+    /// True when waiting would not block.
+    pub fn is_done(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some((s, lines)) => s.synced.load(std::sync::atomic::Ordering::Acquire) >= *lines,
+        }
+    }
+
+    /// Blocks until the record is on disk (one fsync, shared with every record written
+    /// before it was called).
+    pub fn wait(&self) -> Result<(), AuditError> {
+        match &self.0 {
+            None => Ok(()),
+            Some((s, lines)) => s.sync_through(*lines),
+        }
     }
 }
 
@@ -199,6 +305,7 @@ pub struct AuditLog {
     since_checkpoint: u64,
     /// An earlier write failed: the file may end in a torn line, so nothing more is appended.
     broken: bool,
+    syncer: std::sync::Arc<Syncer>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -326,6 +433,13 @@ impl AuditLog {
                 (r.seq + 1, line_hash(line))
             }
         };
+        let syncer = std::sync::Arc::new(Syncer {
+            path: path.to_path_buf(),
+            file: std::sync::Mutex::new(file.try_clone().map_err(io(path))?),
+            written: next_seq.into(),
+            synced: next_seq.into(),
+            failed: false.into(),
+        });
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -336,23 +450,39 @@ impl AuditLog {
             size: bytes.len() as u64,
             since_checkpoint: 0,
             broken: false,
+            syncer,
         })
     }
 
     fn write_line(&mut self, now: u64, entry: Entry) -> Result<(), AuditError> {
-        if self.broken {
+        self.write_line_maybe_deferred(now, entry, false)
+    }
+
+    fn write_line_maybe_deferred(
+        &mut self,
+        now: u64,
+        entry: Entry,
+        defer: bool,
+    ) -> Result<(), AuditError> {
+        if self.broken
+            || self
+                .syncer
+                .failed
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.broken = true;
             return Err(AuditError::Broken {
                 path: self.path.clone(),
             });
         }
-        let result = self.write_line_inner(now, entry);
+        let result = self.write_line_inner(now, entry, defer);
         if result.is_err() {
             self.broken = true;
         }
         result
     }
 
-    fn write_line_inner(&mut self, now: u64, entry: Entry) -> Result<(), AuditError> {
+    fn write_line_inner(&mut self, now: u64, entry: Entry, defer: bool) -> Result<(), AuditError> {
         let record = Record {
             seq: self.next_seq,
             time: now,
@@ -366,12 +496,15 @@ impl AuditLog {
         let hash = line_hash(&line);
         line.push(b'\n');
         self.file.write_all(&line).map_err(io(&self.path))?;
-        if self.options.fsync {
-            self.file.sync_data().map_err(io(&self.path))?;
-        }
         self.next_seq += 1;
         self.prev = hash;
         self.size += line.len() as u64;
+        self.syncer
+            .written
+            .store(self.next_seq, std::sync::atomic::Ordering::Release);
+        if self.options.fsync && !defer {
+            self.syncer.sync_through(self.next_seq)?;
+        }
         Ok(())
     }
 
@@ -386,6 +519,8 @@ impl AuditLog {
             }
             n += 1;
         };
+        // Every line of the file being rotated out is on disk before it is renamed.
+        self.syncer.sync_through(self.next_seq)?;
         std::fs::rename(&self.path, &target).map_err(io(&self.path))?;
         let mut opts = OpenOptions::new();
         opts.append(true).create_new(true).read(true);
@@ -396,6 +531,15 @@ impl AuditLog {
         }
         self.file = opts.open(&self.path).map_err(io(&self.path))?;
         lock(&self.file, &self.path)?;
+        let handle = self.file.try_clone().map_err(io(&self.path))?;
+        match self.syncer.file.lock() {
+            Ok(mut f) => *f = handle,
+            Err(_) => {
+                return Err(AuditError::Broken {
+                    path: self.path.clone(),
+                })
+            }
+        }
         sync_dir(parent(&self.path)).map_err(io(&self.path))?;
         self.size = 0;
         let previous = target
@@ -417,6 +561,26 @@ impl AuditLog {
             self.checkpoint(now)?;
         }
         Ok(())
+    }
+
+    /// Like [`AuditLog::append`], but the decision's fsync is left to the returned
+    /// [`Durable`] (group commit): wait for it before acting on the decision.
+    pub fn append_deferred(&mut self, now: u64, decision: Decision) -> Result<Durable, AuditError> {
+        if self.size > 0 && self.size + MAX_LINE as u64 > self.options.max_bytes {
+            self.rotate(now)?;
+        }
+        self.write_line_maybe_deferred(now, Entry::Decision(Box::new(decision)), true)?;
+        let token = if self.options.fsync {
+            Durable(Some((self.syncer.clone(), self.next_seq)))
+        } else {
+            Durable::done()
+        };
+        self.since_checkpoint += 1;
+        if self.since_checkpoint >= self.options.checkpoint_every {
+            // Written and fsynced at once, which makes the decision durable too.
+            self.checkpoint(now)?;
+        }
+        Ok(token)
     }
 
     /// Writes a signed checkpoint over the chain so far, in the log and beside it.

@@ -267,3 +267,41 @@ fn a_checkpoint_kept_elsewhere_catches_truncation_back_to_an_earlier_one() {
     let err = verify_expecting(&files, Some(id.node_id()), Some(latest)).unwrap_err();
     assert!(err.what.contains("expected checkpoint"), "{err}");
 }
+
+#[test]
+fn deferred_records_share_one_fsync_and_stay_in_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let path = dir.path().join("audit.log");
+    let mut l = AuditLog::open(&path, key.clone(), Options::default()).unwrap();
+    let first = l.append_deferred(1_700_000_000, decision(0)).unwrap();
+    let second = l.append_deferred(1_700_000_001, decision(1)).unwrap();
+    // Written, not yet known to be on disk.
+    assert!(!first.is_done() && !second.is_done());
+    assert_eq!(lines(&path).len(), 2);
+    // Waiting for the second covers the first: one fsync for both.
+    second.wait().unwrap();
+    assert!(first.is_done());
+    first.wait().unwrap();
+    // A record written durably at once after them makes a later token done too.
+    let third = l.append_deferred(1_700_000_002, decision(2)).unwrap();
+    l.append(1_700_000_003, decision(3)).unwrap();
+    assert!(third.is_done());
+    drop(l);
+    let files = log_files(&path).unwrap();
+    assert_eq!(records(&files).unwrap().len(), 4);
+    // Without fsync there is nothing to wait for.
+    let mut nosync = AuditLog::open(
+        &dir.path().join("other.log"),
+        key,
+        Options {
+            fsync: false,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(nosync
+        .append_deferred(1_700_000_000, decision(0))
+        .unwrap()
+        .is_done());
+}

@@ -73,6 +73,9 @@ pub struct ParticipantConfig {
     pub share_cache_ttl: Option<u64>,
     /// Seconds a SIGTERM gives requests in flight to finish (default 30).
     pub drain_grace_secs: Option<u64>,
+    /// Most unused round-1 nonces held per coordinator and share (default 1024, at most
+    /// 100,000; about 1 KiB of memory each). Raise it with the coordinators' `pool_target`.
+    pub max_outstanding_nonces: Option<usize>,
     /// The control socket (`conclave reload`, `freeze`, `unfreeze`); default
     /// `control.sock` beside the audit log.
     pub control_socket: Option<PathBuf>,
@@ -89,6 +92,9 @@ fn yes() -> bool {
 pub const DEFAULT_DRAIN_GRACE_SECS: u64 = 30;
 /// Longest share cache TTL accepted.
 pub const MAX_SHARE_CACHE_TTL_SECS: u64 = 30 * 86400;
+
+/// Largest `max_outstanding_nonces` a participant accepts.
+pub const MAX_OUTSTANDING_NONCES: usize = 100_000;
 /// Longest drain grace accepted.
 pub const MAX_DRAIN_GRACE_SECS: u64 = 3600;
 
@@ -129,7 +135,9 @@ pub struct CoordinatorConfig {
     pub participant_timeout_ms: Option<u64>,
     /// Deadline of a request whose client gives none (default 10000).
     pub default_timeout_ms: Option<u64>,
-    /// Round-1 commitments kept pooled per participant (default 32).
+    /// Round-1 commitments kept pooled per participant and group (default 32, up to 65535;
+    /// fetched 256 at a time). Each participant holds as many unused nonces for this
+    /// coordinator, so raise their `max_outstanding_nonces` with it.
     pub pool_target: Option<u16>,
     /// Optional policy, for early refusal (same format as the participants'; they remain the
     /// authority and decide for themselves).
@@ -212,6 +220,14 @@ impl ParticipantConfig {
         {
             bail!(
                 "config {}: share_cache_ttl is at most {MAX_SHARE_CACHE_TTL_SECS} seconds (30 days)",
+                path.display()
+            );
+        }
+        if c.max_outstanding_nonces
+            .is_some_and(|n| n == 0 || n > MAX_OUTSTANDING_NONCES)
+        {
+            bail!(
+                "config {}: max_outstanding_nonces is between 1 and {MAX_OUTSTANDING_NONCES}",
                 path.display()
             );
         }

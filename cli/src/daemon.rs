@@ -387,6 +387,7 @@ struct StartedParticipant {
     audit_fsync: bool,
     metrics_listen: Option<std::net::SocketAddr>,
     share_cache_ttl: Option<u64>,
+    max_outstanding_nonces: Option<usize>,
     control_socket: PathBuf,
     freeze_file: PathBuf,
 }
@@ -400,6 +401,7 @@ impl StartedParticipant {
             audit_fsync: cfg.audit_fsync,
             metrics_listen: cfg.metrics_listen,
             share_cache_ttl: cfg.share_cache_ttl,
+            max_outstanding_nonces: cfg.max_outstanding_nonces,
             control_socket: cfg.control_socket(),
             freeze_file: cfg.freeze_file(),
         }
@@ -420,6 +422,10 @@ impl StartedParticipant {
         diff(
             self.share_cache_ttl != new.share_cache_ttl,
             "share_cache_ttl",
+        );
+        diff(
+            self.max_outstanding_nonces != new.max_outstanding_nonces,
+            "max_outstanding_nonces",
         );
         diff(self.control_socket != new.control_socket, "control_socket");
         diff(self.freeze_file != new.freeze_file, "freeze_file");
@@ -682,9 +688,13 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
     tracing::info!(policy = %cfg.policy.display(), clients = ?policy.clients(), "policy loaded");
     let audit = config::open_audit_log(&cfg.audit_log, &identity, cfg.audit_fsync)?;
     tracing::info!(audit_log = %cfg.audit_log.display(), fsync = cfg.audit_fsync, "audit log open");
+    let defaults = conclave_participant::ParticipantConfig::default();
     let sm_config = conclave_participant::ParticipantConfig {
         share_cache_ttl: cfg.share_cache_ttl.map(Duration::from_secs),
-        ..Default::default()
+        max_outstanding: cfg
+            .max_outstanding_nonces
+            .unwrap_or(defaults.max_outstanding),
+        ..defaults
     };
     let mut participant = conclave_participant::Participant::new(
         shares,

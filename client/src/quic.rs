@@ -85,12 +85,24 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The self-signed certificate of `identity`, made once per identity and process: every
+/// connection (and every reload of a server config) reuses it instead of signing a new one.
+/// Only the certificate (public) is cached; the private key is re-encoded from `identity`.
 fn certified(
     identity: &IdentityKey,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
+    static CERTS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<NodeId, CertificateDer<'static>>>,
+    > = std::sync::OnceLock::new();
     let der = identity
         .to_pkcs8_der()
         .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()));
+    let cache = CERTS.get_or_init(Default::default);
+    let node = identity.node_id();
+    if let Some(cert) = cache.lock().ok().and_then(|c| c.get(&node).cloned()) {
+        return Ok((vec![cert], key));
+    }
     let key_pair =
         rcgen::KeyPair::try_from(der.as_slice()).map_err(|e| TransportError::Tls(e.to_string()))?;
     let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])
@@ -98,8 +110,14 @@ fn certified(
     let cert = params
         .self_signed(&key_pair)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()));
-    Ok((vec![cert.der().clone()], key))
+    let cert = cert.der().clone();
+    if let Ok(mut c) = cache.lock() {
+        // Bounded by the identities a process holds (one, or a handful in tests).
+        if c.len() < 1024 {
+            c.insert(node, cert.clone());
+        }
+    }
+    Ok((vec![cert], key))
 }
 
 /// Which peers a node accepts.

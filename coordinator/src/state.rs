@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use conclave_keygen::commitments;
 use conclave_keygen::GroupManifest;
 use conclave_policy::Policy;
 use conclave_protocol::request::SignedRequest;
@@ -33,6 +34,7 @@ use conclave_protocol::{
     Envelope, GroupName, Message, NodeId, PolicyRule, Refusal, Transmit, MAX_BATCH,
     MAX_SIGN_MESSAGE_LEN,
 };
+use conclave_protocol::{SignPackage, WireCommitments};
 use frost_ed25519 as frost;
 
 use conclave_protocol::SignError;
@@ -216,8 +218,17 @@ struct PeerState {
 
 #[derive(Default)]
 struct Pool {
-    entries: VecDeque<(u64, frost::round1::SigningCommitments)>,
+    entries: VecDeque<Pooled>,
     fetching: Option<u64>,
+}
+
+/// One pooled commitment: the participant's id for it, the checked commitments (for the
+/// coordinator's package) and their wire form (what the signers are sent).
+#[derive(Clone, Copy)]
+struct Pooled {
+    id: u64,
+    commitments: frost::round1::SigningCommitments,
+    wire: WireCommitments,
 }
 
 enum RequestKind {
@@ -240,7 +251,7 @@ struct InFlight {
     deadline: Instant,
 }
 
-type Collected = BTreeMap<NodeId, (u64, frost::round1::SigningCommitments)>;
+type Collected = BTreeMap<NodeId, Pooled>;
 
 enum Phase {
     /// Needs a subset of signers.
@@ -1067,8 +1078,8 @@ impl Coordinator {
             if self.pools.get(&key).is_some_and(|p| p.fetching.is_some()) {
                 continue;
             }
-            let target = self.config.pool_target.clamp(1, MAX_BATCH);
-            self.send_commit(now, node, &group, epoch, target);
+            let count = self.config.pool_target.clamp(1, MAX_BATCH);
+            self.send_commit(now, node, &group, epoch, count);
         }
         // A node whose pool was dropped after a failure is only chosen once it has pooled
         // commitments again: fetch them now rather than never.
@@ -1099,13 +1110,17 @@ impl Coordinator {
         if !self.usable(&node, group, epoch) || self.state(group, epoch).is_none() {
             return;
         }
-        let target = self.config.pool_target.clamp(1, MAX_BATCH);
+        let target = usize::from(self.config.pool_target.max(1));
         let pool = self.pools.entry((node, group.clone(), epoch)).or_default();
         let have = pool.entries.len();
-        if pool.fetching.is_some() || have >= usize::from(target).div_ceil(2) {
+        // Refill below the low-water mark: half the target, or one batch under it for pools
+        // larger than two batches (a pool of 10,000 is fetched 256 at a time and kept full).
+        let batch = usize::from(MAX_BATCH);
+        let low_water = target - (target / 2).min(batch);
+        if pool.fetching.is_some() || have >= low_water {
             return;
         }
-        let count = target - u16::try_from(have).unwrap_or(target);
+        let count = u16::try_from((target - have).min(batch)).unwrap_or(MAX_BATCH);
         self.send_commit(now, node, group, epoch, count);
     }
 
@@ -1298,39 +1313,35 @@ impl Coordinator {
             return;
         };
         let mut commitments = BTreeMap::new();
-        for (node, (_, c)) in &have {
+        let mut wire = Vec::with_capacity(have.len());
+        for (node, pooled) in &have {
             let Some(&i) = group.by_node.get(node) else {
                 continue;
             };
             let Some(member) = group.members.get(i) else {
                 continue;
             };
-            commitments.insert(member.identifier, *c);
+            commitments.insert(member.identifier, pooled.commitments);
+            wire.push(commitments::package_entry(&member.identifier, pooled.wire));
         }
         let package = frost::SigningPackage::new(commitments, &session.message);
-        let bytes = match package.serialize() {
-            Ok(b) => b,
-            Err(_) => {
-                self.finish(
-                    id,
-                    Err(SignError::Internal(
-                        "could not serialize the signing package",
-                    )),
-                );
-                return;
-            }
-        };
+        // One package for every signer of this attempt, shared rather than copied.
+        let shared = std::sync::Arc::new(SignPackage {
+            message: session.message.clone(),
+            commitments: wire,
+        });
         let (group_name, epoch, attempt) =
             (session.group.clone(), group.info.epoch, session.attempt);
         let request = session.request.clone();
         session.denied.clear();
         let mut waiting = BTreeMap::new();
-        for (node, (commitment_id, _)) in have {
+        for (node, pooled) in have {
+            let commitment_id = pooled.id;
             let msg = Message::Sign {
                 group: group_name.clone(),
                 epoch,
                 commitment_id,
-                signing_package: bytes.clone(),
+                signing_package: shared.clone(),
                 request: Box::new(request.clone()),
             };
             let req = self.send(
@@ -1393,8 +1404,14 @@ impl Coordinator {
         }
         let mut parsed = Vec::with_capacity(entries.len());
         for e in &entries {
-            match frost::round1::SigningCommitments::deserialize(&e.commitments) {
-                Ok(c) => parsed.push((e.id, c)),
+            // A decompression and three doublings per point (see conclave_keygen::commitments):
+            // cheap enough to stay on the event loop.
+            match commitments::from_wire(&e.commitments) {
+                Ok(c) => parsed.push(Pooled {
+                    id: e.id,
+                    commitments: c,
+                    wire: e.commitments,
+                }),
                 Err(_) => {
                     self.fail_request(now, req, Failure::BadReply);
                     return;
@@ -1419,6 +1436,28 @@ impl Coordinator {
         for id in waiting {
             self.collect(now, id);
         }
+        // A pool larger than one batch fills up in several, while the participant gives as
+        // many as asked (fewer means it holds as many nonces for us as it allows).
+        if entries.len() == usize::from(count) {
+            self.fill(now, to, &asked, asked_epoch);
+        }
+    }
+
+    /// Asks for the next batch towards the pool target (no low-water mark).
+    fn fill(&mut self, now: Instant, node: NodeId, group: &GroupName, epoch: u64) {
+        if !self.usable(&node, group, epoch) {
+            return;
+        }
+        let target = usize::from(self.config.pool_target.max(1));
+        let Some(pool) = self.pools.get(&(node, group.clone(), epoch)) else {
+            return;
+        };
+        let have = pool.entries.len();
+        if pool.fetching.is_some() || have >= target {
+            return;
+        }
+        let count = u16::try_from((target - have).min(usize::from(MAX_BATCH))).unwrap_or(MAX_BATCH);
+        self.send_commit(now, node, group, epoch, count);
     }
 
     /// Sessions of `group` in the collect phase still waiting for a commitment from `node`.
@@ -1525,30 +1564,29 @@ impl Coordinator {
         else {
             return;
         };
-        let result = frost::aggregate_custom(
+        // The fast path: sum the shares and verify the signature once, strictly (what
+        // OpenSSL, OpenSSH and libsodium accept). frost's `aggregate` would verify it first
+        // with its own (cofactored) equation; only when the strict check fails are the shares
+        // checked one by one to name the culprits.
+        let result = match sum_and_verify(
             package,
             shares,
             &group.public_key_package,
-            frost::CheaterDetection::AllCheaters,
-        );
+            &group.verifying_key,
+            &session.message,
+        ) {
+            Some(signature) => Ok(signature),
+            None => frost::aggregate_custom(
+                package,
+                shares,
+                &group.public_key_package,
+                frost::CheaterDetection::AllCheaters,
+            )
+            // Every share checked out, yet the sum did not verify strictly: fail closed.
+            .and(Err(frost::Error::InvalidSignature)),
+        };
         match result {
             Ok(signature) => {
-                let verified = signature
-                    .serialize()
-                    .ok()
-                    .and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok())
-                    .filter(|bytes| {
-                        let sig = ed25519_dalek::Signature::from_bytes(bytes);
-                        group
-                            .verifying_key
-                            .verify_strict(&session.message, &sig)
-                            .is_ok()
-                    });
-                let Some(signature) = verified else {
-                    // Fail closed: never hand out a signature that did not verify.
-                    self.finish(sid, Err(SignError::Unverified));
-                    return;
-                };
                 let signers = shares
                     .keys()
                     .filter_map(|id| {
@@ -1587,6 +1625,8 @@ impl Coordinator {
                 self.name_culprits(now, sid, nodes);
                 self.restart(now, sid);
             }
+            // Fail closed: never hand out a signature that did not verify.
+            Err(frost::Error::InvalidSignature) => self.finish(sid, Err(SignError::Unverified)),
             Err(_) => self.finish(sid, Err(SignError::Internal("aggregation failed"))),
         }
     }
@@ -1704,6 +1744,13 @@ impl Coordinator {
                 // co-signer on the request. A recheck refills its pool if nothing picks it.
                 self.pools.retain(|(n, _, _), _| *n != node);
                 self.schedule_recheck(now, node);
+            }
+            Failure::Refused(Refusal::Overloaded)
+                if matches!(request.kind, RequestKind::Commit { .. }) =>
+            {
+                // It holds as many of our nonces as it allows: not a fault, the pool is full
+                // for it (pool_target is above its max_outstanding_nonces).
+                tracing::warn!(node = %node.short(), "participant holds as many nonces as it allows: pool_target is above its max_outstanding_nonces");
             }
             Failure::BadReply | Failure::Refused(_) => {
                 self.penalize(now, node, failure_penalty);
@@ -1929,3 +1976,41 @@ impl Coordinator {
 
 #[cfg(test)]
 mod tests;
+
+/// The aggregate of `shares` over `package` if it verifies under `key` with `verify_strict`;
+/// `None` otherwise (a share is wrong, or one is missing). The one verification of a
+/// signature on the coordinator: nothing leaves without it.
+fn sum_and_verify(
+    package: &frost::SigningPackage,
+    shares: &BTreeMap<frost::Identifier, frost::round2::SignatureShare>,
+    pubkeys: &frost::keys::PublicKeyPackage,
+    key: &ed25519_dalek::VerifyingKey,
+    message: &[u8],
+) -> Option<[u8; 64]> {
+    use curve25519_dalek::Scalar;
+    if shares.len() != package.signing_commitments().len()
+        || !package
+            .signing_commitments()
+            .keys()
+            .all(|id| shares.contains_key(id))
+    {
+        return None;
+    }
+    let binding =
+        frost_core::compute_binding_factor_list(package, pubkeys.verifying_key(), &[]).ok()?;
+    let r = frost_core::compute_group_commitment(package, &binding)
+        .ok()?
+        .to_element();
+    let mut z = Scalar::ZERO;
+    for share in shares.values() {
+        let bytes: [u8; 32] = share.serialize().try_into().ok()?;
+        z += Option::<Scalar>::from(Scalar::from_canonical_bytes(bytes))?;
+    }
+    let mut signature = [0u8; 64];
+    let (r_bytes, z_bytes) = signature.split_at_mut(32);
+    r_bytes.copy_from_slice(r.compress().as_bytes());
+    z_bytes.copy_from_slice(z.as_bytes());
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
+        .ok()?;
+    Some(signature)
+}

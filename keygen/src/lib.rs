@@ -8,6 +8,7 @@
 )]
 
 pub mod ceremony;
+pub mod commitments;
 pub mod dealer;
 pub mod dkg;
 pub mod kinds;

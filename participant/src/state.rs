@@ -18,12 +18,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use conclave_audit::{AuditSink, Decision};
+use conclave_audit::{AuditSink, Decision, Durable};
 use conclave_policy::{MessageKind, Policy};
 use conclave_protocol::request::SignedRequest;
 use conclave_protocol::{
-    CommitmentEntry, Envelope, GroupName, Message, NodeId, Refusal, Transmit, MAX_BATCH,
-    MAX_SIGN_MESSAGE_LEN,
+    CommitmentEntry, Envelope, GroupName, Message, NodeId, Refusal, SignPackage, Transmit,
+    MAX_BATCH, MAX_SIGN_MESSAGE_LEN,
 };
 use frost_ed25519 as frost;
 use rand::{CryptoRng, RngCore};
@@ -111,6 +111,10 @@ pub fn corrupt_share(share: &mut [u8]) {
     }
 }
 
+/// A round-2 answer kept for duplicates: the request's digest, the share, and its audit
+/// record's durability (a duplicate is not answered before the first answer could be).
+type Answered = ([u8; 32], Vec<u8>, Durable);
+
 struct PendingNonce {
     owner: NodeId,
     nonces: frost::round1::SigningNonces,
@@ -127,7 +131,79 @@ struct GroupShare {
     verifying_share: frost::keys::VerifyingShare,
     min_signers: u16,
     last_used: Instant,
-    nonces: HashMap<u64, PendingNonce>,
+    nonces: Nonces,
+}
+
+/// The unused nonces of one share, by commitment id, with how many each coordinator holds
+/// (checked on every commit request, without scanning the nonces).
+#[derive(Default)]
+struct Nonces {
+    by_id: HashMap<u64, PendingNonce>,
+    per_owner: HashMap<NodeId, usize>,
+}
+
+impl Nonces {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn held_by(&self, owner: &NodeId) -> usize {
+        self.per_owner.get(owner).copied().unwrap_or(0)
+    }
+
+    fn get(&self, id: &u64) -> Option<&PendingNonce> {
+        self.by_id.get(id)
+    }
+
+    #[cfg(test)]
+    fn contains_key(&self, id: &u64) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &PendingNonce> {
+        self.by_id.values()
+    }
+
+    fn insert(&mut self, id: u64, nonce: PendingNonce) {
+        let owner = nonce.owner;
+        if let Some(old) = self.by_id.insert(id, nonce) {
+            self.forget(&old.owner);
+        }
+        *self.per_owner.entry(owner).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<PendingNonce> {
+        let nonce = self.by_id.remove(id)?;
+        self.forget(&nonce.owner);
+        Some(nonce)
+    }
+
+    fn forget(&mut self, owner: &NodeId) {
+        if let Some(n) = self.per_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_owner.remove(owner);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_id.clear();
+        self.per_owner.clear();
+    }
+
+    /// Keeps the nonces that have not expired at `now`; returns how many were dropped.
+    fn expire(&mut self, now: Instant) -> usize {
+        let before = self.by_id.len();
+        self.by_id.retain(|_, p| p.expires > now);
+        if self.by_id.len() != before {
+            self.per_owner.clear();
+            for p in self.by_id.values() {
+                *self.per_owner.entry(p.owner).or_insert(0) += 1;
+            }
+        }
+        before - self.by_id.len()
+    }
 }
 
 impl GroupShare {
@@ -138,7 +214,7 @@ impl GroupShare {
             min_signers: *key_package.min_signers(),
             key_package: Some(key_package),
             last_used: now,
-            nonces: HashMap::new(),
+            nonces: Nonces::default(),
         }
     }
 }
@@ -152,7 +228,10 @@ pub struct Participant {
     groups: BTreeMap<(GroupName, u64), GroupShare>,
     freeze: Freeze,
     next_commitment_id: u64,
-    outbox: VecDeque<Transmit>,
+    /// Replies, each with the durability of the audit record it depends on.
+    outbox: VecDeque<(Transmit, Durable)>,
+    /// The audit record the reply being built waits for (set by `sign`).
+    reply_durable: Durable,
     next_sweep: Option<Instant>,
     fault: Option<Misbehaviour>,
     policy: Policy,
@@ -160,7 +239,7 @@ pub struct Participant {
     /// Recent answers to round-2 requests, so that a duplicated request (the network may
     /// deliver one twice) gets the same share again instead of a refusal: (coordinator,
     /// commitment id) → (digest of the request, the share).
-    answered: HashMap<(NodeId, u64), ([u8; 32], Vec<u8>)>,
+    answered: HashMap<(NodeId, u64), Answered>,
     answered_order: VecDeque<(NodeId, u64)>,
     /// Counters, for logs and the simulator.
     pub stats: ParticipantStats,
@@ -216,6 +295,7 @@ impl Participant {
             freeze: Freeze::default(),
             next_commitment_id: rng.next_u64() >> 1,
             outbox: VecDeque::new(),
+            reply_durable: Durable::done(),
             next_sweep,
             fault: None,
             policy,
@@ -418,13 +498,17 @@ impl Participant {
             tracing::debug!(peer = %from.short(), ?refusal, "refused request");
             Message::Refused(refusal)
         });
-        self.outbox.push_back(Transmit {
-            to: from,
-            envelope: Envelope {
-                id: request.id,
-                msg,
+        let durable = std::mem::take(&mut self.reply_durable);
+        self.outbox.push_back((
+            Transmit {
+                to: from,
+                envelope: Envelope {
+                    id: request.id,
+                    msg,
+                },
             },
-        });
+            durable,
+        ));
         self.schedule_ttl(now);
     }
 
@@ -484,7 +568,7 @@ impl Participant {
             return Err(Refusal::Internal);
         };
         share.last_used = now;
-        let held = share.nonces.values().filter(|n| n.owner == from).count();
+        let held = share.nonces.held_by(&from);
         let room = max.saturating_sub(held).min(usize::from(count));
         if room == 0 {
             return Err(Refusal::Overloaded);
@@ -492,7 +576,7 @@ impl Participant {
         let mut entries = Vec::with_capacity(room);
         for _ in 0..room {
             let (nonces, commitments) = frost::round1::commit(key_package.signing_share(), rng);
-            let bytes = commitments.serialize().map_err(|_| Refusal::Internal)?;
+            let wire = conclave_keygen::commitments::to_wire(&nonces);
             let id = next_id;
             next_id = next_id.wrapping_add(1);
             share.nonces.insert(
@@ -506,7 +590,7 @@ impl Participant {
             );
             entries.push(CommitmentEntry {
                 id,
-                commitments: bytes,
+                commitments: wire,
             });
         }
         self.next_commitment_id = next_id;
@@ -528,7 +612,7 @@ impl Participant {
         group: &GroupName,
         epoch: u64,
         commitment_id: u64,
-        package_bytes: &[u8],
+        wire_package: &SignPackage,
         request: &SignedRequest,
     ) -> Result<Message, Refusal> {
         let max_signers = self.config.max_signers;
@@ -557,12 +641,20 @@ impl Participant {
             let mut h = Sha256::new();
             h.update(group.as_str().as_bytes());
             h.update([0]);
-            h.update(package_bytes);
+            h.update((wire_package.message.len() as u64).to_le_bytes());
+            h.update(&wire_package.message);
+            for e in &wire_package.commitments {
+                h.update(e.identifier);
+                h.update(e.commitments.hiding);
+                h.update(e.commitments.binding);
+            }
             h.update(&request.signature);
             h.finalize().into()
         };
-        if let Some((d, share)) = self.answered.get(&(from, commitment_id)) {
+        if let Some((d, share, durable)) = self.answered.get(&(from, commitment_id)) {
             if *d == digest {
+                // Not before the first answer's record is on disk.
+                self.reply_durable = durable.clone();
                 return Ok(Message::SignatureShare {
                     commitment_id,
                     share: share.clone(),
@@ -580,15 +672,17 @@ impl Participant {
             .nonces
             .remove(&commitment_id)
             .ok_or(Refusal::UnknownCommitment)?;
-        let package = frost::SigningPackage::deserialize(package_bytes)
-            .map_err(|_| Refusal::InvalidSigningPackage)?;
-        if package.message().len() > MAX_SIGN_MESSAGE_LEN {
+        if wire_package.message.len() > MAX_SIGN_MESSAGE_LEN {
             return Err(Refusal::MessageTooLarge);
         }
-        let signers = package.signing_commitments().len();
+        let signers = wire_package.commitments.len();
         if signers < usize::from(share.min_signers) || signers > max_signers {
             return Err(Refusal::InvalidSigningPackage);
         }
+        // Every commitment checked: a point of the prime-order subgroup by construction, not
+        // the identity, identifiers distinct (see conclave_keygen::commitments).
+        let package = conclave_keygen::commitments::package_from_wire(wire_package)
+            .map_err(|_| Refusal::InvalidSigningPackage)?;
         if package.signing_commitment(&share.identifier) != Some(pending.commitments) {
             return Err(Refusal::InvalidSigningPackage);
         }
@@ -641,12 +735,17 @@ impl Participant {
         if fault == Some(Misbehaviour::CorruptShares) {
             corrupt_share(&mut bytes);
         }
-        // No record, no share (fail closed).
-        if let Err(e) = self.audit.record(unix_now, record) {
-            self.stats.audit_failures += 1;
-            tracing::error!(error = %e, %group, "cannot write the audit record: refusing to sign");
-            return Err(Refusal::AuditFailed);
-        }
+        // No record, no share (fail closed). The record's fsync may be pending: the share
+        // leaves only once it is on disk (see poll_transmit).
+        let durable = match self.audit.record_deferred(unix_now, record) {
+            Ok(d) => d,
+            Err(e) => {
+                self.stats.audit_failures += 1;
+                tracing::error!(error = %e, %group, "cannot write the audit record: refusing to sign");
+                return Err(Refusal::AuditFailed);
+            }
+        };
+        self.reply_durable = durable.clone();
         self.stats.shares_signed += 1;
         tracing::info!(%group, client = %request.client.short(), kind = %kind.name(), "signature share released");
         if self.answered_order.len() >= MAX_ANSWERED {
@@ -656,7 +755,7 @@ impl Participant {
         }
         self.answered_order.push_back((from, commitment_id));
         self.answered
-            .insert((from, commitment_id), (digest, bytes.clone()));
+            .insert((from, commitment_id), (digest, bytes.clone(), durable));
         Ok(Message::SignatureShare {
             commitment_id,
             share: bytes,
@@ -672,9 +771,7 @@ impl Participant {
         let ttl = self.config.share_cache_ttl;
         let mut next: Option<Instant> = None;
         for ((group, epoch), share) in self.groups.iter_mut() {
-            let before = share.nonces.len();
-            share.nonces.retain(|_, p| p.expires > now);
-            self.stats.nonces_expired += (before - share.nonces.len()) as u64;
+            self.stats.nonces_expired += share.nonces.expire(now) as u64;
             for p in share.nonces.values() {
                 next = Some(next.map_or(p.expires, |t| t.min(p.expires)));
             }
@@ -693,8 +790,23 @@ impl Participant {
         self.next_sweep = next;
     }
 
-    /// The next reply to send.
+    /// The next reply to send. A signature share whose audit record is not on disk yet
+    /// waits here for its fsync (and becomes `AuditFailed` if that fails); a driver that wants
+    /// to wait outside its lock, sharing one fsync among concurrent requests, uses
+    /// [`poll_transmit_deferred`](Self::poll_transmit_deferred).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let (mut transmit, durable) = self.outbox.pop_front()?;
+        if durable.wait().is_err() {
+            self.stats.audit_failures += 1;
+            transmit.envelope.msg = Message::Refused(Refusal::AuditFailed);
+        }
+        Some(transmit)
+    }
+
+    /// The next reply and the audit record it waits for: the caller must see
+    /// [`Durable::wait`] succeed before sending it, and send `Refused(AuditFailed)` instead
+    /// when it fails (fail closed: no share before its record is on disk).
+    pub fn poll_transmit_deferred(&mut self) -> Option<(Transmit, Durable)> {
         self.outbox.pop_front()
     }
 
@@ -811,7 +923,7 @@ mod tests {
                 let e = &entries[0];
                 (
                     e.id,
-                    frost::round1::SigningCommitments::deserialize(&e.commitments).unwrap(),
+                    conclave_keygen::commitments::from_wire(&e.commitments).unwrap(),
                 )
             }
             other => panic!("{other:?}"),
@@ -837,7 +949,9 @@ mod tests {
             group: f.group.clone(),
             epoch: 1,
             commitment_id: id,
-            signing_package: package.serialize().unwrap(),
+            signing_package: std::sync::Arc::new(conclave_keygen::commitments::package_to_wire(
+                package,
+            )),
             request: Box::new(request),
         }
     }
@@ -977,6 +1091,55 @@ mod tests {
         assert_eq!(f.participants[0].stats.audit_failures, 1);
         // The nonce is spent all the same.
         assert_eq!(f.participants[0].outstanding(&f.group), 0);
+    }
+
+    /// Writes every record, but none ever becomes durable (its fsync fails).
+    struct UnsyncedAudit;
+
+    impl AuditSink for UnsyncedAudit {
+        fn record(&mut self, _: u64, _: Decision) -> Result<(), conclave_audit::AuditError> {
+            Ok(())
+        }
+
+        fn record_deferred(
+            &mut self,
+            _: u64,
+            _: Decision,
+        ) -> Result<Durable, conclave_audit::AuditError> {
+            Ok(Durable::failed())
+        }
+    }
+
+    #[test]
+    fn a_share_whose_record_never_reaches_the_disk_is_withheld() {
+        let mut f = fixture();
+        let coord = f.coordinator;
+        f.participants[0].audit = Box::new(UnsyncedAudit);
+        let (c0, k0) = commitment(&mut f, 0);
+        let (_, k1) = commitment(&mut f, 1);
+        let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
+        let m = sign_msg(&f, c0, &package);
+        // The driver's path: the share comes with a record whose fsync fails, so the driver
+        // must not send it.
+        f.participants[0].handle(
+            Instant::now(),
+            UNIX,
+            coord,
+            Envelope {
+                id: 1,
+                msg: m.clone(),
+            },
+            &mut rand::rngs::OsRng,
+        );
+        let (t, durable) = f.participants[0].poll_transmit_deferred().unwrap();
+        assert!(matches!(t.envelope.msg, Message::SignatureShare { .. }));
+        assert!(!durable.is_done());
+        assert!(durable.wait().is_err());
+        // poll_transmit waits itself: the duplicate (answered from memory) is refused.
+        assert_eq!(
+            ask(&mut f.participants[0], coord, m),
+            Message::Refused(Refusal::AuditFailed)
+        );
     }
 
     #[test]
@@ -1237,7 +1400,11 @@ mod tests {
             let (c1, k1) = commitment(&mut f, 1);
             let (c2, k2) = commitment(&mut f, 2);
             for (i, c) in [(0, c0), (1, c1), (2, c2)] {
-                let pending = &f.participants[i].groups[&(f.group.clone(), 1)].nonces[&c].nonces;
+                let pending = &f.participants[i].groups[&(f.group.clone(), 1)]
+                    .nonces
+                    .get(&c)
+                    .unwrap()
+                    .nonces;
                 secrets.push(pending.hiding().serialize());
                 secrets.push(pending.binding().serialize());
             }
@@ -1258,7 +1425,19 @@ mod tests {
                 group: f.group.clone(),
                 epoch: 1,
                 commitment_id: c2,
-                signing_package: vec![7; 40],
+                signing_package: std::sync::Arc::new(SignPackage {
+                    message: b"m".to_vec(),
+                    commitments: vec![
+                        conclave_protocol::PackageEntry {
+                            identifier: [7; 32],
+                            commitments: conclave_protocol::WireCommitments {
+                                hiding: [7; 32],
+                                binding: [7; 32],
+                            },
+                        };
+                        2
+                    ],
+                }),
                 request: Box::new(request_for(&f.client, &f.group, b"m")),
             };
             replies.push(ask(&mut f.participants[2], coord, m));

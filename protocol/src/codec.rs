@@ -113,7 +113,9 @@ pub fn decode_frame(frame: &[u8]) -> Result<Envelope, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{CommitmentEntry, GroupName, Message, Refusal};
+    use crate::message::{
+        CommitmentEntry, GroupName, Message, PackageEntry, Refusal, SignPackage, WireCommitments,
+    };
     use proptest::prelude::*;
 
     fn samples() -> Vec<Envelope> {
@@ -144,7 +146,10 @@ mod tests {
                     epoch: 1,
                     entries: vec![CommitmentEntry {
                         id: 4,
-                        commitments: vec![1, 2, 3],
+                        commitments: WireCommitments {
+                            hiding: [1; 32],
+                            binding: [2; 32],
+                        },
                     }],
                 },
             },
@@ -154,7 +159,16 @@ mod tests {
                     group: g.clone(),
                     epoch: 2,
                     commitment_id: 5,
-                    signing_package: vec![9; 300],
+                    signing_package: std::sync::Arc::new(SignPackage {
+                        message: vec![9; 300],
+                        commitments: vec![PackageEntry {
+                            identifier: [3; 32],
+                            commitments: WireCommitments {
+                                hiding: [4; 32],
+                                binding: [5; 32],
+                            },
+                        }],
+                    }),
                     request: Box::new(sample_request(&g)),
                 },
             },

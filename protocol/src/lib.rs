@@ -2,8 +2,9 @@
 //! bounded file reads. No runtime and no TLS: the pinned mutual-TLS QUIC setup lives in
 //! `conclave-transport`, so nothing that depends on this crate can touch a socket.
 //!
-//! Nothing in this crate knows about FROST rounds; FROST types travel as their own serialized
-//! bytes inside [`Message`] variants and are decoded by the crates that own them.
+//! Nothing in this crate knows about FROST rounds; FROST values travel as bytes inside
+//! [`Message`] variants and are decoded by the crates that own them (round-1 commitments by
+//! `conclave_keygen::commitments`).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -24,8 +25,9 @@ pub use error::SignError;
 pub use fsread::{read_bounded, read_bounded_to_string, read_limited, ReadError};
 pub use identity::{IdentityError, IdentityKey, NodeId};
 pub use message::{
-    AbortWhy, CommitmentEntry, Delivered, Envelope, GroupName, Message, PolicyRule, PostBody,
-    Refusal, Transmit, MAX_BATCH, MAX_GROUP_NAME_LEN, MAX_SIGN_MESSAGE_LEN,
+    AbortWhy, CommitmentEntry, Delivered, Envelope, GroupName, Message, PackageEntry, PolicyRule,
+    PostBody, Refusal, SignPackage, Transmit, WireCommitments, MAX_BATCH, MAX_GROUP_NAME_LEN,
+    MAX_SIGN_MESSAGE_LEN,
 };
 
 /// The first bytes of a key-transition statement (`conclave rotate migrate`): signers
@@ -36,4 +38,4 @@ pub const TRANSITION_PREFIX: &[u8] = b"\0conclave-key-transition/v1\n";
 pub const ALPN: &[u8] = b"conclave/1";
 
 /// Version byte carried by every frame.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;

@@ -70,13 +70,38 @@ pub struct Transmit {
     pub envelope: Envelope,
 }
 
+/// A round-1 commitment pair (hiding, binding) as it travels: each nonce commitment `D` is
+/// sent as the compressed Edwards point `Q` with `8·Q = D`, so that a receiver gets a point of
+/// the prime-order subgroup by multiplying by the cofactor instead of checking it with a scalar
+/// multiplication. Decoded (and why that is sound) in `conclave_keygen::commitments`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WireCommitments {
+    pub hiding: [u8; 32],
+    pub binding: [u8; 32],
+}
+
 /// One round-1 commitment held by a participant, named by the participant's own id for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitmentEntry {
     /// The participant's handle for the nonces behind this commitment.
     pub id: u64,
-    /// `frost_ed25519::round1::SigningCommitments`, serialized by frost.
-    pub commitments: Vec<u8>,
+    pub commitments: WireCommitments,
+}
+
+/// One signer's entry in a [`SignPackage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageEntry {
+    /// The signer's FROST identifier (a serialized non-zero scalar).
+    pub identifier: [u8; 32],
+    pub commitments: WireCommitments,
+}
+
+/// The round-2 signing package: the message and every chosen signer's commitments (the
+/// content of a `frost_ed25519::SigningPackage`, with the commitments as [`WireCommitments`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignPackage {
+    pub message: Vec<u8>,
+    pub commitments: Vec<PackageEntry>,
 }
 
 /// Every message of the protocol. The direction is given in each variant's comment.
@@ -101,13 +126,14 @@ pub enum Message {
         entries: Vec<CommitmentEntry>,
     },
 
-    /// Coordinator → participant: round 2. `signing_package` is a serialized
-    /// `frost_ed25519::SigningPackage` that must contain the commitment named by `commitment_id`.
+    /// Coordinator → participant: round 2. `signing_package` must contain the commitment
+    /// named by `commitment_id`; it is shared (not copied) between the messages to the signers
+    /// of one session.
     Sign {
         group: GroupName,
         epoch: u64,
         commitment_id: u64,
-        signing_package: Vec<u8>,
+        signing_package: std::sync::Arc<SignPackage>,
         /// The client's signed request, forwarded unchanged: the participant checks the
         /// client's signature, its own policy, and that the package signs exactly that message.
         request: Box<crate::request::SignedRequest>,

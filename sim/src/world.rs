@@ -109,10 +109,10 @@ pub struct Simulation<'t> {
     /// Session of each message being signed (messages are derived from session ids).
     by_message: std::collections::HashMap<Vec<u8>, SessionId>,
     /// Commitments handed out: (node, incarnation, commitment id) → serialized commitments.
-    handed_out: std::collections::HashMap<(usize, u32, u64), Vec<u8>>,
+    handed_out: std::collections::HashMap<(usize, u32, u64), conclave_protocol::WireCommitments>,
     /// Commitments used to sign, per node: (node, serialized commitments). A second use is a
     /// nonce reuse.
-    used_nonces: HashSet<(usize, Vec<u8>)>,
+    used_nonces: HashSet<(usize, conclave_protocol::WireCommitments)>,
     /// Wall time spent inside the state machines (the rest is the simulator's own).
     sm_time: Duration,
     wake_at: Option<Nanos>,
@@ -633,7 +633,7 @@ impl<'t> Simulation<'t> {
         if let Message::Commitments { entries, .. } = &reply.msg {
             for e in entries {
                 self.handed_out
-                    .insert((p, node.incarnation, e.id), e.commitments.clone());
+                    .insert((p, node.incarnation, e.id), e.commitments);
             }
         }
         let mut invalid = false;
@@ -690,12 +690,9 @@ impl<'t> Simulation<'t> {
         }
         if invalid {
             // Remember which session this invalid share belongs to (for the culprit invariants).
-            let pkg = request_package
-                .as_deref()
-                .and_then(|b| frost::SigningPackage::deserialize(b).ok());
-            let sid = pkg
+            let sid = request_package
                 .as_ref()
-                .and_then(|pkg| self.by_message.get(pkg.message()).copied());
+                .and_then(|pkg| self.by_message.get(&pkg.message).copied());
             if let Some(pend) = sid.and_then(|sid| self.pending.get_mut(&sid)) {
                 pend.invalid_senders.insert(p);
             }

@@ -453,32 +453,58 @@ async fn answer(handle: &ParticipantHandle, peer: NodeId, request: Envelope) -> 
         Message::Sign { group, request, .. } => Some((group.clone(), request.client)),
         _ => None,
     };
-    let Ok(mut p) = handle.state.lock() else {
-        return Envelope {
-            id,
-            msg: Message::Refused(Refusal::Internal),
+    let (mut reply, durable, labels) = {
+        let Ok(mut p) = handle.state.lock() else {
+            return Envelope {
+                id,
+                msg: Message::Refused(Refusal::Internal),
+            };
         };
-    };
-    p.handle(
-        Instant::now(),
-        crate::unix_now(),
-        peer,
-        request,
-        &mut rand::rngs::OsRng,
-    );
-    // The state machine answers each request with exactly one reply; holding the lock
-    // across handle and poll keeps replies with their requests.
-    let reply = p.poll_transmit().map(|t| t.envelope).unwrap_or(Envelope {
-        id,
-        msg: Message::Refused(Refusal::Internal),
-    });
-    if let (Some(m), Some((group, client))) = (&handle.metrics, label) {
+        p.handle(
+            Instant::now(),
+            crate::unix_now(),
+            peer,
+            request,
+            &mut rand::rngs::OsRng,
+        );
+        // The state machine answers each request with exactly one reply; holding the lock
+        // across handle and poll keeps replies with their requests.
+        let (reply, durable) = p
+            .poll_transmit_deferred()
+            .map(|(t, d)| (t.envelope, d))
+            .unwrap_or((
+                Envelope {
+                    id,
+                    msg: Message::Refused(Refusal::Internal),
+                },
+                conclave_audit::Durable::done(),
+            ));
         // Only served groups become label values (the name comes from the coordinator).
-        let group = if p.serves(&group) {
-            group.to_string()
-        } else {
-            "unknown".to_owned()
-        };
+        let labels = label.map(|(group, client)| {
+            let group = if p.serves(&group) {
+                group.to_string()
+            } else {
+                "unknown".to_owned()
+            };
+            (
+                group,
+                p.client_name(&client).unwrap_or("unknown").to_owned(),
+            )
+        });
+        (reply, durable, labels)
+    };
+    // Group commit, outside the state lock: the share leaves only once its audit record is
+    // on disk, and requests waiting at the same time share one fsync.
+    if !durable.is_done() {
+        let synced = tokio::task::spawn_blocking(move || durable.wait()).await;
+        if !matches!(synced, Ok(Ok(()))) {
+            tracing::error!(
+                "the audit record could not be made durable: the signature share is withheld"
+            );
+            reply.msg = Message::Refused(Refusal::AuditFailed);
+        }
+    }
+    if let (Some(m), Some((group, client))) = (&handle.metrics, labels) {
         let result = match &reply.msg {
             Message::SignatureShare { .. } => "ok",
             Message::Refused(r) => refusal_code(r),
@@ -495,7 +521,7 @@ async fn answer(handle: &ParticipantHandle, peer: NodeId, request: Envelope) -> 
                 m.policy_refusals_by_client
                     .get_or_create(&GroupClientRule {
                         group,
-                        client: p.client_name(&client).unwrap_or("unknown").to_owned(),
+                        client,
                         rule: rule.code().to_owned(),
                     })
                     .inc();

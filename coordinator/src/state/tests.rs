@@ -63,6 +63,10 @@ fn kind(m: &Message) -> &'static str {
 
 impl Net {
     fn new(t: u16, n: usize) -> Self {
+        Self::with_pool(t, n, 4)
+    }
+
+    fn with_pool(t: u16, n: usize, pool_target: u16) -> Self {
         let mut rng = rand::rngs::OsRng;
         let members: Vec<NewMember> = (0..n)
             .map(|i| NewMember {
@@ -77,7 +81,7 @@ impl Net {
         let mut coord = Coordinator::new(
             vec![manifest],
             CoordinatorConfig {
-                pool_target: 4,
+                pool_target,
                 ..Default::default()
             },
         )
@@ -820,4 +824,29 @@ fn a_node_whose_pool_was_dropped_after_a_timeout_is_refilled_and_used_again() {
         used |= o.signers.contains(&"p0".to_string());
     }
     assert!(used, "p0 is chosen again");
+}
+
+#[test]
+fn a_pool_larger_than_one_batch_is_fetched_in_batches_and_kept_full() {
+    // Both signers sign every request, so each spends one commitment per signature.
+    let mut net = Net::with_pool(2, 2, 600);
+    let commits = |net: &Net| net.sent.iter().filter(|(_, k)| *k == "commit").count();
+    // 256 + 256 + 88 per participant.
+    assert_eq!(commits(&net), 6);
+    for node in net.order.clone() {
+        assert_eq!(net.parts[&node].outstanding(&net.group), 600);
+    }
+    // Spending less than a batch asks for nothing; the pool is refilled once a batch is used.
+    for i in 0..10 {
+        net.sign(format!("m{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(commits(&net), 6);
+    for i in 0..300 {
+        net.sign(format!("n{i}").as_bytes()).unwrap();
+    }
+    assert!(commits(&net) > 6);
+    for node in net.order.clone() {
+        let held = net.parts[&node].outstanding(&net.group);
+        assert!(held > 600 - 256 && held <= 600, "{held}");
+    }
 }
