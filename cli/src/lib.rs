@@ -911,17 +911,42 @@ struct StatusArgs {
     json: bool,
 }
 
+/// `--groups`: a whole list in one value.
+#[derive(Clone, Debug)]
+struct GroupList(Vec<(u16, usize)>);
+
+fn group_list(s: &str) -> Result<GroupList, String> {
+    conclave_lab::bench::parse_groups(s).map(GroupList)
+}
+
 #[derive(Args, Debug)]
 struct BenchArgs {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
-    /// Signatures per configuration at concurrency 1 (concurrency 32 does 4x as many).
+    /// Signatures at concurrency 1 for a 3-of-n group (a t-of-n group does 3/t as many, at
+    /// least 10; higher concurrency does 4x as many).
     #[arg(long, default_value_t = 300)]
     requests: usize,
     /// Only 3-of-5, fewer requests: a smoke run.
     #[arg(long)]
     quick: bool,
+    /// The groups to measure, as TxN (threshold x participants), comma-separated.
+    #[arg(long, default_value = "3x5,7x10", value_parser = group_list)]
+    groups: GroupList,
+    /// Concurrency levels (requests in flight at once), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<usize>,
+    /// Where the nodes write their audit records: fsync (a file, fsynced per record: the
+    /// default of the daemons), file (not fsynced: audit_fsync = false) or memory (no disk).
+    #[arg(long, default_value = "fsync", value_parser = ["fsync", "file", "memory"])]
+    audit: String,
+    /// Fresh clusters per group, each measured at every concurrency level (for min/median).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Skip the authorization-cost section (three more 3-of-5 clusters).
+    #[arg(long, conflicts_with = "authorization")]
+    no_authorization: bool,
     /// Time reshare ceremonies (3-of-5 -> 5-of-7 and 67-of-100 -> 67-of-100) instead of signing.
     #[arg(long)]
     reshare: bool,
@@ -1200,6 +1225,15 @@ fn run(command: Command) -> CmdResult {
                 requests: args.requests,
                 quick: args.quick,
                 authorization_only: args.authorization,
+                groups: args.groups.0.clone(),
+                concurrency: args.concurrency.clone(),
+                audit: match args.audit.as_str() {
+                    "memory" => conclave_lab::cluster::Audit::Memory,
+                    "file" => conclave_lab::cluster::Audit::Files { fsync: false },
+                    _ => conclave_lab::cluster::Audit::Files { fsync: true },
+                },
+                runs: args.runs,
+                no_authorization: args.no_authorization,
             },
         ))?),
         Command::Sim(args) => runtime()?.block_on(sim::run(*args)),

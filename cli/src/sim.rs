@@ -377,6 +377,7 @@ async fn bench(sessions: usize, json: bool) -> CmdResult {
                 "simulator_us_per_session": simulator_us,
                 "inprocess_frost_us": inproc_us,
                 "ratio_to_inprocess": total_us / inproc_us,
+                "inprocess_over_session": inproc_us / total_us,
                 "simulator_overhead_over_inprocess": simulator_us / inproc_us,
             })
         );
