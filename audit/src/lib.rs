@@ -136,6 +136,12 @@ impl Syncer {
             return Ok(());
         }
         let file = self.file.lock().map_err(|_| broken())?;
+        // A waiter ahead of this one may have failed: after a failed fsync, Linux reports the
+        // error once and marks the unwritten pages clean, so a second fsync would "succeed"
+        // without the lines being on disk. Nothing is durable any more.
+        if self.failed.load(Ordering::Acquire) {
+            return Err(broken());
+        }
         // Another waiter's fsync may have covered these lines while this one queued.
         if self.synced.load(Ordering::Acquire) >= lines {
             return Ok(());
@@ -187,12 +193,16 @@ impl Durable {
     pub fn is_done(&self) -> bool {
         match &self.0 {
             None => true,
-            Some((s, lines)) => s.synced.load(std::sync::atomic::Ordering::Acquire) >= *lines,
+            Some((s, lines)) => {
+                !s.failed.load(std::sync::atomic::Ordering::Acquire)
+                    && s.synced.load(std::sync::atomic::Ordering::Acquire) >= *lines
+            }
         }
     }
 
     /// Blocks until the record is on disk (one fsync, shared with every record written
-    /// before it was called).
+    /// before it was called). Once an fsync of the log failed, every wait fails, also for
+    /// records an earlier fsync covered: the caller cannot tell what the failure lost.
     pub fn wait(&self) -> Result<(), AuditError> {
         match &self.0 {
             None => Ok(()),

@@ -305,3 +305,33 @@ fn deferred_records_share_one_fsync_and_stay_in_the_chain() {
         .unwrap()
         .is_done());
 }
+
+#[test]
+fn a_waiter_queued_behind_a_failed_fsync_is_told_so() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let f = std::fs::File::create(dir.path().join("x")).unwrap();
+    let s = std::sync::Arc::new(super::Syncer {
+        path: dir.path().join("x"),
+        file: std::sync::Mutex::new(f),
+        written: 6.into(),
+        synced: 3.into(),
+        failed: false.into(),
+    });
+    // Waiter A holds the file lock (its fsync under way) ...
+    let guard = s.file.lock().unwrap();
+    let s2 = s.clone();
+    let b = std::thread::spawn(move || super::Durable(Some((s2, 6))).wait());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // ... and it fails: the log is marked failed. B's own fsync on the same file would
+    // return 0 on Linux (the error is reported once), which a healthy file stands for here.
+    s.failed.store(true, Ordering::Release);
+    drop(guard);
+    assert!(
+        b.join().unwrap().is_err(),
+        "B was told its record is durable"
+    );
+    // Tokens an fsync covered before the failure are not "done" either.
+    assert!(!super::Durable(Some((s.clone(), 2))).is_done());
+    assert!(super::Durable(Some((s, 2))).wait().is_err());
+}

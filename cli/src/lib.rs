@@ -145,6 +145,16 @@ enum Command {
     },
     /// Measure signing latency and throughput on a loopback cluster against in-process FROST.
     Bench(BenchArgs),
+    /// The participant process `bench --rss` measures (not for direct use).
+    #[command(hide = true)]
+    BenchChild {
+        /// What to run: participant-rss.
+        what: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        nonces: usize,
+    },
     /// Simulate a deployment (virtual network, faults, adversaries), or run a chaos proxy.
     Sim(Box<sim::SimArgs>),
     /// Change a group's shares under the same key: refresh, reshare to new members and
@@ -947,6 +957,13 @@ struct BenchArgs {
     /// Skip the authorization-cost section (three more 3-of-5 clusters).
     #[arg(long, conflicts_with = "authorization")]
     no_authorization: bool,
+    /// Only the memory of a participant process: idle, and with --nonces pooled commitments
+    /// for one coordinator.
+    #[arg(long, conflicts_with_all = ["reshare", "authorization", "clients"])]
+    rss: bool,
+    /// Pooled commitments for --rss.
+    #[arg(long, default_value_t = 10_000)]
+    nonces: usize,
     /// Time reshare ceremonies (3-of-5 -> 5-of-7 and 67-of-100 -> 67-of-100) instead of signing.
     #[arg(long)]
     reshare: bool,
@@ -1216,6 +1233,13 @@ fn run(command: Command) -> CmdResult {
         Command::Bench(args) if args.clients => {
             Ok(runtime()?.block_on(conclave_lab::bench_clients::run(args.json, args.quick))?)
         }
+        Command::BenchChild { what, dir, nonces } if what == "participant-rss" => {
+            Ok(runtime()?.block_on(conclave_lab::bench_rss::participant_child(&dir, nonces))?)
+        }
+        Command::BenchChild { what, .. } => {
+            Err(Exit::from(anyhow::anyhow!("unknown bench child {what:?}")))
+        }
+        Command::Bench(args) if args.rss => runtime()?.block_on(bench_rss(args.nonces, args.json)),
         Command::Bench(args) if args.reshare => {
             Ok(runtime()?.block_on(conclave_lab::bench_reshare::run(args.json, args.quick))?)
         }
@@ -1248,6 +1272,42 @@ fn run(command: Command) -> CmdResult {
         Command::Rotate(RotateCmd::Resume(args)) => rotate::resume(args),
         Command::Logs(LogsCmd::Scan(args)) => scan::run(args),
     }
+}
+
+async fn bench_rss(nonces: usize, json: bool) -> CmdResult {
+    if !(1..=config::MAX_OUTSTANDING_NONCES).contains(&nonces) {
+        return Err(Exit::from(anyhow::anyhow!(
+            "--nonces is between 1 and {}",
+            config::MAX_OUTSTANDING_NONCES
+        )));
+    }
+    let exe = std::env::current_exe().map_err(|e| Exit::from(anyhow::anyhow!("{e}")))?;
+    if !json {
+        eprintln!(
+            "starting a participant process and filling its pool to {nonces} commitments ..."
+        );
+    }
+    let r = conclave_lab::bench_rss::measure(&exe, nonces).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "participant_rss", "nonces": r.nonces,
+                "idle_rss_kib": r.idle_kib, "pooled_rss_kib": r.pooled_kib,
+                "per_nonce_bytes": r.per_nonce_bytes(), "fill_ms": r.fill.as_secs_f64() * 1e3,
+            })
+        );
+    } else {
+        println!(
+            "participant process RSS: idle {:.1} MiB, with {} pooled nonces {:.1} MiB ({:.0} bytes per nonce; pool filled in {} ms)",
+            r.idle_kib as f64 / 1024.0,
+            r.nonces,
+            r.pooled_kib as f64 / 1024.0,
+            r.per_nonce_bytes(),
+            r.fill.as_millis()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

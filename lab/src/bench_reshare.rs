@@ -166,14 +166,19 @@ pub async fn run(json: bool, quick: bool) -> anyhow::Result<()> {
         let ratio = quic.as_secs_f64() / mem.as_secs_f64().max(1e-9);
         if !json {
             println!(
-                "{t}-of-{n} -> {t2}-of-{n2}: over QUIC {:.3} s, in memory {:.3} s (QUIC/in-memory {ratio:.2}x); group key unchanged",
+                "{t}-of-{n} -> {t2}-of-{n2}: over QUIC {:.3} s, in memory {:.3} s (QUIC/in-memory {ratio:.2}x); group key unchanged; peak RSS so far {:.0} MiB",
                 quic.as_secs_f64(),
-                mem.as_secs_f64()
+                mem.as_secs_f64(),
+                crate::bench_rss::own_rss_kib().1 as f64 / 1024.0
             );
         }
+        // Peak resident memory of this process so far (relay and every member together).
+        let (_, peak_kib) = crate::bench_rss::own_rss_kib();
         results.push(serde_json::json!({
             "from": format!("{t}-of-{n}"), "to": format!("{t2}-of-{n2}"),
-            "quic_s": quic.as_secs_f64(), "in_memory_s": mem.as_secs_f64(), "ratio": ratio,
+            "quic_s": quic.as_secs_f64(), "quic_ms": quic.as_secs_f64() * 1e3,
+            "in_memory_s": mem.as_secs_f64(), "ratio": ratio,
+            "peak_rss_kib": peak_kib,
         }));
     }
     if json {

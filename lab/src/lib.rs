@@ -12,5 +12,6 @@
 pub mod bench;
 pub mod bench_clients;
 pub mod bench_reshare;
+pub mod bench_rss;
 pub mod cluster;
 pub mod demo;

@@ -115,10 +115,11 @@ pub fn corrupt_share(share: &mut [u8]) {
 /// record's durability (a duplicate is not answered before the first answer could be).
 type Answered = ([u8; 32], Vec<u8>, Durable);
 
+/// One unused nonce pair (its commitments are inside `nonces`). About 450 bytes, boxed so
+/// that the map's spare capacity costs a pointer per slot, not a whole entry.
 struct PendingNonce {
     owner: NodeId,
     nonces: frost::round1::SigningNonces,
-    commitments: frost::round1::SigningCommitments,
     expires: Instant,
 }
 
@@ -134,12 +135,13 @@ struct GroupShare {
     nonces: Nonces,
 }
 
-/// The unused nonces of one share, by commitment id, with how many each coordinator holds
-/// (checked on every commit request, without scanning the nonces).
+/// The unused nonces of one share, by commitment id, with the ids each coordinator holds
+/// (oldest first: ids only grow), so a commit request is checked without a scan and a
+/// coordinator's oldest nonces can be dropped when it asks beyond its limit.
 #[derive(Default)]
 struct Nonces {
-    by_id: HashMap<u64, PendingNonce>,
-    per_owner: HashMap<NodeId, usize>,
+    by_id: HashMap<u64, Box<PendingNonce>>,
+    per_owner: HashMap<NodeId, std::collections::BTreeSet<u64>>,
 }
 
 impl Nonces {
@@ -148,11 +150,11 @@ impl Nonces {
     }
 
     fn held_by(&self, owner: &NodeId) -> usize {
-        self.per_owner.get(owner).copied().unwrap_or(0)
+        self.per_owner.get(owner).map_or(0, |s| s.len())
     }
 
     fn get(&self, id: &u64) -> Option<&PendingNonce> {
-        self.by_id.get(id)
+        self.by_id.get(id).map(|b| &**b)
     }
 
     #[cfg(test)]
@@ -161,30 +163,43 @@ impl Nonces {
     }
 
     fn values(&self) -> impl Iterator<Item = &PendingNonce> {
-        self.by_id.values()
+        self.by_id.values().map(|b| &**b)
     }
 
-    fn insert(&mut self, id: u64, nonce: PendingNonce) {
+    fn insert(&mut self, id: u64, nonce: Box<PendingNonce>) {
         let owner = nonce.owner;
         if let Some(old) = self.by_id.insert(id, nonce) {
-            self.forget(&old.owner);
+            self.forget(&old.owner, id);
         }
-        *self.per_owner.entry(owner).or_insert(0) += 1;
+        self.per_owner.entry(owner).or_default().insert(id);
     }
 
-    fn remove(&mut self, id: &u64) -> Option<PendingNonce> {
+    fn remove(&mut self, id: &u64) -> Option<Box<PendingNonce>> {
         let nonce = self.by_id.remove(id)?;
-        self.forget(&nonce.owner);
+        self.forget(&nonce.owner, *id);
         Some(nonce)
     }
 
-    fn forget(&mut self, owner: &NodeId) {
-        if let Some(n) = self.per_owner.get_mut(owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+    fn forget(&mut self, owner: &NodeId, id: u64) {
+        if let Some(ids) = self.per_owner.get_mut(owner) {
+            ids.remove(&id);
+            if ids.is_empty() {
                 self.per_owner.remove(owner);
             }
         }
+    }
+
+    /// Drops (zeroizing) the `count` oldest nonces `owner` holds; returns how many.
+    fn evict_oldest(&mut self, owner: &NodeId, count: usize) -> usize {
+        let oldest: Vec<u64> = self
+            .per_owner
+            .get(owner)
+            .map(|ids| ids.iter().take(count).copied().collect())
+            .unwrap_or_default();
+        for id in &oldest {
+            self.remove(id);
+        }
+        oldest.len()
     }
 
     fn clear(&mut self) {
@@ -194,15 +209,16 @@ impl Nonces {
 
     /// Keeps the nonces that have not expired at `now`; returns how many were dropped.
     fn expire(&mut self, now: Instant) -> usize {
-        let before = self.by_id.len();
-        self.by_id.retain(|_, p| p.expires > now);
-        if self.by_id.len() != before {
-            self.per_owner.clear();
-            for p in self.by_id.values() {
-                *self.per_owner.entry(p.owner).or_insert(0) += 1;
-            }
+        let expired: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, p)| p.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.remove(id);
         }
-        before - self.by_id.len()
+        expired.len()
     }
 }
 
@@ -256,6 +272,8 @@ pub struct ParticipantStats {
     /// Shares dropped because their audit record could not be written.
     pub audit_failures: u64,
     pub nonces_expired: u64,
+    /// Nonces dropped because their coordinator asked beyond `max_outstanding`.
+    pub nonces_evicted: u64,
     /// Requests refused because the group is frozen.
     pub frozen_refusals: u64,
     /// Shares dropped from memory by the share cache TTL.
@@ -568,25 +586,30 @@ impl Participant {
             return Err(Refusal::Internal);
         };
         share.last_used = now;
+        let room = usize::from(count).min(max);
         let held = share.nonces.held_by(&from);
-        let room = max.saturating_sub(held).min(usize::from(count));
-        if room == 0 {
-            return Err(Refusal::Overloaded);
+        if held + room > max {
+            // This coordinator asks for more than its limit allows: it has lost track of
+            // nonces it was given (a dropped pool after a timeout or a restart), or its
+            // pool_target is above max_outstanding_nonces. Its oldest nonces go (zeroized);
+            // only it could spend them, so no other coordinator loses anything.
+            let evicted = share.nonces.evict_oldest(&from, held + room - max);
+            self.stats.nonces_evicted += evicted as u64;
+            tracing::warn!(%group, epoch, coordinator = %from.short(), evicted, "a coordinator asked beyond max_outstanding_nonces: its oldest nonces were dropped (keep its pool_target at most max_outstanding_nonces)");
         }
         let mut entries = Vec::with_capacity(room);
         for _ in 0..room {
-            let (nonces, commitments) = frost::round1::commit(key_package.signing_share(), rng);
+            let nonces = frost::round1::SigningNonces::new(key_package.signing_share(), rng);
             let wire = conclave_keygen::commitments::to_wire(&nonces);
             let id = next_id;
             next_id = next_id.wrapping_add(1);
             share.nonces.insert(
                 id,
-                PendingNonce {
+                Box::new(PendingNonce {
                     owner: from,
                     nonces,
-                    commitments,
                     expires,
-                },
+                }),
             );
             entries.push(CommitmentEntry {
                 id,
@@ -641,6 +664,16 @@ impl Participant {
             let mut h = Sha256::new();
             h.update(group.as_str().as_bytes());
             h.update([0]);
+            h.update(epoch.to_le_bytes());
+            // The whole request, not just its signature: a remembered share answers exactly
+            // the request it was made for.
+            match postcard::to_stdvec(request) {
+                Ok(bytes) => {
+                    h.update((bytes.len() as u64).to_le_bytes());
+                    h.update(&bytes);
+                }
+                Err(_) => return Err(Refusal::Malformed),
+            }
             h.update((wire_package.message.len() as u64).to_le_bytes());
             h.update(&wire_package.message);
             for e in &wire_package.commitments {
@@ -683,7 +716,9 @@ impl Participant {
         // the identity, identifiers distinct (see conclave_keygen::commitments).
         let package = conclave_keygen::commitments::package_from_wire(wire_package)
             .map_err(|_| Refusal::InvalidSigningPackage)?;
-        if package.signing_commitment(&share.identifier) != Some(pending.commitments) {
+        if package.signing_commitment(&share.identifier).as_ref()
+            != Some(pending.nonces.commitments())
+        {
             return Err(Refusal::InvalidSigningPackage);
         }
         share.last_used = now;
@@ -1308,27 +1343,46 @@ mod tests {
             },
             &mut rand::rngs::OsRng,
         );
-        match p.poll_transmit().unwrap().envelope.msg {
-            Message::Commitments { entries, .. } => assert_eq!(entries.len(), 5),
+        let first = match p.poll_transmit().unwrap().envelope.msg {
+            Message::Commitments { entries, .. } => entries,
             other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            ask(
-                p,
-                coord,
-                Message::Commit {
-                    group: g.clone(),
-                    epoch: 1,
-                    count: 1
-                }
-            ),
-            Message::Refused(Refusal::Overloaded)
-        );
+        };
+        assert_eq!(first.len(), 5);
+        // Asking beyond the limit (a coordinator that lost its pool) drops its oldest nonces
+        // instead of refusing it until they expire.
+        let more = Message::Commit {
+            group: g.clone(),
+            epoch: 1,
+            count: 2,
+        };
+        let Message::Commitments { entries, .. } = ask(p, coord, more) else {
+            panic!("refused")
+        };
+        assert_eq!(entries.len(), 2);
+        assert_eq!(p.outstanding(&g), 5);
+        assert_eq!(p.stats.nonces_evicted, 2);
+        let held = &p.groups[&(g.clone(), 1)].nonces;
+        assert!(!held.contains_key(&first[0].id) && !held.contains_key(&first[1].id));
+        assert!(held.contains_key(&first[2].id) && held.contains_key(&entries[1].id));
+        // Another coordinator's nonces are never touched by it.
+        let other = IdentityKey::generate(&mut rand::rngs::OsRng).node_id();
+        let one = Message::Commit {
+            group: g.clone(),
+            epoch: 1,
+            count: 1,
+        };
+        assert!(matches!(
+            ask(p, other, one.clone()),
+            Message::Commitments { .. }
+        ));
+        assert!(matches!(ask(p, coord, one), Message::Commitments { .. }));
+        assert_eq!(p.outstanding(&g), 6);
+        assert_eq!(p.groups[&(g.clone(), 1)].nonces.held_by(&other), 1);
         let deadline = p.poll_timeout().unwrap();
-        p.handle_timeout(deadline);
+        p.handle_timeout(deadline + Duration::from_secs(60));
         assert_eq!(p.outstanding(&g), 0);
         assert_eq!(p.poll_timeout(), None);
-        assert_eq!(p.stats.nonces_expired, 5);
+        assert_eq!(p.stats.nonces_expired, 6);
     }
 
     /// Every printable form of `secret` a careless log line could carry.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conclave_audit::{AuditSink, Decision};
+use conclave_audit::{AuditSink, Decision, Durable};
 use conclave_client::quic::{self, Pinned, TransportError};
 use conclave_protocol::request::SignedRequest;
 use conclave_protocol::{
@@ -61,6 +61,8 @@ enum Input {
     Failed {
         id: u64,
     },
+    /// A session's audit record reached the disk and its reply went out (wakes a drain).
+    Synced,
     Reload {
         update: Box<CoordinatorUpdate>,
         reply: oneshot::Sender<Result<ReloadSummary, String>>,
@@ -223,11 +225,21 @@ fn request_record(request: &SignedRequest, message: &[u8], name: Option<String>)
 /// not stored: the caller must not return the signature.
 fn record_outcome(
     audit: &mut Option<Box<dyn AuditSink>>,
-    mut record: Decision,
+    record: Decision,
     result: &Result<SignOutcome, SignError>,
 ) -> Result<(), conclave_audit::AuditError> {
+    record_outcome_deferred(audit, record, result)?.wait()
+}
+
+/// Like [`record_outcome`], but the fsync is left to the returned token (group commit): the
+/// caller returns the result only once [`Durable::wait`] succeeded.
+fn record_outcome_deferred(
+    audit: &mut Option<Box<dyn AuditSink>>,
+    mut record: Decision,
+    result: &Result<SignOutcome, SignError>,
+) -> Result<Durable, conclave_audit::AuditError> {
     let Some(audit) = audit.as_mut() else {
-        return Ok(());
+        return Ok(Durable::done());
     };
     match result {
         Ok(o) => record.detail = Some(format!("signers={}", o.signers.join(","))),
@@ -244,7 +256,7 @@ fn record_outcome(
             }
         }
     }
-    audit.record(crate::unix_now(), record)
+    audit.record_deferred(crate::unix_now(), record)
 }
 
 impl Server {
@@ -342,6 +354,8 @@ impl Server {
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain_until: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
+        // Sessions whose result waits for its audit record's fsync.
+        let syncing: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         loop {
             flush(
                 &mut coordinator,
@@ -349,8 +363,9 @@ impl Server {
                 &tx,
                 &mut waiters,
                 &mut audit,
-                metrics.as_deref(),
+                metrics.as_ref(),
                 request_timeout,
+                &syncing,
             );
             if membership != Some(coordinator.membership()) {
                 membership = Some(coordinator.membership());
@@ -369,7 +384,7 @@ impl Server {
                 m.in_flight
                     .set(i64::try_from(waiters.len()).unwrap_or(i64::MAX));
             }
-            if drain_until.is_some() && waiters.is_empty() {
+            if drain_until.is_some() && waiters.is_empty() && syncing.load(Ordering::Acquire) == 0 {
                 tracing::info!("drained: every session in flight finished");
                 break;
             }
@@ -469,6 +484,7 @@ impl Server {
                         }
                         Input::Reply { from, envelope } => coordinator.handle(now, from, envelope),
                         Input::Failed { id } => coordinator.handle_failure(now, id),
+                        Input::Synced => {}
                         Input::Reload { update, reply } => {
                             let CoordinatorUpdate { manifests, addresses: new_addresses, clients, policy, config } = *update;
                             let result = coordinator.reload(now, manifests).map_err(|e| format!("{e}"));
@@ -650,14 +666,16 @@ fn count_result(
 }
 
 /// Sends what the state machine queued and delivers what it decided.
+#[allow(clippy::too_many_arguments)]
 fn flush(
     coordinator: &mut Coordinator,
     conns: &HashMap<NodeId, quinn::Connection>,
     tx: &mpsc::Sender<Input>,
     waiters: &mut HashMap<SessionId, Pending>,
     audit: &mut Option<Box<dyn AuditSink>>,
-    metrics: Option<&Metrics>,
+    metrics: Option<&Arc<Metrics>>,
     request_timeout: Duration,
+    syncing: &Arc<std::sync::atomic::AtomicUsize>,
 ) {
     loop {
         let mut progressed = false;
@@ -691,20 +709,51 @@ fn flush(
                     session, result, ..
                 } => {
                     if let Some(w) = waiters.remove(&session) {
-                        let result = match record_outcome(audit, w.record, &result) {
-                            Ok(()) => result,
+                        let Pending {
+                            reply,
+                            record,
+                            group,
+                            started,
+                        } = w;
+                        let for_finish = metrics.cloned();
+                        let finish = move |result: Result<SignOutcome, SignError>| {
+                            if let Some(m) = &for_finish {
+                                count_result(m, &group, &result, started.elapsed());
+                            }
+                            let _ = reply.send(result);
+                        };
+                        let failed = |m: Option<&Arc<Metrics>>| {
+                            if let Some(m) = m {
+                                m.audit_write_failures.inc();
+                            }
+                            Err(SignError::AuditFailed)
+                        };
+                        match record_outcome_deferred(audit, record, &result) {
+                            Ok(durable) if durable.is_done() => finish(result),
+                            Ok(durable) => {
+                                // Group commit, off the event loop: the result (and any
+                                // signature in it) goes out once its record is on disk.
+                                syncing.fetch_add(1, Ordering::AcqRel);
+                                let (syncing, tx, m) =
+                                    (syncing.clone(), tx.clone(), metrics.cloned());
+                                tokio::spawn(async move {
+                                    let synced =
+                                        tokio::task::spawn_blocking(move || durable.wait()).await;
+                                    if matches!(synced, Ok(Ok(()))) {
+                                        finish(result);
+                                    } else {
+                                        tracing::error!("the audit record could not be made durable: returning no signature");
+                                        finish(failed(m.as_ref()));
+                                    }
+                                    syncing.fetch_sub(1, Ordering::AcqRel);
+                                    let _ = tx.send(Input::Synced).await;
+                                });
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot write the audit record: returning no signature");
-                                if let Some(m) = metrics {
-                                    m.audit_write_failures.inc();
-                                }
-                                Err(SignError::AuditFailed)
+                                finish(failed(metrics));
                             }
-                        };
-                        if let Some(m) = metrics {
-                            count_result(m, &w.group, &result, w.started.elapsed());
                         }
-                        let _ = w.reply.send(result);
                     }
                 }
                 Event::CulpritDetected { group, name, .. } => {

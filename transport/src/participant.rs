@@ -139,6 +139,11 @@ impl ParticipantHandle {
         self.state.lock().map(|p| p.groups()).unwrap_or_default()
     }
 
+    /// Unused commitments held for `group` (every epoch).
+    pub fn outstanding(&self, group: &GroupName) -> usize {
+        self.state.lock().map_or(0, |p| p.outstanding(group))
+    }
+
     fn update_gauges(&self) {
         let Some(m) = &self.metrics else { return };
         let Ok(p) = self.state.lock() else { return };

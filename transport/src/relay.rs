@@ -137,7 +137,9 @@ impl RelayServer {
         }
         accept.abort();
         self.endpoint.close(0u32.into(), b"ceremony over");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        // Every member has had its last reply; CONNECTION_CLOSE goes out at once and the
+        // draining period after it is not waited out.
+        let _ = tokio::time::timeout(Duration::from_millis(10), self.endpoint.wait_idle()).await;
         match end {
             Some((e, _)) => e,
             None => RelayEnd::Aborted(relay.give_up()),

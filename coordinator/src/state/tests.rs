@@ -850,3 +850,29 @@ fn a_pool_larger_than_one_batch_is_fetched_in_batches_and_kept_full() {
         assert!(held > 600 - 256 && held <= 600, "{held}");
     }
 }
+
+#[test]
+fn a_node_whose_big_pool_was_dropped_after_a_timeout_is_used_again() {
+    // pool_target equal to the participants' default max_outstanding_nonces (1024): after a
+    // timeout the coordinator forgets its pool while the participant still holds the nonces;
+    // the participant drops the oldest ones when asked again instead of refusing.
+    let mut net = Net::with_pool(2, 3, 1024);
+    net.sign(b"warm-up").unwrap();
+    let node = net.order[0];
+    net.silent.insert(node);
+    for i in 0..3 {
+        net.sign(format!("s{i}").as_bytes()).unwrap();
+    }
+    net.silent.remove(&node);
+    net.now += Duration::from_secs(6);
+    net.coord.handle_timeout(net.now);
+    net.pump();
+    assert!(net.coord.pooled(node, &net.group) > 0);
+    assert!(net.parts[&node].outstanding(&net.group) <= 1024);
+    let mut used = false;
+    for i in 0..6 {
+        let o = net.sign(format!("u{i}").as_bytes()).unwrap();
+        used |= o.signers.contains(&"p0".to_string());
+    }
+    assert!(used, "the node was never chosen again");
+}
