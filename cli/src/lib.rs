@@ -961,6 +961,10 @@ struct BenchArgs {
     /// for one coordinator.
     #[arg(long, conflicts_with_all = ["reshare", "authorization", "clients"])]
     rss: bool,
+    /// Only the parts issue 15 changed (package decoding, commitment decoding, commitment
+    /// making, aggregation), the old and the new way, in process.
+    #[arg(long, conflicts_with_all = ["reshare", "authorization", "clients", "rss"])]
+    parts: bool,
     /// Pooled commitments for --rss.
     #[arg(long, default_value_t = 10_000)]
     nonces: usize,
@@ -1239,6 +1243,7 @@ fn run(command: Command) -> CmdResult {
         Command::BenchChild { what, .. } => {
             Err(Exit::from(anyhow::anyhow!("unknown bench child {what:?}")))
         }
+        Command::Bench(args) if args.parts => Ok(conclave_lab::bench_parts::run(args.json)?),
         Command::Bench(args) if args.rss => runtime()?.block_on(bench_rss(args.nonces, args.json)),
         Command::Bench(args) if args.reshare => {
             Ok(runtime()?.block_on(conclave_lab::bench_reshare::run(args.json, args.quick))?)

@@ -16,5 +16,6 @@ pub use conclave_protocol::SignError;
 #[cfg(feature = "fault-injection")]
 pub use state::Misbehaviour;
 pub use state::{
-    Coordinator, CoordinatorConfig, Event, GroupInfo, ReloadSummary, SessionId, SignOutcome,
+    sum_and_verify, Coordinator, CoordinatorConfig, Event, GroupInfo, ReloadSummary, SessionId,
+    SignOutcome,
 };

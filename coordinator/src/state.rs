@@ -1980,7 +1980,7 @@ mod tests;
 /// The aggregate of `shares` over `package` if it verifies under `key` with `verify_strict`;
 /// `None` otherwise (a share is wrong, or one is missing). The one verification of a
 /// signature on the coordinator: nothing leaves without it.
-fn sum_and_verify(
+pub fn sum_and_verify(
     package: &frost::SigningPackage,
     shares: &BTreeMap<frost::Identifier, frost::round2::SignatureShare>,
     pubkeys: &frost::keys::PublicKeyPackage,

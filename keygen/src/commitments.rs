@@ -55,7 +55,7 @@ pub enum CommitmentError {
     DuplicateIdentifier,
 }
 
-fn inverse_of_eight() -> &'static Scalar {
+pub(crate) fn inverse_of_eight() -> &'static Scalar {
     static INV8: OnceLock<Scalar> = OnceLock::new();
     INV8.get_or_init(|| Scalar::from(8u64).invert())
 }

@@ -18,6 +18,7 @@ pub mod repair;
 pub mod reshare;
 pub mod secret;
 pub mod sharefile;
+pub mod signing;
 pub mod store;
 
 pub use dealer::{deal, share_header, DealtShare, NewMember};

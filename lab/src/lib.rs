@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod bench_clients;
+pub mod bench_parts;
 pub mod bench_reshare;
 pub mod bench_rss;
 pub mod cluster;

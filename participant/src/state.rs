@@ -115,11 +115,11 @@ pub fn corrupt_share(share: &mut [u8]) {
 /// record's durability (a duplicate is not answered before the first answer could be).
 type Answered = ([u8; 32], Vec<u8>, Durable);
 
-/// One unused nonce pair (its commitments are inside `nonces`). About 450 bytes, boxed so
+/// One unused nonce pair (its commitments are inside `nonces`). About 500 bytes, boxed so
 /// that the map's spare capacity costs a pointer per slot, not a whole entry.
 struct PendingNonce {
     owner: NodeId,
-    nonces: frost::round1::SigningNonces,
+    nonces: conclave_keygen::signing::SigningNonces,
     expires: Instant,
 }
 
@@ -599,8 +599,9 @@ impl Participant {
         }
         let mut entries = Vec::with_capacity(room);
         for _ in 0..room {
-            let nonces = frost::round1::SigningNonces::new(key_package.signing_share(), rng);
-            let wire = conclave_keygen::commitments::to_wire(&nonces);
+            let nonces =
+                conclave_keygen::signing::SigningNonces::new(key_package.signing_share(), rng);
+            let wire = nonces.wire();
             let id = next_id;
             next_id = next_id.wrapping_add(1);
             share.nonces.insert(
@@ -763,8 +764,9 @@ impl Participant {
                 return Err(Refusal::Internal);
             }
         };
-        let signature_share = frost::round2::sign(&package, &pending.nonces, key_package)
-            .map_err(|_| Refusal::Internal)?;
+        let signature_share =
+            conclave_keygen::signing::sign(&package, &pending.nonces, key_package)
+                .map_err(|_| Refusal::Internal)?;
         drop(pending); // zeroizes the nonces
         let mut bytes = signature_share.serialize();
         if fault == Some(Misbehaviour::CorruptShares) {
