@@ -24,8 +24,9 @@ type Nonce = frost_core::round1::Nonce<E>;
 /// Used at most once; zeroized on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct SigningNonces {
-    hiding: Nonce,
-    binding: Nonce,
+    // Scalars (not frost's `Nonce`): their zeroize is a volatile write.
+    hiding: Scalar,
+    binding: Scalar,
     #[zeroize(skip)]
     commitments: frost::round1::SigningCommitments,
     #[zeroize(skip)]
@@ -42,11 +43,9 @@ impl std::fmt::Debug for SigningNonces {
 }
 
 /// `(Q, D)` for the nonce `n`: `Q = (n/8)·B` compressed and `D = 8·Q = n·B`.
-fn commit_one(nonce: &Nonce) -> ([u8; 32], EdwardsPoint) {
-    let mut n = nonce.to_scalar();
+fn commit_one(n: &Scalar) -> ([u8; 32], EdwardsPoint) {
     let mut eighth = n * crate::commitments::inverse_of_eight();
     let q = EdwardsPoint::mul_base(&eighth);
-    n.zeroize();
     eighth.zeroize();
     (q.compress().to_bytes(), q.mul_by_cofactor())
 }
@@ -57,8 +56,17 @@ impl SigningNonces {
         share: &frost::keys::SigningShare,
         rng: &mut R,
     ) -> Self {
-        let hiding = Nonce::new(share, rng);
-        let binding = Nonce::new(share, rng);
+        Self::from_nonces(Nonce::new(share, rng), Nonce::new(share, rng))
+    }
+
+    /// The commitments to the nonces `hiding` and `binding` (each used at most once).
+    pub fn from_nonces(hiding: Nonce, binding: Nonce) -> Self {
+        let mut hiding_nonce = hiding;
+        let mut binding_nonce = binding;
+        let hiding = hiding_nonce.to_scalar();
+        let binding = binding_nonce.to_scalar();
+        hiding_nonce.zeroize();
+        binding_nonce.zeroize();
         let (hq, hd) = commit_one(&hiding);
         let (bq, bd) = commit_one(&binding);
         Self {
@@ -85,14 +93,11 @@ impl SigningNonces {
         self.wire
     }
 
-    /// The hiding nonce (secret: for tests that look for it where it must not be).
-    pub fn hiding(&self) -> &Nonce {
-        &self.hiding
-    }
-
-    /// The binding nonce (secret, as above).
-    pub fn binding(&self) -> &Nonce {
-        &self.binding
+    /// The nonces' bytes, for tests that look for them where they must not be (the feature
+    /// `test-secrets`, which no build of the daemons enables).
+    #[cfg(any(test, feature = "test-secrets"))]
+    pub fn secret_bytes(&self) -> [[u8; 32]; 2] {
+        [self.hiding.to_bytes(), self.binding.to_bytes()]
     }
 }
 
@@ -126,20 +131,25 @@ pub fn sign(
         .ok_or(frost::Error::DeserializationError)?;
     let group_commitment = frost_core::compute_group_commitment(package, &binding_factors)?;
     let lambda = frost_core::derive_interpolating_value(key_package.identifier(), package)?;
-    let challenge = frost_core::challenge(
+    // Through the ciphersuite, as frost does. frost-ed25519 3.0.0 overrides none of the hooks
+    // frost's sign calls (pre_sign, pre_commitment_sign, challenge, compute_signature_share):
+    // check again whenever the exact pin in Cargo.toml moves.
+    let challenge = <E as frost_core::Ciphersuite>::challenge(
         &group_commitment.to_element(),
         key_package.verifying_key(),
         package.message(),
     )?
     .to_scalar();
     let mut secret = key_package.signing_share().to_scalar();
-    let mut d = nonces.hiding.to_scalar();
-    let mut e = nonces.binding.to_scalar();
-    let z = d + e * rho + lambda * secret * challenge;
+    let mut z = nonces.binding * rho;
+    z += nonces.hiding;
+    let mut lambda_secret = lambda * secret;
+    z += lambda_secret * challenge;
     secret.zeroize();
-    d.zeroize();
-    e.zeroize();
-    frost::round2::SignatureShare::deserialize(z.as_bytes())
+    lambda_secret.zeroize();
+    let share = frost::round2::SignatureShare::deserialize(z.as_bytes());
+    z.zeroize();
+    share
 }
 
 #[cfg(test)]
@@ -148,6 +158,14 @@ mod tests {
     use crate::{deal, NewMember};
     use conclave_protocol::{GroupName, IdentityKey};
     use std::collections::BTreeMap;
+
+    /// frost's nonces holding the same scalars as `n`.
+    fn frost_nonces(n: &SigningNonces) -> frost::round1::SigningNonces {
+        frost::round1::SigningNonces::from_nonces(
+            Nonce::from_scalar(n.hiding),
+            Nonce::from_scalar(n.binding),
+        )
+    }
 
     #[test]
     fn commitments_and_shares_equal_frosts_own_and_the_signature_verifies() {
@@ -170,8 +188,7 @@ mod tests {
             let mut commitments = BTreeMap::new();
             for (s, nonces) in signers.iter().zip(&ours) {
                 // The same nonces through frost: the same commitments.
-                let theirs =
-                    frost::round1::SigningNonces::from_nonces(*nonces.hiding(), *nonces.binding());
+                let theirs = frost_nonces(nonces);
                 assert_eq!(theirs.commitments(), nonces.commitments());
                 // And the wire form decodes to them.
                 assert_eq!(
@@ -184,8 +201,7 @@ mod tests {
             let mut sig_shares = BTreeMap::new();
             for (s, nonces) in signers.iter().zip(&ours) {
                 let share = sign(&package, nonces, &s.key_package).unwrap();
-                let theirs =
-                    frost::round1::SigningNonces::from_nonces(*nonces.hiding(), *nonces.binding());
+                let theirs = frost_nonces(nonces);
                 let expected = frost::round2::sign(&package, &theirs, &s.key_package).unwrap();
                 assert_eq!(share, expected);
                 sig_shares.insert(*s.key_package.identifier(), share);
@@ -198,14 +214,33 @@ mod tests {
                 sign(&package, &ours[1], &first.key_package),
                 Err(frost::Error::IncorrectCommitment)
             );
-            let others: BTreeMap<_, _> = package
-                .signing_commitments()
+            // Enough signers, but not this one.
+            let others: BTreeMap<_, _> = shares[1..]
                 .iter()
-                .filter(|(id, _)| *id != first.key_package.identifier())
-                .map(|(id, c)| (*id, *c))
+                .map(|s| {
+                    let n = SigningNonces::new(s.key_package.signing_share(), &mut rng);
+                    (*s.key_package.identifier(), *n.commitments())
+                })
                 .collect();
             let without = frost::SigningPackage::new(others, b"x");
-            assert!(sign(&without, &ours[0], &first.key_package).is_err());
+            assert_eq!(
+                sign(&without, &ours[0], &first.key_package),
+                Err(frost::Error::MissingCommitment)
+            );
+            // An identity commitment among the others.
+            let mut with_identity = package.signing_commitments().clone();
+            let identity = frost::round1::NonceCommitment::new(EdwardsPoint::default());
+            with_identity.insert(
+                *signers[1].key_package.identifier(),
+                frost::round1::SigningCommitments::new(identity, identity),
+            );
+            let bad = frost::SigningPackage::new(with_identity, b"x");
+            let refused = sign(&bad, &ours[0], &first.key_package);
+            assert!(refused.is_err());
+            assert_eq!(
+                refused,
+                frost::round2::sign(&bad, &frost_nonces(&ours[0]), &first.key_package)
+            );
         }
     }
 }

@@ -113,11 +113,14 @@ pub fn measure(t: u16) -> anyhow::Result<Vec<Part>> {
             ))
         })?,
     });
-    let ours = conclave_keygen::signing::SigningNonces::new(
-        one.key_package.signing_share(),
-        &mut rand::rngs::OsRng,
+    // The same nonces both ways.
+    let share = one.key_package.signing_share();
+    let (h, b) = (
+        frost_core::round1::Nonce::new(share, &mut rand::rngs::OsRng),
+        frost_core::round1::Nonce::new(share, &mut rand::rngs::OsRng),
     );
-    let theirs = frost::round1::SigningNonces::from_nonces(*ours.hiding(), *ours.binding());
+    let ours = conclave_keygen::signing::SigningNonces::from_nonces(h, b);
+    let theirs = frost::round1::SigningNonces::from_nonces(h, b);
     let mut with_ours = package.signing_commitments().clone();
     with_ours.insert(*one.key_package.identifier(), *ours.commitments());
     let own_package = frost::SigningPackage::new(with_ours, message);

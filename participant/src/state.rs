@@ -1461,8 +1461,9 @@ mod tests {
                     .get(&c)
                     .unwrap()
                     .nonces;
-                secrets.push(pending.hiding().serialize());
-                secrets.push(pending.binding().serialize());
+                for s in pending.secret_bytes() {
+                    secrets.push(s.to_vec());
+                }
             }
             let package = frost::SigningPackage::new([(f.ids[0], k0), (f.ids[1], k1)].into(), b"m");
             let coord = f.coordinator;
