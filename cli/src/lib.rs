@@ -1243,7 +1243,9 @@ fn run(command: Command) -> CmdResult {
         Command::BenchChild { what, .. } => {
             Err(Exit::from(anyhow::anyhow!("unknown bench child {what:?}")))
         }
-        Command::Bench(args) if args.parts => Ok(conclave_lab::bench_parts::run(args.json)?),
+        Command::Bench(args) if args.parts => {
+            Ok(conclave_lab::bench_parts::run(args.json, args.quick)?)
+        }
         Command::Bench(args) if args.rss => runtime()?.block_on(bench_rss(args.nonces, args.json)),
         Command::Bench(args) if args.reshare => {
             Ok(runtime()?.block_on(conclave_lab::bench_reshare::run(args.json, args.quick))?)

@@ -165,10 +165,12 @@ pub fn measure(t: u16) -> anyhow::Result<Vec<Part>> {
     Ok(parts)
 }
 
-/// Runs `bench --parts` for 3 and 67 signers and prints the table (or JSON).
-pub fn run(json: bool) -> anyhow::Result<()> {
+/// Runs `bench --parts` for 3 and 67 signers (3 only with `quick`) and prints the table (or
+/// JSON).
+pub fn run(json: bool, quick: bool) -> anyhow::Result<()> {
     let mut all = Vec::new();
-    for t in [3u16, 67] {
+    let sizes: &[u16] = if quick { &[3] } else { &[3, 67] };
+    for &t in sizes {
         for p in measure(t)? {
             all.push((t, p));
         }

@@ -169,6 +169,72 @@ fn help_teaches_every_command() {
     }
 }
 
+/// The bench sections run and report what scripts read (no timing is asserted).
+#[test]
+fn bench_reports_its_json_fields() {
+    let out = conclave(&[
+        "bench",
+        "--json",
+        "--quick",
+        "--requests",
+        "12",
+        "--concurrency",
+        "1,4",
+        "--audit",
+        "memory",
+        "--no-authorization",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["audit"], "memory");
+    let runs = v["results"][0]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        for field in [
+            "p50_over_inprocess",
+            "p99_over_inprocess",
+            "throughput_over_inprocess",
+        ] {
+            assert!(r[field].as_f64().unwrap() > 0.0, "{field}");
+        }
+    }
+    assert!(
+        v["results"][0]["inprocess_parallel_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let out = conclave(&["bench", "--parts", "--quick", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["parts"].as_array().unwrap().len(), 5);
+
+    // A real participant process with 300 pooled nonces.
+    let out = conclave(&["bench", "--rss", "--nonces", "300", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nonces"], 300);
+    assert!(v["idle_rss_kib"].as_u64().unwrap() > 0);
+    assert!(v["pooled_rss_kib"].as_u64().unwrap() > 0);
+    // Bad input is refused with a message, not a panic.
+    let out = conclave(&["bench", "--groups", "5x3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("threshold"));
+}
+
 #[test]
 fn sim_cli_reports_json_and_writes_trace_and_plot() {
     let dir = tempfile::tempdir().unwrap();
