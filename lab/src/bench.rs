@@ -77,9 +77,15 @@ pub fn frost_pipeline_parallel(
     Ok((threads.max(1) * iterations) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// In-process FROST: mean time of one whole t-of-n signature (all signers' commits, the
-/// signing package, all signers' shares, aggregation with its verification).
-pub fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Duration> {
+/// A t-of-n key dealt in memory to members with fresh identities (no files, no network).
+pub(crate) fn dealt_in_memory(
+    name: &str,
+    t: u16,
+    n: usize,
+) -> anyhow::Result<(
+    conclave_keygen::GroupManifest,
+    Vec<conclave_keygen::DealtShare>,
+)> {
     let mut rng = rand::rngs::OsRng;
     let members: Vec<NewMember> = (0..n)
         .map(|i| NewMember {
@@ -88,12 +94,19 @@ pub fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Dur
             address: "x:1".into(),
         })
         .collect();
-    let (manifest, shares) = deal(
-        GroupName::new("bench").map_err(|e| anyhow::anyhow!("{e}"))?,
+    Ok(deal(
+        GroupName::new(name).map_err(|e| anyhow::anyhow!("{e}"))?,
         t,
         &members,
         &mut rng,
-    )?;
+    )?)
+}
+
+/// In-process FROST: mean time of one whole t-of-n signature (all signers' commits, the
+/// signing package, all signers' shares, aggregation with its verification).
+pub fn frost_pipeline(t: u16, n: usize, iterations: usize) -> anyhow::Result<Duration> {
+    let mut rng = rand::rngs::OsRng;
+    let (manifest, shares) = dealt_in_memory("bench", t, n)?;
     let pkp = manifest.public_key_package()?;
     let signers = shares.get(..usize::from(t)).context("threshold above n")?;
     let start = Instant::now();

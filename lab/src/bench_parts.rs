@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use conclave_keygen::commitments;
-use conclave_keygen::{deal, NewMember};
-use conclave_protocol::{GroupName, IdentityKey};
 use frost_ed25519 as frost;
 
 /// One part, before and after.
@@ -32,19 +30,7 @@ fn time<T>(
 pub fn measure(t: u16) -> anyhow::Result<Vec<Part>> {
     let mut rng = rand::rngs::OsRng;
     let n = usize::from(t);
-    let members: Vec<NewMember> = (0..n)
-        .map(|i| NewMember {
-            name: format!("p{i}"),
-            node_id: IdentityKey::generate(&mut rng).node_id(),
-            address: "x:1".into(),
-        })
-        .collect();
-    let (manifest, shares) = deal(
-        GroupName::new("parts").map_err(|e| anyhow::anyhow!("{e}"))?,
-        t,
-        &members,
-        &mut rng,
-    )?;
+    let (manifest, shares) = crate::bench::dealt_in_memory("parts", t, n)?;
     let pkp = manifest.public_key_package()?;
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&manifest.public_key_bytes()?)?;
     let message = b"bench --parts message".as_slice();
