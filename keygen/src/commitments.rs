@@ -29,8 +29,9 @@
 //! component with probability up to 1/2 (two points with the same order-2 component cancel
 //! whenever their coefficients have the same parity).
 //!
-//! Cost: decompression ≈ 5 µs and three doublings ≈ 0.3 µs per point at every receiver; at the
-//! committer two extra fixed-base multiplications (≈ 18 µs each) per commitment pair, once.
+//! Cost: decompression ≈ 5 µs and three doublings ≈ 0.3 µs per point at every receiver. The
+//! committer makes `Q` with the fixed-base table and `D = 8·Q` from it
+//! ([`crate::signing::SigningNonces`]), cheaper than frost's own commit.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -40,7 +41,6 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::traits::IsIdentity;
 use curve25519_dalek::Scalar;
 use frost_ed25519 as frost;
-use zeroize::Zeroize;
 
 /// Why a commitment list was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -58,24 +58,6 @@ pub enum CommitmentError {
 pub(crate) fn inverse_of_eight() -> &'static Scalar {
     static INV8: OnceLock<Scalar> = OnceLock::new();
     INV8.get_or_init(|| Scalar::from(8u64).invert())
-}
-
-/// `(n/8)·B` for the nonce `n`, compressed: what travels for the commitment `n·B`.
-fn eighth(nonce: &frost_core::round1::Nonce<frost::Ed25519Sha512>) -> [u8; 32] {
-    let mut n = nonce.to_scalar();
-    let mut s = n * inverse_of_eight();
-    let q = EdwardsPoint::mul_base(&s);
-    n.zeroize();
-    s.zeroize();
-    q.compress().to_bytes()
-}
-
-/// The wire form of the commitments to `nonces`.
-pub fn to_wire(nonces: &frost::round1::SigningNonces) -> WireCommitments {
-    WireCommitments {
-        hiding: eighth(nonces.hiding()),
-        binding: eighth(nonces.binding()),
-    }
 }
 
 /// `8·Q` for the point `Q` encoded in `bytes`: in the prime-order subgroup by construction.
@@ -118,7 +100,7 @@ pub fn package_from_wire(package: &SignPackage) -> Result<frost::SigningPackage,
 
 /// The wire form of a whole frost package, from its commitments alone (without the nonces):
 /// one variable-base scalar multiplication per point. For tests and tools; the nodes use
-/// [`to_wire`] and keep the wire form of what they pooled.
+/// [`crate::signing::SigningNonces::wire`] and keep the wire form of what they pooled.
 pub fn package_to_wire(package: &frost::SigningPackage) -> SignPackage {
     let eighth_of =
         |c: &frost::round1::NonceCommitment| (c.value() * inverse_of_eight()).compress().to_bytes();
@@ -158,10 +140,14 @@ mod tests {
     use super::*;
     use curve25519_dalek::constants::EIGHT_TORSION;
 
-    fn nonces() -> frost::round1::SigningNonces {
+    fn nonces() -> crate::signing::SigningNonces {
         let mut rng = rand::rngs::OsRng;
         let share = frost::keys::SigningShare::new(Scalar::random(&mut rng));
-        frost::round1::SigningNonces::new(&share, &mut rng)
+        crate::signing::SigningNonces::new(&share, &mut rng)
+    }
+
+    fn to_wire(n: &crate::signing::SigningNonces) -> WireCommitments {
+        n.wire()
     }
 
     #[test]

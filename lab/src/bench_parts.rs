@@ -38,13 +38,22 @@ pub fn measure(t: u16) -> anyhow::Result<Vec<Part>> {
     let mut commitments_map = BTreeMap::new();
     let mut wire_entries = Vec::new();
     for s in &shares {
-        let (n, c) = frost::round1::commit(s.key_package.signing_share(), &mut rng);
+        // The same nonces as frost's and as ours (for the wire form).
+        let share = s.key_package.signing_share();
+        let (h, b) = (
+            frost_core::round1::Nonce::new(share, &mut rng),
+            frost_core::round1::Nonce::new(share, &mut rng),
+        );
+        let ours = conclave_keygen::signing::SigningNonces::from_nonces(h, b);
         wire_entries.push(commitments::package_entry(
             s.key_package.identifier(),
-            commitments::to_wire(&n),
+            ours.wire(),
         ));
-        nonces.insert(*s.key_package.identifier(), n);
-        commitments_map.insert(*s.key_package.identifier(), c);
+        commitments_map.insert(*s.key_package.identifier(), *ours.commitments());
+        nonces.insert(
+            *s.key_package.identifier(),
+            frost::round1::SigningNonces::from_nonces(h, b),
+        );
     }
     let package = frost::SigningPackage::new(commitments_map, message);
     let package_bytes = package.serialize()?;
