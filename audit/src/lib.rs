@@ -724,6 +724,25 @@ pub fn verify_expecting(
     key: Option<NodeId>,
     expected: Option<(u64, [u8; 32])>,
 ) -> Result<Summary, VerifyError> {
+    verify_with(
+        files,
+        key,
+        expected,
+        &mut |file| conclave_protocol::read_bounded(file, MAX_FILE).map_err(|e| e.to_string()),
+        &mut |last| std::fs::read_to_string(sidecar(last)).ok(),
+    )
+}
+
+/// [`verify_expecting`] over any source of bytes: `read` gives a file's contents (at most
+/// [`MAX_FILE`] bytes), `sidecar_of` the checkpoint recorded beside the last file, if any.
+/// The fuzz target and the corpus replay call it on bytes in memory.
+pub fn verify_with(
+    files: &[PathBuf],
+    key: Option<NodeId>,
+    expected: Option<(u64, [u8; 32])>,
+    read: &mut dyn FnMut(&Path) -> Result<Vec<u8>, String>,
+    sidecar_of: &mut dyn FnMut(&Path) -> Option<String>,
+) -> Result<Summary, VerifyError> {
     let mut expect_seq = 0u64;
     let mut prev = [0u8; 32];
     let mut summary = Summary {
@@ -742,8 +761,7 @@ pub fn verify_expecting(
             seq,
             what,
         };
-        let bytes = conclave_protocol::read_bounded(file, MAX_FILE)
-            .map_err(|e| bad(expect_seq, format!("cannot read: {e}")))?;
+        let bytes = read(file).map_err(|e| bad(expect_seq, format!("cannot read: {e}")))?;
         if !bytes.is_empty() && !bytes.ends_with(b"\n") {
             return Err(bad(
                 expect_seq,
@@ -817,7 +835,7 @@ pub fn verify_expecting(
     }
     // The latest checkpoint recorded beside the log must be in the chain.
     if let Some(last) = files.last() {
-        if let Ok(text) = std::fs::read_to_string(sidecar(last)) {
+        if let Some(text) = sidecar_of(last) {
             let mut parts = text.split_whitespace();
             let seq = parts.next().and_then(|s| s.parse::<u64>().ok());
             let hash = parts.next().map(str::to_owned);

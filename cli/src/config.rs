@@ -155,10 +155,13 @@ pub struct CoordinatorConfig {
     pub control_socket: Option<PathBuf>,
 }
 
-fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = conclave_protocol::read_bounded_to_string(path, MAX_CONFIG_LEN)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
+fn read_text(path: &Path) -> Result<String> {
+    conclave_protocol::read_bounded_to_string(path, MAX_CONFIG_LEN)
+        .with_context(|| format!("cannot read config {}", path.display()))
+}
+
+fn parse_toml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("config {}: {}", path.display(), e.message()))
 }
 
 /// Resolves `p` against the directory of the config file.
@@ -205,7 +208,13 @@ impl ParticipantConfig {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let mut c: Self = read_toml(path)?;
+        Self::parse(path, &read_text(path)?)
+    }
+
+    /// Parses and checks the text of the config file at `path` (relative paths in it are
+    /// resolved against `path`'s directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let mut c: Self = parse_toml(path, text)?;
         c.identity = relative_to(path, &c.identity);
         c.policy = relative_to(path, &c.policy);
         c.audit_log = relative_to(path, &c.audit_log);
@@ -268,7 +277,12 @@ impl CoordinatorConfig {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let mut c: Self = read_toml(path)?;
+        Self::parse(path, &read_text(path)?)
+    }
+
+    /// Parses and checks the text of the config file at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let mut c: Self = parse_toml(path, text)?;
         c.identity = relative_to(path, &c.identity);
         c.policy = c.policy.as_ref().map(|p| relative_to(path, p));
         c.audit_log = relative_to(path, &c.audit_log);

@@ -143,9 +143,9 @@ fn apply_freeze(mut f: Freeze, freeze: bool, group: Option<&GroupName>) -> Freez
 
 // ----- the control socket ------------------------------------------------------------------
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
-enum ControlRequest {
+pub(crate) enum ControlRequest {
     Reload,
     Freeze {
         group: Option<GroupName>,

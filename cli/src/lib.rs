@@ -22,6 +22,9 @@ mod config;
 mod confirm;
 mod daemon;
 mod faults;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod migrate;
 mod passphrase;
 mod rotate;

@@ -97,7 +97,13 @@ impl ClientConfig {
                     reason: e.to_string(),
                 }
             })?;
-        let mut c: Self = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks the text of the config file at `path` (relative paths in it are
+    /// resolved against `path`'s directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut c: Self = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             reason: e.message().to_owned(),
         })?;

@@ -47,9 +47,9 @@ pub fn round_name(round: u8) -> &'static str {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Round1 {
+pub(crate) struct Round1 {
     /// `frost::keys::dkg::round1::Package`, serialized by frost.
-    package: Vec<u8>,
+    pub(crate) package: Vec<u8>,
     /// This member's X25519 key for this ceremony's direct messages.
     encryption_key: [u8; 32],
 }

@@ -11,6 +11,9 @@ pub mod ceremony;
 pub mod commitments;
 pub mod dealer;
 pub mod dkg;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kinds;
 pub mod manifest;
 pub mod migrate;

@@ -43,7 +43,7 @@ pub fn round_name(round: u8) -> &'static str {
 const KEY_DOMAIN: &[u8] = b"repair-key";
 
 #[derive(Serialize, Deserialize)]
-struct Round1 {
+pub(crate) struct Round1 {
     encryption_key: [u8; 32],
     signature: Vec<u8>,
 }

@@ -51,10 +51,10 @@ pub fn round_name(round: u8) -> &'static str {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Round1 {
+pub(crate) struct Round1 {
     encryption_key: [u8; 32],
     /// Dealers: C_i0..C_i(t'-1), compressed. Others: empty.
-    commitments: Vec<[u8; 32]>,
+    pub(crate) commitments: Vec<[u8; 32]>,
 }
 
 /// Test-only misbehaviour of a dealer.
@@ -125,7 +125,7 @@ fn id_scalar(id: &frost::Identifier) -> Option<Scalar> {
     Scalar::from_canonical_bytes(bytes).into()
 }
 
-fn point(bytes: &[u8]) -> Option<EdwardsPoint> {
+pub(crate) fn point(bytes: &[u8]) -> Option<EdwardsPoint> {
     CompressedEdwardsY::from_slice(bytes).ok()?.decompress()
 }
 

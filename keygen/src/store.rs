@@ -74,6 +74,8 @@ pub enum StoreError {
     NoRecord(PathBuf),
     #[error("the pending files are not this member's from this plan and run")]
     NotThisCeremony,
+    #[error("{0} is missing (neither pending nor already activated): the ceremony's files are incomplete; nothing was activated")]
+    Incomplete(PathBuf),
     #[error(transparent)]
     Completion(#[from] CompletionError),
     #[error(transparent)]
@@ -345,6 +347,29 @@ impl FileShareStore {
             let p = pending_path(m);
             if p.exists() && GroupManifest::read(&p)?.hash()? != manifest_hash {
                 return Err(StoreError::NotThisCeremony);
+            }
+        }
+        // Every file of the set is pending, or already activated by an interrupted activation
+        // (a crash between its renames): never activate part of a set.
+        if let Some(share) = &self.share {
+            let activated = || {
+                share.exists()
+                    && ShareFile::inspect(share).is_ok_and(|h| h.manifest_hash == manifest_hash)
+            };
+            if !pending_path(share).exists() && !activated() {
+                return Err(StoreError::Incomplete(pending_path(share)));
+            }
+        }
+        if let Some(m) = &self.manifest {
+            let activated = || {
+                m.exists()
+                    && GroupManifest::read(m)
+                        .ok()
+                        .and_then(|g| g.hash().ok())
+                        .is_some_and(|h| h == manifest_hash)
+            };
+            if !pending_path(m).exists() && !activated() {
+                return Err(StoreError::Incomplete(pending_path(m)));
             }
         }
         if !self.completion.exists() {
@@ -797,6 +822,48 @@ mod tests {
         assert!(store.share_file().unwrap().exists());
         let kept = read_completion(store.completion_file()).unwrap();
         assert_eq!(kept.acks.len(), 3);
+    }
+
+    /// Crash-test finding (tests/tests/crash.rs): with a file of the set missing (a pending
+    /// manifest lost after a crash, or deleted), `rotate resume` activated the share alone,
+    /// leaving a share without its manifest. It must refuse; after a crash between the
+    /// renames of activation (share already final, manifest still pending) it must finish.
+    #[test]
+    fn resume_never_activates_part_of_a_set_but_finishes_an_interrupted_activation() {
+        let (plan, ids, run, completion) = completed();
+        let dir = tempfile::tempdir().unwrap();
+        let me = ids[0].node_id();
+        let mut store = FileShareStore::for_member(
+            &plan,
+            &me,
+            dir.path(),
+            Some(Passphrase::new("a passphrase for the test".into())),
+            KdfCost::Light,
+        );
+        let (manifest, kp) = run.stores[0].active().unwrap().clone();
+        let outcome = Outcome {
+            manifest,
+            key_package: kp,
+        };
+        store.write_pending(&outcome, &completion).unwrap();
+        let pending_manifest = pending_path(store.manifest_file().unwrap());
+        let kept = std::fs::read(&pending_manifest).unwrap();
+        std::fs::remove_file(&pending_manifest).unwrap();
+        assert!(matches!(
+            store.resume(&plan, std::slice::from_ref(&completion)),
+            Err(StoreError::Incomplete(_))
+        ));
+        assert!(!store.share_file().unwrap().exists(), "nothing activated");
+        // Interrupted activation: the share is final, the manifest still pending.
+        std::fs::write(&pending_manifest, kept).unwrap();
+        let share = store.share_file().unwrap().to_path_buf();
+        std::fs::rename(pending_path(&share), &share).unwrap();
+        assert!(matches!(
+            store.resume(&plan, &[completion]).unwrap(),
+            Resume::Activated(_)
+        ));
+        assert!(store.pending_present().is_empty());
+        assert!(store.manifest_file().unwrap().exists());
     }
 
     /// Review finding: acknowledgements are signed under the confirm/store round labels of the

@@ -1,5 +1,5 @@
 //! Key ceremonies in the simulator: the real relay and member state machines
-//! (`conclave_keygen::ceremony`) running a reshare over simulated links (latency, jitter,
+//! (`conclave_keygen::ceremony`) running a DKG, refresh, reshare or repair over simulated links (latency, jitter,
 //! loss as retransmission delay or as drops), with a dealer that may crash mid-ceremony.
 //! Deterministic: one seed drives the network, every member's randomness and the initial
 //! dealer keygen.
@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use conclave_keygen::ceremony::{
-    Applied, CeremonyPlan, CheckedPlan, Completion, Member, MemberEnd, OldGroup, Relay, RelayEvent,
+    Applied, CeremonyKind, CeremonyPlan, CheckedPlan, Completion, Member, MemberEnd, OldGroup,
+    PlanNode, Relay, RelayEvent,
 };
-use conclave_keygen::reshare::Reshare;
+use conclave_keygen::kinds::{protocol_for, AnyProtocol, Input};
 use conclave_keygen::store::MemoryShareStore;
 use conclave_keygen::GroupManifest;
 use conclave_protocol::{Envelope, NodeId};
@@ -28,9 +29,12 @@ use crate::scenario::{Link, Transport};
 
 const MS: u64 = 1_000_000;
 
-/// A reshare to simulate.
+/// A ceremony to simulate (the name is historical: every kind runs).
 #[derive(Clone, Debug)]
 pub struct ReshareScenario {
+    /// Which ceremony: a reshare from `from` to `to`; a refresh or a repair (of the last
+    /// member's share) of `from`; a DKG of `to`.
+    pub kind: CeremonyKind,
     /// Old group: threshold and size.
     pub from: (u16, usize),
     /// New group: threshold and size (the first members of the old group stay).
@@ -38,7 +42,8 @@ pub struct ReshareScenario {
     /// Every member ↔ relay link.
     pub link: Link,
     pub transport: Transport,
-    /// Crash the first dealer this many virtual milliseconds after the start.
+    /// Crash the first dealer (DKG: the first member) this many virtual milliseconds after
+    /// the start.
     pub crash_dealer_at_ms: Option<f64>,
     /// How long after a crash the relay notices the lost connection (QUIC idle timeout).
     pub connection_timeout_ms: f64,
@@ -49,6 +54,7 @@ pub struct ReshareScenario {
 impl Default for ReshareScenario {
     fn default() -> Self {
         Self {
+            kind: CeremonyKind::Reshare,
             from: (3, 5),
             to: (4, 6),
             link: Link {
@@ -103,25 +109,77 @@ fn setup_err(e: impl std::fmt::Display) -> SetupError {
     SetupError(e.to_string())
 }
 
-/// Runs a reshare scenario to its end.
+/// Runs a ceremony scenario to its end (any kind; see [`ReshareScenario::kind`]).
 pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
+    run_ceremony(s)
+}
+
+/// Runs a ceremony scenario to its end.
+pub fn run_ceremony(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
     let mut rng = ChaCha20Rng::seed_from_u64(s.seed);
+    let old_size = if s.kind == CeremonyKind::Reshare {
+        s.to
+    } else {
+        s.from
+    };
     let f = conclave_keygen::kinds::reshare_fixture(
         "sim",
         s.from,
-        s.to,
+        old_size,
         |i| format!("10.0.0.{i}:7000"),
         "10.0.0.254:7400",
         &mut rng,
     )
     .map_err(setup_err)?;
-    let (old, keys) = (f.old, f.identities);
-    let mut plan = f.plan;
+    let coordinator = PlanNode {
+        name: "coordinator".into(),
+        identity_key: f.coordinator.node_id().to_hex(),
+        address: "10.0.0.254:7400".into(),
+    };
+    let (old, mut keys, mut old_shares) = (f.old, f.identities, f.old_shares);
+    let lost = old
+        .participants
+        .last()
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    let mut plan = match s.kind {
+        CeremonyKind::Reshare => f.plan,
+        CeremonyKind::Refresh => {
+            conclave_keygen::kinds::refresh_plan(&old, coordinator, &mut rng).map_err(setup_err)?
+        }
+        CeremonyKind::Repair => {
+            // The last member lost its share; the first `threshold` others help.
+            if let Some(p) = old.participants.last() {
+                old_shares.retain(|node, _| node.to_hex() != p.identity_key);
+            }
+            conclave_keygen::kinds::repair_plan(&old, &lost, &[], coordinator, &mut rng)
+                .map_err(setup_err)?
+        }
+        CeremonyKind::Dkg => {
+            keys = (0..s.to.1)
+                .map(|_| conclave_protocol::IdentityKey::generate(&mut rng))
+                .collect();
+            old_shares.clear();
+            let nodes = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| PlanNode {
+                    name: format!("m{i}"),
+                    identity_key: k.node_id().to_hex(),
+                    address: format!("10.0.0.{i}:7000"),
+                })
+                .collect();
+            CeremonyPlan::new_dkg(old.group.clone(), s.to.0, coordinator, nodes, &mut rng)
+                .map_err(setup_err)?
+        }
+    };
     plan.round_timeout_secs = s.round_timeout_secs;
     plan.join_timeout_secs = s.round_timeout_secs;
     // Every member checks the plan against its own copy of the old manifest, as in production.
-    let checked = CheckedPlan::check(&plan, OldGroup::Manifest(&old)).map_err(setup_err)?;
-    let old_shares: BTreeMap<NodeId, frost::keys::KeyPackage> = f.old_shares;
+    let checked = match s.kind {
+        CeremonyKind::Dkg => None,
+        _ => Some(CheckedPlan::check(&plan, OldGroup::Manifest(&old)).map_err(setup_err)?),
+    };
     let roster: Vec<NodeId> = plan
         .roster()
         .map_err(setup_err)?
@@ -134,9 +192,17 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
             .iter()
             .find(|k| k.node_id() == *node)
             .ok_or_else(|| setup_err("identity"))?;
-        let r = Reshare::new(&checked, node, old_shares.get(node)).map_err(setup_err)?;
-        members.push(Member::new(&plan, key.clone(), r).map_err(setup_err)?);
+        let input = match &checked {
+            None => Input::Dkg(&plan),
+            Some(checked) => Input::Rotation {
+                checked,
+                old_share: old_shares.get(node).cloned(),
+            },
+        };
+        let p = protocol_for(input, node).map_err(setup_err)?;
+        members.push(Member::new(&plan, key.clone(), p).map_err(setup_err)?);
     }
+    let old = (s.kind != CeremonyKind::Dkg).then_some(old);
     let members_len = roster.len();
     let first_dealer = roster
         .iter()
@@ -168,6 +234,7 @@ pub fn run_reshare(s: &ReshareScenario) -> Result<CeremonyReport, SetupError> {
         lost: 0,
         violations: vec![],
         old,
+        old_shares,
         plan,
         first_dealer,
     }
@@ -181,7 +248,7 @@ struct World<'s> {
     queue: EventQueue<Event>,
     rng: ChaCha20Rng,
     relay: Relay,
-    members: Vec<Member<Reshare>>,
+    members: Vec<Member<AnyProtocol>>,
     roster: Vec<NodeId>,
     crashed: Vec<usize>,
     stores: Vec<MemoryShareStore>,
@@ -193,7 +260,10 @@ struct World<'s> {
     messages: u64,
     lost: u64,
     violations: Vec<String>,
-    old: GroupManifest,
+    /// The group before the ceremony (none for a DKG).
+    old: Option<GroupManifest>,
+    /// Its shares: a repair's new share signs with the helpers' unchanged ones.
+    old_shares: BTreeMap<NodeId, frost::keys::KeyPackage>,
     plan: CeremonyPlan,
     first_dealer: Option<usize>,
 }
@@ -399,7 +469,7 @@ impl World<'_> {
                     .push(format!("member m{i} never learned the outcome"));
             }
         }
-        let results: BTreeMap<usize, (GroupManifest, Option<frost::keys::KeyPackage>)> = self
+        let mut results: BTreeMap<usize, (GroupManifest, Option<frost::keys::KeyPackage>)> = self
             .stores
             .iter()
             .enumerate()
@@ -413,11 +483,21 @@ impl World<'_> {
                 self.violations
                     .push("members activated different manifests".into());
             }
-            if let Some(m) = manifests.first() {
-                if m.group_public_key != self.old.group_public_key {
+            if let Some(m) = manifests.first().map(|m| (*m).clone()) {
+                if self
+                    .old
+                    .as_ref()
+                    .is_some_and(|old| m.group_public_key != old.group_public_key)
+                {
                     self.violations.push("the group key changed".into());
                 }
-                if let Err(e) = signs(m, &results) {
+                if self.s.kind == CeremonyKind::Repair {
+                    // Only the lost member's share is new: it signs with the helpers' own.
+                    for (next, kp) in (self.members.len()..).zip(self.old_shares.values()) {
+                        results.insert(next, (m.clone(), Some(kp.clone())));
+                    }
+                }
+                if let Err(e) = signs(&m, &results) {
                     self.violations.push(format!("new shares do not sign: {e}"));
                 }
             }

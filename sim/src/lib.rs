@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod campaign;
 pub mod ceremony;
 pub mod plot;
 mod queue;
@@ -19,9 +20,10 @@ pub mod report;
 pub mod scenario;
 pub mod world;
 
-pub use ceremony::{run_reshare, CeremonyOutcome, CeremonyReport, ReshareScenario};
+pub use ceremony::{run_ceremony, run_reshare, CeremonyOutcome, CeremonyReport, ReshareScenario};
 pub use report::{Report, Violation, ViolationKind};
 pub use scenario::{
-    Behaviour, Byzantine, Crash, Jitter, Link, Partition, Scenario, ScenarioError, Slow, Transport,
+    Behaviour, Byzantine, Crash, Jitter, Link, Partition, Scenario, ScenarioError, Skew, Slow,
+    Transport,
 };
 pub use world::{run, Simulation};

@@ -93,6 +93,15 @@ pub struct Slow {
     pub delay_ms: u64,
 }
 
+/// A participant whose wall clock is off by `offset_secs` (ahead when positive): it judges
+/// request expiry by its own clock, as a real node with a wrong clock does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Skew {
+    pub participant: usize,
+    pub offset_secs: i64,
+}
+
 /// What a byzantine participant does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -155,6 +164,7 @@ pub struct Scenario {
     pub partitions: Vec<Partition>,
     pub slow: Vec<Slow>,
     pub byzantine: Vec<Byzantine>,
+    pub skew: Vec<Skew>,
 }
 
 impl Default for Scenario {
@@ -178,6 +188,7 @@ impl Default for Scenario {
             partitions: Vec::new(),
             slow: Vec::new(),
             byzantine: Vec::new(),
+            skew: Vec::new(),
         }
     }
 }
@@ -325,6 +336,12 @@ impl Scenario {
         }
         for s in &self.slow {
             check(s.participant, "slow")?;
+        }
+        for s in &self.skew {
+            check(s.participant, "skew")?;
+            if s.offset_secs.unsigned_abs() > 365 * 86_400 {
+                return err("skew: offset_secs is at most a year either way".into());
+            }
         }
         for b in &self.byzantine {
             check(b.participant, "byzantine")?;

@@ -118,6 +118,7 @@ pub struct Simulation<'t> {
     wake_at: Option<Nanos>,
     report: Report,
     trace: Option<&'t mut dyn Write>,
+    capture: Option<&'t mut dyn FnMut(&Envelope)>,
     hasher: Sha256,
     events: u64,
 }
@@ -222,6 +223,7 @@ impl<'t> Simulation<'t> {
             sm_time: Duration::ZERO,
             wake_at: None,
             trace: None,
+            capture: None,
             hasher: Sha256::new(),
             events: 0,
         };
@@ -274,6 +276,13 @@ impl<'t> Simulation<'t> {
         self
     }
 
+    /// Hands every message sent on the virtual network (both ways, before loss) to `f`: the
+    /// fuzz corpus is seeded from these.
+    pub fn with_capture(mut self, f: &'t mut dyn FnMut(&Envelope)) -> Self {
+        self.capture = Some(f);
+        self
+    }
+
     /// Runs `f` on the coordinator, counting its wall time as state-machine time.
     fn timed<T>(&mut self, f: impl FnOnce(&mut Coordinator) -> T) -> T {
         let started = std::time::Instant::now();
@@ -321,6 +330,9 @@ impl<'t> Simulation<'t> {
     /// Schedules the delivery of a message over participant `p`'s link, with loss, duplication,
     /// reordering, partitions.
     fn transmit(&mut self, p: usize, to_coordinator: bool, envelope: Envelope, extra: Nanos) {
+        if let Some(capture) = self.capture.as_mut() {
+            capture(&envelope);
+        }
         let link = self.scenario.link_of(p + 1);
         let copies = if self.rng.gen_bool(link.duplicate) {
             2
@@ -589,7 +601,14 @@ impl<'t> Simulation<'t> {
     fn deliver_to_participant(&mut self, p: usize, envelope: Envelope) {
         let coordinator_id = self.coordinator_id;
         let now = self.instant();
-        let unix = self.unix_now();
+        let skew: i64 = self
+            .scenario
+            .skew
+            .iter()
+            .filter(|s| s.participant == p + 1)
+            .map(|s| s.offset_secs)
+            .sum();
+        let unix = self.unix_now().saturating_add_signed(skew);
         let node = &mut self.nodes[p];
         let Some(state) = node.state.as_mut() else {
             self.log(format!(

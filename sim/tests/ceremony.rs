@@ -91,3 +91,43 @@ proptest! {
         prop_assert!(r.violations.is_empty(), "{:?}", r.violations);
     }
 }
+
+#[test]
+fn every_ceremony_kind_completes_under_loss_and_aborts_cleanly_on_a_crash() {
+    use conclave_keygen::ceremony::CeremonyKind;
+    for kind in [
+        CeremonyKind::Dkg,
+        CeremonyKind::Refresh,
+        CeremonyKind::Reshare,
+        CeremonyKind::Repair,
+    ] {
+        let r = conclave_sim::run_ceremony(&ReshareScenario {
+            kind,
+            link: lossy(0.05),
+            seed: 21,
+            ..ReshareScenario::default()
+        })
+        .unwrap();
+        assert!(r.violations.is_empty(), "{kind:?}: {:?}", r.violations);
+        assert_eq!(r.outcome, CeremonyOutcome::Completed, "{kind:?}");
+        let r = conclave_sim::run_ceremony(&ReshareScenario {
+            kind,
+            link: lossy(0.01),
+            crash_dealer_at_ms: Some(70.0),
+            round_timeout_secs: 5,
+            seed: 4,
+            ..ReshareScenario::default()
+        })
+        .unwrap();
+        assert!(
+            r.violations.is_empty(),
+            "{kind:?} crash: {:?}",
+            r.violations
+        );
+        assert!(
+            matches!(r.outcome, CeremonyOutcome::Aborted(_)),
+            "{kind:?}: a crashed member cannot complete: {:?}",
+            r.outcome
+        );
+    }
+}

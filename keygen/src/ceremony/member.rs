@@ -220,7 +220,7 @@ impl Completion {
 
 /// What every member posts in the store round.
 #[derive(Serialize, Deserialize)]
-struct StoreAck {
+pub(crate) struct StoreAck {
     manifest_hash: [u8; 32],
     signature: Vec<u8>,
     /// The first member in the roster also hands the relay the manifest text, so the
@@ -229,7 +229,7 @@ struct StoreAck {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Confirm {
+pub(crate) struct Confirm {
     manifest_hash: [u8; 32],
     signature: Vec<u8>,
 }

@@ -24,7 +24,7 @@
 
 pub mod check;
 pub mod harness;
-mod member;
+pub(crate) mod member;
 pub mod plan;
 mod relay;
 
@@ -392,8 +392,8 @@ impl Complaint {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SignedComplaint {
-    complaint: Complaint,
+pub(crate) struct SignedComplaint {
+    pub(crate) complaint: Complaint,
     signature: Vec<u8>,
 }
 
@@ -713,7 +713,7 @@ pub(crate) fn transcript(items: &[Delivered], me: &NodeId, mine: &[u8]) -> Vec<(
 }
 
 #[derive(Serialize, Deserialize)]
-struct Echo {
+pub(crate) struct Echo {
     transcript: [u8; 32],
     signature: Vec<u8>,
 }
