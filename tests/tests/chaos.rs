@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Cluster, ProxyOpts};
+use conclave_client::SigningService;
 
 fn verify(c: &Cluster, msg: &[u8], json: &serde_json::Value) {
     let key = c.public_key();
@@ -64,4 +66,210 @@ fn two_blackholed_participants_mid_run_are_routed_around() {
         c.log("p1-proxy").contains("blackhole"),
         "the proxy logged the switch"
     );
+}
+
+/// Latencies and outcomes of one load phase.
+struct Phase {
+    latencies_ms: Vec<f64>,
+    /// Requests that needed a second attempt by the caller (the first one returned an error).
+    retried: usize,
+    /// Requests with no signature after three attempts.
+    failed: usize,
+}
+
+impl Phase {
+    fn p(&self, q: f64) -> f64 {
+        let mut v = self.latencies_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// Signs at `concurrency` until `at_least` requests are done and `until` says stop; every
+/// signature is checked with `verify_strict`. A request whose attempt fails is tried again (at
+/// most three attempts), and counted.
+fn load(
+    config: &Path,
+    at_least: usize,
+    concurrency: usize,
+    until: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tag: &'static str,
+) -> Phase {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let config = conclave_client::ClientConfig::read(config).expect("client config");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let signer = Arc::new(
+            conclave_client::ThresholdSigner::connect(&config, None)
+                .await
+                .expect("connect"),
+        );
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = vec![];
+        for _ in 0..concurrency {
+            let (signer, next, until) = (signer.clone(), next.clone(), until.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut out = (vec![], 0usize, 0usize);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= at_least && until.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let msg = format!("{tag} request {i}");
+                    let started = std::time::Instant::now();
+                    let mut signed = false;
+                    for attempt in 0..3 {
+                        match signer.sign(msg.as_bytes()).await {
+                            Ok(sig) => {
+                                signer
+                                    .public_key()
+                                    .verify_strict(msg.as_bytes(), &sig)
+                                    .expect("every signature verifies");
+                                signed = true;
+                                if attempt > 0 {
+                                    out.1 += 1;
+                                }
+                                break;
+                            }
+                            Err(e) => eprintln!("{tag} request {i} attempt {attempt}: {e}"),
+                        }
+                    }
+                    if signed {
+                        out.0.push(started.elapsed().as_secs_f64() * 1e3);
+                    } else {
+                        out.2 += 1;
+                    }
+                }
+                out
+            }));
+        }
+        let mut phase = Phase {
+            latencies_ms: vec![],
+            retried: 0,
+            failed: 0,
+        };
+        for t in tasks {
+            let (l, r, f) = t.await.unwrap();
+            phase.latencies_ms.extend(l);
+            phase.retried += r;
+            phase.failed += f;
+        }
+        phase
+    })
+}
+
+fn culprits_named(log: &str) -> std::collections::BTreeSet<String> {
+    log.lines()
+        .filter(|l| l.contains("culprit"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("participant="))
+                .map(|w| w.trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+/// The fault campaign under load (docs/RELIABILITY.md): a 3-of-5 cluster with p5 sending corrupt
+/// shares throughout signs `CONCLAVE_CHAOS_REQUESTS` requests (default 300; the recorded run
+/// used 10,000) at concurrency 16 three times: fault-free; while p1 and p2 (n − t) are each
+/// SIGKILLed and restarted and p3 is SIGSTOPped for 5 s; and while the first of two
+/// coordinators is SIGKILLed; then once more after the faults. Every signature returned is
+/// verified, only p5 is named culprit, the fault-free, after-fault and coordinator-kill phases
+/// sign every request, and the p99s are printed against the fault-free one (never asserted:
+/// timing). Requests left unsigned under the participant faults are counted, not hidden.
+#[test]
+fn fault_campaign_under_load_signs_everything_and_blames_only_the_corrupt_signer() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let n_req: usize = std::env::var("CONCLAVE_CHAOS_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let corrupt = common::ParticipantSetup {
+        fault: Some("corrupt-shares"),
+        ..Default::default()
+    };
+    let mut setups: Vec<common::ParticipantSetup> = (0..4).map(|_| Default::default()).collect();
+    setups.push(corrupt);
+    let mut c = Cluster::start(3, 5, setups);
+    c.wait_reachable(5);
+    let second = c.start_second_coordinator();
+    let first = c.coordinator_addr.clone();
+    let one = c.client_config("chaos-one.toml", &[&first], 20_000);
+    let both = c.client_config("chaos-both.toml", &[&first, &second], 20_000);
+
+    let done = Arc::new(AtomicBool::new(true));
+    let free = load(&one, n_req, 16, done.clone(), "fault-free");
+
+    // Participant faults, one at a time so that t honest signers stay up (p5 is corrupt).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cfg, flag) = (one.clone(), stop.clone());
+    let loader = std::thread::spawn(move || load(&cfg, n_req, 16, flag, "participant-faults"));
+    let pause = |ms| std::thread::sleep(Duration::from_millis(ms));
+    pause(1000);
+    c.kill(0);
+    pause(2000);
+    c.restart(0);
+    pause(2000);
+    c.kill(1);
+    pause(2000);
+    c.restart(1);
+    pause(2000);
+    let p3 = c.participants[2].as_ref().expect("p3 runs").id() as i32;
+    unsafe { libc::kill(p3, libc::SIGSTOP) };
+    pause(5000);
+    unsafe { libc::kill(p3, libc::SIGCONT) };
+    pause(1000);
+    stop.store(true, Ordering::Relaxed);
+    let faults = loader.join().unwrap();
+    // Once the faults are over, the cluster signs everything again.
+    let after = load(&one, n_req / 3, 16, done.clone(), "after-faults");
+
+    // A coordinator dies under load; the client fails over to the other.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cfg, flag) = (both.clone(), stop.clone());
+    let loader = std::thread::spawn(move || load(&cfg, n_req, 16, flag, "coordinator-kill"));
+    pause(1000);
+    c.kill_coordinator();
+    pause(2000);
+    stop.store(true, Ordering::Relaxed);
+    let failover = loader.join().unwrap();
+
+    let named: std::collections::BTreeSet<String> = culprits_named(&c.log("coordinator"))
+        .into_iter()
+        .chain(culprits_named(&c.log("coordinator2")))
+        .collect();
+    let report = serde_json::json!({
+        "requests_per_phase_at_least": n_req,
+        "concurrency": 16,
+        "fault_free": {"signed": free.latencies_ms.len(), "retried": free.retried, "failed": free.failed, "p50_ms": free.p(0.5), "p99_ms": free.p(0.99)},
+        "participant_faults": {"signed": faults.latencies_ms.len(), "retried": faults.retried, "failed": faults.failed, "p50_ms": faults.p(0.5), "p99_ms": faults.p(0.99), "p99_over_fault_free": faults.p(0.99) / free.p(0.99).max(1e-9)},
+        "after_faults": {"signed": after.latencies_ms.len(), "failed": after.failed, "p99_ms": after.p(0.99)},
+        "coordinator_kill": {"signed": failover.latencies_ms.len(), "retried": failover.retried, "failed": failover.failed, "p50_ms": failover.p(0.5), "p99_ms": failover.p(0.99), "p99_over_fault_free": failover.p(0.99) / free.p(0.99).max(1e-9)},
+        "culprits_named": named,
+    });
+    println!("chaos campaign: {report}");
+    // Every signature returned was verified (in `load`). Not every request is signed while
+    // p3 is stopped with p5 corrupt (exactly t honest signers up): that target is missed and
+    // recorded in docs/RELIABILITY.md; the count is in the report above.
+    for (what, p, want) in [
+        ("fault-free", &free, n_req),
+        ("after the faults", &after, n_req / 3),
+        ("coordinator kill", &failover, n_req),
+    ] {
+        assert_eq!(p.failed, 0, "{what}: every request signed: {report}");
+        assert!(p.latencies_ms.len() >= want, "{what}: {report}");
+    }
+    assert!(
+        faults.latencies_ms.len() >= n_req,
+        "participant faults: the load ran through them: {report}"
+    );
+    assert!(
+        named.contains("p5"),
+        "the corrupt signer is named: {report}"
+    );
+    assert_eq!(named.len(), 1, "no honest signer is blamed: {report}");
 }
