@@ -729,7 +729,7 @@ pub fn verify_expecting(
         key,
         expected,
         &mut |file| conclave_protocol::read_bounded(file, MAX_FILE).map_err(|e| e.to_string()),
-        &mut |last| std::fs::read_to_string(sidecar(last)).ok(),
+        &mut |last| conclave_protocol::read_bounded_to_string(&sidecar(last), 4096).ok(),
     )
 }
 

@@ -343,7 +343,26 @@ pub(crate) fn resume(args: RotateResumeArgs) -> CmdResult {
     }
     if args.abandon {
         // Check first, activate nothing: a ceremony every member acknowledged is not abandoned.
-        let pending = match store.inspect(&plan, &others)? {
+        let inspected = match store.inspect(&plan, &others) {
+            // A set with a file missing was never acknowledged by this member (it acknowledges
+            // only after the whole set is written), so no member can have activated with it.
+            Err(store::StoreError::Incomplete(missing)) => {
+                eprintln!(
+                    "{} is missing: this member never acknowledged the ceremony",
+                    missing.display()
+                );
+                Resume::Undecided {
+                    acknowledged: vec![],
+                    missing: vec![],
+                    reason: conclave_keygen::ceremony::CompletionError::Missing(
+                        missing.display().to_string(),
+                    ),
+                    pending: store.pending_present(),
+                }
+            }
+            other => other?,
+        };
+        let pending = match inspected {
             Resume::AlreadyActive => {
                 println!("nothing pending: ceremony {} is active on this host", plan.ceremony);
                 return Ok(());

@@ -208,6 +208,9 @@ struct GroupState {
 struct PeerState {
     connected: bool,
     penalty_until: Option<Instant>,
+    /// Until when it is a named culprit (an invalid share): chosen after every other signer,
+    /// the penalised-for-a-failure ones included.
+    culprit_until: Option<Instant>,
     /// (group, epoch) this node does not serve: it answered with another epoch (its newest).
     stale: BTreeMap<(GroupName, u64), u64>,
     /// Groups its operator froze (`conclave freeze`): it refuses them until unfrozen.
@@ -1188,7 +1191,7 @@ impl Coordinator {
         let t = usize::from(group.info.threshold);
         let n = group.members.len().max(1);
         let client = session.request.client;
-        let mut candidates: Vec<(bool, bool, bool, usize, NodeId)> = group
+        let mut candidates: Vec<(bool, bool, bool, bool, usize, NodeId)> = group
             .members
             .iter()
             .enumerate()
@@ -1198,11 +1201,9 @@ impl Coordinator {
                     && self.usable(&m.node, &session.group, epoch)
             })
             .map(|(i, m)| {
-                let penalized = self
-                    .peers
-                    .get(&m.node)
-                    .and_then(|p| p.penalty_until)
-                    .is_some_and(|u| u > now);
+                let peer = self.peers.get(&m.node);
+                let culprit = peer.and_then(|p| p.culprit_until).is_some_and(|u| u > now);
+                let penalized = peer.and_then(|p| p.penalty_until).is_some_and(|u| u > now);
                 let empty = self
                     .pools
                     .get(&(m.node, session.group.clone(), epoch))
@@ -1212,7 +1213,7 @@ impl Coordinator {
                     .get(&(client, m.node))
                     .is_some_and(|u| *u > now);
                 let rotation = (i + n - (id.0 as usize % n)) % n;
-                (penalized, refused, empty, rotation, m.node)
+                (culprit, penalized, refused, empty, rotation, m.node)
             })
             .collect();
         // Usable signers for any request (those spent on this one included): fewer than t and
@@ -1245,7 +1246,7 @@ impl Coordinator {
             });
         }
         candidates.sort();
-        let signers = candidates.into_iter().take(t).map(|c| c.4).collect();
+        let signers = candidates.into_iter().take(t).map(|c| c.5).collect();
         let session = self
             .sessions
             .get_mut(&id)
@@ -1635,6 +1636,10 @@ impl Coordinator {
         let penalty = self.config.culprit_penalty;
         for node in nodes {
             self.penalize(now, node, penalty);
+            if let Some(p) = self.peers.get_mut(&node) {
+                let until = now + penalty;
+                p.culprit_until = Some(p.culprit_until.map_or(until, |t| t.max(until)));
+            }
             self.stats.culprits += 1;
             let Some(session) = self.sessions.get_mut(&sid) else {
                 return;

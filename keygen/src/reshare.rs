@@ -125,8 +125,11 @@ fn id_scalar(id: &frost::Identifier) -> Option<Scalar> {
     Scalar::from_canonical_bytes(bytes).into()
 }
 
+/// A point from its canonical encoding only (a y not reduced mod p, or a sign bit on x = 0,
+/// is refused, as frost and RFC 8032 refuse them).
 pub(crate) fn point(bytes: &[u8]) -> Option<EdwardsPoint> {
-    CompressedEdwardsY::from_slice(bytes).ok()?.decompress()
+    let p = CompressedEdwardsY::from_slice(bytes).ok()?.decompress()?;
+    (p.compress().as_bytes() == bytes).then_some(p)
 }
 
 /// Σ_k C_k·x^k (public values: variable-time multiscalar multiplication).
@@ -523,5 +526,25 @@ impl Protocol for Reshare {
             3 => self.on_sub_shares(ctx, identity, items),
             _ => Err(local(round)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Fuzzing finding (target `ceremony_payload`, corpus file `crash-96787a9f…`): a dealer's
+    /// round-1 commitment in a non-canonical encoding (y not reduced mod p) was accepted, where
+    /// frost and RFC 8032 refuse it. Every receiver decodes the same point from it, so the
+    /// ceremony's result was not at stake, but one point had two encodings on the wire.
+    #[test]
+    fn a_commitment_in_a_non_canonical_encoding_is_refused() {
+        // y = p + 1 (encodes y = 1, the identity's y, unreduced).
+        let mut noncanonical = [0xffu8; 32];
+        noncanonical[0] = 0xee;
+        noncanonical[31] = 0x7f;
+        assert!(super::point(&noncanonical).is_none());
+        let canonical = curve25519_dalek::constants::ED25519_BASEPOINT_POINT
+            .compress()
+            .to_bytes();
+        assert!(super::point(&canonical).is_some());
     }
 }
