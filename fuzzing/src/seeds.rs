@@ -204,38 +204,11 @@ fn participant_sessions(c: &mut Corpus) -> Result<()> {
 /// A 2-of-3 DKG through the in-memory relay: every message the relay hands a member, and the
 /// files the members end with.
 fn ceremony_traffic(c: &mut Corpus) -> Result<()> {
-    use conclave_keygen::ceremony::{harness, Member, PlanNode, Relay};
-    let mut rng = rand::rngs::OsRng;
-    let ids: Vec<IdentityKey> = (0..3).map(|_| IdentityKey::generate(&mut rng)).collect();
-    let node = |name: String, k: &IdentityKey, port: u16| PlanNode {
-        name,
-        identity_key: k.node_id().to_hex(),
-        address: format!("127.0.0.1:{port}"),
-    };
-    let participants = ids
-        .iter()
-        .enumerate()
-        .map(|(i, k)| node(format!("p{i}"), k, 7000 + i as u16))
-        .collect();
-    let coordinator = node("coord".into(), &IdentityKey::generate(&mut rng), 7400);
-    let plan = conclave_keygen::ceremony::CeremonyPlan::new_dkg(
-        conclave_protocol::GroupName::new("fuzz").map_err(|e| anyhow::anyhow!("{e}"))?,
-        2,
-        coordinator,
-        participants,
-        &mut rng,
-    )?;
+    use conclave_keygen::ceremony::harness;
+    let (plan, ids) =
+        harness::dkg_members("fuzz", 2, 3, &mut rand::rngs::OsRng).map_err(anyhow::Error::msg)?;
     c.add("ceremony_plan", plan.to_toml()?.into_bytes());
-    let relay = Relay::new(
-        &plan,
-        conclave_keygen::kinds::rounds(plan.kind),
-        std::time::Instant::now(),
-    )?;
-    let mut members = vec![];
-    for k in ids {
-        let dkg = conclave_keygen::dkg::Dkg::new(&plan, &k.node_id())?;
-        members.push(Member::new(&plan, k, dkg)?);
-    }
+    let (members, relay) = harness::dkg_run_parts(&plan, &ids).map_err(anyhow::Error::msg)?;
     let mut seen: Vec<(usize, Envelope)> = vec![];
     let mut tamper = |to: usize, e: &mut Envelope| {
         seen.push((to, e.clone()));

@@ -112,40 +112,15 @@ pub fn ceremony_payload(data: &[u8]) -> Result<(), String> {
 /// replaced; the rest is the replacement. Invariants: nothing panics, the run ends, and the
 /// members that activate agree on the group's manifest.
 pub fn ceremony_dkg(data: &[u8]) -> Result<(), String> {
-    use crate::ceremony::plan::{CeremonyPlan, PlanNode};
-    use crate::ceremony::{harness, Member, Relay};
-    use conclave_protocol::{GroupName, IdentityKey, Message};
+    use crate::ceremony::harness;
+    use conclave_protocol::Message;
 
     let Some((&[round, recipient, item], payload)) = data.split_first_chunk::<3>() else {
         return Ok(());
     };
     let mut rng = rand::rngs::OsRng;
-    let ids: Vec<IdentityKey> = (0..3).map(|_| IdentityKey::generate(&mut rng)).collect();
-    let node = |name: String, k: &IdentityKey, port: u16| PlanNode {
-        name,
-        identity_key: k.node_id().to_hex(),
-        address: format!("127.0.0.1:{port}"),
-    };
-    let participants = ids
-        .iter()
-        .enumerate()
-        .map(|(i, k)| node(format!("p{i}"), k, 7000 + i as u16))
-        .collect();
-    let coordinator = node("coord".into(), &IdentityKey::generate(&mut rng), 7400);
-    let group = GroupName::new("fuzz").map_err(|e| e.to_string())?;
-    let plan = CeremonyPlan::new_dkg(group, 2, coordinator, participants, &mut rng)
-        .map_err(|e| format!("plan: {e}"))?;
-    let relay = Relay::new(
-        &plan,
-        crate::kinds::rounds(plan.kind),
-        std::time::Instant::now(),
-    )
-    .map_err(|e| format!("relay: {e}"))?;
-    let mut members = vec![];
-    for k in ids {
-        let dkg = crate::dkg::Dkg::new(&plan, &k.node_id()).map_err(|e| format!("dkg: {e}"))?;
-        members.push(Member::new(&plan, k, dkg).map_err(|e| format!("member: {e}"))?);
-    }
+    let (plan, ids) = harness::dkg_members("fuzz", 2, 3, &mut rng)?;
+    let (members, relay) = harness::dkg_run_parts(&plan, &ids)?;
     let want_round = round % 8;
     let want_recipient = usize::from(recipient % 3);
     let mut done = false;

@@ -163,3 +163,46 @@ pub fn run_with<P: Protocol>(
     }
     run
 }
+
+/// A DKG plan for `n` fresh identities (`p0`, `p1`, … on 127.0.0.1:7000+i, relay on :7400) and
+/// their members, ready for [`run`]: the setup the fuzz targets, the seed generator and the
+/// crash test share.
+pub fn dkg_members<R: rand::RngCore + rand::CryptoRng>(
+    group: &str,
+    t: u16,
+    n: usize,
+    rng: &mut R,
+) -> Result<(super::CeremonyPlan, Vec<conclave_protocol::IdentityKey>), String> {
+    use conclave_protocol::{GroupName, IdentityKey};
+    let ids: Vec<IdentityKey> = (0..n).map(|_| IdentityKey::generate(&mut *rng)).collect();
+    let node = |name: String, k: &IdentityKey, port: usize| super::PlanNode {
+        name,
+        identity_key: k.node_id().to_hex(),
+        address: format!("127.0.0.1:{port}"),
+    };
+    let participants = ids
+        .iter()
+        .enumerate()
+        .map(|(i, k)| node(format!("p{i}"), k, 7000 + i))
+        .collect();
+    let coordinator = node("coord".into(), &IdentityKey::generate(&mut *rng), 7400);
+    let group = GroupName::new(group).map_err(|e| e.to_string())?;
+    let plan = super::CeremonyPlan::new_dkg(group, t, coordinator, participants, rng)
+        .map_err(|e| format!("plan: {e}"))?;
+    Ok((plan, ids))
+}
+
+/// A relay and the DKG members of `ids` for `plan`.
+pub fn dkg_run_parts(
+    plan: &super::CeremonyPlan,
+    ids: &[conclave_protocol::IdentityKey],
+) -> Result<(Vec<Member<crate::dkg::Dkg>>, Relay), String> {
+    let relay = Relay::new(plan, crate::kinds::rounds(plan.kind), Instant::now())
+        .map_err(|e| format!("relay: {e}"))?;
+    let mut members = vec![];
+    for k in ids {
+        let dkg = crate::dkg::Dkg::new(plan, &k.node_id()).map_err(|e| format!("dkg: {e}"))?;
+        members.push(Member::new(plan, k.clone(), dkg).map_err(|e| format!("member: {e}"))?);
+    }
+    Ok((members, relay))
+}

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use conclave_keygen::ceremony::{harness, Member, Outcome, PlanNode, Relay};
+use conclave_keygen::ceremony::{harness, Outcome};
 use conclave_keygen::store::{FileShareStore, KdfCost, ShareStore};
 use conclave_keygen::{deal, share_header, KdfParams, NewMember, Passphrase, ShareFile};
 use conclave_protocol::{GroupName, IdentityKey};
@@ -98,41 +98,10 @@ fn share(dir: &Path, passwd: bool) -> Result<(), String> {
 
 /// Two outcomes of one DKG plan (run twice in memory), for member 0.
 fn store(dir: &Path) -> Result<(), String> {
-    let mut rng = rand::rngs::OsRng;
-    let ids: Vec<IdentityKey> = (0..3).map(|_| IdentityKey::generate(&mut rng)).collect();
-    let node = |name: String, k: &IdentityKey, port: u16| PlanNode {
-        name,
-        identity_key: k.node_id().to_hex(),
-        address: format!("127.0.0.1:{port}"),
-    };
-    let participants = ids
-        .iter()
-        .enumerate()
-        .map(|(i, k)| node(format!("p{i}"), k, 7000 + i as u16))
-        .collect();
-    let coordinator = node("coord".into(), &IdentityKey::generate(&mut rng), 7400);
-    let plan = conclave_keygen::ceremony::CeremonyPlan::new_dkg(
-        GroupName::new("crash").map_err(|e| e.to_string())?,
-        2,
-        coordinator,
-        participants,
-        &mut rng,
-    )
-    .map_err(|e| e.to_string())?;
+    let (plan, ids) = harness::dkg_members("crash", 2, 3, &mut rand::rngs::OsRng)?;
     let mut outcomes = vec![];
     for _ in 0..2 {
-        let relay = Relay::new(
-            &plan,
-            conclave_keygen::kinds::rounds(plan.kind),
-            std::time::Instant::now(),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut members = vec![];
-        for k in &ids {
-            let dkg =
-                conclave_keygen::dkg::Dkg::new(&plan, &k.node_id()).map_err(|e| e.to_string())?;
-            members.push(Member::new(&plan, k.clone(), dkg).map_err(|e| e.to_string())?);
-        }
+        let (members, relay) = harness::dkg_run_parts(&plan, &ids)?;
         let run = harness::run(members, relay);
         let s = run.stores.first().ok_or("no store")?;
         let (manifest, kp) = s.active().ok_or("the DKG did not complete")?.clone();
