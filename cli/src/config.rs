@@ -131,8 +131,11 @@ pub struct CoordinatorConfig {
     pub clients: Vec<String>,
     /// Group manifests to serve.
     pub manifests: Vec<PathBuf>,
-    /// How long one participant may take to answer one request (default 2000).
+    /// How long one participant may take to answer one request (default 2000); the ceiling
+    /// of each signer's adaptive round-2 timeout.
     pub participant_timeout_ms: Option<u64>,
+    /// The floor of each signer's adaptive round-2 timeout (default 250).
+    pub min_participant_timeout_ms: Option<u64>,
     /// Deadline of a request whose client gives none (default 10000).
     pub default_timeout_ms: Option<u64>,
     /// Round-1 commitments kept pooled per participant and group (default 32, up to 65535;

@@ -811,6 +811,9 @@ fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
         participant_timeout: cfg
             .participant_timeout_ms
             .map_or(defaults.participant_timeout, Duration::from_millis),
+        min_participant_timeout: cfg
+            .min_participant_timeout_ms
+            .map_or(defaults.min_participant_timeout, Duration::from_millis),
         default_timeout: cfg
             .default_timeout_ms
             .map_or(defaults.default_timeout, Duration::from_millis),

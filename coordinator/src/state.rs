@@ -42,8 +42,15 @@ use conclave_protocol::SignError;
 /// Tunables of the coordinator.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
-    /// How long one participant may take to answer one request.
+    /// How long one participant may take to answer one request: the whole wait for a commit
+    /// batch, and the ceiling of a signer's round-2 timeout.
     pub participant_timeout: Duration,
+    /// The floor of a signer's round-2 timeout. Each signer's round-2 timeout follows its own
+    /// answer times (three smoothed round trips plus four deviations, doubled after each
+    /// timeout), between this floor and `participant_timeout`: a signer that stopped answering
+    /// costs a request about its usual answer time, not the full timeout, while a slow link
+    /// gets the time it usually needs.
+    pub min_participant_timeout: Duration,
     /// Deadline of a request whose client gave none.
     pub default_timeout: Duration,
     /// Longest deadline a client may ask for.
@@ -66,6 +73,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             participant_timeout: Duration::from_secs(2),
+            min_participant_timeout: Duration::from_millis(250),
             default_timeout: Duration::from_secs(10),
             max_timeout: Duration::from_secs(120),
             pool_target: 32,
@@ -217,6 +225,47 @@ struct PeerState {
     frozen: BTreeSet<GroupName>,
     /// When the node is next asked again whether it still refuses (stale or frozen).
     recheck_at: Option<Instant>,
+    /// Its round-2 answer times, from which its round-2 timeout is taken.
+    rtt: RttEstimate,
+}
+
+/// One signer's round-2 answer times (RFC 6298: smoothed round trip and its mean deviation),
+/// and the timeouts in a row since its last answer (each doubles its timeout).
+#[derive(Clone, Copy, Debug, Default)]
+struct RttEstimate {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    backoff: u32,
+}
+
+impl RttEstimate {
+    fn sample(&mut self, r: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let dev = s.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + dev) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+        self.backoff = 0;
+    }
+
+    /// The timeout: no estimate yet, the ceiling; else 3·srtt + 4·rttvar (RFC 6298's
+    /// srtt + 4·rttvar, plus two round trips so that an answer whose packet was lost and
+    /// resent by QUIC still arrives in time; at least 10 ms of deviation), doubled per timeout
+    /// in a row, within [floor, ceiling].
+    fn timeout(&self, floor: Duration, ceiling: Duration) -> Duration {
+        let Some(srtt) = self.srtt else {
+            return ceiling;
+        };
+        let rto = srtt * 3 + (self.rttvar * 4).max(Duration::from_millis(10));
+        rto.saturating_mul(1 << self.backoff.min(8))
+            .clamp(floor.min(ceiling), ceiling)
+    }
 }
 
 #[derive(Default)]
@@ -251,6 +300,7 @@ enum RequestKind {
 struct InFlight {
     to: NodeId,
     kind: RequestKind,
+    sent: Instant,
     deadline: Instant,
 }
 
@@ -930,7 +980,14 @@ impl Coordinator {
             self.timers.remove(&(at, timer));
             match timer {
                 Timer::Request(id) => {
-                    if self.inflight.contains_key(&id) {
+                    if let Some((to, sign)) = self
+                        .inflight
+                        .get(&id)
+                        .map(|r| (r.to, matches!(r.kind, RequestKind::Sign { .. })))
+                    {
+                        if sign {
+                            self.back_off(to);
+                        }
                         self.stats.timeouts += 1;
                         self.fail_request(now, id, Failure::Timeout);
                     }
@@ -1097,8 +1154,23 @@ impl Coordinator {
     fn send(&mut self, now: Instant, to: NodeId, kind: RequestKind, msg: Message) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
-        let deadline = now + self.config.participant_timeout;
-        self.inflight.insert(id, InFlight { to, kind, deadline });
+        let ceiling = self.config.participant_timeout;
+        let timeout = match kind {
+            RequestKind::Sign { .. } => self.peers.get(&to).map_or(ceiling, |p| {
+                p.rtt.timeout(self.config.min_participant_timeout, ceiling)
+            }),
+            RequestKind::Commit { .. } => ceiling,
+        };
+        let deadline = now + timeout;
+        self.inflight.insert(
+            id,
+            InFlight {
+                to,
+                kind,
+                sent: now,
+                deadline,
+            },
+        );
         self.timers.insert((deadline, Timer::Request(id)));
         self.outbox.push_back(Transmit {
             to,
@@ -1154,6 +1226,13 @@ impl Coordinator {
             .entry((node, group.clone(), epoch))
             .or_default()
             .fetching = Some(id);
+    }
+
+    /// A round-2 request to `node` timed out: its next one gets twice the time.
+    fn back_off(&mut self, node: NodeId) {
+        if let Some(p) = self.peers.get_mut(&node) {
+            p.rtt.backoff = p.rtt.backoff.saturating_add(1);
+        }
     }
 
     fn penalize(&mut self, now: Instant, node: NodeId, for_: Duration) {
@@ -1488,12 +1567,16 @@ impl Coordinator {
                     attempt,
                     commitment,
                 },
+            sent,
             ..
         }) = self.inflight.remove(&req)
         else {
             self.fail_request(now, req, Failure::BadReply);
             return;
         };
+        if let Some(p) = self.peers.get_mut(&to) {
+            p.rtt.sample(now.saturating_duration_since(sent));
+        }
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -1822,6 +1905,7 @@ impl Coordinator {
                         self.timers.remove(&(r.deadline, Timer::Request(req)));
                     }
                     self.stats.timeouts += 1;
+                    self.back_off(other);
                     self.penalize(now, other, failure_penalty);
                     if let Some(s) = self.sessions.get_mut(&session) {
                         s.excluded.insert(other);

@@ -148,8 +148,11 @@ pub struct Scenario {
     pub message_bytes: usize,
     /// Each request's deadline.
     pub request_timeout_ms: u64,
-    /// How long the coordinator waits for one participant's answer.
+    /// How long the coordinator waits for one participant's answer (the ceiling of a signer's
+    /// adaptive round-2 timeout).
     pub participant_timeout_ms: u64,
+    /// The floor of a signer's adaptive round-2 timeout.
+    pub min_participant_timeout_ms: u64,
     /// Commitments the coordinator pools per participant.
     pub pool_target: u16,
     /// How long until the coordinator notices a silent dead connection (QUIC idle timeout).
@@ -178,6 +181,7 @@ impl Default for Scenario {
             message_bytes: 32,
             request_timeout_ms: 10_000,
             participant_timeout_ms: 2_000,
+            min_participant_timeout_ms: 250,
             pool_target: 32,
             connection_timeout_ms: 10_000,
             reconnect_ms: 200,

@@ -151,6 +151,7 @@ impl<'t> Simulation<'t> {
         .map_err(|e| ScenarioError(e.to_string()))?;
         let config = CoordinatorConfig {
             participant_timeout: Duration::from_millis(scenario.participant_timeout_ms),
+            min_participant_timeout: Duration::from_millis(scenario.min_participant_timeout_ms),
             default_timeout: Duration::from_millis(scenario.request_timeout_ms),
             max_timeout: Duration::from_millis(scenario.request_timeout_ms.max(1)),
             pool_target: scenario.pool_target,

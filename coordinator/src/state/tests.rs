@@ -876,3 +876,65 @@ fn a_node_whose_big_pool_was_dropped_after_a_timeout_is_used_again() {
     }
     assert!(used, "the node was never chosen again");
 }
+
+#[test]
+fn a_signer_that_stops_answering_costs_its_usual_answer_time_not_the_full_timeout() {
+    let mut net = Net::new(3, 5);
+    // Every signer answers a few round 2s (instantly here): each has an answer-time estimate.
+    for i in 0..10 {
+        net.sign(format!("warm {i}").as_bytes()).unwrap();
+    }
+    net.silent.extend(net.order[..2].iter().copied());
+    let start = net.now;
+    let o = net.sign(b"two stopped answering").unwrap();
+    let took = net.now - start;
+    assert!(
+        !o.signers.contains(&"p0".to_string()) && !o.signers.contains(&"p1".to_string()),
+        "{:?}",
+        o.signers
+    );
+    // The floor (250 ms) per timeout, not participant_timeout (2 s).
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn round_two_timeouts_follow_each_signers_answer_times_within_floor_and_ceiling() {
+    let (floor, ceiling) = (Duration::from_millis(250), Duration::from_secs(2));
+    let mut e = RttEstimate::default();
+    assert_eq!(
+        e.timeout(floor, ceiling),
+        ceiling,
+        "no estimate: the ceiling"
+    );
+    e.sample(Duration::from_millis(5));
+    assert_eq!(e.timeout(floor, ceiling), floor, "fast answers: the floor");
+    // A slow but steady link gets the time it needs, and more than its usual answer.
+    // Room for one lost and resent packet: three round trips.
+    let ceiling5 = Duration::from_secs(5);
+    let mut slow = RttEstimate::default();
+    for _ in 0..50 {
+        slow.sample(Duration::from_millis(600));
+    }
+    let t = slow.timeout(floor, ceiling5);
+    assert!(
+        t > Duration::from_millis(1800) && t < Duration::from_millis(1900),
+        "{t:?}"
+    );
+    let one = Duration::from_secs(1);
+    assert_eq!(slow.timeout(floor, one), one, "never over the ceiling");
+    // Each timeout in a row doubles it, up to the ceiling; an answer resets that.
+    slow.backoff = 1;
+    assert!(slow.timeout(floor, ceiling5) > Duration::from_millis(3600));
+    slow.backoff = 5;
+    assert_eq!(slow.timeout(floor, ceiling5), ceiling5);
+    slow.sample(Duration::from_millis(600));
+    assert_eq!(slow.backoff, 0);
+    // Jittery answers widen it.
+    let mut jitter = RttEstimate::default();
+    for i in 0..50 {
+        jitter.sample(Duration::from_millis(if i % 2 == 0 { 100 } else { 500 }));
+    }
+    assert!(jitter.timeout(floor, ceiling5) > Duration::from_millis(1500));
+    // A floor above the ceiling is the ceiling.
+    assert_eq!(e.timeout(Duration::from_secs(5), ceiling), ceiling);
+}
