@@ -300,6 +300,16 @@ impl Client {
         }
     }
 
+    /// Asks the coordinator whether it is alive: `Ok` once it answers within `timeout`. A
+    /// coordinator that died without closing the connection (SIGKILL, a host gone) answers
+    /// nothing, where QUIC would notice only after its idle timeout.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), ClientError> {
+        match self.call(Message::Ping, timeout).await? {
+            Message::Pong { .. } => Ok(()),
+            _ => Err(ClientError::UnexpectedReply),
+        }
+    }
+
     /// The group's public key, threshold, epoch and members.
     pub async fn group_info(&self, group: &GroupName) -> Result<RemoteGroup, ClientError> {
         match self

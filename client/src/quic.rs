@@ -311,12 +311,59 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// A server endpoint on `addr` (port 0 lets the OS choose).
+/// A server endpoint on `addr` (port 0 lets the OS choose), whose stateless-reset key comes
+/// from `identity` (see [`endpoint_config`]).
 pub fn server_endpoint(
     addr: SocketAddr,
     config: quinn::ServerConfig,
+    identity: &IdentityKey,
 ) -> Result<quinn::Endpoint, TransportError> {
-    quinn::Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+    let bind = |source| TransportError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    quinn::Endpoint::new(
+        endpoint_config(identity),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind)
+}
+
+/// Endpoint settings with a stateless-reset key derived from the node's identity key (SHA-512
+/// of a label and the secret key, as an HMAC-SHA256 key) instead of a random one per process.
+/// A node that restarts then answers the packets of connections its previous process held
+/// with a valid stateless reset (RFC 9000, section 10.3), and the peer drops such a connection
+/// at once and reconnects. With a random key the peer keeps sending into the dead connection
+/// until its idle timeout (10 s), and counts the restarted node as up meanwhile. The key is as
+/// secret as the identity key it comes from: only its holder can reset its connections.
+fn endpoint_config(identity: &IdentityKey) -> quinn::EndpointConfig {
+    let (reset, cid_key) = restart_keys(identity);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    // The connection IDs it issues carry a keyed hash that the endpoint checks on every packet
+    // (it drops one without a valid hash, reset included): the same key across restarts.
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
+/// The stateless-reset key and the connection-ID hash key of `identity`'s endpoints.
+fn restart_keys(identity: &IdentityKey) -> (ring::hmac::Key, u64) {
+    use sha2::Digest;
+    let secret = zeroize::Zeroizing::new(identity.signing_key().to_bytes());
+    let mut h = sha2::Sha512::new();
+    h.update(b"conclave QUIC stateless reset key v1\0");
+    h.update(secret.as_slice());
+    let derived = zeroize::Zeroizing::new(<[u8; 64]>::from(h.finalize()));
+    let (reset, rest) = derived.split_at(32);
+    let mut cid = [0u8; 8];
+    for (c, d) in cid.iter_mut().zip(rest) {
+        *c = *d;
+    }
+    (
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset),
+        u64::from_le_bytes(cid),
+    )
 }
 
 /// A client-only endpoint on an OS-chosen port of the right address family.
@@ -425,7 +472,7 @@ mod tests {
             HashSet::new()
         };
         let cfg = server_config(&server, Pinned::AnyOf(Arc::new(allowed))).unwrap();
-        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+        let ep = server_endpoint("127.0.0.1:0".parse().unwrap(), cfg, &server).unwrap();
         (server, client, ep)
     }
 
@@ -476,6 +523,24 @@ mod tests {
             }
         };
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn the_stateless_reset_key_is_the_same_across_restarts_and_differs_per_node() {
+        let a = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let b = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let tag = |k: &IdentityKey| {
+            let (reset, cid) = restart_keys(k);
+            (
+                ring::hmac::sign(&reset, b"a connection id")
+                    .as_ref()
+                    .to_vec(),
+                cid,
+            )
+        };
+        assert_eq!(tag(&a), tag(&a.clone()));
+        assert_ne!(tag(&a).0, tag(&b).0);
+        assert_ne!(tag(&a).1, tag(&b).1);
     }
 
     #[tokio::test]

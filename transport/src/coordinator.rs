@@ -268,7 +268,7 @@ impl Server {
         clients: HashSet<NodeId>,
     ) -> Result<Self, TransportError> {
         let cfg = quic::server_config(&identity, Pinned::AnyOf(Arc::new(clients.clone())))?;
-        let endpoint = quic::server_endpoint(listen, cfg)?;
+        let endpoint = quic::server_endpoint(listen, cfg, &identity)?;
         let (tx, rx) = mpsc::channel(4096);
         Ok(Self {
             endpoint,

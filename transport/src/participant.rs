@@ -185,7 +185,7 @@ impl Server {
     ) -> Result<Self, TransportError> {
         let cfg = quic::server_config(identity, Pinned::AnyOf(Arc::new(coordinators.clone())))?;
         Ok(Self {
-            endpoint: quic::server_endpoint(listen, cfg)?,
+            endpoint: quic::server_endpoint(listen, cfg, identity)?,
             identity: identity.clone(),
             coordinators,
             metrics: None,

@@ -66,7 +66,7 @@ impl RelayServer {
             .collect();
         let cfg = quic::server_config(identity, Pinned::AnyOf(Arc::new(members)))?;
         Ok(Self {
-            endpoint: quic::server_endpoint(listen, cfg)?,
+            endpoint: quic::server_endpoint(listen, cfg, identity)?,
         })
     }
 
