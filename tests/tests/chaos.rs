@@ -220,9 +220,8 @@ fn culprits_named(log: &str) -> std::collections::BTreeSet<String> {
 /// used 10,000) at concurrency 16 three times: fault-free; while p1 and p2 (n − t) are each
 /// SIGKILLed and restarted and p3 is SIGSTOPped for 5 s; and while the first of two
 /// coordinators is SIGKILLed; then once more after the faults. Every signature returned is
-/// verified, only p5 is named culprit, the fault-free, after-fault and coordinator-kill phases
-/// sign every request, and the p99s are printed against the fault-free one (never asserted:
-/// timing). Requests left unsigned under the participant faults are counted, not hidden.
+/// verified, only p5 is named culprit, every phase signs every request, and the p99s are
+/// printed against the fault-free one (never asserted: timing).
 #[test]
 fn fault_campaign_under_load_signs_everything_and_blames_only_the_corrupt_signer() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -302,21 +301,18 @@ fn fault_campaign_under_load_signs_everything_and_blames_only_the_corrupt_signer
         "culprits_named": named,
     });
     println!("chaos campaign: {report}");
-    // Every signature returned was verified (in `load`). Not every request is signed while
-    // p3 is stopped with p5 corrupt (exactly t honest signers up): that target is missed and
-    // recorded in docs/RELIABILITY.md; the count is in the report above.
+    // Every signature returned was verified (in `load`), and every request is signed in every
+    // phase (the caller tries a request at most three times; the library itself sends up to
+    // three new requests per try when an attempt fails after round 2).
     for (what, p, want) in [
         ("fault-free", &free, n_req),
+        ("participant faults", &faults, n_req),
         ("after the faults", &after, n_req / 3),
         ("coordinator kill", &failover, n_req),
     ] {
         assert_eq!(p.failed, 0, "{what}: every request signed: {report}");
         assert!(p.latencies_ms.len() >= want, "{what}: {report}");
     }
-    assert!(
-        faults.latencies_ms.len() >= n_req,
-        "participant faults: the load ran through them: {report}"
-    );
     assert!(
         named.contains("p5"),
         "the corrupt signer is named: {report}"
