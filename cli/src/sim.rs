@@ -349,7 +349,7 @@ fn campaign(a: CampaignArgs) -> CmdResult {
             Drawn::Signing(s) => {
                 eprintln!(
                     "run {run_seed}: this signing scenario (as a --scenario file):\n{}",
-                    toml::to_string(s.as_ref()).unwrap_or_default()
+                    toml::to_string(s.as_ref()).context("cannot print the scenario as TOML")?
                 );
                 if let Some(path) = &a.trace {
                     let file = std::fs::File::create(path)

@@ -204,10 +204,15 @@ pub fn signed_request(data: &[u8]) {
         return;
     };
     let _ = r.body.canonical();
-    let _ = r.verify();
+    let verified = r.verify().is_ok();
     let bytes = postcard::to_allocvec(&r).expect("a decoded request encodes");
     let again: SignedRequest = postcard::from_bytes(&bytes).expect("its encoding decodes");
     assert_eq!(again, r, "request round trip");
+    assert_eq!(
+        again.verify().is_ok(),
+        verified,
+        "the signature check gives the same answer after a round trip"
+    );
 }
 
 /// A signing package as a participant receives it: decoded, then every commitment checked

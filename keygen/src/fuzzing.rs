@@ -118,7 +118,8 @@ pub fn ceremony_dkg(data: &[u8]) -> Result<(), String> {
     let Some((&[round, recipient, item], payload)) = data.split_first_chunk::<3>() else {
         return Ok(());
     };
-    let mut rng = rand::rngs::OsRng;
+    // Seeded: the same input replays the same run (keys, nonces and all).
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0xC0C1A7E);
     let (plan, ids) = harness::dkg_members("fuzz", 2, 3, &mut rng)?;
     let (members, relay) = harness::dkg_run_parts(&plan, &ids)?;
     let want_round = round % 8;
@@ -140,7 +141,7 @@ pub fn ceremony_dkg(data: &[u8]) -> Result<(), String> {
         }
         true
     };
-    let run = harness::run_with(
+    let mut run = harness::run_seeded(
         members,
         relay,
         harness::Faults {
@@ -148,16 +149,85 @@ pub fn ceremony_dkg(data: &[u8]) -> Result<(), String> {
             broken_store: None,
             tamper: &mut tamper,
         },
+        &mut rng,
     );
+    // `rotate resume`: a member left undecided activates when shown the completion of one
+    // that activated, if it verifies against its own pending results.
+    let done = (0..3).find_map(|i| match run.ends.get(i) {
+        Some(Some(crate::ceremony::MemberEnd::Activated { completion, .. })) => {
+            Some(completion.clone())
+        }
+        _ => None,
+    });
+    let mut activated: Vec<usize> = (0..3).filter(|&i| run.activated(i)).collect();
+    if let Some(done) = &done {
+        for i in 0..3 {
+            if matches!(
+                run.ends.get(i),
+                Some(Some(crate::ceremony::MemberEnd::Undecided(_)))
+            ) {
+                let store = run.stores.get_mut(i).ok_or("no store")?;
+                store
+                    .resume(&plan, done)
+                    .map_err(|e| format!("an undecided member cannot resume: {e}"))?;
+                activated.push(i);
+            }
+        }
+    }
+    // All or nothing: no member is ever left out, the input only decides which.
+    if !activated.is_empty() && activated.len() != 3 {
+        return Err(format!("{} of 3 members activated", activated.len()));
+    }
     let mut manifests = vec![];
-    for (i, s) in run.stores.iter().enumerate() {
-        if run.activated(i) {
-            let (m, _) = s.active().ok_or("activated without an active share")?;
-            manifests.push(m.to_toml().map_err(|e| e.to_string())?);
+    let mut shares = vec![];
+    for s in &run.stores {
+        if let Some((m, kp)) = s.active() {
+            manifests.push(m.clone());
+            shares.extend(kp.clone());
         }
     }
     if manifests.windows(2).any(|w| w.first() != w.last()) {
         return Err("members activated different manifests".into());
     }
+    if let Some(m) = manifests.first() {
+        two_sign(m, &shares, &mut rng)?;
+    }
     Ok(())
+}
+
+/// Two of `shares` sign a message that verifies (strictly) under `manifest`'s key.
+fn two_sign(
+    manifest: &crate::GroupManifest,
+    shares: &[frost::keys::KeyPackage],
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(), String> {
+    let msg = b"fuzzed dkg";
+    let signers: Vec<&frost::keys::KeyPackage> = shares.iter().take(2).collect();
+    if signers.len() < 2 {
+        return Err("activated without shares".into());
+    }
+    let pkp = manifest.public_key_package().map_err(|e| e.to_string())?;
+    let mut nonces = std::collections::BTreeMap::new();
+    let mut commitments = std::collections::BTreeMap::new();
+    for kp in &signers {
+        let (n, c) = frost::round1::commit(kp.signing_share(), &mut *rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let pkg = frost::SigningPackage::new(commitments, msg);
+    let mut sig_shares = std::collections::BTreeMap::new();
+    for kp in &signers {
+        let n = nonces.get(kp.identifier()).ok_or("nonce")?;
+        let s = frost::round2::sign(&pkg, n, kp).map_err(|e| e.to_string())?;
+        sig_shares.insert(*kp.identifier(), s);
+    }
+    let sig = frost::aggregate(&pkg, &sig_shares, &pkp).map_err(|e| e.to_string())?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(
+        &manifest.public_key_bytes().map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let bytes = sig.serialize().map_err(|e| e.to_string())?;
+    let sig = ed25519_dalek::Signature::from_slice(&bytes).map_err(|e| e.to_string())?;
+    vk.verify_strict(msg, &sig)
+        .map_err(|e| format!("the new shares do not sign: {e}"))
 }

@@ -95,10 +95,14 @@ pub fn draw(seed: u64) -> Drawn {
         s = s.slow(r.gen_range(1..=n), r.gen_range(1..=3_000));
     }
     for _ in 0..r.gen_range(0..=2) {
-        s.skew.push(Skew {
-            participant: r.gen_range(1..=n),
-            offset_secs: r.gen_range(-600..=600),
-        });
+        let (participant, offset_secs) = (r.gen_range(1..=n), r.gen_range(-600..=600));
+        // One clock per participant (a scenario refuses two entries for one).
+        if s.skew.iter().all(|k| k.participant != participant) {
+            s.skew.push(Skew {
+                participant,
+                offset_secs,
+            });
+        }
     }
     Drawn::Signing(Box::new(s))
 }

@@ -341,8 +341,15 @@ impl Scenario {
         for s in &self.slow {
             check(s.participant, "slow")?;
         }
+        let mut skewed = std::collections::BTreeSet::new();
         for s in &self.skew {
             check(s.participant, "skew")?;
+            if !skewed.insert(s.participant) {
+                return err(format!(
+                    "skew: participant {} has two [[skew]] entries (give one offset)",
+                    s.participant
+                ));
+            }
             if s.offset_secs.unsigned_abs() > 365 * 86_400 {
                 return err("skew: offset_secs is at most a year either way".into());
             }
@@ -369,6 +376,17 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_clocks_for_one_participant_are_refused() {
+        let two = "[[skew]]\nparticipant = 2\noffset_secs = 30\n[[skew]]\nparticipant = 2\noffset_secs = -30\n";
+        let e = Scenario::from_toml(two)
+            .and_then(|s| s.validate())
+            .unwrap_err();
+        assert!(e.to_string().contains("two [[skew]] entries"), "{e}");
+        let one = "[[skew]]\nparticipant = 2\noffset_secs = 30\n";
+        Scenario::from_toml(one).unwrap().validate().unwrap();
+    }
 
     #[test]
     fn toml_scenarios_parse_and_are_checked() {

@@ -90,12 +90,18 @@ pub fn run<P: Protocol>(members: Vec<Member<P>>, relay: Relay) -> Run {
 }
 
 /// [`run`] with faults.
-pub fn run_with<P: Protocol>(
+pub fn run_with<P: Protocol>(members: Vec<Member<P>>, relay: Relay, faults: Faults<'_>) -> Run {
+    run_seeded(members, relay, faults, &mut rand::rngs::OsRng)
+}
+
+/// [`run_with`], the members' randomness drawn from `rng` (a seeded one makes the run
+/// repeatable, for a fuzzer).
+pub fn run_seeded<P: Protocol>(
     mut members: Vec<Member<P>>,
     mut relay: Relay,
     faults: Faults<'_>,
+    rng: &mut dyn super::RngCoreCrypto,
 ) -> Run {
-    let mut rng = rand::rngs::OsRng;
     let mut now = Instant::now();
     let roster: Vec<NodeId> = relay.roster().to_vec();
     let n = members.len();
@@ -105,7 +111,7 @@ pub fn run_with<P: Protocol>(
         relay_events: vec![],
     };
     for m in &mut members {
-        m.start(now, &mut rng);
+        m.start(now, &mut *rng);
     }
     for _ in 0..10_000 {
         let mut progress = false;
@@ -140,7 +146,7 @@ pub fn run_with<P: Protocol>(
             if let Some(i) = roster.iter().position(|r| *r == t.to) {
                 if (faults.tamper)(i, &mut t.envelope) {
                     if let Some(m) = members.get_mut(i) {
-                        m.handle(now, t.envelope, &mut rng);
+                        m.handle(now, t.envelope, &mut *rng);
                     }
                 }
             }
