@@ -104,10 +104,28 @@ pub enum Misbehaviour {
 }
 
 /// What a corrupted signature share is, defined once: the fault-injection build of the
-/// participant and the simulator's byzantine signers both use it.
+/// participant and the simulator's byzantine signers both use it. The share plus one (mod ℓ):
+/// every corrupt signer adds the same, so the errors of several in one attempt add up and never
+/// cancel. (Flipping the low bit did cancel: +1 at one signer and −1 at another left the sum,
+/// the aggregate verified, and the coordinator, which checks shares one by one only when the
+/// aggregate fails, as RFC 9591 does, rightly named no one: the simulator found it.)
 pub fn corrupt_share(share: &mut [u8]) {
-    if let Some(b) = share.first_mut() {
-        *b ^= 0x01;
+    let scalar = <[u8; 32]>::try_from(&*share).ok().and_then(|b| {
+        Option::<curve25519_dalek::Scalar>::from(curve25519_dalek::Scalar::from_canonical_bytes(b))
+    });
+    match scalar {
+        Some(s) => {
+            let spoiled = (s + curve25519_dalek::Scalar::ONE).to_bytes();
+            for (d, b) in share.iter_mut().zip(spoiled) {
+                *d = b;
+            }
+        }
+        // Not a share at all: any change spoils it.
+        None => {
+            if let Some(b) = share.first_mut() {
+                *b ^= 0x01;
+            }
+        }
     }
 }
 
@@ -856,6 +874,21 @@ impl Participant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corrupt_shares_of_two_signers_never_cancel_out() {
+        use curve25519_dalek::Scalar;
+        let sum = |a: &[u8; 32], b: &[u8; 32]| {
+            Scalar::from_canonical_bytes(*a).unwrap() + Scalar::from_canonical_bytes(*b).unwrap()
+        };
+        // An even and an odd share: flipping the low bit gives +1 and -1.
+        let (a, b) = (Scalar::from(10u64).to_bytes(), Scalar::from(7u64).to_bytes());
+        let (mut a2, mut b2) = (a, b);
+        corrupt_share(&mut a2);
+        corrupt_share(&mut b2);
+        assert_ne!(sum(&a2, &b2), sum(&a, &b));
+        assert_eq!(sum(&a2, &b2), sum(&a, &b) + Scalar::from(2u64));
+    }
     use conclave_keygen::{deal, NewMember};
     use conclave_protocol::IdentityKey;
 

@@ -28,6 +28,24 @@ fn a_named_culprit_is_chosen_after_signers_penalised_for_a_failure() {
     );
 }
 
+/// Campaign finding (`conclave sim campaign --seed 7`): two corrupt signers in one attempt
+/// whose corruptions cancelled out (the low bit flipped: +1 at one, −1 at the other) made a
+/// signature that verified, so neither was named, and the invariant "every corrupt sender
+/// named" broke. A corrupted share is now the share plus one: the errors add up.
+#[test]
+fn two_corrupt_signers_in_one_attempt_are_both_caught() {
+    let s = Scenario::new(3, 5)
+        .requests(200)
+        .concurrency(4)
+        .seed(3)
+        .byzantine(4, Behaviour::InvalidShares)
+        .byzantine(5, Behaviour::InvalidShares);
+    let r = conclave_sim::run(s).unwrap();
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.ok, 200, "{:?}", r.failed);
+    assert!(r.culprits.contains_key("p4") && r.culprits.contains_key("p5"), "{:?}", r.culprits);
+}
+
 #[test]
 fn a_small_campaign_breaks_no_invariant_and_replays() {
     let r = conclave_sim::campaign::run_campaign(1500, 3, &mut |_| {});
