@@ -144,7 +144,11 @@ fn draw_ceremony(r: &mut ChaCha20Rng, seed: u64) -> ReshareScenario {
     .choose(r)
     .unwrap_or(&CeremonyKind::Reshare);
     let n = r.gen_range(3..=6usize);
-    let t = r.gen_range(2..=n) as u16;
+    let mut t = r.gen_range(2..=n) as u16;
+    if kind == CeremonyKind::Repair {
+        // A repair needs t helpers besides the member who lost its share.
+        t = t.min(n as u16 - 1);
+    }
     let n2 = r.gen_range(3..=6usize);
     let t2 = r.gen_range(2..=n2) as u16;
     ReshareScenario {
