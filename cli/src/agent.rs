@@ -5,7 +5,8 @@
 //!
 //! The socket is created 0600 in a directory only its owner can enter; every connecting
 //! process's uid (SO_PEERCRED) must be in the allow list (default: the agent's own uid).
-//! Adding or removing identities is refused with the protocol's failure reply.
+//! Adding or removing identities is refused with the protocol's failure reply. A message over
+//! 256 KiB (OpenSSH's cap) ends its connection (`agent_socket`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +20,7 @@ use ssh_agent_lib::proto::{Identity, SignRequest};
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{Algorithm, Signature};
 
+use crate::agent_socket::CappedListener;
 use crate::{AgentArgs, CmdResult};
 
 /// The groups served, by public key.
@@ -52,8 +54,8 @@ enum Conn {
     Denied(Denied),
 }
 
-impl Agent<tokio::net::UnixListener> for Factory {
-    fn new_session(&mut self, socket: &tokio::net::UnixStream) -> impl Session {
+impl Agent<CappedListener> for Factory {
+    fn new_session(&mut self, socket: &crate::agent_socket::Capped) -> impl Session {
         let uid = socket.peer_cred().ok().map(|c| c.uid());
         match uid {
             Some(uid) if self.allowed.contains(&uid) => Conn::Served(Served {
@@ -264,7 +266,7 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
         allowed,
     };
     tokio::select! {
-        r = ssh_agent_lib::agent::listen(listener, factory) => {
+        r = ssh_agent_lib::agent::listen(CappedListener(listener), factory) => {
             r.map_err(|e| anyhow!("agent socket: {e}"))?;
         }
         _ = crate::commands::shutdown_signal() => {}

@@ -14,6 +14,7 @@ macro_rules! fail {
 }
 
 mod agent;
+mod agent_socket;
 mod ceremony;
 mod checks;
 mod clientcmd;

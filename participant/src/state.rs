@@ -882,7 +882,10 @@ mod tests {
             Scalar::from_canonical_bytes(*a).unwrap() + Scalar::from_canonical_bytes(*b).unwrap()
         };
         // An even and an odd share: flipping the low bit gives +1 and -1.
-        let (a, b) = (Scalar::from(10u64).to_bytes(), Scalar::from(7u64).to_bytes());
+        let (a, b) = (
+            Scalar::from(10u64).to_bytes(),
+            Scalar::from(7u64).to_bytes(),
+        );
         let (mut a2, mut b2) = (a, b);
         corrupt_share(&mut a2);
         corrupt_share(&mut b2);

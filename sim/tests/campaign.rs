@@ -43,7 +43,11 @@ fn two_corrupt_signers_in_one_attempt_are_both_caught() {
     let r = conclave_sim::run(s).unwrap();
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     assert_eq!(r.ok, 200, "{:?}", r.failed);
-    assert!(r.culprits.contains_key("p4") && r.culprits.contains_key("p5"), "{:?}", r.culprits);
+    assert!(
+        r.culprits.contains_key("p4") && r.culprits.contains_key("p5"),
+        "{:?}",
+        r.culprits
+    );
 }
 
 #[test]

@@ -275,6 +275,17 @@ fn the_agent_serves_openssh_git_and_ssh_logins_through_the_threshold() {
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already listening"));
     let sock = agent.socket.to_str().unwrap().to_owned();
+    // A message declaring more than OpenSSH's 256 KiB cap ends its connection at once (the
+    // agent does not wait for, or buffer, the body); the agent keeps serving others.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&(256 * 1024 + 1u32).to_be_bytes()).unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).expect("closed, not left waiting");
+        assert_eq!(n, 0, "the agent closes the connection");
+    }
     // ssh-add -L lists the group key, as `conclave pubkey --format openssh` prints it.
     let listed = run(Command::new("ssh-add")
         .arg("-L")
