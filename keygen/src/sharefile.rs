@@ -416,13 +416,76 @@ pub fn write_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> std::
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    if result.is_ok() {
+        remove_stale_temps(&dir, &name);
+    }
     result
+}
+
+/// How old a leftover temp file of [`write_atomic`] must be before a later write of the same
+/// file removes it: far older than any write in progress takes.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes `.NAME.tmp-*` files in `dir` older than [`STALE_TEMP_AGE`]: what a process killed
+/// between creating its temp file and renaming it left behind (encrypted, mode 0600, but
+/// clutter that grows with every crash). Best effort: a failure changes nothing.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in entries.flatten().take(10_000) {
+        let file_name = e.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if rest.len() != 16 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TEMP_AGE);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dealer::{deal, NewMember};
+
+    #[test]
+    fn a_later_write_removes_temp_files_a_killed_writer_left_but_not_fresh_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("p1.share");
+        let stale = d.path().join(".p1.share.tmp-00000000000000aa");
+        let fresh = d.path().join(".p1.share.tmp-00000000000000bb");
+        let other = d.path().join(".p2.share.tmp-00000000000000cc");
+        for p in [&stale, &fresh, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&stale, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        write_atomic(&target, b"new", &mut rand::rngs::OsRng).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert!(!stale.exists(), "an hour-old temp of this file is removed");
+        assert!(fresh.exists(), "a temp that may be another write in progress stays");
+        assert!(other.exists(), "another file's temp is not this write's business");
+    }
     use conclave_protocol::IdentityKey;
 
     fn sample() -> (frost::keys::KeyPackage, ShareHeader) {
