@@ -375,6 +375,9 @@ pub struct Coordinator {
     peers: BTreeMap<NodeId, PeerState>,
     pools: BTreeMap<(NodeId, GroupName, u64), Pool>,
     inflight: BTreeMap<u64, InFlight>,
+    /// Round-2 requests that timed out (to whom, when sent), newest last: a late answer is
+    /// still an answer time, so the signer's estimate learns its slow tail too.
+    timed_out: BTreeMap<u64, (NodeId, Instant)>,
     sessions: BTreeMap<SessionId, Session>,
     timers: BTreeSet<(Instant, Timer)>,
     outbox: VecDeque<Transmit>,
@@ -490,6 +493,7 @@ impl Coordinator {
             peers,
             pools: BTreeMap::new(),
             inflight: BTreeMap::new(),
+            timed_out: BTreeMap::new(),
             sessions: BTreeMap::new(),
             timers: BTreeSet::new(),
             outbox: VecDeque::new(),
@@ -939,6 +943,16 @@ impl Coordinator {
 
     /// A reply from the authenticated participant `from`.
     pub fn handle(&mut self, now: Instant, from: NodeId, reply: Envelope) {
+        if let Some((to, sent)) = self.timed_out.remove(&reply.id) {
+            // The answer to a round-2 request that timed out: too late for its session, but
+            // it tells how slow this signer can be.
+            if to == from {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.rtt.sample(now.saturating_duration_since(sent));
+                }
+            }
+            return;
+        }
         let Some(request) = self.inflight.get(&reply.id) else {
             tracing::debug!(peer = %from.short(), id = reply.id, "reply to no pending request");
             return;
@@ -980,13 +994,14 @@ impl Coordinator {
             self.timers.remove(&(at, timer));
             match timer {
                 Timer::Request(id) => {
-                    if let Some((to, sign)) = self
+                    if let Some((to, sent, sign)) = self
                         .inflight
                         .get(&id)
-                        .map(|r| (r.to, matches!(r.kind, RequestKind::Sign { .. })))
+                        .map(|r| (r.to, r.sent, matches!(r.kind, RequestKind::Sign { .. })))
                     {
                         if sign {
                             self.back_off(to);
+                            self.remember_timeout(id, to, sent);
                         }
                         self.stats.timeouts += 1;
                         self.fail_request(now, id, Failure::Timeout);
@@ -1155,11 +1170,21 @@ impl Coordinator {
         let id = self.next_request;
         self.next_request += 1;
         let ceiling = self.config.participant_timeout;
-        let timeout = match kind {
-            RequestKind::Sign { .. } => self.peers.get(&to).map_or(ceiling, |p| {
-                p.rtt.timeout(self.config.min_participant_timeout, ceiling)
-            }),
-            RequestKind::Commit { .. } => ceiling,
+        // The adaptive round-2 timeout only when the request could do without this signer
+        // (t others usable): with no one to replace it, waiting is the better bet.
+        let spare = |session: &SessionId| {
+            self.sessions.get(session).is_some_and(|s| {
+                let others = self.reachable(now, &s.group, s.epoch, &s.excluded);
+                others > self.threshold(&s.group, s.epoch)
+            })
+        };
+        let timeout = match &kind {
+            RequestKind::Sign { session, .. } if spare(session) => {
+                self.peers.get(&to).map_or(ceiling, |p| {
+                    p.rtt.timeout(self.config.min_participant_timeout, ceiling)
+                })
+            }
+            RequestKind::Sign { .. } | RequestKind::Commit { .. } => ceiling,
         };
         let deadline = now + timeout;
         self.inflight.insert(
@@ -1226,6 +1251,15 @@ impl Coordinator {
             .entry((node, group.clone(), epoch))
             .or_default()
             .fetching = Some(id);
+    }
+
+    /// Keeps a timed-out round-2 request's sender and send time for its late answer (at most
+    /// 4096, the oldest dropped first).
+    fn remember_timeout(&mut self, req: u64, to: NodeId, sent: Instant) {
+        self.timed_out.insert(req, (to, sent));
+        while self.timed_out.len() > 4096 {
+            self.timed_out.pop_first();
+        }
     }
 
     /// A round-2 request to `node` timed out: its next one gets twice the time.
@@ -1574,9 +1608,7 @@ impl Coordinator {
             self.fail_request(now, req, Failure::BadReply);
             return;
         };
-        if let Some(p) = self.peers.get_mut(&to) {
-            p.rtt.sample(now.saturating_duration_since(sent));
-        }
+        let answered_in = now.saturating_duration_since(sent);
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -1622,6 +1654,9 @@ impl Coordinator {
         match parsed.ok_or(()) {
             Ok(s) => {
                 shares.insert(identifier, s);
+                if let Some(p) = self.peers.get_mut(&to) {
+                    p.rtt.sample(answered_in);
+                }
             }
             Err(_) => {
                 // Bytes that are not a share at all: as much a culprit as an invalid share.
@@ -1903,6 +1938,7 @@ impl Coordinator {
                 for (other, req) in overdue {
                     if let Some(r) = self.inflight.remove(&req) {
                         self.timers.remove(&(r.deadline, Timer::Request(req)));
+                        self.remember_timeout(req, r.to, r.sent);
                     }
                     self.stats.timeouts += 1;
                     self.back_off(other);

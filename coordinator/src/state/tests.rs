@@ -938,3 +938,18 @@ fn round_two_timeouts_follow_each_signers_answer_times_within_floor_and_ceiling(
     // A floor above the ceiling is the ceiling.
     assert_eq!(e.timeout(Duration::from_secs(5), ceiling), ceiling);
 }
+
+#[test]
+fn with_no_signer_to_spare_a_signer_gets_the_full_timeout() {
+    // 2-of-2: the request cannot do without either signer, so a slow one is waited for
+    // (participant_timeout), not timed out at its usual answer time.
+    let mut net = Net::new(2, 2);
+    for i in 0..5 {
+        net.sign(format!("warm {i}").as_bytes()).unwrap();
+    }
+    net.silent.insert(net.order[0]);
+    let start = net.now;
+    assert!(net.sign(b"one stopped answering").is_err());
+    let first_timeout = net.coord.config.participant_timeout;
+    assert!(net.now - start >= first_timeout, "{:?}", net.now - start);
+}
