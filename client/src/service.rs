@@ -409,7 +409,9 @@ impl ThresholdSigner {
                     Some(self.public_key.to_bytes()),
                 ),
             );
+            // Biased: a signature ready in the same poll as a failed ping is kept.
             let result = tokio::select! {
+                biased;
                 r = sign => Some(r),
                 () = dead(&client), if probing => None,
             };

@@ -94,7 +94,13 @@ pub struct CoordinatorHandle {
     tx: mpsc::Sender<Input>,
     /// Set once draining: new sign requests are refused as `shutting_down`.
     draining: Arc<AtomicBool>,
+    /// The groups served and their epochs, as of the start or the last reload: what a client's
+    /// ping is answered with, from its connection task, so that a busy event loop does not
+    /// look dead to a client probing for liveness (docs/CLIENTS.md).
+    served: Served,
 }
+
+type Served = Arc<std::sync::RwLock<Vec<(GroupName, u64)>>>;
 
 impl CoordinatorHandle {
     /// Signs `message` as the client's signed `request` asks. The signature returned has
@@ -131,6 +137,12 @@ impl CoordinatorHandle {
             .map_err(|_| SignError::Internal("coordinator stopped"))?;
         rx.await
             .map_err(|_| SignError::Internal("coordinator stopped"))?
+    }
+
+    /// The groups served and their epochs, as of the start or the last reload (no round trip
+    /// through the event loop).
+    pub fn served_groups(&self) -> Vec<(GroupName, u64)> {
+        self.served.read().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// Every group served, with its epoch and reachable participants.
@@ -174,6 +186,7 @@ pub struct Server {
     metrics: Option<Arc<Metrics>>,
     draining: Arc<AtomicBool>,
     clients: HashSet<NodeId>,
+    served: Served,
 }
 
 /// What the coordinator's audit record of a session says about its request.
@@ -279,6 +292,7 @@ impl Server {
             metrics: None,
             draining: Arc::new(AtomicBool::new(false)),
             clients,
+            served: Served::default(),
         })
     }
 
@@ -305,6 +319,7 @@ impl Server {
         CoordinatorHandle {
             tx: self.tx.clone(),
             draining: self.draining.clone(),
+            served: self.served.clone(),
         }
     }
 
@@ -327,7 +342,18 @@ impl Server {
             metrics,
             draining,
             clients,
+            served,
         } = self;
+        let publish = |coordinator: &Coordinator| {
+            if let Ok(mut s) = served.write() {
+                *s = coordinator
+                    .groups()
+                    .into_iter()
+                    .map(|g| (g.group, g.epoch))
+                    .collect();
+            }
+        };
+        publish(&coordinator);
         let identity = Arc::new(identity);
         let mut tasks = tokio::task::JoinSet::new();
         let mut maintained: HashMap<NodeId, (String, tokio::task::AbortHandle)> = HashMap::new();
@@ -338,6 +364,7 @@ impl Server {
         let handle = CoordinatorHandle {
             tx: tx.clone(),
             draining: draining.clone(),
+            served: served.clone(),
         };
         let replying: Replying = Arc::default();
         tasks.spawn(accept_clients(
@@ -528,6 +555,7 @@ impl Server {
                                         }
                                     }
                                 }
+                                publish(&coordinator);
                                 tracing::info!(?summary, "reloaded");
                             }
                             let _ = reply.send(result);
@@ -981,13 +1009,9 @@ async fn serve_client_request(
             },
             None => Message::Refused(Refusal::UnknownGroup),
         },
+        // Answered here, not by the event loop: a ping asks whether this process is alive.
         Message::Ping => Message::Pong {
-            groups: handle
-                .groups()
-                .await
-                .into_iter()
-                .map(|g| (g.group, g.epoch))
-                .collect(),
+            groups: handle.served_groups(),
         },
         _ => Message::Refused(Refusal::UnexpectedRequest),
     };
