@@ -320,8 +320,9 @@ pub fn server_endpoint(
 ) -> Result<quinn::Endpoint, TransportError> {
     let bind = |source| TransportError::Bind { addr, source };
     let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    let port = socket.local_addr().map_err(bind)?.port();
     quinn::Endpoint::new(
-        endpoint_config(identity),
+        endpoint_config(identity, port),
         Some(config),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -329,41 +330,99 @@ pub fn server_endpoint(
     .map_err(bind)
 }
 
-/// Endpoint settings with a stateless-reset key derived from the node's identity key (SHA-512
-/// of a label and the secret key, as an HMAC-SHA256 key) instead of a random one per process.
-/// A node that restarts then answers the packets of connections its previous process held
-/// with a valid stateless reset (RFC 9000, section 10.3), and the peer drops such a connection
-/// at once and reconnects. With a random key the peer keeps sending into the dead connection
-/// until its idle timeout (10 s), and counts the restarted node as up meanwhile. The key is as
-/// secret as the identity key it comes from: only its holder can reset its connections.
-fn endpoint_config(identity: &IdentityKey) -> quinn::EndpointConfig {
-    let (reset, cid_key) = restart_keys(identity);
+/// Endpoint settings whose stateless-reset key and connection-ID key are derived from the
+/// node's identity key and its port, instead of random per process. A node restarted on its
+/// address then answers the packets of connections its previous process held with a valid
+/// stateless reset (RFC 9000, section 10.3), and the peer drops such a connection at once and
+/// reconnects; with random keys the peer keeps sending into the dead connection until its idle
+/// timeout (10 s), and counts the restarted node as up meanwhile. The keys are as secret as
+/// the identity key: only its holder can reset its connections. The port is part of the
+/// derivation so that two endpoints of one identity (a relay beside a coordinator) cannot reset
+/// each other's connections (RFC 9000, section 21.11).
+fn endpoint_config(identity: &IdentityKey, port: u16) -> quinn::EndpointConfig {
+    let (reset, cid_key) = restart_keys(identity, port);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset));
-    // The connection IDs it issues carry a keyed hash that the endpoint checks on every packet
-    // (it drops one without a valid hash, reset included): the same key across restarts.
     config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        Box::new(StableCids {
+            key: cid_key.clone(),
+        })
     });
     config
 }
 
-/// The stateless-reset key and the connection-ID hash key of `identity`'s endpoints.
-fn restart_keys(identity: &IdentityKey) -> (ring::hmac::Key, u64) {
+/// The stateless-reset key and the connection-ID key of `identity`'s endpoint on `port`.
+fn restart_keys(identity: &IdentityKey, port: u16) -> (ring::hmac::Key, ring::hmac::Key) {
     use sha2::Digest;
     let secret = zeroize::Zeroizing::new(identity.signing_key().to_bytes());
     let mut h = sha2::Sha512::new();
-    h.update(b"conclave QUIC stateless reset key v1\0");
+    h.update(b"conclave QUIC endpoint keys v1\0");
+    h.update(port.to_be_bytes());
     h.update(secret.as_slice());
     let derived = zeroize::Zeroizing::new(<[u8; 64]>::from(h.finalize()));
-    let (reset, rest) = derived.split_at(32);
-    let mut cid = [0u8; 8];
-    for (c, d) in cid.iter_mut().zip(rest) {
-        *c = *d;
-    }
+    let (reset, cid) = derived.split_at(32);
     (
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset),
-        u64::from_le_bytes(cid),
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, cid),
     )
+}
+
+/// Connection IDs of 16 random bytes and a 4-byte tag (HMAC-SHA256 under the endpoint's
+/// connection-ID key), 20 bytes in all. The endpoint checks the tag before it answers a packet
+/// for an unknown connection (a reset included), and a restarted process recognises its
+/// predecessor's IDs. With the keys fixed across restarts, IDs must never repeat (RFC 9000,
+/// section 10.3.1: a stateless-reset token is a function of the ID): 128 random bits put a
+/// repeat, and with it a token learnt on one connection that resets another, out of reach.
+/// (quinn's `HashedConnectionIdGenerator` has 24 random bits.)
+struct StableCids {
+    key: ring::hmac::Key,
+}
+
+const CID_RANDOM: usize = 16;
+const CID_TAG: usize = 4;
+
+impl StableCids {
+    fn tag(&self, random: &[u8]) -> [u8; CID_TAG] {
+        let t = ring::hmac::sign(&self.key, random);
+        let mut out = [0u8; CID_TAG];
+        for (o, b) in out.iter_mut().zip(t.as_ref()) {
+            *o = *b;
+        }
+        out
+    }
+}
+
+impl quinn_proto::ConnectionIdGenerator for StableCids {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        let mut random = [0u8; CID_RANDOM];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        let mut bytes = [0u8; CID_RANDOM + CID_TAG];
+        for (b, v) in bytes
+            .iter_mut()
+            .zip(random.iter().chain(&self.tag(&random)))
+        {
+            *b = *v;
+        }
+        quinn_proto::ConnectionId::new(&bytes)
+    }
+
+    fn validate(&self, cid: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        let (Some(random), Some(tag)) = (cid.get(..CID_RANDOM), cid.get(CID_RANDOM..)) else {
+            return Err(quinn_proto::InvalidCid);
+        };
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&self.tag(random)[..], tag)) {
+            Ok(())
+        } else {
+            Err(quinn_proto::InvalidCid)
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_RANDOM + CID_TAG
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A client-only endpoint on an OS-chosen port of the right address family.
@@ -529,18 +588,52 @@ mod tests {
     fn the_stateless_reset_key_is_the_same_across_restarts_and_differs_per_node() {
         let a = IdentityKey::generate(&mut rand::rngs::OsRng);
         let b = IdentityKey::generate(&mut rand::rngs::OsRng);
-        let tag = |k: &IdentityKey| {
-            let (reset, cid) = restart_keys(k);
-            (
-                ring::hmac::sign(&reset, b"a connection id")
-                    .as_ref()
-                    .to_vec(),
-                cid,
-            )
+        let tag = |k: &IdentityKey, port: u16| {
+            let (reset, cid) = restart_keys(k, port);
+            let sign = |key: &ring::hmac::Key| ring::hmac::sign(key, b"an id").as_ref().to_vec();
+            (sign(&reset), sign(&cid))
         };
-        assert_eq!(tag(&a), tag(&a.clone()));
-        assert_ne!(tag(&a).0, tag(&b).0);
-        assert_ne!(tag(&a).1, tag(&b).1);
+        assert_eq!(tag(&a, 7000), tag(&a.clone(), 7000), "same node, same port");
+        assert_ne!(tag(&a, 7000).0, tag(&b, 7000).0, "another node");
+        assert_ne!(tag(&a, 7000).1, tag(&b, 7000).1);
+        assert_ne!(
+            tag(&a, 7000).0,
+            tag(&a, 7001).0,
+            "another endpoint of the node"
+        );
+        assert_ne!(tag(&a, 7000).0, tag(&a, 7000).1, "two keys, not one");
+    }
+
+    #[test]
+    fn connection_ids_are_long_random_and_recognised_only_by_their_endpoint() {
+        use quinn_proto::ConnectionIdGenerator;
+        let a = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let b = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let mut gen = StableCids {
+            key: restart_keys(&a, 7000).1,
+        };
+        let restarted = StableCids {
+            key: restart_keys(&a, 7000).1,
+        };
+        let other = StableCids {
+            key: restart_keys(&b, 7000).1,
+        };
+        let ids: HashSet<Vec<u8>> = (0..1000).map(|_| gen.generate_cid().to_vec()).collect();
+        assert_eq!(ids.len(), 1000, "no repeat");
+        let id = gen.generate_cid();
+        assert_eq!(id.len(), 20);
+        assert!(
+            restarted.validate(&id).is_ok(),
+            "a restart recognises its IDs"
+        );
+        assert!(other.validate(&id).is_err(), "another node does not");
+        let mut forged = id.to_vec();
+        if let Some(last) = forged.last_mut() {
+            *last ^= 1;
+        }
+        assert!(restarted
+            .validate(&quinn_proto::ConnectionId::new(&forged))
+            .is_err());
     }
 
     #[tokio::test]
