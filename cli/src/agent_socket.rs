@@ -22,7 +22,29 @@ pub(crate) struct CappedListener(pub(crate) UnixListener);
 impl ssh_agent_lib::agent::ListeningSocket for CappedListener {
     type Stream = Capped;
     async fn accept(&mut self) -> io::Result<Capped> {
-        self.0.accept().await.map(|(s, _)| Capped::new(s))
+        // ssh-agent-lib stops listening on the first accept error: ride out the transient
+        // ones (out of file descriptors, a connection aborted before it was accepted).
+        loop {
+            match self.0.accept().await {
+                Ok((s, _)) => return Ok(Capped::new(s)),
+                Err(e) if transient(&e) => {
+                    tracing::warn!(error = %e, "agent: cannot accept a connection now; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    ) || {
+        use rustix::io::Errno;
+        rustix::io::Errno::from_io_error(e)
+            .is_some_and(|n| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&n))
     }
 }
 
@@ -96,8 +118,7 @@ impl AsyncRead for Capped {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let new = buf.filled().get(before..).unwrap_or_default().to_vec();
-        Poll::Ready(this.track(&new))
+        Poll::Ready(this.track(buf.filled().get(before..).unwrap_or_default()))
     }
 }
 

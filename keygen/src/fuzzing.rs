@@ -195,17 +195,29 @@ pub fn ceremony_dkg(data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Two of `shares` sign a message that verifies (strictly) under `manifest`'s key.
+/// Every pair of `shares` signs a message that verifies (strictly) under `manifest`'s key.
 fn two_sign(
     manifest: &crate::GroupManifest,
     shares: &[frost::keys::KeyPackage],
     rng: &mut rand::rngs::StdRng,
 ) -> Result<(), String> {
-    let msg = b"fuzzed dkg";
-    let signers: Vec<&frost::keys::KeyPackage> = shares.iter().take(2).collect();
-    if signers.len() < 2 {
-        return Err("activated without shares".into());
+    if shares.len() < 3 {
+        return Err("activated without every share".into());
     }
+    for (i, a) in shares.iter().enumerate() {
+        for b in shares.iter().skip(i + 1) {
+            pair_signs(manifest, [a, b], rng)?;
+        }
+    }
+    Ok(())
+}
+
+fn pair_signs(
+    manifest: &crate::GroupManifest,
+    signers: [&frost::keys::KeyPackage; 2],
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(), String> {
+    let msg = b"fuzzed dkg";
     let pkp = manifest.public_key_package().map_err(|e| e.to_string())?;
     let mut nonces = std::collections::BTreeMap::new();
     let mut commitments = std::collections::BTreeMap::new();

@@ -483,8 +483,14 @@ mod tests {
         write_atomic(&target, b"new", &mut rand::rngs::OsRng).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert!(!stale.exists(), "an hour-old temp of this file is removed");
-        assert!(fresh.exists(), "a temp that may be another write in progress stays");
-        assert!(other.exists(), "another file's temp is not this write's business");
+        assert!(
+            fresh.exists(),
+            "a temp that may be another write in progress stays"
+        );
+        assert!(
+            other.exists(),
+            "another file's temp is not this write's business"
+        );
     }
     use conclave_protocol::IdentityKey;
 

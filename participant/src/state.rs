@@ -95,7 +95,8 @@ impl Default for ParticipantConfig {
     }
 }
 
-/// Test-only misbehaviour of a signer (compiled only with the `fault-injection` feature).
+/// Test-only misbehaviour of a signer: the type is always there, but only the
+/// `fault-injection` build can switch it on.
 /// (Not to be confused with `conclave_keygen::ceremony::Fault`, a ceremony complaint code.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Misbehaviour {

@@ -45,6 +45,8 @@ pub fn draw(seed: u64) -> Drawn {
     s.link = link(&mut r);
     s.request_timeout_ms = r.gen_range(2_000..=10_000);
     s.participant_timeout_ms = r.gen_range(200..=2_000);
+    // The floor of the adaptive round-2 timeout, anywhere up to the ceiling.
+    s.min_participant_timeout_ms = r.gen_range(50..=s.participant_timeout_ms);
     s.pool_target = *[1u16, 8, 32].choose(&mut r).unwrap_or(&8);
     // A few participants get a worse link of their own.
     for p in 1..=n {
