@@ -196,13 +196,19 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
         group: None,
     };
     let config = crate::clientcmd::resolve(&client_args)?;
-    let groups: Vec<String> = if args.group.is_empty() {
+    // Without --group: every group this host's manifests name (the config's `manifests` and
+    // `manifests_dir`), else the config's default group.
+    let index =
+        conclave_client::ManifestIndex::read(&config).map_err(|e| anyhow!("{} {e}", e.code()))?;
+    let groups: Vec<String> = if !args.group.is_empty() {
+        args.group.clone()
+    } else if !index.is_empty() {
+        index.groups().map(|g| g.to_string()).collect()
+    } else {
         vec![config
             .group
             .clone()
-            .ok_or_else(|| anyhow!("no group: --group NAME (repeat for several), or `group = ...` in the client config"))?]
-    } else {
-        args.group.clone()
+            .ok_or_else(|| anyhow!("no group: --group NAME (repeat for several), `manifests`/`manifests_dir` or `group = ...` in the client config"))?]
     };
     let names: Vec<&str> = groups.iter().map(String::as_str).collect();
     let signers = ThresholdSigner::connect_groups(&config, &names)
@@ -233,10 +239,24 @@ pub(crate) async fn run(args: AgentArgs) -> CmdResult {
             .ok()
             .map(|m| (m.dev(), m.ino()))
     };
+    let shown = if groups.len() <= 10 {
+        groups.join(", ")
+    } else {
+        format!(
+            "{}, ... ({} groups)",
+            groups
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            groups.len()
+        )
+    };
     println!(
         "conclave agent listening on {} for {} ({} identit{}); SSH_AUTH_SOCK={}",
         args.socket.display(),
-        groups.join(", "),
+        shown,
         order.len(),
         if order.len() == 1 { "y" } else { "ies" },
         args.socket.display()

@@ -256,6 +256,7 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
         args.passphrase_file.as_deref(),
         args.audit_log.as_deref(),
         crate::ceremony::Extras {
+            keystore: args.node.keystore.as_deref(),
             freeze_file: args.node.freeze_file.as_deref(),
             metrics_textfile: args.node.metrics_textfile.as_deref(),
             while_frozen: args.node.while_frozen,
@@ -270,6 +271,8 @@ pub(crate) async fn join(args: DkgJoinArgs) -> CmdResult {
 /// What a join does besides the ceremony: the freeze check and the metrics textfile.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Extras<'a> {
+    /// Seal the new share to this node keystore.
+    pub keystore: Option<&'a Path>,
     pub freeze_file: Option<&'a Path>,
     pub metrics_textfile: Option<&'a Path>,
     /// The operator's explicit go-ahead for a ceremony of a frozen group.
@@ -362,14 +365,28 @@ pub(crate) async fn run_join<P: conclave_keygen::ceremony::Protocol>(
             ),
             e => anyhow!(e),
         })?;
-    let pass = if plan.is_new_member(&me) {
+    let keystore = match extras.keystore {
+        Some(k) => {
+            let h = conclave_keygen::Keystore::inspect(k)?;
+            if h.owner != me {
+                return Err(Exit::refused(anyhow!(
+                    "keystore {} belongs to node {}, not to this node",
+                    k.display(),
+                    h.owner.short()
+                )));
+            }
+            Some(h.public_key)
+        }
+        None => None,
+    };
+    let pass = if plan.is_new_member(&me) && keystore.is_none() {
         let pass = passphrase::obtain(passphrase_file, mode, "the new share file", true)?;
         passphrase::check_new(&pass, mode)?;
         Some(pass)
     } else {
         None
     };
-    let mut store = FileShareStore::for_member(plan, &me, out, pass, kdf);
+    let mut store = FileShareStore::for_member(plan, &me, out, pass, kdf).with_keystore(keystore);
     let relay_id = plan.coordinator_id()?;
     let relay_addr = resolve(&plan.coordinator.address)?;
     let faults = crate::faults::FaultPlan::from_env();

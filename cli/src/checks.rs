@@ -250,6 +250,31 @@ pub fn participant(path: &Path, cfg: &config::ParticipantConfig) -> Checks {
             );
         }
     }
+    if let Some(k) = &cfg.keystore {
+        c.private_file(mode, "keystore", k);
+        match conclave_keygen::Keystore::inspect(k) {
+            Ok(h) if identity.is_some_and(|id| id != h.owner) => c.fail(
+                "keystore",
+                "belongs to another node's identity",
+                "use the keystore made for this node (`conclave keystore init --identity DIR`)",
+            ),
+            Ok(h) => c.pass(
+                "keystore",
+                format!("public key {} (header intact)", h.public_key),
+            ),
+            Err(e) => c.fail(
+                "keystore",
+                e.kind.to_string(),
+                "restore the keystore from backup",
+            ),
+        }
+    }
+    if cfg.keystore.is_some() || cfg.shares_dir.is_some() {
+        c.passphrase_source(mode, "node", cfg.passphrase_file.as_deref());
+    }
+    if let Some(d) = &cfg.shares_dir {
+        c.private_dir(mode, "shares_dir", d);
+    }
     c.policy(mode, &cfg.policy, true);
     c.audit_dir(mode, &cfg.audit_log);
     c.metrics(cfg.metrics_listen);
@@ -290,6 +315,27 @@ pub fn coordinator(path: &Path, cfg: &config::CoordinatorConfig) -> Checks {
             Err(e) => c.fail(&what, e.to_string(), "use the manifest written by keygen"),
         }
     }
+    if let Some(d) = &cfg.manifests_dir {
+        match std::fs::metadata(d) {
+            Ok(m) if m.is_dir() => c.pass(
+                "manifests_dir",
+                format!(
+                    "{} (each manifest is checked when read; a bad one is reported and skipped)",
+                    d.display()
+                ),
+            ),
+            Ok(_) => c.fail(
+                "manifests_dir",
+                format!("{} is not a directory", d.display()),
+                "give a directory of manifests",
+            ),
+            Err(e) => c.fail(
+                "manifests_dir",
+                format!("{}: {e}", d.display()),
+                "check the path in the config",
+            ),
+        }
+    }
     if let Some(p) = &cfg.policy {
         c.policy(mode, p, false);
     }
@@ -299,6 +345,49 @@ pub fn coordinator(path: &Path, cfg: &config::CoordinatorConfig) -> Checks {
 }
 
 impl Checks {
+    /// A directory of secrets: exists, and nobody but its owner can list or change it.
+    fn private_dir(&mut self, mode: Mode, what: &str, dir: &Path) {
+        match std::fs::metadata(dir) {
+            Err(e) => self.fail(
+                what,
+                format!("{}: {e}", dir.display()),
+                "check the path in the config",
+            ),
+            Ok(m) if !m.is_dir() => self.fail(
+                what,
+                format!("{} is not a directory", dir.display()),
+                "give the directory of the share files",
+            ),
+            Ok(m) => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let perm = m.permissions().mode() & 0o777;
+                    if perm & 0o077 != 0 {
+                        self.problem(
+                            mode,
+                            what,
+                            format!(
+                                "{} is open to group/others (mode {perm:03o})",
+                                dir.display()
+                            ),
+                            format!("chmod 700 {}", dir.display()),
+                        );
+                        return;
+                    }
+                }
+                let _ = (mode, &m);
+                self.pass(
+                    what,
+                    format!(
+                        "{} (each share is checked when read; a bad one is reported and skipped)",
+                        dir.display()
+                    ),
+                );
+            }
+        }
+    }
+
     /// Metrics carry no secret but tell who signs how often: a non-loopback address is worth a
     /// warning (fine behind a firewall or a scraper-only network).
     fn metrics(&mut self, listen: Option<std::net::SocketAddr>) {

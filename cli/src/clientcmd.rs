@@ -62,6 +62,7 @@ pub(crate) fn resolve(args: &crate::ClientArgs) -> anyhow::Result<ClientConfig> 
             .or_else(|| file.as_ref().and_then(|c| c.group.clone())),
         timeout_ms: file.as_ref().and_then(|c| c.timeout_ms),
         trust_coordinator_key: file.as_ref().is_some_and(|c| c.trust_coordinator_key),
+        manifests_dir: file.as_ref().and_then(|c| c.manifests_dir.clone()),
         manifests: file.map(|c| c.manifests).unwrap_or_default(),
         coordinators,
     })

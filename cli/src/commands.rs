@@ -100,18 +100,45 @@ pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
             );
         }
     }
-    let pass = passphrase::obtain(
-        args.passphrase_file.as_deref(),
-        args.mode,
-        "the new share files",
-        true,
-    )?;
-    passphrase::check_new(&pass, args.mode)?;
+    let mut keystores = std::collections::HashMap::new();
+    for spec in &args.keystores {
+        let (name, key) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--keystore {spec:?}: expected NAME=KEY"))?;
+        if !names.iter().any(|n| n == name) {
+            fail!("--keystore {spec:?}: {name} is not a participant of this group");
+        }
+        let key = conclave_keygen::keystore::keystore_key(key)
+            .map_err(|e| anyhow!("--keystore {name}: {e}"))?;
+        if keystores.insert(name.to_owned(), key).is_some() {
+            fail!("--keystore {name} is given twice");
+        }
+    }
+    let pass = if keystores.len() < names.len() {
+        let p = passphrase::obtain(
+            args.passphrase_file.as_deref(),
+            args.mode,
+            "the new share files",
+            true,
+        )?;
+        passphrase::check_new(&p, args.mode)?;
+        Some(p)
+    } else {
+        None
+    };
     let mut rng = rand::rngs::OsRng;
     let (manifest, shares) = deal(group.clone(), args.threshold, &members, &mut rng)?;
+    let seals: Vec<store::Seal<'_>> = names
+        .iter()
+        .map(|n| match (keystores.get(n), pass.as_ref()) {
+            (Some(k), _) => Ok(store::Seal::Keystore(*k)),
+            (None, Some(p)) => Ok(store::Seal::Passphrase(p, kdf)),
+            (None, None) => Err(anyhow!("no passphrase for {n}'s share")),
+        })
+        .collect::<anyhow::Result<_>>()?;
     // All or nothing: pending files first, then all activated; any failure removes them.
     let (manifest_file, share_files) =
-        store::write_dealt(&args.out, &manifest, &shares, &names, &pass, kdf)?;
+        store::write_dealt_sealed(&args.out, &manifest, &shares, &names, &seals)?;
     if args.json {
         let shares: Vec<_> = members
             .iter()
@@ -521,18 +548,27 @@ fn utc(secs: u64) -> String {
 
 pub(crate) fn share_inspect(file: &Path, json: bool) -> CmdResult {
     let h = ShareFile::inspect(file)?;
-    let k = &h.kdf;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "file": file, "group": h.group.as_str(), "epoch": h.epoch, "threshold": h.threshold,
-                "owner_identity": h.owner.to_hex(), "identifier": hex::encode(h.identifier),
-                "group_public_key": hex::encode(h.group_public_key), "manifest_sha256": hex::encode(h.manifest_hash),
-                "created_at": utc(h.created_at), "created_at_unix": h.created_at,
+        let mut v = serde_json::json!({
+            "file": file, "group": h.group.as_str(), "epoch": h.epoch, "threshold": h.threshold,
+            "owner_identity": h.owner.to_hex(), "identifier": hex::encode(h.identifier),
+            "group_public_key": hex::encode(h.group_public_key), "manifest_sha256": hex::encode(h.manifest_hash),
+            "created_at": utc(h.created_at), "created_at_unix": h.created_at,
+        });
+        let extra = match (h.kdf(), h.keystore()) {
+            (Some(k), _) => serde_json::json!({
+                "format": "passphrase",
                 "kdf": { "algorithm": "argon2id", "memory_kib": k.memory_kib, "iterations": k.iterations, "parallelism": k.parallelism },
-            })
-        );
+            }),
+            (None, Some(ks)) => {
+                serde_json::json!({ "format": "keystore", "keystore": ks.to_hex() })
+            }
+            (None, None) => serde_json::json!({}),
+        };
+        if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        println!("{v}");
     } else {
         println!("share file {}", file.display());
         println!(
@@ -544,11 +580,17 @@ pub(crate) fn share_inspect(file: &Path, json: bool) -> CmdResult {
         println!("  group public key: {}", hex::encode(h.group_public_key));
         println!("  manifest sha256:  {}", hex::encode(h.manifest_hash));
         println!("  created:          {}", utc(h.created_at));
-        println!(
-            "  kdf:              argon2id, {} KiB, {} passes, {} lanes",
-            k.memory_kib, k.iterations, k.parallelism
-        );
-        println!("(header integrity checked; the passphrase is needed to check authenticity)");
+        if let Some(k) = h.kdf() {
+            println!(
+                "  encrypted under:  its own passphrase (argon2id, {} KiB, {} passes, {} lanes)",
+                k.memory_kib, k.iterations, k.parallelism
+            );
+            println!("(header integrity checked; the passphrase is needed to check authenticity; `conclave share migrate` moves it to the node keystore)");
+        }
+        if let Some(ks) = h.keystore() {
+            println!("  encrypted to:     node keystore {ks}");
+            println!("(header integrity checked; the keystore is needed to check authenticity)");
+        }
     }
     Ok(())
 }
@@ -560,6 +602,12 @@ pub(crate) fn share_passwd(
     mode: Mode,
 ) -> CmdResult {
     let what = file.display().to_string();
+    if ShareFile::inspect(file)?.keystore().is_some() {
+        return Err(anyhow::anyhow!(
+            "{what} is sealed to the node keystore and has no passphrase of its own: change the keystore's with `conclave keystore passwd`"
+        )
+        .into());
+    }
     let old_pass = passphrase::obtain(old, mode, &format!("{what} (current)"), false)?;
     let share = ShareFile::read(file, &old_pass)?;
     drop(old_pass);
@@ -568,7 +616,9 @@ pub(crate) fn share_passwd(
     let mut rng = rand::rngs::OsRng;
     let mut header = share.header.clone();
     // Same cost, fresh salt (and a fresh AEAD nonce, drawn when sealing).
-    rand::RngCore::fill_bytes(&mut rng, &mut header.kdf.salt);
+    if let Some(kdf) = header.kdf_mut() {
+        rand::RngCore::fill_bytes(&mut rng, &mut kdf.salt);
+    }
     // Temp file, fsync, rename: the old file stays valid until the new one is complete.
     ShareFile::write(file, &share.key_package, header, &new_pass, true, &mut rng)?;
     println!("{what}: re-encrypted under the new passphrase");

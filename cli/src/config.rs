@@ -56,7 +56,22 @@ pub struct ParticipantConfig {
     pub listen: SocketAddr,
     /// Identity public keys (hex) of the coordinators allowed to connect.
     pub coordinators: Vec<String>,
+    /// Share files listed one by one; any that cannot be read stops the start (or the reload).
+    #[serde(default)]
     pub shares: Vec<ShareEntry>,
+    /// A directory whose `*.share` files are all served: one that cannot be read is reported
+    /// by name and skipped, the others serve. Picked up again on every reload.
+    pub shares_dir: Option<PathBuf>,
+    /// The node keystore (`conclave keystore init`): share files of format 2 are sealed to it.
+    /// One passphrase, one Argon2id at start, however many shares.
+    pub keystore: Option<PathBuf>,
+    /// File holding the node passphrase (first line): the keystore's, and that of format-1
+    /// files in `shares_dir`. Default: the systemd credential, then (dev) the environment, then
+    /// the terminal.
+    pub passphrase_file: Option<PathBuf>,
+    /// Most unused nonces held for one coordinator over all groups (default 65,536; about 600
+    /// bytes each). A coordinator asking beyond it gets `Overloaded`.
+    pub max_total_nonces: Option<usize>,
     /// This signer's own policy (TOML): which client may have which group sign what. Default
     /// deny: a client it does not name gets nothing signed.
     pub policy: PathBuf,
@@ -97,6 +112,8 @@ pub const MAX_SHARE_CACHE_TTL_SECS: u64 = 30 * 86400;
 pub const MAX_OUTSTANDING_NONCES: usize = 100_000;
 /// Longest drain grace accepted.
 pub const MAX_DRAIN_GRACE_SECS: u64 = 3600;
+/// Largest `max_total_nonces` a participant accepts.
+pub const MAX_TOTAL_NONCES: usize = 1_000_000;
 
 /// The directory of a node's state: its audit log's directory.
 pub fn state_dir(audit_log: &Path) -> PathBuf {
@@ -129,8 +146,18 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     /// Identity public keys (hex) of the clients allowed to request signatures.
     pub clients: Vec<String>,
-    /// Group manifests to serve.
+    /// Group manifests to serve, listed one by one; any that cannot be read stops the start
+    /// (or the reload).
+    #[serde(default)]
     pub manifests: Vec<PathBuf>,
+    /// A directory whose `*.toml` manifests are all served: one that cannot be read is
+    /// reported by name and skipped, the others serve. Picked up again on every reload.
+    pub manifests_dir: Option<PathBuf>,
+    /// Commitments kept pooled per participant for a group with no recent request (default 1,
+    /// at most `pool_target`): the first request on an idle group uses it and the pool grows
+    /// with the group's demand. 0 keeps idle pools empty (a cold group's first request then
+    /// pays one more round trip).
+    pub pool_idle: Option<u16>,
     /// How long one participant may take to answer one request (default 2000); the ceiling
     /// of each signer's adaptive round-2 timeout.
     pub participant_timeout_ms: Option<u64>,
@@ -225,6 +252,17 @@ impl ParticipantConfig {
             s.file = relative_to(path, &s.file);
             s.passphrase_file = s.passphrase_file.as_ref().map(|p| relative_to(path, p));
         }
+        c.shares_dir = c.shares_dir.as_ref().map(|p| relative_to(path, p));
+        c.keystore = c.keystore.as_ref().map(|p| relative_to(path, p));
+        c.passphrase_file = c.passphrase_file.as_ref().map(|p| relative_to(path, p));
+        if c.max_total_nonces
+            .is_some_and(|n| n == 0 || n > MAX_TOTAL_NONCES)
+        {
+            bail!(
+                "config {}: max_total_nonces is between 1 and {MAX_TOTAL_NONCES}",
+                path.display()
+            );
+        }
         c.control_socket = c.control_socket.as_ref().map(|p| relative_to(path, p));
         c.freeze_file = c.freeze_file.as_ref().map(|p| relative_to(path, p));
         if c.share_cache_ttl
@@ -250,8 +288,11 @@ impl ParticipantConfig {
             );
         }
         drain_grace(c.drain_grace_secs, path)?;
-        if c.shares.is_empty() {
-            bail!("config {}: no [[shares]] listed", path.display());
+        if c.shares.is_empty() && c.shares_dir.is_none() {
+            bail!(
+                "config {}: no shares: list [[shares]] or give shares_dir",
+                path.display()
+            );
         }
         if c.coordinators.is_empty() {
             bail!(
@@ -290,10 +331,14 @@ impl CoordinatorConfig {
         c.policy = c.policy.as_ref().map(|p| relative_to(path, p));
         c.audit_log = relative_to(path, &c.audit_log);
         c.manifests = c.manifests.iter().map(|m| relative_to(path, m)).collect();
+        c.manifests_dir = c.manifests_dir.as_ref().map(|p| relative_to(path, p));
         c.control_socket = c.control_socket.as_ref().map(|p| relative_to(path, p));
         drain_grace(c.drain_grace_secs, path)?;
-        if c.manifests.is_empty() {
-            bail!("config {}: no manifests listed", path.display());
+        if c.manifests.is_empty() && c.manifests_dir.is_none() {
+            bail!(
+                "config {}: no manifests: list manifests or give manifests_dir",
+                path.display()
+            );
         }
         Ok(c)
     }

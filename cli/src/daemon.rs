@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use conclave_audit::Decision;
 use conclave_keygen::store::ServedShares;
-use conclave_keygen::{GroupManifest, ShareFile};
+use conclave_keygen::{GroupManifest, Keys, Keystore, ShareFile};
 use conclave_participant::Freeze;
 use conclave_protocol::{GroupName, IdentityKey, NodeId};
 use conclave_transport::coordinator::{CoordinatorHandle, CoordinatorUpdate};
@@ -279,6 +279,61 @@ struct LoadedParticipant {
     coordinators: HashSet<NodeId>,
     shares: Vec<(GroupName, u64, frost::keys::KeyPackage)>,
     policy: conclave_policy::Policy,
+    sources: Sources,
+    /// Files of `shares_dir` that could not be served, each with why (the others serve).
+    problems: Vec<String>,
+}
+
+/// Where one served share was read from.
+#[derive(Clone)]
+struct ShareSource {
+    file: PathBuf,
+    /// Format 1: where its passphrase comes from (`None`: the node's sources).
+    passphrase_file: Option<PathBuf>,
+    /// Format 2: sealed to the keystore.
+    sealed: bool,
+}
+
+/// The share files served, by group and epoch, and how to open them again (the share cache
+/// TTL drops a share from memory and reads it again on its next request).
+#[derive(Clone, Default)]
+struct Sources {
+    mode: Mode,
+    by_group: HashMap<(GroupName, u64), ShareSource>,
+    /// Kept open only with a share cache TTL (a dropped share is read again without an
+    /// Argon2id); without one it is closed once the shares are loaded.
+    keystore: Option<Arc<Keystore>>,
+}
+
+/// Largest number of files read from `shares_dir` or `manifests_dir`.
+const MAX_DIR_FILES: usize = 100_000;
+
+/// The regular files of `dir` whose names end in `suffix` (hidden files, temp files and
+/// pending ceremony files excluded), sorted by name.
+pub(crate) fn dir_files(dir: &Path, suffix: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the directory {}", dir.display()))?;
+    let mut files = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("cannot read the directory {}", dir.display()))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(suffix) {
+            continue;
+        }
+        if !e.path().is_file() {
+            continue;
+        }
+        files.push(e.path());
+        if files.len() > MAX_DIR_FILES {
+            bail!(
+                "{} holds more than {MAX_DIR_FILES} {suffix} files",
+                dir.display()
+            );
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Reads and checks the participant's files. `attended`: a passphrase may be typed (start-up
@@ -288,22 +343,128 @@ fn load_participant(path: &Path, attended: bool) -> anyhow::Result<LoadedPartici
     crate::commands::enforce(&crate::checks::participant(path, &cfg))?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
     let coordinators = config::node_ids(&cfg.coordinators, "coordinators")?;
-    if cfg.share_cache_ttl.is_some() {
-        for entry in &cfg.shares {
-            if !passphrase::unattended_source(entry.passphrase_file.as_deref(), cfg.mode) {
+    let me = identity.node_id();
+    // The node passphrase: asked at most once, dropped once the shares are read.
+    let mut node_pass: Option<conclave_keygen::Passphrase> = None;
+    let node_passphrase = |what: &str| -> anyhow::Result<conclave_keygen::Passphrase> {
+        if attended {
+            passphrase::obtain(cfg.passphrase_file.as_deref(), cfg.mode, what, false)
+        } else {
+            passphrase::obtain_unattended(cfg.passphrase_file.as_deref(), cfg.mode, what)
+        }
+    };
+    let keystore = match &cfg.keystore {
+        None => None,
+        Some(k) => {
+            let pass = node_passphrase(&format!("the keystore {}", k.display()))?;
+            let ks = Keystore::open(k, &pass)?;
+            if ks.header().owner != me {
                 bail!(
-                    "share_cache_ttl needs every share's passphrase from a file or a systemd credential (it is decrypted again later, with nobody at a terminal): {} has none",
-                    entry.file.display()
+                    "keystore {} belongs to the node {}, not to this node {}",
+                    k.display(),
+                    ks.header().owner.short(),
+                    me.short()
                 );
             }
+            node_pass = Some(pass);
+            tracing::info!(keystore = %k.display(), public_key = %ks.public_key(), "keystore open");
+            Some(ks)
         }
-    }
-    let mut shares = ServedShares::new(identity.node_id());
+    };
+    let mut sources = Sources {
+        mode: cfg.mode,
+        ..Default::default()
+    };
+    let mut shares = ServedShares::new(me);
+    let mut listed = HashSet::new();
     for entry in &cfg.shares {
-        let share = read_share(entry, cfg.mode, attended)?;
+        let header = ShareFile::inspect(&entry.file)?;
+        let sealed = header.keystore().is_some();
+        if cfg.share_cache_ttl.is_some()
+            && !sealed
+            && !passphrase::unattended_source(entry.passphrase_file.as_deref(), cfg.mode)
+        {
+            bail!(
+                "share_cache_ttl needs every share's passphrase from a file or a systemd credential (it is decrypted again later, with nobody at a terminal): {} has none",
+                entry.file.display()
+            );
+        }
+        let share = if sealed {
+            let keys = Keys {
+                passphrase: None,
+                keystore: keystore.as_ref(),
+            };
+            ShareFile::read_with(&entry.file, keys)?
+        } else {
+            read_share(entry, cfg.mode, attended)?
+        };
         let (group, epoch) = (share.header.group.clone(), share.header.epoch);
         shares.add(&entry.file, share)?;
         tracing::info!(%group, epoch, "loaded share {}", entry.file.display());
+        listed.insert(std::fs::canonicalize(&entry.file).unwrap_or_else(|_| entry.file.clone()));
+        sources.by_group.insert(
+            (group, epoch),
+            ShareSource {
+                file: entry.file.clone(),
+                passphrase_file: entry.passphrase_file.clone(),
+                sealed,
+            },
+        );
+    }
+    let mut problems = Vec::new();
+    if let Some(dir) = &cfg.shares_dir {
+        let mut loaded = 0usize;
+        for file in dir_files(dir, ".share")? {
+            if listed.contains(&std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone())) {
+                continue;
+            }
+            let sealed = match ShareFile::inspect(&file) {
+                Ok(h) => h.keystore().is_some(),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            };
+            if !sealed && node_pass.is_none() {
+                match node_passphrase(&format!("the format-1 share files in {}", dir.display())) {
+                    Ok(p) => node_pass = Some(p),
+                    Err(e) => {
+                        problems.push(format!("{}: {e:#}", file.display()));
+                        continue;
+                    }
+                }
+            }
+            let keys = Keys {
+                passphrase: node_pass.as_ref(),
+                keystore: keystore.as_ref(),
+            };
+            let share = match ShareFile::read_with(&file, keys) {
+                Ok(s) => s,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            };
+            let key = (share.header.group.clone(), share.header.epoch);
+            if let Err(e) = shares.add(&file, share) {
+                problems.push(e.to_string());
+                continue;
+            }
+            loaded += 1;
+            sources.by_group.insert(
+                key,
+                ShareSource {
+                    file,
+                    passphrase_file: cfg.passphrase_file.clone(),
+                    sealed,
+                },
+            );
+        }
+        tracing::info!(dir = %dir.display(), loaded, skipped = problems.len(), "loaded the shares of shares_dir");
+    }
+    drop(node_pass);
+    if cfg.share_cache_ttl.is_some() {
+        sources.keystore = keystore.map(Arc::new);
     }
     let policy = conclave_policy::Policy::read(&cfg.policy)?;
     Ok(LoadedParticipant {
@@ -312,6 +473,8 @@ fn load_participant(path: &Path, attended: bool) -> anyhow::Result<LoadedPartici
         coordinators,
         shares: shares.into_inner(),
         policy,
+        sources,
+        problems,
     })
 }
 
@@ -325,50 +488,53 @@ fn read_share(entry: &ShareEntry, mode: Mode, attended: bool) -> anyhow::Result<
     Ok(ShareFile::read(&entry.file, &pass)?)
 }
 
-/// The share files and passphrase sources the TTL decrypts from (replaced on each reload).
-type ShareSources = Arc<Mutex<(Mode, Vec<(PathBuf, Option<PathBuf>)>)>>;
+/// The share sources the TTL decrypts from (replaced on each reload).
+type SharedSources = Arc<Mutex<Sources>>;
 
-fn share_loader(sources: ShareSources) -> ShareLoader {
+fn share_loader(sources: SharedSources) -> ShareLoader {
     Arc::new(move |group: &GroupName, epoch: u64| {
-        let (mode, entries) = sources
+        let (mode, source, keystore) = sources
             .lock()
-            .map(|s| s.clone())
+            .map(|s| {
+                (
+                    s.mode,
+                    s.by_group.get(&(group.clone(), epoch)).cloned(),
+                    s.keystore.clone(),
+                )
+            })
             .map_err(|_| "share sources poisoned".to_owned())?;
-        for (file, passphrase_file) in entries {
-            let Ok(header) = ShareFile::inspect(&file) else {
-                continue;
+        let Some(source) = source else {
+            return Err(format!(
+                "no share file of group {group} at epoch {epoch} in the config"
+            ));
+        };
+        let share = if source.sealed {
+            let keys = Keys {
+                passphrase: None,
+                keystore: keystore.as_deref(),
             };
-            if header.group != *group || header.epoch != epoch {
-                continue;
-            }
+            ShareFile::read_with(&source.file, keys).map_err(|e| e.to_string())?
+        } else {
             let entry = ShareEntry {
-                file,
-                passphrase_file,
+                file: source.file,
+                passphrase_file: source.passphrase_file,
             };
-            let share = read_share(&entry, mode, false).map_err(|e| format!("{e:#}"))?;
-            return Ok(share.key_package.clone());
+            read_share(&entry, mode, false).map_err(|e| format!("{e:#}"))?
+        };
+        if share.header.group != *group || share.header.epoch != epoch {
+            return Err(format!(
+                "the share file of group {group} at epoch {epoch} now holds another share: reload"
+            ));
         }
-        Err(format!(
-            "no share file of group {group} at epoch {epoch} in the config"
-        ))
+        Ok(share.key_package.clone())
     })
-}
-
-fn sources_of(cfg: &ParticipantConfig) -> (Mode, Vec<(PathBuf, Option<PathBuf>)>) {
-    (
-        cfg.mode,
-        cfg.shares
-            .iter()
-            .map(|s| (s.file.clone(), s.passphrase_file.clone()))
-            .collect(),
-    )
 }
 
 /// What the running participant keeps to reload itself.
 struct ParticipantDaemon {
     config_path: PathBuf,
     handle: ParticipantHandle,
-    sources: ShareSources,
+    sources: SharedSources,
     /// What a reload cannot change without a restart.
     started: StartedParticipant,
     freeze_file: PathBuf,
@@ -388,6 +554,7 @@ struct StartedParticipant {
     metrics_listen: Option<std::net::SocketAddr>,
     share_cache_ttl: Option<u64>,
     max_outstanding_nonces: Option<usize>,
+    max_total_nonces: Option<usize>,
     control_socket: PathBuf,
     freeze_file: PathBuf,
 }
@@ -402,6 +569,7 @@ impl StartedParticipant {
             metrics_listen: cfg.metrics_listen,
             share_cache_ttl: cfg.share_cache_ttl,
             max_outstanding_nonces: cfg.max_outstanding_nonces,
+            max_total_nonces: cfg.max_total_nonces,
             control_socket: cfg.control_socket(),
             freeze_file: cfg.freeze_file(),
         }
@@ -426,6 +594,10 @@ impl StartedParticipant {
         diff(
             self.max_outstanding_nonces != new.max_outstanding_nonces,
             "max_outstanding_nonces",
+        );
+        diff(
+            self.max_total_nonces != new.max_total_nonces,
+            "max_total_nonces",
         );
         diff(self.control_socket != new.control_socket, "control_socket");
         diff(self.freeze_file != new.freeze_file, "freeze_file");
@@ -475,10 +647,14 @@ impl ParticipantDaemon {
                 "the identity key changed: a node's identity changes only with a restart",
             ),
             Ok(l) => {
-                let warnings = self
+                let mut warnings = self
                     .started
                     .restart_needed(&StartedParticipant::of(&l.cfg, l.identity.node_id()));
-                let sources = sources_of(&l.cfg);
+                for p in &l.problems {
+                    tracing::error!("share not served: {p}");
+                    warnings.push(format!("share not served: {p}"));
+                }
+                let sources = l.sources;
                 // The freeze file may have been written while the control socket did not answer
                 // (`conclave freeze` then writes it alone): a reload applies what it adds.
                 let _freezing = self.freezing.lock().await;
@@ -679,7 +855,17 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
         coordinators,
         shares,
         policy,
+        sources,
+        problems,
     } = loaded;
+    for p in &problems {
+        tracing::error!("share not served: {p}");
+    }
+    tracing::info!(
+        shares = shares.len(),
+        not_served = problems.len(),
+        "shares loaded"
+    );
     let freeze_file = cfg.freeze_file();
     let freeze = read_freeze(&freeze_file)?;
     if !freeze.is_empty() {
@@ -694,6 +880,7 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
         max_outstanding: cfg
             .max_outstanding_nonces
             .unwrap_or(defaults.max_outstanding),
+        max_total_nonces: cfg.max_total_nonces.unwrap_or(defaults.max_total_nonces),
         ..defaults
     };
     let mut participant = conclave_participant::Participant::new(
@@ -706,7 +893,7 @@ pub(crate) async fn run_participant(path: &Path) -> CmdResult {
     participant.set_freeze(freeze);
     crate::faults::FaultPlan::from_env().apply_participant(&mut participant);
     let (metrics, metrics_addr) = start_metrics(cfg.metrics_listen, "participant").await?;
-    let sources: ShareSources = Arc::new(Mutex::new(sources_of(&cfg)));
+    let sources: SharedSources = Arc::new(Mutex::new(sources));
     let mut server =
         conclave_transport::participant::Server::bind(&identity, cfg.listen, coordinators)?
             .with_share_loader(share_loader(sources.clone()));
@@ -789,6 +976,8 @@ struct LoadedCoordinator {
     addresses: HashMap<NodeId, String>,
     policy: Option<conclave_policy::Policy>,
     sm_config: conclave_coordinator::CoordinatorConfig,
+    /// Files of `manifests_dir` that could not be served, each with why.
+    problems: Vec<String>,
 }
 
 fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
@@ -798,13 +987,103 @@ fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
     let clients = config::node_ids(&cfg.clients, "clients")?;
     let mut manifests = Vec::new();
     let mut addresses = HashMap::new();
+    let mut seen: HashMap<GroupName, PathBuf> = HashMap::new();
     for m in &cfg.manifests {
         let manifest =
             GroupManifest::read(m).with_context(|| format!("manifest {}", m.display()))?;
-        for p in manifest.members()? {
+        let members = manifest
+            .members()
+            .with_context(|| format!("manifest {}", m.display()))?;
+        if let Some(first) = seen.insert(manifest.group.clone(), m.clone()) {
+            bail!(
+                "manifests {} and {} are both for group {}: list one epoch per group",
+                first.display(),
+                m.display(),
+                manifest.group
+            );
+        }
+        for p in members {
             addresses.entry(p.node_id).or_insert(p.address);
         }
         manifests.push(manifest);
+    }
+    let mut problems = Vec::new();
+    if let Some(dir) = &cfg.manifests_dir {
+        let listed: HashSet<PathBuf> = cfg
+            .manifests
+            .iter()
+            .map(|m| std::fs::canonicalize(m).unwrap_or_else(|_| m.clone()))
+            .collect();
+        let mut from_dir: std::collections::BTreeMap<
+            GroupName,
+            (GroupManifest, PathBuf, Vec<conclave_keygen::Member>),
+        > = Default::default();
+        for m in dir_files(dir, ".toml")? {
+            if listed.contains(&std::fs::canonicalize(&m).unwrap_or_else(|_| m.clone())) {
+                continue;
+            }
+            let read = GroupManifest::read(&m)
+                .map_err(anyhow::Error::from)
+                .and_then(|manifest| {
+                    let members = manifest.members()?;
+                    // Checked here too, so that one bad file is skipped, not the whole set.
+                    manifest.public_key_package()?;
+                    Ok((manifest, members))
+                });
+            match read {
+                Err(e) => problems.push(format!("{}: {e:#}", m.display())),
+                Ok((manifest, _)) if seen.contains_key(&manifest.group) => {
+                    problems.push(format!(
+                        "{}: group {} is already listed in manifests ({})",
+                        m.display(),
+                        manifest.group,
+                        seen.get(&manifest.group)
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ));
+                }
+                Ok((manifest, members)) => match from_dir.get(&manifest.group) {
+                    // Two epochs of a group in the directory (a rotation's new manifest
+                    // beside the old one): the newest is served.
+                    Some((old, old_path, _)) if old.epoch >= manifest.epoch => {
+                        problems.push(format!(
+                            "{}: group {} epoch {} is superseded by epoch {} ({}): not served",
+                            m.display(),
+                            manifest.group,
+                            manifest.epoch,
+                            old.epoch,
+                            old_path.display()
+                        ))
+                    }
+                    previous => {
+                        if let Some((old, old_path, _)) = previous {
+                            problems.push(format!(
+                                "{}: group {} epoch {} is superseded by epoch {} ({}): not served",
+                                old_path.display(),
+                                old.group,
+                                old.epoch,
+                                manifest.epoch,
+                                m.display()
+                            ));
+                        }
+                        from_dir.insert(manifest.group.clone(), (manifest, m.clone(), members));
+                    }
+                },
+            }
+        }
+        for (_, (manifest, _, members)) in from_dir {
+            for p in members {
+                addresses.entry(p.node_id).or_insert(p.address);
+            }
+            manifests.push(manifest);
+        }
+        tracing::info!(dir = %dir.display(), loaded = manifests.len(), skipped = problems.len(), "read the manifests of manifests_dir");
+    }
+    if manifests.is_empty() {
+        bail!(
+            "no group to serve: every manifest was refused ({})",
+            problems.join("; ")
+        );
     }
     let defaults = conclave_coordinator::CoordinatorConfig::default();
     let sm_config = conclave_coordinator::CoordinatorConfig {
@@ -818,6 +1097,7 @@ fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
             .default_timeout_ms
             .map_or(defaults.default_timeout, Duration::from_millis),
         pool_target: cfg.pool_target.unwrap_or(defaults.pool_target),
+        pool_idle: cfg.pool_idle.unwrap_or(defaults.pool_idle),
         ..defaults
     };
     let policy = match &cfg.policy {
@@ -832,6 +1112,7 @@ fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
         addresses,
         policy,
         sm_config,
+        problems,
     })
 }
 
@@ -860,6 +1141,10 @@ impl CoordinatorDaemon {
             ),
             Ok(l) => {
                 let mut warnings = Vec::new();
+                for p in &l.problems {
+                    tracing::error!("manifest not served: {p}");
+                    warnings.push(format!("manifest not served: {p}"));
+                }
                 if l.cfg.listen != self.listen {
                     warnings.push("listen changed: takes effect at the next restart".into());
                 }
@@ -913,8 +1198,15 @@ pub(crate) async fn run_coordinator(path: &Path) -> CmdResult {
     let _file_size_limit = conclave_transport::hygiene::survive_file_size_limit();
     let config_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let l = load_coordinator(&config_path)?;
-    for m in &l.manifests {
-        tracing::info!(group = %m.group, threshold = m.threshold, epoch = m.epoch, "serving group");
+    for p in &l.problems {
+        tracing::error!("manifest not served: {p}");
+    }
+    if l.manifests.len() <= 20 {
+        for m in &l.manifests {
+            tracing::info!(group = %m.group, threshold = m.threshold, epoch = m.epoch, "serving group");
+        }
+    } else {
+        tracing::info!(groups = l.manifests.len(), "serving groups");
     }
     let mut coordinator = conclave_coordinator::Coordinator::new(l.manifests, l.sm_config)?;
     if let Some(policy) = l.policy {

@@ -26,6 +26,7 @@ mod faults;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod keystore_cmd;
 mod migrate;
 mod passphrase;
 mod rotate;
@@ -107,9 +108,12 @@ enum Command {
     /// Check a participant or coordinator config in its mode (pass / warn / fail, with fixes).
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Inspect a share file, or change its passphrase.
+    /// Inspect a share file, change its passphrase, or migrate it to the node keystore.
     #[command(subcommand)]
     Share(ShareCmd),
+    /// The node keystore: one passphrase and one Argon2id for every share of the node.
+    #[command(subcommand, after_help = KEYSTORE_HELP)]
+    Keystore(KeystoreCmd),
     /// Print a group's public key (hex, PEM for OpenSSL, OpenSSH, or a trusted-key-registry
     /// entry).
     Pubkey {
@@ -579,6 +583,28 @@ enum ShareCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Re-seal share files of format 1 (each under its own passphrase) to the node keystore
+    /// (format 2), in place and atomically; each is opened with the keystore before it
+    /// replaces the old file. A file that fails is reported and left as it was.
+    Migrate {
+        /// Share files (format 1) to migrate.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The node keystore (`conclave keystore init`).
+        #[arg(long)]
+        keystore: PathBuf,
+        /// File holding the keystore's passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// File holding the share files' passphrase (the same for all of them).
+        #[arg(long)]
+        share_passphrase_file: Option<PathBuf>,
+        /// dev reads CONCLAVE_PASSPHRASE; test and prod do not.
+        #[arg(long, value_enum, default_value_t = Mode::Prod)]
+        mode: Mode,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-encrypt a share file under a new passphrase, atomically (the old file stays valid
     /// until the new one is fully written and synced).
     Passwd {
@@ -590,6 +616,57 @@ enum ShareCmd {
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
         /// prod refuses weak new passphrases, test warns, dev allows (and reads CONCLAVE_PASSPHRASE).
+        #[arg(long, value_enum, default_value_t = Mode::Prod)]
+        mode: Mode,
+    },
+}
+
+const KEYSTORE_HELP: &str = "\
+A node keystore holds an X25519 key, encrypted under the node passphrase (Argon2id, 64 MiB, 3
+passes). Share files of format 2 are sealed to its public key: the participant runs one Argon2id
+at start however many shares it holds, and a dealer or a ceremony writes a node's share from the
+public key alone. Steps: (1) `conclave keystore init --identity DIR --out FILE` on the node;
+(2) give its public key to the dealer (`keygen dealer --keystore NAME=KEY`), or migrate existing
+files with `conclave share migrate --keystore FILE FILES...`; (3) in the participant config:
+keystore = \"FILE\", passphrase_file = \"...\", shares_dir = \"DIR\". docs/THREAT-MODEL.md says what
+a stolen disk, a stolen passphrase or both give an attacker.";
+
+#[derive(Subcommand, Debug)]
+enum KeystoreCmd {
+    /// Create this node's keystore (mode 0600; refuses to replace one) and print its public key.
+    Init {
+        /// The node's identity directory (the keystore is bound to its key).
+        #[arg(long)]
+        identity: PathBuf,
+        /// Where to write the keystore.
+        #[arg(long)]
+        out: PathBuf,
+        /// File whose first line is the new node passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// prod refuses weak passphrases, test warns, dev allows (and reads CONCLAVE_PASSPHRASE).
+        #[arg(long, value_enum, default_value_t = Mode::Prod)]
+        mode: Mode,
+        /// Argon2id cost: standard (64 MiB, 3 passes) or light (8 MiB, 1 pass; dev mode only).
+        #[arg(long, value_enum, default_value_t = KdfChoice::Standard)]
+        kdf: KdfChoice,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a keystore's public key, owner and KDF (no passphrase needed).
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-encrypt the keystore under a new passphrase, atomically: one Argon2id, and the
+    /// share files sealed to it stay as they are.
+    Passwd {
+        file: PathBuf,
+        #[arg(long)]
+        old_passphrase_file: Option<PathBuf>,
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Mode::Prod)]
         mode: Mode,
     },
@@ -684,6 +761,11 @@ struct DkgRelayArgs {
 /// What a join checks and reports on this node besides the ceremony (dkg and rotate alike).
 #[derive(Args, Debug)]
 struct JoinNodeArgs {
+    /// The node keystore (`conclave keystore init`): the new share is sealed to it (no new
+    /// passphrase is asked), and a current share sealed to it is opened with it (its
+    /// passphrase from --old-passphrase-file).
+    #[arg(long)]
+    keystore: Option<PathBuf>,
     /// The participant's freeze file (its config's `freeze_file`; default: frozen.toml beside
     /// --audit-log): a node frozen for the plan's group (`conclave freeze`) refuses to join.
     #[arg(long)]
@@ -756,9 +838,15 @@ struct DealerArgs {
     /// Directory for the manifest and the share files.
     #[arg(long, default_value = ".")]
     out: PathBuf,
-    /// File whose first line is the passphrase that encrypts every share file.
+    /// File whose first line is the passphrase that encrypts every share file not sealed to
+    /// a keystore.
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
+    /// Seal participant NAME's share to its node keystore: KEY is the keystore's public key
+    /// (hex, `conclave keystore show`) or the path of the keystore. Repeat per participant;
+    /// with one for every participant no passphrase is asked.
+    #[arg(long = "keystore", value_name = "NAME=KEY")]
+    keystores: Vec<String>,
     /// Operating mode (dev allows CONCLAVE_PASSPHRASE and light KDF parameters).
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
     mode: Mode,
@@ -1223,6 +1311,48 @@ fn run(command: Command) -> CmdResult {
         Command::Agent(args) => runtime()?.block_on(agent::run(args)),
         Command::Config(ConfigCmd::Check { config, json }) => commands::config_check(&config, json),
         Command::Share(ShareCmd::Inspect { file, json }) => commands::share_inspect(&file, json),
+        Command::Share(ShareCmd::Migrate {
+            files,
+            keystore,
+            passphrase_file,
+            share_passphrase_file,
+            mode,
+            json,
+        }) => keystore_cmd::migrate(
+            &files,
+            &keystore,
+            passphrase_file.as_deref(),
+            share_passphrase_file.as_deref(),
+            mode,
+            json,
+        ),
+        Command::Keystore(KeystoreCmd::Init {
+            identity,
+            out,
+            passphrase_file,
+            mode,
+            kdf,
+            json,
+        }) => keystore_cmd::init(
+            &identity,
+            &out,
+            passphrase_file.as_deref(),
+            mode,
+            kdf == KdfChoice::Light,
+            json,
+        ),
+        Command::Keystore(KeystoreCmd::Show { file, json }) => keystore_cmd::show(&file, json),
+        Command::Keystore(KeystoreCmd::Passwd {
+            file,
+            old_passphrase_file,
+            new_passphrase_file,
+            mode,
+        }) => keystore_cmd::passwd(
+            &file,
+            old_passphrase_file.as_deref(),
+            new_passphrase_file.as_deref(),
+            mode,
+        ),
         Command::Share(ShareCmd::Passwd {
             file,
             old_passphrase_file,

@@ -13,8 +13,8 @@ use crate::ceremony::{parse_node, read_identity, read_plan, run_join};
 use crate::config::Mode;
 use crate::confirm::{confirm, confirm_plan, destroy};
 use crate::{
-    passphrase, CmdResult, Exit, RetireArgs, RotateJoinArgs, RotateKind, RotatePlanArgs,
-    RotateResumeArgs, RotateStatusArgs,
+    CmdResult, Exit, RetireArgs, RotateJoinArgs, RotateKind, RotatePlanArgs, RotateResumeArgs,
+    RotateStatusArgs,
 };
 use conclave_keygen::store::{self, FileShareStore, KdfCost, Resume};
 
@@ -256,13 +256,13 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         let Some(path) = &args.old_share else {
             fail!("this node deals in the plan: pass its current share with --old-share FILE");
         };
-        let pass = passphrase::obtain(
+        let share = crate::keystore_cmd::read_share(
+            path,
+            args.node.keystore.as_deref(),
             args.old_passphrase_file.as_deref(),
             args.mode,
             "the current share file",
-            false,
         )?;
-        let share = ShareFile::read(path, &pass)?;
         let from_epoch = old.as_ref().map_or(0, |m| m.epoch);
         if share.header.epoch != from_epoch || share.header.owner != me {
             fail!(
@@ -311,6 +311,7 @@ pub(crate) async fn join(args: RotateJoinArgs) -> CmdResult {
         args.passphrase_file.as_deref(),
         args.audit_log.as_deref(),
         crate::ceremony::Extras {
+            keystore: args.node.keystore.as_deref(),
             freeze_file: args.node.freeze_file.as_deref(),
             metrics_textfile: args.node.metrics_textfile.as_deref(),
             while_frozen: args.node.while_frozen,

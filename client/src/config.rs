@@ -66,6 +66,10 @@ pub struct ClientConfig {
     /// taken from them rather than from the coordinator.
     #[serde(default)]
     pub manifests: Vec<PathBuf>,
+    /// A directory of this host's manifests (`*.toml`): every group in it may be signed for
+    /// (the ssh-agent lists them all). A file that cannot be read is skipped with a warning.
+    #[serde(default)]
+    pub manifests_dir: Option<PathBuf>,
     /// Coordinators, tried in order.
     #[serde(default, rename = "coordinator")]
     pub coordinators: Vec<CoordinatorEntry>,
@@ -120,6 +124,7 @@ impl ClientConfig {
         };
         c.identity = abs(&c.identity);
         c.manifests = c.manifests.iter().map(|m| abs(m)).collect();
+        c.manifests_dir = c.manifests_dir.as_deref().map(abs);
         for entry in &c.coordinators {
             entry.node_id()?;
         }

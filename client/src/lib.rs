@@ -24,7 +24,7 @@ pub mod service;
 pub use client::{Client, ClientError, RemoteGroup, Signed};
 pub use conclave_protocol::SignError;
 pub use config::{ClientConfig, CoordinatorEntry};
-pub use service::{ServiceError, SigningService, ThresholdSigner};
+pub use service::{ManifestIndex, ServiceError, SigningService, ThresholdSigner};
 
 /// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970): the wall
 /// time that request validity and audit records use.

@@ -14,8 +14,10 @@
 //! A runnable version is `examples/sign.rs`; the tests run it against a real cluster
 //! (`tests/tests/client_library.rs`).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use conclave_protocol::{GroupName, IdentityKey, NodeId, PolicyRule, Refusal, SignError};
@@ -142,30 +144,90 @@ async fn resolve(address: &str) -> Result<SocketAddr, ServiceError> {
         .ok_or_else(|| ServiceError::Unavailable(format!("cannot resolve {address}")))
 }
 
-/// The public key and epoch of `group` from this host's own manifests, if one names it.
-fn from_manifests(
-    config: &ClientConfig,
-    group: &GroupName,
-) -> Result<Option<(VerifyingKey, u64)>, ServiceError> {
-    for path in &config.manifests {
-        let text = conclave_protocol::read_bounded_to_string(path, 1024 * 1024)
-            .map_err(|e| ServiceError::BadInput(format!("manifest {}: {e}", path.display())))?;
-        let m: ManifestHead = toml::from_str(&text).map_err(|e| {
-            ServiceError::BadInput(format!("manifest {}: {}", path.display(), e.message()))
-        })?;
-        if m.group != group.as_str() {
-            continue;
+/// The public key and epoch of every group this host's own manifests name (the config's
+/// `manifests`, then `manifests_dir`), read once.
+#[derive(Clone, Debug, Default)]
+pub struct ManifestIndex {
+    groups: BTreeMap<GroupName, (VerifyingKey, u64)>,
+}
+
+/// Most manifests read from a client's `manifests_dir`.
+const MAX_DIR_MANIFESTS: usize = 100_000;
+
+fn read_head(path: &Path) -> Result<(GroupName, VerifyingKey, u64), ServiceError> {
+    let bad = |why: String| ServiceError::BadInput(format!("manifest {}: {why}", path.display()));
+    let text = conclave_protocol::read_bounded_to_string(path, 1024 * 1024)
+        .map_err(|e| bad(e.to_string()))?;
+    let m: ManifestHead = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+    let group = GroupName::new(&m.group).map_err(|e| bad(format!("group: {e}")))?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&m.group_public_key, &mut key)
+        .map_err(|_| bad("bad group_public_key".into()))?;
+    let vk = VerifyingKey::from_bytes(&key).map_err(|_| bad("bad group_public_key".into()))?;
+    Ok((group, vk, m.epoch))
+}
+
+impl ManifestIndex {
+    /// Reads the config's manifests: a listed one that cannot be read is an error; one in
+    /// `manifests_dir` is skipped with a warning. Of two for one group, the newest epoch wins.
+    pub fn read(config: &ClientConfig) -> Result<Self, ServiceError> {
+        let mut index = Self::default();
+        for path in &config.manifests {
+            let (g, vk, epoch) = read_head(path)?;
+            index.insert(g, vk, epoch);
         }
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(&m.group_public_key, &mut key).map_err(|_| {
-            ServiceError::BadInput(format!("manifest {}: bad group_public_key", path.display()))
-        })?;
-        let vk = VerifyingKey::from_bytes(&key).map_err(|_| {
-            ServiceError::BadInput(format!("manifest {}: bad group_public_key", path.display()))
-        })?;
-        return Ok(Some((vk, m.epoch)));
+        if let Some(dir) = &config.manifests_dir {
+            let entries = std::fs::read_dir(dir).map_err(|e| {
+                ServiceError::BadInput(format!("manifests_dir {}: {e}", dir.display()))
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| !n.starts_with('.') && n.ends_with(".toml"))
+                })
+                .take(MAX_DIR_MANIFESTS)
+                .collect();
+            files.sort();
+            for path in files {
+                match read_head(&path) {
+                    Ok((g, vk, epoch)) => index.insert(g, vk, epoch),
+                    Err(e) => tracing::warn!("skipped: {e}"),
+                }
+            }
+        }
+        Ok(index)
     }
-    Ok(None)
+
+    fn insert(&mut self, group: GroupName, vk: VerifyingKey, epoch: u64) {
+        match self.groups.get(&group) {
+            Some((_, e)) if *e >= epoch => {}
+            _ => {
+                self.groups.insert(group, (vk, epoch));
+            }
+        }
+    }
+
+    /// The public key and epoch of `group`, if a manifest names it.
+    pub fn get(&self, group: &GroupName) -> Option<(VerifyingKey, u64)> {
+        self.groups.get(group).copied()
+    }
+
+    /// Every group named, sorted.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupName> {
+        self.groups.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
 }
 
 /// The fields of a group manifest a client needs (the rest is ignored).
@@ -191,33 +253,41 @@ impl ThresholdSigner {
             .ok_or_else(|| ServiceError::BadInput("no group".into()))
     }
 
-    /// Signers for several groups over one kept connection (what the ssh-agent serves).
+    /// Signers for several groups over one kept connection (what the ssh-agent serves): one
+    /// connection, one handshake, whatever the number of groups; each signer is a
+    /// [`SigningService`] of its own.
     pub async fn connect_groups(
         config: &ClientConfig,
+        groups: &[&str],
+    ) -> Result<Vec<Self>, ServiceError> {
+        let index = ManifestIndex::read(config)?;
+        Self::connect_indexed(config, &index, groups).await
+    }
+
+    /// Signers for every group this host's manifests name (the config's `manifests` and
+    /// `manifests_dir`), over one kept connection, in group-name order.
+    pub async fn connect_all(config: &ClientConfig) -> Result<Vec<Self>, ServiceError> {
+        let index = ManifestIndex::read(config)?;
+        if index.is_empty() {
+            return Err(ServiceError::BadInput(
+                "the client config names no manifest (manifests or manifests_dir): no group to sign for"
+                    .into(),
+            ));
+        }
+        let names: Vec<String> = index.groups().map(|g| g.to_string()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        Self::connect_indexed(config, &index, &names).await
+    }
+
+    async fn connect_indexed(
+        config: &ClientConfig,
+        index: &ManifestIndex,
         groups: &[&str],
     ) -> Result<Vec<Self>, ServiceError> {
         let mut out = Vec::with_capacity(groups.len());
         let shared: SharedConn = Arc::new(Mutex::new(None));
         let preferred = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let deadline = Instant::now() + config.timeout();
-        for name in groups {
-            out.push(
-                Self::connect_one(config, name, shared.clone(), preferred.clone(), deadline)
-                    .await?,
-            );
-        }
-        Ok(out)
-    }
-
-    async fn connect_one(
-        config: &ClientConfig,
-        name: &str,
-        shared: SharedConn,
-        preferred: Arc<std::sync::atomic::AtomicUsize>,
-        deadline: Instant,
-    ) -> Result<Self, ServiceError> {
-        let group = GroupName::new(name)
-            .map_err(|e| ServiceError::BadInput(format!("group {name:?}: {e}")))?;
         if config.coordinators.is_empty() {
             return Err(ServiceError::BadInput(
                 "the client config lists no [[coordinator]]".into(),
@@ -229,12 +299,42 @@ impl ThresholdSigner {
                 config.identity.display()
             ))
         })?;
+        for name in groups {
+            out.push(
+                Self::connect_one(
+                    config,
+                    index,
+                    &identity,
+                    name,
+                    shared.clone(),
+                    preferred.clone(),
+                    deadline,
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn connect_one(
+        config: &ClientConfig,
+        index: &ManifestIndex,
+        identity: &IdentityKey,
+        name: &str,
+        shared: SharedConn,
+        preferred: Arc<std::sync::atomic::AtomicUsize>,
+        deadline: Instant,
+    ) -> Result<Self, ServiceError> {
+        let group = GroupName::new(name)
+            .map_err(|e| ServiceError::BadInput(format!("group {name:?}: {e}")))?;
+        let identity = identity.clone();
         let coordinators = config
             .coordinators
             .iter()
             .map(|c| Ok((c.address.clone(), c.node_id()?)))
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        let local = from_manifests(config, &group)?;
+        let local = index.get(&group);
         let timeout = config.timeout();
         let mut signer = Self {
             identity,

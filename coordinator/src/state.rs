@@ -55,8 +55,16 @@ pub struct CoordinatorConfig {
     pub default_timeout: Duration,
     /// Longest deadline a client may ask for.
     pub max_timeout: Duration,
-    /// Commitments to keep pooled per participant and group (preprocessing).
+    /// Most commitments kept pooled per participant for one group (preprocessing): what a
+    /// busy group's pools hold.
     pub pool_target: u16,
+    /// Commitments kept pooled per participant for a group with no recent request (at most
+    /// `pool_target`). A group's pools are sized by its recent demand between the two: with
+    /// many groups, idle ones cost little memory and little refill traffic, on either side.
+    pub pool_idle: u16,
+    /// A pooled commitment older than this is dropped unused (the participants expire unused
+    /// nonces after 10 minutes; spending an expired one would cost a round trip).
+    pub pool_max_age: Duration,
     /// How long a participant named as culprit is chosen only as a last resort.
     pub culprit_penalty: Duration,
     /// How long a participant that timed out or failed is chosen only as a last resort.
@@ -77,6 +85,8 @@ impl Default for CoordinatorConfig {
             default_timeout: Duration::from_secs(10),
             max_timeout: Duration::from_secs(120),
             pool_target: 32,
+            pool_idle: 1,
+            pool_max_age: Duration::from_secs(540),
             culprit_penalty: Duration::from_secs(300),
             failure_penalty: Duration::from_secs(5),
             max_sessions: 4096,
@@ -275,12 +285,61 @@ struct Pool {
 }
 
 /// One pooled commitment: the participant's id for it, the checked commitments (for the
-/// coordinator's package) and their wire form (what the signers are sent).
+/// coordinator's package), their wire form (what the signers are sent) and when they came.
 #[derive(Clone, Copy)]
 struct Pooled {
     id: u64,
     commitments: frost::round1::SigningCommitments,
     wire: WireCommitments,
+    fetched: Instant,
+}
+
+/// How long one window of a group's demand lasts.
+const DEMAND_WINDOW: Duration = Duration::from_secs(10);
+
+/// A group's recent sign requests, counted in two windows of [`DEMAND_WINDOW`]: what its
+/// pools are sized by.
+#[derive(Clone, Copy, Debug, Default)]
+struct Demand {
+    since: Option<Instant>,
+    current: u32,
+    previous: u32,
+}
+
+impl Demand {
+    fn record(&mut self, now: Instant) {
+        match self.since {
+            Some(s) if now.saturating_duration_since(s) < DEMAND_WINDOW => {}
+            Some(s) => {
+                self.previous = if now.saturating_duration_since(s) < DEMAND_WINDOW * 2 {
+                    self.current
+                } else {
+                    0
+                };
+                self.current = 0;
+                self.since = Some(now);
+            }
+            None => self.since = Some(now),
+        }
+        self.current = self.current.saturating_add(1);
+    }
+
+    /// Requests in the last one to two windows.
+    fn recent(&self, now: Instant) -> u32 {
+        match self.since {
+            None => 0,
+            Some(s) => {
+                let age = now.saturating_duration_since(s);
+                if age < DEMAND_WINDOW {
+                    self.current.max(self.previous)
+                } else if age < DEMAND_WINDOW * 2 {
+                    self.current
+                } else {
+                    0
+                }
+            }
+        }
+    }
 }
 
 enum RequestKind {
@@ -374,6 +433,8 @@ pub struct Coordinator {
     retired: BTreeMap<(GroupName, u64), GroupState>,
     peers: BTreeMap<NodeId, PeerState>,
     pools: BTreeMap<(NodeId, GroupName, u64), Pool>,
+    /// Recent requests per group (what its pools are sized by).
+    demand: BTreeMap<GroupName, Demand>,
     inflight: BTreeMap<u64, InFlight>,
     /// Round-2 requests that timed out (to whom, when sent), newest last: a late answer is
     /// still an answer time, so the signer's estimate learns its slow tail too.
@@ -492,6 +553,7 @@ impl Coordinator {
             retired: BTreeMap::new(),
             peers,
             pools: BTreeMap::new(),
+            demand: BTreeMap::new(),
             inflight: BTreeMap::new(),
             timed_out: BTreeMap::new(),
             sessions: BTreeMap::new(),
@@ -614,6 +676,7 @@ impl Coordinator {
             groups.get(g).is_some_and(|s| s.info.epoch == *e)
                 || retired.contains_key(&(g.clone(), *e))
         });
+        self.demand.retain(|g, _| groups.contains_key(g));
         let peers_in_use: BTreeSet<NodeId> = groups
             .values()
             .chain(retired.values())
@@ -771,6 +834,7 @@ impl Coordinator {
             self.finish_early(id, SignError::UnknownGroup);
             return id;
         };
+        self.demand.entry(group.clone()).or_default().record(now);
         if message.len() > MAX_SIGN_MESSAGE_LEN {
             self.finish_early(
                 id,
@@ -1153,7 +1217,8 @@ impl Coordinator {
             if self.pools.get(&key).is_some_and(|p| p.fetching.is_some()) {
                 continue;
             }
-            let count = self.config.pool_target.clamp(1, MAX_BATCH);
+            let count = u16::try_from(self.pool_size(now, &group).clamp(1, usize::from(MAX_BATCH)))
+                .unwrap_or(1);
             self.send_commit(now, node, &group, epoch, count);
         }
         // A node whose pool was dropped after a failure is only chosen once it has pooled
@@ -1204,13 +1269,27 @@ impl Coordinator {
         id
     }
 
+    /// How many commitments to keep pooled per participant for `group` now: `pool_idle` for a
+    /// group without recent requests, plus twice its requests of the last 10 to 20 seconds,
+    /// at most `pool_target`.
+    fn pool_size(&self, now: Instant, group: &GroupName) -> usize {
+        let target = usize::from(self.config.pool_target.max(1));
+        let idle = usize::from(self.config.pool_idle).min(target);
+        let recent = self.demand.get(group).map_or(0, |d| d.recent(now));
+        idle.saturating_add(2 * recent as usize).min(target)
+    }
+
     /// Asks `node` for more commitments of `group` at `epoch` if its pool runs low and no
     /// fetch is under way.
     fn refill(&mut self, now: Instant, node: NodeId, group: &GroupName, epoch: u64) {
         if !self.usable(&node, group, epoch) || self.state(group, epoch).is_none() {
             return;
         }
-        let target = usize::from(self.config.pool_target.max(1));
+        let waiting = !self.waiting_for_commitment(node, group, epoch).is_empty();
+        let target = self.pool_size(now, group).max(usize::from(waiting));
+        if target == 0 {
+            return;
+        }
         let pool = self.pools.entry((node, group.clone(), epoch)).or_default();
         let have = pool.entries.len();
         // Refill below the low-water mark: half the target, or one batch under it for pools
@@ -1389,11 +1468,22 @@ impl Coordinator {
             if have.contains_key(node) {
                 continue;
             }
-            match self
+            let max_age = self.config.pool_max_age;
+            let fresh = self
                 .pools
                 .get_mut(&(*node, group_name.clone(), epoch))
-                .and_then(|p| p.entries.pop_front())
-            {
+                .and_then(|p| {
+                    // Oldest first: drop what the participant may have expired by now.
+                    while p
+                        .entries
+                        .front()
+                        .is_some_and(|c| now.saturating_duration_since(c.fetched) > max_age)
+                    {
+                        p.entries.pop_front();
+                    }
+                    p.entries.pop_front()
+                });
+            match fresh {
                 Some(c) => {
                     have.insert(*node, c);
                 }
@@ -1525,6 +1615,7 @@ impl Coordinator {
                     id: e.id,
                     commitments: c,
                     wire: e.commitments,
+                    fetched: now,
                 }),
                 Err(_) => {
                     self.fail_request(now, req, Failure::BadReply);
@@ -1562,7 +1653,7 @@ impl Coordinator {
         if !self.usable(&node, group, epoch) {
             return;
         }
-        let target = usize::from(self.config.pool_target.max(1));
+        let target = self.pool_size(now, group);
         let Some(pool) = self.pools.get(&(node, group.clone(), epoch)) else {
             return;
         };
@@ -1856,9 +1947,16 @@ impl Coordinator {
                 }
             }
             Failure::Refused(Refusal::UnknownCommitment | Refusal::InvalidSigningPackage) => {
-                // Our pooled commitments no longer match the participant's nonces (it restarted,
-                // or expired them): drop the pool and let it refill.
-                self.pools.retain(|(n, _, _), _| *n != node);
+                // Our pooled commitments of this group no longer match the participant's
+                // nonces (it expired them, or restarted): drop that pool and let it refill.
+                // Only that group's: with many groups, dropping all would refill them all at
+                // once; a restart is seen as a lost connection, which drops them all anyway.
+                match &asked {
+                    Some((g, e)) => {
+                        self.pools.remove(&(node, g.clone(), *e));
+                    }
+                    None => self.pools.retain(|(n, _, _), _| *n != node),
+                }
             }
             Failure::Timeout | Failure::Transport | Failure::Refused(Refusal::ShuttingDown) => {
                 self.penalize(now, node, failure_penalty);

@@ -68,9 +68,7 @@ pub fn share_header(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        kdf,
-        nonce: [0; 24],
-        key_check: [0; 32],
+        protection: crate::sharefile::Protection::passphrase(kdf),
     })
 }
 

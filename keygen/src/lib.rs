@@ -14,6 +14,7 @@ pub mod dkg;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod keystore;
 pub mod kinds;
 pub mod manifest;
 pub mod migrate;
@@ -25,9 +26,12 @@ pub mod signing;
 pub mod store;
 
 pub use dealer::{deal, share_header, DealtShare, NewMember};
+pub use keystore::{Keystore, KeystoreError, KeystoreKey};
 pub use manifest::{identifier_for, GroupManifest, ManifestError, ManifestParticipant, Member};
 pub use secret::Passphrase;
-pub use sharefile::{KdfParams, ShareErrorKind, ShareFile, ShareFileError, ShareHeader};
+pub use sharefile::{
+    KdfParams, Keys, Protection, ShareErrorKind, ShareFile, ShareFileError, ShareHeader,
+};
 
 /// Errors of key generation.
 #[derive(Debug, thiserror::Error)]

@@ -2,16 +2,19 @@
 //!
 //! ```text
 //! magic      "conclave-share\n"                      15 bytes
-//! version    u16 big-endian (1)
-//! header     u32 big-endian length + postcard ShareHeader   (public: group, epoch, KDF, ...)
-//! sealed     u32 big-endian length + XChaCha20-Poly1305(KeyPackage), AAD = all bytes above
+//! version    u16 big-endian (1: passphrase, 2: keystore)
+//! header     u32 big-endian length + postcard header   (public: group, epoch, KDF or keystore, ...)
+//! sealed     u32 big-endian length + AEAD(KeyPackage), AAD = all bytes above
 //! checksum   SHA-256 of all bytes above                32 bytes
 //! ```
 //!
-//! The key comes from Argon2id over the passphrase with the header's salt and parameters. The
-//! header also holds a key-check value so a wrong passphrase is told apart from tampering;
-//! the unkeyed checksum tells accidental corruption and truncation apart from both. The AEAD
-//! tag is what actually protects the share: the other checks only make errors precise.
+//! Format 1: the key comes from Argon2id over the share's own passphrase with the header's
+//! salt and parameters (XChaCha20-Poly1305); the header holds a key-check value so a wrong
+//! passphrase is told apart from tampering. Format 2: the file is sealed with HPKE to the
+//! node keystore's X25519 key ([`crate::keystore`]); the header holds the keystore's public
+//! key and the encapsulated key, so opening it costs one X25519 operation, not an Argon2id.
+//! In both, the unkeyed checksum tells accidental corruption and truncation apart, and the
+//! AEAD tag is what actually protects the share: the other checks only make errors precise.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,10 +29,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::keystore::{Aead2, Kdf, Kem, Keystore, KeystoreKey};
 use crate::secret::Passphrase;
 
 const MAGIC: &[u8; 15] = b"conclave-share\n";
-const FORMAT_VERSION: u16 = 1;
+/// Format 1: sealed under the share's passphrase (Argon2id).
+const FORMAT_PASSPHRASE: u16 = 1;
+/// Format 2: sealed with HPKE to the node keystore.
+const FORMAT_KEYSTORE: u16 = 2;
+/// HPKE `info` of share files sealed to a keystore.
+const HPKE_INFO: &[u8] = b"conclave-share v2";
 /// Share files are well under 1 KiB; refuse anything over 64 KiB before reading it.
 pub const MAX_SHARE_FILE_LEN: u64 = 64 * 1024;
 const MAX_HEADER_LEN: usize = 4096;
@@ -79,7 +88,7 @@ impl KdfParams {
             && (1..=16).contains(&self.parallelism)
     }
 
-    fn derive(
+    pub(crate) fn derive(
         &self,
         passphrase: &Passphrase,
     ) -> Result<(Zeroizing<[u8; 32]>, [u8; 32]), ShareErrorKind> {
@@ -119,9 +128,126 @@ pub struct ShareHeader {
     pub manifest_hash: [u8; 32],
     /// Seconds since the Unix epoch.
     pub created_at: u64,
-    pub kdf: KdfParams,
-    pub nonce: [u8; 24],
-    pub key_check: [u8; 32],
+    /// How the share is encrypted.
+    pub protection: Protection,
+}
+
+/// How a share file is encrypted (its format).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protection {
+    /// Format 1: under the share's own passphrase.
+    Passphrase {
+        kdf: KdfParams,
+        nonce: [u8; 24],
+        key_check: [u8; 32],
+    },
+    /// Format 2: to the node keystore `keystore`; `enc` is the HPKE encapsulated key.
+    Keystore {
+        keystore: KeystoreKey,
+        enc: [u8; 32],
+    },
+}
+
+impl Protection {
+    /// Format 1 with these Argon2id parameters (nonce and key check are set when sealing).
+    pub fn passphrase(kdf: KdfParams) -> Self {
+        Self::Passphrase {
+            kdf,
+            nonce: [0; 24],
+            key_check: [0; 32],
+        }
+    }
+}
+
+impl ShareHeader {
+    /// The Argon2id parameters of a format-1 file.
+    pub fn kdf(&self) -> Option<&KdfParams> {
+        match &self.protection {
+            Protection::Passphrase { kdf, .. } => Some(kdf),
+            Protection::Keystore { .. } => None,
+        }
+    }
+
+    /// The Argon2id parameters of a format-1 file, to change (a fresh salt).
+    pub fn kdf_mut(&mut self) -> Option<&mut KdfParams> {
+        match &mut self.protection {
+            Protection::Passphrase { kdf, .. } => Some(kdf),
+            Protection::Keystore { .. } => None,
+        }
+    }
+
+    /// The keystore a format-2 file is sealed to.
+    pub fn keystore(&self) -> Option<KeystoreKey> {
+        match &self.protection {
+            Protection::Keystore { keystore, .. } => Some(*keystore),
+            Protection::Passphrase { .. } => None,
+        }
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            group: self.group.clone(),
+            epoch: self.epoch,
+            threshold: self.threshold,
+            owner: self.owner,
+            identifier: self.identifier,
+            group_public_key: self.group_public_key,
+            manifest_hash: self.manifest_hash,
+            created_at: self.created_at,
+        }
+    }
+
+    fn from_common(c: Common, protection: Protection) -> Self {
+        Self {
+            group: c.group,
+            epoch: c.epoch,
+            threshold: c.threshold,
+            owner: c.owner,
+            identifier: c.identifier,
+            group_public_key: c.group_public_key,
+            manifest_hash: c.manifest_hash,
+            created_at: c.created_at,
+            protection,
+        }
+    }
+}
+
+/// The fields both formats share, in their on-disk order.
+#[derive(Serialize, Deserialize)]
+struct Common {
+    group: GroupName,
+    epoch: u64,
+    threshold: u16,
+    owner: NodeId,
+    identifier: [u8; 32],
+    group_public_key: [u8; 32],
+    manifest_hash: [u8; 32],
+    created_at: u64,
+}
+
+/// The on-disk header of format 1.
+#[derive(Serialize, Deserialize)]
+struct HeaderV1 {
+    common: Common,
+    kdf: KdfParams,
+    nonce: [u8; 24],
+    key_check: [u8; 32],
+}
+
+/// The on-disk header of format 2.
+#[derive(Serialize, Deserialize)]
+struct HeaderV2 {
+    common: Common,
+    keystore: KeystoreKey,
+    enc: [u8; 32],
+}
+
+/// The keys a node opens its share files with: the keystore (format 2) and, for files not
+/// yet migrated, a passphrase (format 1).
+#[derive(Clone, Copy, Default)]
+pub struct Keys<'a> {
+    pub passphrase: Option<&'a Passphrase>,
+    pub keystore: Option<&'a Keystore>,
 }
 
 /// A decrypted share: header plus the FROST key package (zeroized on drop by frost).
@@ -183,6 +309,133 @@ pub enum ShareErrorKind {
     Encrypt,
     #[error("{0} already exists; refusing to overwrite a share file")]
     Exists(PathBuf),
+    #[error("sealed to a node keystore ({0}), and no keystore is configured")]
+    NeedsKeystore(KeystoreKey),
+    #[error("sealed to keystore {file}, not to this node's keystore {mine}")]
+    OtherKeystore {
+        file: KeystoreKey,
+        mine: KeystoreKey,
+    },
+    #[error(
+        "encrypted under its own passphrase (format 1), and no passphrase is configured for it"
+    )]
+    NeedsPassphrase,
+}
+
+/// Why the frame of a share file or keystore is not right (before any key is used).
+#[derive(Debug)]
+pub(crate) enum ContainerError {
+    WrongMagic,
+    Truncated { expected: usize, actual: usize },
+    TooLarge,
+    Corrupted,
+    Malformed,
+}
+
+impl From<ContainerError> for ShareErrorKind {
+    fn from(e: ContainerError) -> Self {
+        match e {
+            ContainerError::WrongMagic => Self::NotAShareFile,
+            ContainerError::Truncated { expected, actual } => Self::Truncated { expected, actual },
+            ContainerError::TooLarge => Self::TooLarge,
+            ContainerError::Corrupted => Self::Corrupted,
+            ContainerError::Malformed => Self::MalformedHeader,
+        }
+    }
+}
+
+/// The parts of a checked frame.
+pub(crate) struct Container<'a> {
+    pub version: u16,
+    pub header: &'a [u8],
+    /// Everything before the sealed part (the AEAD's associated data).
+    pub aad: &'a [u8],
+    pub sealed: &'a [u8],
+}
+
+/// Checks the frame shared by share files and keystores: magic, version, length-prefixed
+/// header and sealed part, SHA-256 checksum; every length is bounded before it is used.
+pub(crate) fn container<'a>(
+    bytes: &'a [u8],
+    magic: &[u8],
+    max_len: u64,
+    max_header: usize,
+    max_sealed: usize,
+) -> Result<Container<'a>, ContainerError> {
+    if bytes.len() as u64 > max_len {
+        return Err(ContainerError::TooLarge);
+    }
+    let magic_len = magic.len();
+    match bytes.get(..magic_len) {
+        Some(m) if m == magic => {}
+        Some(_) => return Err(ContainerError::WrongMagic),
+        None if magic.starts_with(bytes) && !bytes.is_empty() => {
+            return Err(ContainerError::Truncated {
+                expected: magic_len,
+                actual: bytes.len(),
+            })
+        }
+        None => return Err(ContainerError::WrongMagic),
+    }
+    let truncated = |expected| ContainerError::Truncated {
+        expected,
+        actual: bytes.len(),
+    };
+    let version_at = magic_len;
+    let version = bytes
+        .get(version_at..version_at + 2)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_be_bytes)
+        .ok_or(truncated(version_at + 2))?;
+    let header_len_at = version_at + 2;
+    let header_len = be_u32(bytes, header_len_at).ok_or(truncated(header_len_at + 4))?;
+    if header_len > max_header {
+        return Err(ContainerError::Malformed);
+    }
+    let header_at = header_len_at + 4;
+    let sealed_len_at = header_at + header_len;
+    let sealed_len = be_u32(bytes, sealed_len_at).ok_or(truncated(sealed_len_at + 4))?;
+    if sealed_len > max_sealed {
+        return Err(ContainerError::Malformed);
+    }
+    let sealed_at = sealed_len_at + 4;
+    let sum_at = sealed_at + sealed_len;
+    let total = sum_at + CHECKSUM_LEN;
+    if bytes.len() < total {
+        return Err(truncated(total));
+    }
+    if bytes.len() > total {
+        return Err(ContainerError::Corrupted);
+    }
+    let (body, sum) = bytes.split_at(sum_at);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err(ContainerError::Corrupted);
+    }
+    Ok(Container {
+        version,
+        header: body
+            .get(header_at..sealed_len_at)
+            .ok_or(ContainerError::Malformed)?,
+        aad: body.get(..sealed_len_at).ok_or(ContainerError::Malformed)?,
+        sealed: body.get(sealed_at..).ok_or(ContainerError::Malformed)?,
+    })
+}
+
+fn frame(version: u16, header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(header);
+    out
+}
+
+fn finish(mut out: Vec<u8>, sealed: &[u8]) -> Vec<u8> {
+    out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+    out.extend_from_slice(sealed);
+    let sum: [u8; 32] = Sha256::digest(&out).into();
+    out.extend_from_slice(&sum);
+    out
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> Option<usize> {
@@ -191,130 +444,182 @@ fn be_u32(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 impl ShareFile {
-    /// Encrypts to bytes.
+    /// Encrypts to bytes under `passphrase` (format 1, with the header's Argon2id parameters).
     pub fn seal<R: RngCore + CryptoRng>(
         key_package: &frost::keys::KeyPackage,
         mut header: ShareHeader,
         passphrase: &Passphrase,
         rng: &mut R,
     ) -> Result<Vec<u8>, ShareErrorKind> {
-        rng.fill_bytes(&mut header.nonce);
-        let (key, check) = header.kdf.derive(passphrase)?;
-        header.key_check = check;
-        let header_bytes = postcard::to_allocvec(&header).map_err(|_| ShareErrorKind::Encrypt)?;
+        let Protection::Passphrase { kdf, .. } = header.protection.clone() else {
+            return Err(ShareErrorKind::Encrypt);
+        };
+        let mut nonce = [0u8; 24];
+        rng.fill_bytes(&mut nonce);
+        let (key, key_check) = kdf.derive(passphrase)?;
+        header.protection = Protection::Passphrase {
+            kdf,
+            nonce,
+            key_check,
+        };
+        let header_bytes = postcard::to_allocvec(&HeaderV1 {
+            common: header.common(),
+            kdf,
+            nonce,
+            key_check,
+        })
+        .map_err(|_| ShareErrorKind::Encrypt)?;
         let plain = Zeroizing::new(
             key_package
                 .serialize()
                 .map_err(|_| ShareErrorKind::Encrypt)?,
         );
-        let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        out.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(&header_bytes);
+        let out = frame(FORMAT_PASSPHRASE, &header_bytes);
         let cipher = XChaCha20Poly1305::new(key.as_ref().into());
         let sealed = cipher
             .encrypt(
-                XNonce::from_slice(&header.nonce),
+                XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
                     aad: &out,
                 },
             )
             .map_err(|_| ShareErrorKind::Encrypt)?;
-        out.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
-        out.extend_from_slice(&sealed);
-        let sum: [u8; 32] = Sha256::digest(&out).into();
-        out.extend_from_slice(&sum);
-        Ok(out)
+        Ok(finish(out, &sealed))
     }
 
-    /// Parses the public header and checks the file's integrity, without the passphrase.
+    /// Encrypts to bytes sealed to the node keystore `to` (format 2): no passphrase needed,
+    /// only the keystore's public key.
+    pub fn seal_to<R: RngCore + CryptoRng>(
+        key_package: &frost::keys::KeyPackage,
+        mut header: ShareHeader,
+        to: &KeystoreKey,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, ShareErrorKind> {
+        let pk = to.hpke()?;
+        let (encapped, mut ctx) =
+            hpke::setup_sender::<Aead2, Kdf, Kem, _>(&hpke::OpModeS::Base, &pk, HPKE_INFO, rng)
+                .map_err(|_| ShareErrorKind::Encrypt)?;
+        let mut enc = [0u8; 32];
+        enc.copy_from_slice(&hpke::Serializable::to_bytes(&encapped));
+        header.protection = Protection::Keystore { keystore: *to, enc };
+        let header_bytes = postcard::to_allocvec(&HeaderV2 {
+            common: header.common(),
+            keystore: *to,
+            enc,
+        })
+        .map_err(|_| ShareErrorKind::Encrypt)?;
+        let plain = Zeroizing::new(
+            key_package
+                .serialize()
+                .map_err(|_| ShareErrorKind::Encrypt)?,
+        );
+        let out = frame(FORMAT_KEYSTORE, &header_bytes);
+        let sealed = ctx
+            .seal(&plain, &out)
+            .map_err(|_| ShareErrorKind::Encrypt)?;
+        Ok(finish(out, &sealed))
+    }
+
+    /// Parses the public header and checks the file's integrity, without any key.
     /// Returns the header, the authenticated bytes (everything before the sealed part) and
     /// the sealed bytes.
     pub fn parse(bytes: &[u8]) -> Result<(ShareHeader, &[u8], &[u8]), ShareErrorKind> {
-        if bytes.len() as u64 > MAX_SHARE_FILE_LEN {
-            return Err(ShareErrorKind::TooLarge);
-        }
-        let magic_len = MAGIC.len();
-        match bytes.get(..magic_len) {
-            Some(m) if m == MAGIC => {}
-            Some(_) => return Err(ShareErrorKind::NotAShareFile),
-            None if MAGIC.starts_with(bytes) && !bytes.is_empty() => {
-                return Err(ShareErrorKind::Truncated {
-                    expected: magic_len,
-                    actual: bytes.len(),
-                })
+        let c = container(
+            bytes,
+            MAGIC,
+            MAX_SHARE_FILE_LEN,
+            MAX_HEADER_LEN,
+            MAX_SEALED_LEN,
+        )?;
+        let header = match c.version {
+            FORMAT_PASSPHRASE => {
+                let h: HeaderV1 =
+                    postcard::from_bytes(c.header).map_err(|_| ShareErrorKind::MalformedHeader)?;
+                ShareHeader::from_common(
+                    h.common,
+                    Protection::Passphrase {
+                        kdf: h.kdf,
+                        nonce: h.nonce,
+                        key_check: h.key_check,
+                    },
+                )
             }
-            None => return Err(ShareErrorKind::NotAShareFile),
-        }
-        let truncated = |expected| ShareErrorKind::Truncated {
-            expected,
-            actual: bytes.len(),
+            FORMAT_KEYSTORE => {
+                let h: HeaderV2 =
+                    postcard::from_bytes(c.header).map_err(|_| ShareErrorKind::MalformedHeader)?;
+                ShareHeader::from_common(
+                    h.common,
+                    Protection::Keystore {
+                        keystore: h.keystore,
+                        enc: h.enc,
+                    },
+                )
+            }
+            other => return Err(ShareErrorKind::UnsupportedVersion(other)),
         };
-        let version_at = magic_len;
-        let version = bytes
-            .get(version_at..version_at + 2)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_be_bytes)
-            .ok_or(truncated(version_at + 2))?;
-        let header_len_at = version_at + 2;
-        let header_len = be_u32(bytes, header_len_at).ok_or(truncated(header_len_at + 4))?;
-        if header_len > MAX_HEADER_LEN {
-            return Err(ShareErrorKind::MalformedHeader);
-        }
-        let header_at = header_len_at + 4;
-        let sealed_len_at = header_at + header_len;
-        let sealed_len = be_u32(bytes, sealed_len_at).ok_or(truncated(sealed_len_at + 4))?;
-        if sealed_len > MAX_SEALED_LEN {
-            return Err(ShareErrorKind::MalformedHeader);
-        }
-        let sealed_at = sealed_len_at + 4;
-        let sum_at = sealed_at + sealed_len;
-        let total = sum_at + CHECKSUM_LEN;
-        if bytes.len() < total {
-            return Err(truncated(total));
-        }
-        if bytes.len() > total {
-            return Err(ShareErrorKind::Corrupted);
-        }
-        let (body, sum) = bytes.split_at(sum_at);
-        if Sha256::digest(body).as_slice() != sum {
-            return Err(ShareErrorKind::Corrupted);
-        }
-        if version != FORMAT_VERSION {
-            return Err(ShareErrorKind::UnsupportedVersion(version));
-        }
-        let header_bytes = body
-            .get(header_at..sealed_len_at)
-            .ok_or(ShareErrorKind::MalformedHeader)?;
-        let header: ShareHeader =
-            postcard::from_bytes(header_bytes).map_err(|_| ShareErrorKind::MalformedHeader)?;
-        let aad = body
-            .get(..sealed_len_at)
-            .ok_or(ShareErrorKind::MalformedHeader)?;
-        let sealed = body
-            .get(sealed_at..)
-            .ok_or(ShareErrorKind::MalformedHeader)?;
-        Ok((header, aad, sealed))
+        Ok((header, c.aad, c.sealed))
     }
 
-    /// Decrypts bytes with a passphrase.
+    /// Decrypts bytes of a format-1 file with its passphrase.
     pub fn open(bytes: &[u8], passphrase: &Passphrase) -> Result<Self, ShareErrorKind> {
+        Self::open_with(
+            bytes,
+            Keys {
+                passphrase: Some(passphrase),
+                keystore: None,
+            },
+        )
+    }
+
+    /// Decrypts bytes of either format: format 2 with the keystore, format 1 with the
+    /// passphrase.
+    pub fn open_with(bytes: &[u8], keys: Keys<'_>) -> Result<Self, ShareErrorKind> {
         let (header, aad, sealed) = Self::parse(bytes)?;
-        let (key, check) = header.kdf.derive(passphrase)?;
-        if check != header.key_check {
-            return Err(ShareErrorKind::WrongPassphrase);
-        }
-        let cipher = XChaCha20Poly1305::new(key.as_ref().into());
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(
-                    XNonce::from_slice(&header.nonce),
-                    Payload { msg: sealed, aad },
+        let plain = match &header.protection {
+            Protection::Passphrase {
+                kdf,
+                nonce,
+                key_check,
+            } => {
+                let passphrase = keys.passphrase.ok_or(ShareErrorKind::NeedsPassphrase)?;
+                let (key, check) = kdf.derive(passphrase)?;
+                if check != *key_check {
+                    return Err(ShareErrorKind::WrongPassphrase);
+                }
+                let cipher = XChaCha20Poly1305::new(key.as_ref().into());
+                Zeroizing::new(
+                    cipher
+                        .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+                        .map_err(|_| ShareErrorKind::Tampered)?,
                 )
-                .map_err(|_| ShareErrorKind::Tampered)?,
-        );
+            }
+            Protection::Keystore { keystore, enc } => {
+                let ks = keys
+                    .keystore
+                    .ok_or(ShareErrorKind::NeedsKeystore(*keystore))?;
+                if ks.public_key() != *keystore {
+                    return Err(ShareErrorKind::OtherKeystore {
+                        file: *keystore,
+                        mine: ks.public_key(),
+                    });
+                }
+                let encapped =
+                    <<Kem as hpke::Kem>::EncappedKey as hpke::Deserializable>::from_bytes(enc)
+                        .map_err(|_| ShareErrorKind::MalformedHeader)?;
+                let mut ctx = hpke::setup_receiver::<Aead2, Kdf, Kem>(
+                    &hpke::OpModeR::Base,
+                    ks.secret(),
+                    &encapped,
+                    HPKE_INFO,
+                )
+                .map_err(|_| ShareErrorKind::Tampered)?;
+                Zeroizing::new(
+                    ctx.open(sealed, aad)
+                        .map_err(|_| ShareErrorKind::Tampered)?,
+                )
+            }
+        };
         let key_package = frost::keys::KeyPackage::deserialize(&plain)
             .map_err(|_| ShareErrorKind::MalformedPayload)?;
         let consistent = key_package.identifier().serialize().as_slice() == header.identifier
@@ -328,6 +633,36 @@ impl ShareFile {
             header,
             key_package,
         })
+    }
+
+    /// Reads and decrypts a share file of either format.
+    pub fn read_with(path: &Path, keys: Keys<'_>) -> Result<Self, ShareFileError> {
+        let bytes = read_bounded(path)?;
+        Self::open_with(&bytes, keys).map_err(|kind| ShareFileError {
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+
+    /// Encrypts and writes a new share file sealed to the keystore `to` (format 2),
+    /// atomically with mode 0600. Refuses to replace an existing file unless `replace` is set.
+    pub fn write_to<R: RngCore + CryptoRng>(
+        path: &Path,
+        key_package: &frost::keys::KeyPackage,
+        header: ShareHeader,
+        to: &KeystoreKey,
+        replace: bool,
+        rng: &mut R,
+    ) -> Result<(), ShareFileError> {
+        let err = |kind| ShareFileError {
+            path: path.to_path_buf(),
+            kind,
+        };
+        if !replace && path.exists() {
+            return Err(err(ShareErrorKind::Exists(path.to_path_buf())));
+        }
+        let bytes = Self::seal_to(key_package, header, to, rng).map_err(err)?;
+        write_atomic(path, &bytes, rng).map_err(|e| err(ShareErrorKind::Io(e)))
     }
 
     /// Reads and decrypts a share file.
@@ -530,6 +865,68 @@ mod tests {
     }
 
     #[test]
+    fn a_share_sealed_to_a_keystore_opens_with_it_only() {
+        let (kp, header) = sample();
+        let mut rng = rand::rngs::OsRng;
+        let d = tempfile::tempdir().unwrap();
+        let mk = |name: &str| {
+            Keystore::create(
+                &d.path().join(name),
+                header.owner,
+                &pass("node pass"),
+                KdfParams::light(&mut rand::rngs::OsRng),
+                &mut rand::rngs::OsRng,
+            )
+            .unwrap()
+        };
+        let (mine, other) = (mk("a"), mk("b"));
+        let bytes = ShareFile::seal_to(&kp, header.clone(), &mine.public_key(), &mut rng).unwrap();
+        let keys = Keys {
+            passphrase: None,
+            keystore: Some(&mine),
+        };
+        let opened = ShareFile::open_with(&bytes, keys).unwrap();
+        assert_eq!(opened.key_package, kp);
+        assert_eq!(opened.header.keystore(), Some(mine.public_key()));
+        assert_eq!(opened.header.group, header.group);
+        assert!(matches!(
+            ShareFile::open(&bytes, &pass("node pass")),
+            Err(ShareErrorKind::NeedsKeystore(_))
+        ));
+        assert!(matches!(
+            ShareFile::open_with(
+                &bytes,
+                Keys {
+                    passphrase: None,
+                    keystore: Some(&other)
+                }
+            ),
+            Err(ShareErrorKind::OtherKeystore { .. })
+        ));
+        // A format-1 file next to it needs its passphrase, not the keystore.
+        let v1 = ShareFile::seal(&kp, header, &pass("pw"), &mut rng).unwrap();
+        assert!(matches!(
+            ShareFile::open_with(&v1, keys),
+            Err(ShareErrorKind::NeedsPassphrase)
+        ));
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(ShareFile::open_with(&b, keys).is_err(), "byte {i}");
+        }
+        // Re-sealed with a recomputed checksum: the AEAD still refuses it.
+        let mut b = bytes.clone();
+        let sum_at = b.len() - CHECKSUM_LEN;
+        b[sum_at - 3] ^= 0x40;
+        let sum: [u8; 32] = Sha256::digest(&b[..sum_at]).into();
+        b[sum_at..].copy_from_slice(&sum);
+        assert!(matches!(
+            ShareFile::open_with(&b, keys),
+            Err(ShareErrorKind::Tampered)
+        ));
+    }
+
+    #[test]
     fn wrong_passphrase_is_named() {
         let (kp, header) = sample();
         let bytes = ShareFile::seal(&kp, header, &pass("right"), &mut rand::rngs::OsRng).unwrap();
@@ -642,7 +1039,9 @@ mod tests {
     #[test]
     fn hostile_kdf_parameters_are_refused() {
         let (kp, mut header) = sample();
-        header.kdf.memory_kib = u32::MAX;
+        if let Protection::Passphrase { kdf, .. } = &mut header.protection {
+            kdf.memory_kib = u32::MAX;
+        }
         assert!(matches!(
             ShareFile::seal(&kp, header, &pass("pw"), &mut rand::rngs::OsRng),
             Err(ShareErrorKind::KdfOutOfRange)

@@ -14,6 +14,7 @@ use conclave_protocol::{GroupName, NodeId};
 use frost_ed25519 as frost;
 
 use crate::ceremony::{CeremonyKind, CeremonyPlan, Completion, CompletionError, Outcome};
+use crate::keystore::KeystoreKey;
 use crate::manifest::GroupManifest;
 use crate::secret::Passphrase;
 use crate::sharefile::{write_atomic, KdfParams, ShareFile, ShareFileError};
@@ -182,6 +183,8 @@ pub struct FileShareStore {
     completion: PathBuf,
     passphrase: Option<Passphrase>,
     kdf: KdfCost,
+    /// Seal the new share to this node keystore instead of under `passphrase`.
+    keystore: Option<KeystoreKey>,
 }
 
 impl std::fmt::Debug for FileShareStore {
@@ -234,7 +237,14 @@ impl FileShareStore {
             completion: completion_path(dir, plan),
             passphrase,
             kdf,
+            keystore: None,
         }
+    }
+
+    /// Seals the new share to the node keystore `key` (format 2; no passphrase needed).
+    pub fn with_keystore(mut self, key: Option<KeystoreKey>) -> Self {
+        self.keystore = key;
+        self
     }
 
     /// The share file this member ends with (if it is in the new group).
@@ -423,18 +433,12 @@ impl ShareStore for FileShareStore {
             self.write_completion(ack)?;
             match (&self.share, &outcome.key_package) {
                 (Some(share), Some(kp)) => {
-                    let pass = self.passphrase.as_ref().ok_or(StoreError::NoPassphrase)?;
-                    let header = crate::dealer::share_header(
-                        &outcome.manifest,
-                        self.owner,
-                        kp,
-                        self.kdf.params(&mut rng),
-                    )
-                    .map_err(|e| StoreError::Io {
-                        path: share.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-                    ShareFile::write(&pending_path(share), kp, header, pass, false, &mut rng)?;
+                    let seal = match (self.keystore, self.passphrase.as_ref()) {
+                        (Some(k), _) => Seal::Keystore(k),
+                        (None, Some(pass)) => Seal::Passphrase(pass, self.kdf),
+                        (None, None) => return Err(StoreError::NoPassphrase),
+                    };
+                    seal.write(&pending_path(share), kp, &outcome.manifest, self.owner)?;
                 }
                 (Some(_), None) => return Err(StoreError::NoShare),
                 (None, Some(_)) => return Err(StoreError::UnexpectedShare),
@@ -552,6 +556,49 @@ impl ShareStore for MemoryShareStore {
     }
 }
 
+/// How one new share file is encrypted.
+#[derive(Clone, Copy, Debug)]
+pub enum Seal<'a> {
+    /// Format 1: under a passphrase, with this Argon2id cost.
+    Passphrase(&'a Passphrase, KdfCost),
+    /// Format 2: to the member's node keystore (its public key is all the writer needs).
+    Keystore(KeystoreKey),
+}
+
+impl Seal<'_> {
+    /// Writes `key_package` to `path` (refusing to replace a file).
+    pub fn write(
+        &self,
+        path: &Path,
+        key_package: &frost::keys::KeyPackage,
+        manifest: &GroupManifest,
+        owner: NodeId,
+    ) -> Result<(), StoreError> {
+        let mut rng = rand::rngs::OsRng;
+        let kdf = match self {
+            Seal::Passphrase(_, cost) => cost.params(&mut rng),
+            // Replaced by the keystore protection when sealing.
+            Seal::Keystore(_) => KdfCost::Light.params(&mut rng),
+        };
+        let header =
+            crate::dealer::share_header(manifest, owner, key_package, kdf).map_err(|e| {
+                StoreError::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(e),
+                }
+            })?;
+        match self {
+            Seal::Passphrase(pass, _) => {
+                ShareFile::write(path, key_package, header, pass, false, &mut rng)?
+            }
+            Seal::Keystore(to) => {
+                ShareFile::write_to(path, key_package, header, to, false, &mut rng)?
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The dealer's all-or-nothing write: every share (encrypted under `passphrase`) and the
 /// manifest go to `dir` as pending files first, then all are activated; on any failure every
 /// file written is removed. Returns the manifest file and the share files in member order.
@@ -563,7 +610,19 @@ pub fn write_dealt(
     passphrase: &Passphrase,
     kdf: KdfCost,
 ) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
-    if names.len() != shares.len() {
+    let seals = vec![Seal::Passphrase(passphrase, kdf); shares.len()];
+    write_dealt_sealed(dir, manifest, shares, names, &seals)
+}
+
+/// [`write_dealt`] with each member's share sealed as `seals` (in member order) says.
+pub fn write_dealt_sealed(
+    dir: &Path,
+    manifest: &GroupManifest,
+    shares: &[crate::DealtShare],
+    names: &[String],
+    seals: &[Seal<'_>],
+) -> Result<(PathBuf, Vec<PathBuf>), StoreError> {
+    if names.len() != shares.len() || seals.len() != shares.len() {
         return Err(StoreError::Mismatch {
             shares: shares.len(),
             names: names.len(),
@@ -591,21 +650,12 @@ pub fn write_dealt(
         source: std::io::Error::other(e),
     })?;
     let written = (|| {
-        for (share, path) in shares.iter().zip(&share_files) {
-            let header =
-                share
-                    .header(manifest, kdf.params(&mut rng))
-                    .map_err(|e| StoreError::Io {
-                        path: path.clone(),
-                        source: std::io::Error::other(e),
-                    })?;
-            ShareFile::write(
+        for ((share, path), seal) in shares.iter().zip(&share_files).zip(seals) {
+            seal.write(
                 &pending_path(path),
                 &share.key_package,
-                header,
-                passphrase,
-                false,
-                &mut rng,
+                manifest,
+                share.node_id,
             )?;
         }
         let pending = pending_path(&manifest_file);

@@ -73,6 +73,9 @@ pub struct ShareChanges {
 pub struct ParticipantConfig {
     /// Most unused commitments kept per group and coordinator.
     pub max_outstanding: usize,
+    /// Most unused commitments kept for one coordinator over all groups: the node's memory
+    /// stays bounded however many groups it serves (beyond it, `Overloaded`).
+    pub max_total_nonces: usize,
     /// How long an unused commitment stays valid.
     pub nonce_ttl: Duration,
     /// Most signers a signing package may name.
@@ -88,6 +91,7 @@ impl Default for ParticipantConfig {
     fn default() -> Self {
         Self {
             max_outstanding: 1024,
+            max_total_nonces: 65_536,
             nonce_ttl: Duration::from_secs(600),
             max_signers: 1000,
             share_cache_ttl: None,
@@ -599,14 +603,25 @@ impl Participant {
         let max = self.config.max_outstanding;
         let expires = now + self.config.nonce_ttl;
         let mut next_id = self.next_commitment_id;
+        // Held for this coordinator over every group (one lookup per group served).
+        let total: usize = self.groups.values().map(|s| s.nonces.held_by(&from)).sum();
         let share = Self::group(&mut self.groups, &self.freeze, group, epoch)?;
+        let held_here = share.nonces.held_by(&from);
+        let total_room = self
+            .config
+            .max_total_nonces
+            .saturating_sub(total - held_here.min(total));
         let Some(key_package) = share.key_package.as_ref() else {
             tracing::error!(%group, epoch, "share not in memory (the driver did not restore it)");
             return Err(Refusal::Internal);
         };
         share.last_used = now;
-        let room = usize::from(count).min(max);
-        let held = share.nonces.held_by(&from);
+        let room = usize::from(count).min(max).min(total_room);
+        if room == 0 {
+            tracing::warn!(%group, epoch, coordinator = %from.short(), total, "a coordinator holds max_total_nonces over all groups: refused");
+            return Err(Refusal::Overloaded);
+        }
+        let held = held_here;
         if held + room > max {
             // This coordinator asks for more than its limit allows: it has lost track of
             // nonces it was given (a dropped pool after a timeout or a restart), or its

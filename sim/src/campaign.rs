@@ -106,6 +106,8 @@ pub fn draw(seed: u64) -> Drawn {
             });
         }
     }
+    // Idle pools: empty (every group cold), the default, or as large as busy ones.
+    s.pool_idle = *[0u16, 1, s.pool_target].choose(&mut r).unwrap_or(&1);
     Drawn::Signing(Box::new(s))
 }
 

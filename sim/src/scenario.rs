@@ -153,8 +153,10 @@ pub struct Scenario {
     pub participant_timeout_ms: u64,
     /// The floor of a signer's adaptive round-2 timeout.
     pub min_participant_timeout_ms: u64,
-    /// Commitments the coordinator pools per participant.
+    /// Most commitments the coordinator pools per participant (a busy group's pools).
     pub pool_target: u16,
+    /// Commitments pooled per participant for a group with no recent request.
+    pub pool_idle: u16,
     /// How long until the coordinator notices a silent dead connection (QUIC idle timeout).
     pub connection_timeout_ms: u64,
     /// How long a reconnection takes once a participant is reachable again.
@@ -183,6 +185,7 @@ impl Default for Scenario {
             participant_timeout_ms: 2_000,
             min_participant_timeout_ms: 250,
             pool_target: 32,
+            pool_idle: 1,
             connection_timeout_ms: 10_000,
             reconnect_ms: 200,
             transport: Transport::Quic,

@@ -155,6 +155,7 @@ impl<'t> Simulation<'t> {
             default_timeout: Duration::from_millis(scenario.request_timeout_ms),
             max_timeout: Duration::from_millis(scenario.request_timeout_ms.max(1)),
             pool_target: scenario.pool_target,
+            pool_idle: scenario.pool_idle,
             ..CoordinatorConfig::default()
         };
         let coordinator =

@@ -67,6 +67,10 @@ impl Net {
     }
 
     fn with_pool(t: u16, n: usize, pool_target: u16) -> Self {
+        Self::with_pools(t, n, pool_target, 1)
+    }
+
+    fn with_pools(t: u16, n: usize, pool_target: u16, pool_idle: u16) -> Self {
         let mut rng = rand::rngs::OsRng;
         let members: Vec<NewMember> = (0..n)
             .map(|i| NewMember {
@@ -82,6 +86,7 @@ impl Net {
             vec![manifest],
             CoordinatorConfig {
                 pool_target,
+                pool_idle,
                 ..Default::default()
             },
         )
@@ -828,8 +833,9 @@ fn a_node_whose_pool_was_dropped_after_a_timeout_is_refilled_and_used_again() {
 
 #[test]
 fn a_pool_larger_than_one_batch_is_fetched_in_batches_and_kept_full() {
-    // Both signers sign every request, so each spends one commitment per signature.
-    let mut net = Net::with_pool(2, 2, 600);
+    // Both signers sign every request, so each spends one commitment per signature. Idle
+    // pools as large as busy ones: the whole target is fetched at connect.
+    let mut net = Net::with_pools(2, 2, 600, 600);
     let commits = |net: &Net| net.sent.iter().filter(|(_, k)| *k == "commit").count();
     // 256 + 256 + 88 per participant.
     assert_eq!(commits(&net), 6);
@@ -849,6 +855,54 @@ fn a_pool_larger_than_one_batch_is_fetched_in_batches_and_kept_full() {
         let held = net.parts[&node].outstanding(&net.group);
         assert!(held > 600 - 256 && held <= 600, "{held}");
     }
+}
+
+#[test]
+fn pools_follow_each_groups_demand_between_pool_idle_and_pool_target() {
+    let mut net = Net::with_pools(2, 2, 32, 1);
+    let node = net.order[0];
+    // Connected, never asked: one commitment per participant.
+    assert_eq!(net.coord.pooled(node, &net.group), 1);
+    assert_eq!(net.parts[&node].outstanding(&net.group), 1);
+    // A burst: the pools grow with it (twice the recent requests), up to pool_target.
+    for i in 0..40 {
+        net.sign(format!("b{i}").as_bytes()).unwrap();
+    }
+    let busy = net.coord.pooled(node, &net.group);
+    assert!(busy > 16 && busy <= 32, "{busy}");
+    // Twenty seconds without a request: the next refill sizes the pool as idle again.
+    net.now += Duration::from_secs(25);
+    net.sign(b"after a pause").unwrap();
+    let after = net.parts[&node].outstanding(&net.group);
+    assert!(after < busy, "idle again: {after} held, {busy} before");
+    assert!(after <= 32);
+}
+
+#[test]
+fn a_cold_group_with_no_idle_pool_fetches_one_round_trip_and_signs() {
+    let mut net = Net::with_pools(2, 2, 32, 0);
+    let node = net.order[0];
+    assert_eq!(
+        net.coord.pooled(node, &net.group),
+        0,
+        "no commitment at connect"
+    );
+    let before = net.sent.len();
+    net.sign(b"cold").unwrap();
+    let sent = &net.sent[before..];
+    let kinds: Vec<&str> = sent.iter().map(|(_, k)| *k).collect();
+    // A commit to each signer first (one round trip: round 2 waits for it), then round 2.
+    assert_eq!(&kinds[..2], &["commit", "commit"], "{kinds:?}");
+    assert_ne!(sent[0].0, sent[1].0, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "sign").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(
+        net.coord.pooled(node, &net.group) >= 1,
+        "warm for the next request"
+    );
 }
 
 #[test]

@@ -83,7 +83,9 @@ fn share(dir: &Path, passwd: bool) -> Result<(), String> {
             // under the new one (fresh salt and nonce) with temp file, fsync, rename.
             let current = ShareFile::read(&path, &pass(i - 1)).map_err(|e| e.to_string())?;
             let mut h = current.header.clone();
-            rand::RngCore::fill_bytes(&mut rng, &mut h.kdf.salt);
+            if let Some(kdf) = h.kdf_mut() {
+                rand::RngCore::fill_bytes(&mut rng, &mut kdf.salt);
+            }
             ShareFile::write(&path, &current.key_package, h, &pass(i), true, &mut rng)
                 .map_err(|e| e.to_string())?;
         } else {
