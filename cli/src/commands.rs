@@ -105,11 +105,26 @@ pub(crate) fn keygen_dealer(args: DealerArgs) -> CmdResult {
         let (name, key) = spec
             .split_once('=')
             .ok_or_else(|| anyhow!("--keystore {spec:?}: expected NAME=KEY"))?;
-        if !names.iter().any(|n| n == name) {
+        let Some(member) = members.iter().find(|m| m.name == name) else {
             fail!("--keystore {spec:?}: {name} is not a participant of this group");
-        }
-        let key = conclave_keygen::keystore::keystore_key(key)
+        };
+        let spec_key = key;
+        let key = conclave_keygen::keystore::keystore_key(spec_key)
             .map_err(|e| anyhow!("--keystore {name}: {e}"))?;
+        // A keystore file names its node: it must be this participant's.
+        if conclave_keygen::KeystoreKey::from_hex(spec_key).is_none() {
+            let owner = conclave_keygen::Keystore::inspect(Path::new(spec_key))?.owner;
+            if owner != member.node_id {
+                fail!(
+                    "--keystore {name}: {spec_key} is the keystore of node {}, not of {name} ({})",
+                    owner.short(),
+                    member.node_id.short()
+                );
+            }
+        }
+        if keystores.values().any(|k| *k == key) {
+            fail!("--keystore {name}: the same keystore is given for two participants (one node could open both shares)");
+        }
         if keystores.insert(name.to_owned(), key).is_some() {
             fail!("--keystore {name} is given twice");
         }

@@ -305,6 +305,15 @@ struct Sources {
     keystore: Option<Arc<Keystore>>,
 }
 
+/// Argon2id parameters a format-1 file in `shares_dir` may bring: bounded above (a planted
+/// file must not make the node allocate a GiB or spin), and no cheaper than the standard cost
+/// outside dev mode.
+fn kdf_acceptable(k: &conclave_keygen::KdfParams, mode: Mode) -> bool {
+    let bounded = k.memory_kib <= 256 * 1024 && k.iterations <= 8 && k.parallelism <= 4;
+    let strong = mode == Mode::Dev || (k.memory_kib >= 64 * 1024 && k.iterations >= 3);
+    bounded && strong
+}
+
 /// Largest number of files read from `shares_dir` or `manifests_dir`.
 const MAX_DIR_FILES: usize = 100_000;
 
@@ -413,24 +422,60 @@ fn load_participant(path: &Path, attended: bool) -> anyhow::Result<LoadedPartici
     }
     let mut problems = Vec::new();
     if let Some(dir) = &cfg.shares_dir {
-        let mut loaded = 0usize;
+        let mut candidates: Vec<(PathBuf, ShareFile, bool)> = Vec::new();
+        let (mut sealed_seen, mut keystore_misses) = (0usize, 0usize);
         for file in dir_files(dir, ".share")? {
             if listed.contains(&std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone())) {
                 continue;
             }
-            let sealed = match ShareFile::inspect(&file) {
-                Ok(h) => h.keystore().is_some(),
+            let header = match ShareFile::inspect(&file) {
+                Ok(h) => h,
                 Err(e) => {
                     problems.push(e.to_string());
                     continue;
                 }
             };
-            if !sealed && node_pass.is_none() {
-                match node_passphrase(&format!("the format-1 share files in {}", dir.display())) {
-                    Ok(p) => node_pass = Some(p),
-                    Err(e) => {
-                        problems.push(format!("{}: {e:#}", file.display()));
-                        continue;
+            let sealed = header.keystore().is_some();
+            if sealed {
+                sealed_seen += 1;
+            } else {
+                // A file that brings its own Argon2id parameters: beside a keystore it has no
+                // business here (and would turn the directory into a passphrase oracle);
+                // without one, only sane costs are run.
+                if keystore.is_some() {
+                    problems.push(format!(
+                        "{}: encrypted under its own passphrase (format 1) beside the node keystore: seal it to the keystore with `conclave share migrate`",
+                        file.display()
+                    ));
+                    continue;
+                }
+                if let Some(k) = header.kdf().filter(|k| !kdf_acceptable(k, cfg.mode)) {
+                    problems.push(format!(
+                        "{}: Argon2id parameters ({} KiB, {} passes, {} lanes) outside what shares_dir accepts (at most 256 MiB, 8 passes, 4 lanes; at least 64 MiB and 3 passes outside dev mode)",
+                        file.display(),
+                        k.memory_kib,
+                        k.iterations,
+                        k.parallelism
+                    ));
+                    continue;
+                }
+                if cfg.share_cache_ttl.is_some()
+                    && !passphrase::unattended_source(cfg.passphrase_file.as_deref(), cfg.mode)
+                {
+                    problems.push(format!(
+                        "{}: share_cache_ttl needs the node passphrase from a file or a systemd credential (the share is decrypted again with nobody at a terminal)",
+                        file.display()
+                    ));
+                    continue;
+                }
+                if node_pass.is_none() {
+                    match node_passphrase(&format!("the format-1 share files in {}", dir.display()))
+                    {
+                        Ok(p) => node_pass = Some(p),
+                        Err(e) => {
+                            problems.push(format!("{}: {e:#}", file.display()));
+                            continue;
+                        }
                     }
                 }
             }
@@ -438,14 +483,62 @@ fn load_participant(path: &Path, attended: bool) -> anyhow::Result<LoadedPartici
                 passphrase: node_pass.as_ref(),
                 keystore: keystore.as_ref(),
             };
-            let share = match ShareFile::read_with(&file, keys) {
-                Ok(s) => s,
+            match ShareFile::read_with(&file, keys) {
+                Ok(share) => candidates.push((file, share, sealed)),
                 Err(e) => {
+                    if matches!(
+                        e.kind,
+                        conclave_keygen::ShareErrorKind::NeedsKeystore(_)
+                            | conclave_keygen::ShareErrorKind::OtherKeystore { .. }
+                    ) {
+                        keystore_misses += 1;
+                    }
                     problems.push(e.to_string());
-                    continue;
                 }
-            };
+            }
+        }
+        if sealed_seen > 0 && keystore_misses == sealed_seen {
+            bail!(
+                "none of the {sealed_seen} share files of {} sealed to a keystore opens with {}: is `keystore` this node's? ({})",
+                dir.display(),
+                cfg.keystore
+                    .as_ref()
+                    .map_or("no keystore configured".to_owned(), |k| format!("the keystore {}", k.display())),
+                problems.last().cloned().unwrap_or_default()
+            );
+        }
+        // A group and epoch with two files (two shares, or a planted one): none of them is
+        // served from the directory, whichever sorts first.
+        let mut count: HashMap<(GroupName, u64), usize> = HashMap::new();
+        for (_, share, _) in &candidates {
+            *count
+                .entry((share.header.group.clone(), share.header.epoch))
+                .or_default() += 1;
+        }
+        let mut loaded = 0usize;
+        for (file, share, sealed) in candidates {
             let key = (share.header.group.clone(), share.header.epoch);
+            if let Some(first) = sources.by_group.get(&key) {
+                problems.push(format!(
+                    "{}: group {} epoch {} is already served from {} ([[shares]]): not served from the directory",
+                    file.display(),
+                    key.0,
+                    key.1,
+                    first.file.display()
+                ));
+                continue;
+            }
+            let n = count.get(&key).copied().unwrap_or(0);
+            if n > 1 {
+                problems.push(format!(
+                    "{}: group {} epoch {} has {n} share files in {}: none of them is served (remove the wrong one)",
+                    file.display(),
+                    key.0,
+                    key.1,
+                    dir.display()
+                ));
+                continue;
+            }
             if let Err(e) = shares.add(&file, share) {
                 problems.push(e.to_string());
                 continue;
@@ -460,7 +553,17 @@ fn load_participant(path: &Path, attended: bool) -> anyhow::Result<LoadedPartici
                 },
             );
         }
-        tracing::info!(dir = %dir.display(), loaded, skipped = problems.len(), "loaded the shares of shares_dir");
+        tracing::info!(dir = %dir.display(), loaded, not_served = problems.len(), "loaded the shares of shares_dir");
+    }
+    if sources.by_group.is_empty() {
+        bail!(
+            "no share to serve{}",
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", problems.join("; "))
+            }
+        );
     }
     drop(node_pass);
     if cfg.share_cache_ttl.is_some() {
@@ -691,7 +794,9 @@ impl ParticipantDaemon {
                             ("replaced", &changes.replaced),
                             ("kept", &changes.kept),
                         ] {
-                            if !list.is_empty() {
+                            if list.len() > 20 {
+                                lines.push(format!("shares {what}: {} groups", list.len()));
+                            } else if !list.is_empty() {
                                 lines.push(format!(
                                     "shares {what}: {}",
                                     list.iter().map(fmt).collect::<Vec<_>>().join(", ")
@@ -980,13 +1085,43 @@ struct LoadedCoordinator {
     problems: Vec<String>,
 }
 
+/// Records each member's address; two manifests that give one node two addresses are
+/// reported (the first read is dialled: `manifests` before `manifests_dir`, then name order),
+/// so that a manifest cannot quietly send the coordinator's connections elsewhere.
+fn note_addresses(
+    addresses: &mut HashMap<NodeId, (String, PathBuf)>,
+    members: Vec<conclave_keygen::Member>,
+    source: &Path,
+    problems: &mut Vec<String>,
+) {
+    for p in members {
+        match addresses.get(&p.node_id) {
+            Some((addr, first)) if *addr != p.address => problems.push(format!(
+                "{}: gives node {} ({}) the address {}, but {} gives {}: dialling {}",
+                source.display(),
+                p.node_id.short(),
+                p.name,
+                p.address,
+                first.display(),
+                addr,
+                addr
+            )),
+            Some(_) => {}
+            None => {
+                addresses.insert(p.node_id, (p.address, source.to_path_buf()));
+            }
+        }
+    }
+}
+
 fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
     let cfg = config::CoordinatorConfig::read(path)?;
     crate::commands::enforce(&crate::checks::coordinator(path, &cfg))?;
     let identity = IdentityKey::read_from(&cfg.identity).context("cannot load the identity key")?;
     let clients = config::node_ids(&cfg.clients, "clients")?;
     let mut manifests = Vec::new();
-    let mut addresses = HashMap::new();
+    let mut addresses: HashMap<NodeId, (String, PathBuf)> = HashMap::new();
+    let mut problems = Vec::new();
     let mut seen: HashMap<GroupName, PathBuf> = HashMap::new();
     for m in &cfg.manifests {
         let manifest =
@@ -1002,12 +1137,9 @@ fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
                 manifest.group
             );
         }
-        for p in members {
-            addresses.entry(p.node_id).or_insert(p.address);
-        }
+        note_addresses(&mut addresses, members, m, &mut problems);
         manifests.push(manifest);
     }
-    let mut problems = Vec::new();
     if let Some(dir) = &cfg.manifests_dir {
         let listed: HashSet<PathBuf> = cfg
             .manifests
@@ -1071,10 +1203,8 @@ fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
                 },
             }
         }
-        for (_, (manifest, _, members)) in from_dir {
-            for p in members {
-                addresses.entry(p.node_id).or_insert(p.address);
-            }
+        for (_, (manifest, path, members)) in from_dir {
+            note_addresses(&mut addresses, members, &path, &mut problems);
             manifests.push(manifest);
         }
         tracing::info!(dir = %dir.display(), loaded = manifests.len(), skipped = problems.len(), "read the manifests of manifests_dir");
@@ -1109,7 +1239,7 @@ fn load_coordinator(path: &Path) -> anyhow::Result<LoadedCoordinator> {
         identity,
         clients,
         manifests,
-        addresses,
+        addresses: addresses.into_iter().map(|(n, (a, _))| (n, a)).collect(),
         policy,
         sm_config,
         problems,
@@ -1167,8 +1297,12 @@ impl CoordinatorDaemon {
                         for g in &s.removed {
                             changes.push(format!("group {g}: no longer served"));
                         }
-                        for g in &s.unchanged {
-                            changes.push(format!("group {g}: unchanged"));
+                        if s.unchanged.len() > 20 {
+                            changes.push(format!("{} groups unchanged", s.unchanged.len()));
+                        } else {
+                            for g in &s.unchanged {
+                                changes.push(format!("group {g}: unchanged"));
+                            }
                         }
                         changes.push("policy and client list re-read".into());
                         ControlReply {
@@ -1316,8 +1450,15 @@ fn print_reply(reply: &ControlReply, json: bool, done: &str) {
         if let Some(f) = &reply.frozen {
             println!("  frozen: {}", describe_freeze(f));
         }
-        for (g, e) in &reply.groups {
-            println!("  serving {g} at epoch {e}");
+        if reply.groups.len() > 20 {
+            println!(
+                "  serving {} groups (--json lists them)",
+                reply.groups.len()
+            );
+        } else {
+            for (g, e) in &reply.groups {
+                println!("  serving {g} at epoch {e}");
+            }
         }
     }
     for w in &reply.warnings {

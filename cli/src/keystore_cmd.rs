@@ -92,6 +92,13 @@ pub(crate) fn passwd(file: &Path, old: Option<&Path>, new: Option<&Path>, mode: 
     Ok(())
 }
 
+/// Where `share migrate` keeps the format-1 original: `FILE.format1`.
+fn backup_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".format1");
+    PathBuf::from(s)
+}
+
 /// What happened to one file of `conclave share migrate`.
 enum Migrated {
     Done { group: String, epoch: u64 },
@@ -140,6 +147,13 @@ fn migrate_one(file: &Path, pass: &conclave_keygen::Passphrase, ks: &Keystore) -
         if back.key_package != share.key_package || back.header.group != share.header.group {
             return Err(anyhow!("{}: the re-sealed share differs", file.display()));
         }
+        // The old file is kept beside it (format 1, still under its own passphrase; not a
+        // `.share` file, so no participant serves it) until the operator removes it.
+        let old =
+            conclave_protocol::read_bounded(file, conclave_keygen::sharefile::MAX_SHARE_FILE_LEN)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+        conclave_keygen::sharefile::write_atomic(&backup_path(file), &old, &mut rng)
+            .with_context(|| format!("cannot write the backup of {}", file.display()))?;
         conclave_keygen::sharefile::write_atomic(file, &bytes, &mut rng)
             .with_context(|| format!("cannot write {}", file.display()))?;
         Ok(Migrated::Done {
@@ -182,6 +196,7 @@ pub(crate) fn migrate(
     let mut results: Vec<(usize, Migrated)> = Vec::with_capacity(total);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let show_progress = !json && total > 4;
+    let mut lost = false;
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -201,7 +216,10 @@ pub(crate) fn migrate(
             })
             .collect();
         for w in workers {
-            results.extend(w.join().unwrap_or_default());
+            match w.join() {
+                Ok(mine) => results.extend(mine),
+                Err(_) => lost = true,
+            }
         }
     });
     if show_progress {
@@ -210,6 +228,21 @@ pub(crate) fn migrate(
     results.sort_by_key(|(i, _)| *i);
     let mut failed = 0;
     let mut out = Vec::new();
+    // A worker that died leaves its files unreported: each is counted failed (left as it was,
+    // or migrated: `share inspect` tells).
+    let reported: std::collections::HashSet<usize> = results.iter().map(|(i, _)| *i).collect();
+    for (i, file) in files.iter().enumerate() {
+        if lost && !reported.contains(&i) {
+            results.push((
+                i,
+                Migrated::Failed(format!(
+                    "{}: not reported (a worker failed): check it with `conclave share inspect`",
+                    file.display()
+                )),
+            ));
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
     for (i, r) in &results {
         let file = files
             .get(*i)
@@ -217,10 +250,14 @@ pub(crate) fn migrate(
             .unwrap_or_default();
         match r {
             Migrated::Done { group, epoch } => {
+                let backup = files
+                    .get(*i)
+                    .map(|f| backup_path(f).display().to_string())
+                    .unwrap_or_default();
                 if !json {
-                    println!("{file}: group {group} epoch {epoch} now sealed to the keystore");
+                    println!("{file}: group {group} epoch {epoch} now sealed to the keystore (the original is kept as {backup})");
                 }
-                out.push(serde_json::json!({"file": file, "result": "migrated", "group": group, "epoch": epoch}));
+                out.push(serde_json::json!({"file": file, "result": "migrated", "group": group, "epoch": epoch, "backup": backup}));
             }
             Migrated::Already => {
                 if !json {
@@ -247,6 +284,9 @@ pub(crate) fn migrate(
             "{} of {total} migrated or already sealed; {failed} failed (unchanged)",
             total - failed
         );
+        if total > failed {
+            println!("Reload the participant (`conclave reload`); once it serves every group, remove the *.format1 originals (they still open with the old passphrase).");
+        }
     }
     if failed > 0 {
         return Err(Exit::silent(1));

@@ -1071,6 +1071,15 @@ struct BenchArgs {
     /// ssh-keygen) against the in-process pipeline.
     #[arg(long, conflicts_with_all = ["reshare", "authorization"])]
     clients: bool,
+    /// Many keys per node: a 3-of-5 loopback cluster of real processes serving 1, 100 and
+    /// this many groups (shares_dir, manifests_dir, node keystores): start time and memory,
+    /// sign p50/p99 on one hot group and on random groups (warm and cold), the agent's
+    /// identity list, and the simulator with --sim-groups groups. --requests per phase.
+    #[arg(long, value_name = "N", conflicts_with_all = ["reshare", "authorization", "clients", "rss", "parts"])]
+    groups_per_node: Option<usize>,
+    /// Groups of the simulated run of --groups-per-node.
+    #[arg(long, default_value_t = 10_000, requires = "groups_per_node")]
+    sim_groups: usize,
 }
 
 fn init_logging(verbose: u8, daemon: bool, narrated: bool) {
@@ -1376,6 +1385,16 @@ fn run(command: Command) -> CmdResult {
         }
         Command::BenchChild { what, .. } => {
             Err(Exit::from(anyhow::anyhow!("unknown bench child {what:?}")))
+        }
+        Command::Bench(args) if args.groups_per_node.is_some() => {
+            let exe = std::env::current_exe().map_err(anyhow::Error::from)?;
+            let opts = conclave_lab::bench_scale::ScaleOptions {
+                groups_per_node: args.groups_per_node.unwrap_or(1000),
+                requests: if args.quick { 50 } else { args.requests },
+                sim_groups: args.sim_groups,
+                json: args.json,
+            };
+            Ok(runtime()?.block_on(conclave_lab::bench_scale::run(&exe, opts))?)
         }
         Command::Bench(args) if args.parts => {
             Ok(conclave_lab::bench_parts::run(args.json, args.quick)?)

@@ -168,8 +168,11 @@ fn read_head(path: &Path) -> Result<(GroupName, VerifyingKey, u64), ServiceError
 }
 
 impl ManifestIndex {
-    /// Reads the config's manifests: a listed one that cannot be read is an error; one in
-    /// `manifests_dir` is skipped with a warning. Of two for one group, the newest epoch wins.
+    /// Reads the config's manifests: a listed one that cannot be read is an error, and wins
+    /// over the directory for its group; one in `manifests_dir` that cannot be read is
+    /// skipped with a warning. Of two in the directory for one group, the newest epoch wins if
+    /// they name the same group key; two keys for one group: the group is left out (a
+    /// planted file must not replace the key this host trusts).
     pub fn read(config: &ClientConfig) -> Result<Self, ServiceError> {
         let mut index = Self::default();
         for path in &config.manifests {
@@ -189,13 +192,35 @@ impl ManifestIndex {
                             .and_then(|n| n.to_str())
                             .is_some_and(|n| !n.starts_with('.') && n.ends_with(".toml"))
                 })
-                .take(MAX_DIR_MANIFESTS)
                 .collect();
+            if files.len() > MAX_DIR_MANIFESTS {
+                return Err(ServiceError::BadInput(format!(
+                    "manifests_dir {} holds more than {MAX_DIR_MANIFESTS} manifests",
+                    dir.display()
+                )));
+            }
             files.sort();
+            let listed: Vec<GroupName> = index.groups.keys().cloned().collect();
+            let mut from_dir = Self::default();
+            let mut conflicting = std::collections::BTreeSet::new();
             for path in files {
                 match read_head(&path) {
-                    Ok((g, vk, epoch)) => index.insert(g, vk, epoch),
+                    Ok((g, _, _)) if listed.contains(&g) => {
+                        tracing::warn!(group = %g, "{}: the group's manifest listed in `manifests` is used instead", path.display());
+                    }
+                    Ok((g, vk, epoch)) => match from_dir.groups.get(&g) {
+                        Some((other, _)) if *other != vk => {
+                            tracing::warn!(group = %g, "{}: another group key than an earlier manifest of the group: the group is left out", path.display());
+                            conflicting.insert(g);
+                        }
+                        _ => from_dir.insert(g, vk, epoch),
+                    },
                     Err(e) => tracing::warn!("skipped: {e}"),
+                }
+            }
+            for (g, entry) in from_dir.groups {
+                if !conflicting.contains(&g) {
+                    index.groups.insert(g, entry);
                 }
             }
         }

@@ -86,7 +86,10 @@ impl Default for CoordinatorConfig {
             max_timeout: Duration::from_secs(120),
             pool_target: 32,
             pool_idle: 1,
-            pool_max_age: Duration::from_secs(540),
+            // The participants' nonce TTL (600 s) less the longest request deadline (120 s)
+            // and a minute's margin: a commitment taken from the pool is still valid when
+            // round 2 is sent.
+            pool_max_age: Duration::from_secs(420),
             culprit_penalty: Duration::from_secs(300),
             failure_penalty: Duration::from_secs(5),
             max_sessions: 4096,
@@ -294,6 +297,12 @@ struct Pooled {
     fetched: Instant,
 }
 
+/// `Commit` requests under way to one participant at most; more wait in a queue.
+const MAX_COMMITS_IN_FLIGHT: usize = 16;
+
+/// `Pool::fetching` of a pool whose `Commit` waits in the queue (no request id is this).
+const QUEUED: u64 = u64::MAX;
+
 /// How long one window of a group's demand lasts.
 const DEMAND_WINDOW: Duration = Duration::from_secs(10);
 
@@ -435,6 +444,8 @@ pub struct Coordinator {
     pools: BTreeMap<(NodeId, GroupName, u64), Pool>,
     /// Recent requests per group (what its pools are sized by).
     demand: BTreeMap<GroupName, Demand>,
+    /// `Commit` asks waiting for room ([`MAX_COMMITS_IN_FLIGHT`]), per participant.
+    commit_queue: BTreeMap<NodeId, VecDeque<(GroupName, u64, u16)>>,
     inflight: BTreeMap<u64, InFlight>,
     /// Round-2 requests that timed out (to whom, when sent), newest last: a late answer is
     /// still an answer time, so the signer's estimate learns its slow tail too.
@@ -554,6 +565,7 @@ impl Coordinator {
             peers,
             pools: BTreeMap::new(),
             demand: BTreeMap::new(),
+            commit_queue: BTreeMap::new(),
             inflight: BTreeMap::new(),
             timed_out: BTreeMap::new(),
             sessions: BTreeMap::new(),
@@ -994,6 +1006,7 @@ impl Coordinator {
         };
         peer.connected = false;
         self.pools.retain(|(n, _, _), _| *n != node);
+        self.commit_queue.remove(&node);
         let failed: Vec<u64> = self
             .inflight
             .iter()
@@ -1007,6 +1020,11 @@ impl Coordinator {
 
     /// A reply from the authenticated participant `from`.
     pub fn handle(&mut self, now: Instant, from: NodeId, reply: Envelope) {
+        self.handle_reply(now, from, reply);
+        self.pump_commits(now);
+    }
+
+    fn handle_reply(&mut self, now: Instant, from: NodeId, reply: Envelope) {
         if let Some((to, sent)) = self.timed_out.remove(&reply.id) {
             // The answer to a round-2 request that timed out: too late for its session, but
             // it tells how slow this signer can be.
@@ -1051,6 +1069,11 @@ impl Coordinator {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.run_timers(now);
+        self.pump_commits(now);
+    }
+
+    fn run_timers(&mut self, now: Instant) {
         while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
@@ -1303,7 +1326,86 @@ impl Coordinator {
         self.send_commit(now, node, group, epoch, count);
     }
 
+    /// Asks `node` for `count` commitments of `group`, or queues the ask while
+    /// [`MAX_COMMITS_IN_FLIGHT`] are under way to it: with many groups, connecting (or a burst
+    /// on many cold groups) would otherwise send a `Commit` per group at once, and the last
+    /// ones would time out behind the others. An ask a session waits for goes first.
     fn send_commit(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        group: &GroupName,
+        epoch: u64,
+        count: u16,
+    ) {
+        if self.commits_in_flight(node) >= MAX_COMMITS_IN_FLIGHT {
+            let urgent = !self.waiting_for_commitment(node, group, epoch).is_empty();
+            let queue = self.commit_queue.entry(node).or_default();
+            if !queue.iter().any(|(g, e, _)| g == group && *e == epoch) {
+                if urgent {
+                    queue.push_front((group.clone(), epoch, count));
+                } else {
+                    queue.push_back((group.clone(), epoch, count));
+                }
+            }
+            self.pools
+                .entry((node, group.clone(), epoch))
+                .or_default()
+                .fetching = Some(QUEUED);
+            return;
+        }
+        self.send_commit_now(now, node, group, epoch, count);
+    }
+
+    /// `Commit` requests under way to `node`.
+    fn commits_in_flight(&self, node: NodeId) -> usize {
+        self.inflight
+            .values()
+            .filter(|r| r.to == node && matches!(r.kind, RequestKind::Commit { .. }))
+            .count()
+    }
+
+    /// Sends queued asks while there is room (after any answer, failure or timeout).
+    fn pump_commits(&mut self, now: Instant) {
+        let nodes: Vec<NodeId> = self
+            .commit_queue
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(n, _)| *n)
+            .collect();
+        for node in nodes {
+            while self.commits_in_flight(node) < MAX_COMMITS_IN_FLIGHT {
+                let Some((group, epoch, count)) = self
+                    .commit_queue
+                    .get_mut(&node)
+                    .and_then(VecDeque::pop_front)
+                else {
+                    break;
+                };
+                // Still wanted: the pool is still marked queued (not dropped since), the group
+                // still served at that epoch, the node still usable.
+                let queued = self
+                    .pools
+                    .get(&(node, group.clone(), epoch))
+                    .is_some_and(|p| p.fetching == Some(QUEUED));
+                if queued
+                    && self.state(&group, epoch).is_some()
+                    && self.usable(&node, &group, epoch)
+                {
+                    self.send_commit_now(now, node, &group, epoch, count);
+                } else if let Some(p) = self.pools.get_mut(&(node, group.clone(), epoch)) {
+                    if p.fetching == Some(QUEUED) {
+                        p.fetching = None;
+                    }
+                }
+            }
+            if self.commit_queue.get(&node).is_some_and(VecDeque::is_empty) {
+                self.commit_queue.remove(&node);
+            }
+        }
+    }
+
+    fn send_commit_now(
         &mut self,
         now: Instant,
         node: NodeId,
@@ -1971,7 +2073,7 @@ impl Coordinator {
             {
                 // It holds as many of our nonces as it allows: not a fault, the pool is full
                 // for it (pool_target is above its max_outstanding_nonces).
-                tracing::warn!(node = %node.short(), "participant holds as many nonces as it allows: pool_target is above its max_outstanding_nonces");
+                tracing::warn!(node = %node.short(), "participant holds as many nonces as it allows: pool_target is above its max_outstanding_nonces, or the groups' pools (pool_idle each) reach its max_total_nonces");
             }
             Failure::BadReply | Failure::Refused(_) => {
                 self.penalize(now, node, failure_penalty);

@@ -266,11 +266,13 @@ pub fn ssh_agent(data: &[u8]) {
     );
 }
 
-/// A share file's header and layout (the part read before the passphrase is used).
+/// A share file's header and layout (the part read before any key is used), of either
+/// format, and the same frame as a node keystore's.
 pub fn share_file(data: &[u8]) {
     if let Ok((header, salt_or_nonce, ciphertext)) = conclave_keygen::ShareFile::parse(data) {
         let _ = (header, salt_or_nonce.len(), ciphertext.len());
     }
+    let _ = conclave_keygen::Keystore::parse_header(data);
 }
 
 /// A group manifest: parsed, its keys decoded, and written back to the same meaning.

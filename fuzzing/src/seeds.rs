@@ -292,9 +292,25 @@ fn files(c: &mut Corpus) -> Result<()> {
     let pass = conclave_keygen::Passphrase::new("correct horse battery staple".into());
     c.add(
         "share_file",
-        conclave_keygen::ShareFile::seal(&share.key_package, header, &pass, &mut rng)
+        conclave_keygen::ShareFile::seal(&share.key_package, header.clone(), &pass, &mut rng)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
+    // Format 2 (sealed to a node keystore) and the keystore itself: the same frame.
+    let ks_dir = tempfile::tempdir()?;
+    let ks_path = ks_dir.path().join("keystore");
+    let ks = conclave_keygen::Keystore::create(
+        &ks_path,
+        share.node_id,
+        &pass,
+        conclave_keygen::KdfParams::light(&mut rng),
+        &mut rng,
+    )?;
+    c.add(
+        "share_file",
+        conclave_keygen::ShareFile::seal_to(&share.key_package, header, &ks.public_key(), &mut rng)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    c.add("share_file", std::fs::read(&ks_path)?);
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("audit.log");

@@ -33,6 +33,14 @@ use crate::secret::Passphrase;
 use crate::sharefile::{container, write_atomic, ContainerError, KdfParams, ShareErrorKind};
 
 pub(crate) type Kem = hpke::kem::X25519HkdfSha256;
+
+// hpke's X25519 private key wraps x25519-dalek's StaticSecret, which is wiped on drop only
+// with x25519-dalek's `zeroize` feature (`#[zeroize(drop)]`, turned on in the workspace
+// manifest); that feature is also what makes it `Zeroize`, so this fails to build without it.
+const _: fn() = || {
+    fn has_the_zeroize_feature<T: zeroize::Zeroize>() {}
+    has_the_zeroize_feature::<x25519_dalek::StaticSecret>();
+};
 pub(crate) type Kdf = hpke::kdf::HkdfSha256;
 pub(crate) type Aead2 = hpke::aead::ChaCha20Poly1305;
 
@@ -189,7 +197,9 @@ impl Keystore {
         header.key_check = check;
         let header_bytes =
             postcard::to_allocvec(&header).map_err(|_| KeystoreErrorKind::Encrypt)?;
-        let plain = Zeroizing::new(secret.to_bytes().to_vec());
+        let mut raw = secret.to_bytes();
+        let plain = Zeroizing::new(raw.to_vec());
+        zeroize::Zeroize::zeroize(raw.as_mut_slice());
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
@@ -241,7 +251,13 @@ impl Keystore {
             key_check: [0; 32],
         };
         let bytes = Self::seal(&mut header, &secret, passphrase, rng).map_err(err)?;
-        write_atomic(path, &bytes, rng).map_err(|e| err(KeystoreErrorKind::Io(e)))?;
+        crate::sharefile::write_new_atomic(path, &bytes, rng).map_err(|e| {
+            err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeystoreErrorKind::Exists
+            } else {
+                KeystoreErrorKind::Io(e)
+            })
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             header,
@@ -265,6 +281,11 @@ impl Keystore {
         let header: KeystoreHeader =
             postcard::from_bytes(c.header).map_err(|_| KeystoreErrorKind::MalformedHeader)?;
         Ok((header, c.aad, c.sealed))
+    }
+
+    /// The public header of keystore bytes, integrity-checked (what a fuzzer drives).
+    pub fn parse_header(bytes: &[u8]) -> Result<KeystoreHeader, KeystoreErrorKind> {
+        Self::parse(bytes).map(|(h, _, _)| h)
     }
 
     /// Decrypts keystore bytes read from `path`.
@@ -355,6 +376,14 @@ impl Keystore {
 
     pub(crate) fn secret(&self) -> &<Kem as hpke::Kem>::PrivateKey {
         &self.secret
+    }
+
+    /// The secret's bytes, for `conclave logs scan` to search for (zeroized on drop).
+    pub fn secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut raw = self.secret.to_bytes();
+        let out = Zeroizing::new(raw.to_vec());
+        zeroize::Zeroize::zeroize(raw.as_mut_slice());
+        out
     }
 }
 

@@ -303,7 +303,7 @@ pub enum ShareErrorKind {
     Tampered,
     #[error("decrypted share is malformed")]
     MalformedPayload,
-    #[error("share does not belong to this header (identifier, group key or threshold differ)")]
+    #[error("share does not belong to this header (identifier, group key or threshold differ), or its secret is not its verifying share's")]
     Inconsistent,
     #[error("could not encrypt the share")]
     Encrypt,
@@ -622,10 +622,16 @@ impl ShareFile {
         };
         let key_package = frost::keys::KeyPackage::deserialize(&plain)
             .map_err(|_| ShareErrorKind::MalformedPayload)?;
+        // The signing share must be the secret of its own verifying share: a format-2 file can
+        // be written by anyone who knows the keystore's public key, and a forged one copying
+        // the public parts of the real share would otherwise pass for it.
+        let matches_own_key = frost::keys::VerifyingShare::from(*key_package.signing_share())
+            == *key_package.verifying_share();
         let consistent = key_package.identifier().serialize().as_slice() == header.identifier
             && key_package.verifying_key().serialize().ok().as_deref()
                 == Some(&header.group_public_key[..])
-            && *key_package.min_signers() == header.threshold;
+            && *key_package.min_signers() == header.threshold
+            && matches_own_key;
         if !consistent {
             return Err(ShareErrorKind::Inconsistent);
         }
@@ -757,6 +763,37 @@ pub fn write_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> std::
     result
 }
 
+/// Like [`write_atomic`], but never replaces an existing file (two writers at once: one
+/// wins, the other gets `AlreadyExists`): the complete temp file is hard-linked to `path`.
+pub fn write_new_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rng.next_u64()));
+    let result = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::hard_link(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 /// How old a leftover temp file of [`write_atomic`] must be before a later write of the same
 /// file removes it: far older than any write in progress takes.
 const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -880,6 +917,7 @@ mod tests {
             .unwrap()
         };
         let (mine, other) = (mk("a"), mk("b"));
+        let header_v2 = header.clone();
         let bytes = ShareFile::seal_to(&kp, header.clone(), &mine.public_key(), &mut rng).unwrap();
         let keys = Keys {
             passphrase: None,
@@ -914,6 +952,22 @@ mod tests {
             b[i] ^= 0x01;
             assert!(ShareFile::open_with(&b, keys).is_err(), "byte {i}");
         }
+        // A forged share (anyone may seal to the public key) copying the real share's public
+        // parts with a secret of its own is refused.
+        let other = frost::keys::SigningShare::new(curve25519_dalek::Scalar::random(&mut rng));
+        let forged = frost::keys::KeyPackage::new(
+            *kp.identifier(),
+            other,
+            *kp.verifying_share(),
+            *kp.verifying_key(),
+            *kp.min_signers(),
+        );
+        let fake =
+            ShareFile::seal_to(&forged, header_v2.clone(), &mine.public_key(), &mut rng).unwrap();
+        assert!(matches!(
+            ShareFile::open_with(&fake, keys),
+            Err(ShareErrorKind::Inconsistent)
+        ));
         // Re-sealed with a recomputed checksum: the AEAD still refuses it.
         let mut b = bytes.clone();
         let sum_at = b.len() - CHECKSUM_LEN;

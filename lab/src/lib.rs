@@ -14,5 +14,6 @@ pub mod bench_clients;
 pub mod bench_parts;
 pub mod bench_reshare;
 pub mod bench_rss;
+pub mod bench_scale;
 pub mod cluster;
 pub mod demo;

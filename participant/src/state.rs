@@ -607,27 +607,27 @@ impl Participant {
         let total: usize = self.groups.values().map(|s| s.nonces.held_by(&from)).sum();
         let share = Self::group(&mut self.groups, &self.freeze, group, epoch)?;
         let held_here = share.nonces.held_by(&from);
-        let total_room = self
-            .config
-            .max_total_nonces
-            .saturating_sub(total - held_here.min(total));
+        // What this coordinator may hold for this group: its per-group limit, and what the
+        // total limit leaves after its other groups.
+        let other_groups = total.saturating_sub(held_here);
+        let cap = max.min(self.config.max_total_nonces.saturating_sub(other_groups));
         let Some(key_package) = share.key_package.as_ref() else {
             tracing::error!(%group, epoch, "share not in memory (the driver did not restore it)");
             return Err(Refusal::Internal);
         };
         share.last_used = now;
-        let room = usize::from(count).min(max).min(total_room);
+        let room = usize::from(count).min(cap);
         if room == 0 {
-            tracing::warn!(%group, epoch, coordinator = %from.short(), total, "a coordinator holds max_total_nonces over all groups: refused");
+            tracing::warn!(%group, epoch, coordinator = %from.short(), total, "a coordinator holds max_total_nonces over all groups: refused (raise max_total_nonces, or lower its pool_idle / pool_target)");
             return Err(Refusal::Overloaded);
         }
         let held = held_here;
-        if held + room > max {
+        if held + room > cap {
             // This coordinator asks for more than its limit allows: it has lost track of
             // nonces it was given (a dropped pool after a timeout or a restart), or its
             // pool_target is above max_outstanding_nonces. Its oldest nonces go (zeroized);
             // only it could spend them, so no other coordinator loses anything.
-            let evicted = share.nonces.evict_oldest(&from, held + room - max);
+            let evicted = share.nonces.evict_oldest(&from, held + room - cap);
             self.stats.nonces_evicted += evicted as u64;
             tracing::warn!(%group, epoch, coordinator = %from.short(), evicted, "a coordinator asked beyond max_outstanding_nonces: its oldest nonces were dropped (keep its pool_target at most max_outstanding_nonces)");
         }
@@ -985,6 +985,65 @@ mod tests {
             coordinator: IdentityKey::generate(&mut rng).node_id(),
             client,
         }
+    }
+
+    #[test]
+    fn a_coordinator_holds_at_most_max_total_nonces_over_all_groups() {
+        let mut rng = rand::rngs::OsRng;
+        let members: Vec<conclave_keygen::NewMember> = (0..2)
+            .map(|i| conclave_keygen::NewMember {
+                name: format!("p{i}"),
+                node_id: IdentityKey::generate(&mut rng).node_id(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect();
+        let groups: Vec<GroupName> = (0..3)
+            .map(|i| GroupName::new(&format!("g{i}")).unwrap())
+            .collect();
+        let shares = groups
+            .iter()
+            .map(|g| {
+                let (_, dealt) = conclave_keygen::deal(g.clone(), 2, &members, &mut rng).unwrap();
+                (g.clone(), 1, dealt.into_iter().next().unwrap().key_package)
+            })
+            .collect();
+        let client = IdentityKey::generate(&mut rng);
+        let mut p = Participant::new(
+            shares,
+            ParticipantConfig {
+                max_outstanding: 8,
+                max_total_nonces: 10,
+                ..Default::default()
+            },
+            allow(&client),
+            Box::new(conclave_audit::MemoryAudit::default()),
+            &mut rng,
+        );
+        let coord = IdentityKey::generate(&mut rng).node_id();
+        let commit = |g: &GroupName, count: u16| Message::Commit {
+            group: g.clone(),
+            epoch: 1,
+            count,
+        };
+        let got = |m: Message| match m {
+            Message::Commitments { entries, .. } => entries.len(),
+            Message::Refused(r) => panic!("refused: {r:?}"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got(ask(&mut p, coord, commit(&groups[0], 8))), 8);
+        // Two left over all groups: a second group gets two, a third none.
+        assert_eq!(got(ask(&mut p, coord, commit(&groups[1], 5))), 2);
+        assert!(matches!(
+            ask(&mut p, coord, commit(&groups[2], 1)),
+            Message::Refused(Refusal::Overloaded)
+        ));
+        // Asking again for a full group drops its own oldest instead of growing the total.
+        assert_eq!(got(ask(&mut p, coord, commit(&groups[1], 3))), 2);
+        let total: usize = groups.iter().map(|g| p.outstanding(g)).sum();
+        assert_eq!(total, 10);
+        // Another coordinator has a total of its own.
+        let other = IdentityKey::generate(&mut rng).node_id();
+        assert_eq!(got(ask(&mut p, other, commit(&groups[2], 4))), 4);
     }
 
     fn ask(p: &mut Participant, from: NodeId, msg: Message) -> Message {

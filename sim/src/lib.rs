@@ -23,7 +23,7 @@ pub mod world;
 pub use ceremony::{run_ceremony, run_reshare, CeremonyOutcome, CeremonyReport, ReshareScenario};
 pub use report::{Report, Violation, ViolationKind};
 pub use scenario::{
-    Behaviour, Byzantine, Crash, Jitter, Link, Partition, Scenario, ScenarioError, Skew, Slow,
-    Transport,
+    Behaviour, Byzantine, Crash, GroupChoice, Jitter, Link, Partition, Scenario, ScenarioError,
+    Skew, Slow, Transport,
 };
 pub use world::{run, Simulation};

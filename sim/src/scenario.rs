@@ -15,6 +15,17 @@ pub enum Transport {
     Datagram,
 }
 
+/// Which group a simulated request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupChoice {
+    /// Uniform over the groups.
+    #[default]
+    Random,
+    /// Always the first group.
+    Hot,
+}
+
 /// Shape of the random part of a link's latency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -157,6 +168,11 @@ pub struct Scenario {
     pub pool_target: u16,
     /// Commitments pooled per participant for a group with no recent request.
     pub pool_idle: u16,
+    /// Groups served by the same participants (each dealt on its own).
+    pub groups: usize,
+    /// Which group each request is for: `random` (uniform over the groups) or `hot` (always
+    /// the first).
+    pub group_choice: GroupChoice,
     /// How long until the coordinator notices a silent dead connection (QUIC idle timeout).
     pub connection_timeout_ms: u64,
     /// How long a reconnection takes once a participant is reachable again.
@@ -186,6 +202,8 @@ impl Default for Scenario {
             min_participant_timeout_ms: 250,
             pool_target: 32,
             pool_idle: 1,
+            groups: 1,
+            group_choice: GroupChoice::Random,
             connection_timeout_ms: 10_000,
             reconnect_ms: 200,
             transport: Transport::Quic,
@@ -224,6 +242,12 @@ impl Scenario {
 
     pub fn requests(mut self, n: usize) -> Self {
         self.requests = n;
+        self
+    }
+    /// `n` groups, each request for one as `choice` says.
+    pub fn groups(mut self, n: usize, choice: GroupChoice) -> Self {
+        self.groups = n;
+        self.group_choice = choice;
         self
     }
     pub fn concurrency(mut self, c: usize) -> Self {
@@ -283,6 +307,9 @@ impl Scenario {
                 "need 2 <= threshold <= participants <= 1000, got {}-of-{n}",
                 self.threshold
             ));
+        }
+        if self.groups == 0 || self.groups > 100_000 {
+            return err("groups must be 1..=100000".into());
         }
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return err("concurrency must be 1..=10000".into());

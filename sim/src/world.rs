@@ -61,7 +61,8 @@ enum Kind {
 struct Node {
     name: String,
     id: NodeId,
-    key_package: frost::keys::KeyPackage,
+    /// Its share of every group (what a restart reads again).
+    shares: Vec<(GroupName, u64, frost::keys::KeyPackage)>,
     state: Option<Participant>,
     rng: ChaCha20Rng,
     incarnation: u32,
@@ -84,6 +85,8 @@ struct Pending {
     message: Vec<u8>,
     /// Requests sent for it so far (the client library sends at most three).
     tries: u32,
+    /// Index of its group.
+    group: usize,
     /// Nodes that sent an invalid (corrupted or replayed) share in this session.
     invalid_senders: BTreeSet<usize>,
 }
@@ -102,8 +105,10 @@ pub struct Simulation<'t> {
     client_rng: ChaCha20Rng,
     nodes: Vec<Node>,
     by_id: BTreeMap<NodeId, usize>,
-    group: GroupName,
-    verifying_key: ed25519_dalek::VerifyingKey,
+    /// Every group, with its key.
+    groups: Vec<(GroupName, ed25519_dalek::VerifyingKey)>,
+    /// The policy every signer holds (names every group).
+    policy_text: String,
     pending: BTreeMap<SessionId, Pending>,
     submitted: usize,
     /// Session of each message being signed (messages are derived from session ids).
@@ -128,7 +133,6 @@ impl<'t> Simulation<'t> {
     pub fn new(scenario: Scenario) -> Result<Self, ScenarioError> {
         scenario.validate()?;
         let mut rng = ChaCha20Rng::seed_from_u64(scenario.seed);
-        let group = GroupName::new("sim").map_err(|e| ScenarioError(e.to_string()))?;
         let n = scenario.participants;
         let identities: Vec<IdentityKey> =
             (0..n).map(|_| IdentityKey::generate(&mut rng)).collect();
@@ -141,14 +145,39 @@ impl<'t> Simulation<'t> {
                 address: format!("sim:{}", i + 1),
             })
             .collect();
-        let (manifest, shares) = deal(group.clone(), scenario.threshold, &members, &mut rng)
+        // One group is named "sim" (the traces of one-group scenarios stay as they were);
+        // more are "sim-0", "sim-1", ...
+        let names: Vec<GroupName> = if scenario.groups <= 1 {
+            vec![GroupName::new("sim").map_err(|e| ScenarioError(e.to_string()))?]
+        } else {
+            (0..scenario.groups)
+                .map(|i| GroupName::new(&format!("sim-{i}")))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ScenarioError(e.to_string()))?
+        };
+        let mut manifests = Vec::with_capacity(names.len());
+        let mut groups = Vec::with_capacity(names.len());
+        let mut per_node: Vec<Vec<(GroupName, u64, frost::keys::KeyPackage)>> =
+            vec![Vec::with_capacity(names.len()); n];
+        let mut dealt_names = Vec::new();
+        for group in &names {
+            let (manifest, shares) = deal(group.clone(), scenario.threshold, &members, &mut rng)
+                .map_err(|e| ScenarioError(e.to_string()))?;
+            let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(
+                &manifest
+                    .public_key_bytes()
+                    .map_err(|e| ScenarioError(e.to_string()))?,
+            )
             .map_err(|e| ScenarioError(e.to_string()))?;
-        let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(
-            &manifest
-                .public_key_bytes()
-                .map_err(|e| ScenarioError(e.to_string()))?,
-        )
-        .map_err(|e| ScenarioError(e.to_string()))?;
+            groups.push((group.clone(), verifying_key));
+            manifests.push(manifest);
+            dealt_names = shares.iter().map(|s| (s.name.clone(), s.node_id)).collect();
+            for (i, share) in shares.into_iter().enumerate() {
+                if let Some(v) = per_node.get_mut(i) {
+                    v.push((group.clone(), 1, share.key_package));
+                }
+            }
+        }
         let config = CoordinatorConfig {
             participant_timeout: Duration::from_millis(scenario.participant_timeout_ms),
             min_participant_timeout: Duration::from_millis(scenario.min_participant_timeout_ms),
@@ -159,27 +188,31 @@ impl<'t> Simulation<'t> {
             ..CoordinatorConfig::default()
         };
         let coordinator =
-            Coordinator::new(vec![manifest], config).map_err(|e| ScenarioError(e.to_string()))?;
+            Coordinator::new(manifests, config).map_err(|e| ScenarioError(e.to_string()))?;
         let coordinator_id = IdentityKey::generate(&mut rng).node_id();
         // The client draws from its own stream, so the scenario's stream is unchanged.
         let mut client_rng = ChaCha20Rng::seed_from_u64(scenario.seed ^ 0x636c_6965_6e74);
         let client = IdentityKey::generate(&mut client_rng);
-        let policy = || sim_policy(&client).map_err(|e| ScenarioError(e.to_string()));
+        let policy_text = sim_policy(&client, groups.iter().map(|(g, _)| g));
+        let policy = || {
+            conclave_policy::Policy::from_toml(&policy_text)
+                .map_err(|e| ScenarioError(e.to_string()))
+        };
         let mut nodes = Vec::with_capacity(n);
-        for (i, share) in shares.into_iter().enumerate() {
+        for (i, ((name, node_id), shares)) in dealt_names.into_iter().zip(per_node).enumerate() {
             let number = i + 1;
             let mut node_rng = ChaCha20Rng::seed_from_u64(rng.next_u64());
             let state = Participant::new(
-                vec![(group.clone(), 1, share.key_package.clone())],
+                shares.clone(),
                 ParticipantConfig::default(),
                 policy()?,
                 Box::new(conclave_audit::MemoryAudit::default()),
                 &mut node_rng,
             );
             nodes.push(Node {
-                name: share.name.clone(),
-                id: share.node_id,
-                key_package: share.key_package,
+                name,
+                id: node_id,
+                shares,
                 state: Some(state),
                 rng: node_rng,
                 incarnation: 0,
@@ -215,8 +248,8 @@ impl<'t> Simulation<'t> {
             client_rng,
             nodes,
             by_id,
-            group,
-            verifying_key,
+            groups,
+            policy_text,
             pending: BTreeMap::new(),
             submitted: 0,
             by_message: std::collections::HashMap::new(),
@@ -475,9 +508,10 @@ impl<'t> Simulation<'t> {
                     Ok(o) => {
                         let message = &p.message;
                         let sig = ed25519_dalek::Signature::from_bytes(&o.signature);
-                        if o.public_key != self.verifying_key.to_bytes()
-                            || self.verifying_key.verify_strict(message, &sig).is_err()
-                        {
+                        let key = self.groups.get(p.group).map(|(_, k)| *k);
+                        if key.is_none_or(|k| {
+                            o.public_key != k.to_bytes() || k.verify_strict(message, &sig).is_err()
+                        }) {
                             self.violation(
                                 ViolationKind::UnverifiedSignature,
                                 format!("session {}", session.0),
@@ -548,10 +582,18 @@ impl<'t> Simulation<'t> {
         let next_id = self.report.requests_submitted + 1;
         let message = message_for(next_id, self.scenario.message_bytes);
         self.report.requests_submitted += 1;
+        // Drawn only with several groups, so one-group scenarios keep their client stream.
+        let group = match (self.groups.len(), self.scenario.group_choice) {
+            (0 | 1, _) | (_, crate::scenario::GroupChoice::Hot) => 0,
+            (g, crate::scenario::GroupChoice::Random) => {
+                (self.client_rng.next_u64() % g as u64) as usize
+            }
+        };
         let pending = Pending {
             submitted: self.now,
             deadline: self.now + timeout.as_nanos() as Nanos,
             message,
+            group,
             tries: 0,
             invalid_senders: BTreeSet::new(),
         };
@@ -566,7 +608,11 @@ impl<'t> Simulation<'t> {
         self.client_rng.fill_bytes(&mut request_id);
         let unix = self.unix_now();
         let request = conclave_protocol::request::SignRequestBody {
-            group: self.group.clone(),
+            group: self
+                .groups
+                .get(p.group)
+                .map(|(g, _)| g.clone())
+                .unwrap_or_else(|| self.groups[0].0.clone()),
             epoch: 1,
             message: conclave_protocol::request::MessageRef::Full(p.message.clone()),
             kind: conclave_policy::classify(&p.message).name(),
@@ -796,11 +842,11 @@ impl<'t> Simulation<'t> {
                     self.log(format!("restart {}", self.nodes[p].name));
                     // The restarted process reads its policy again (its replay memory is empty:
                     // the requests it answered before are past their validity in practice).
-                    let policy = sim_policy(&self.client)
+                    let policy = conclave_policy::Policy::from_toml(&self.policy_text)
                         .unwrap_or_else(|_| conclave_policy::Policy::deny_all());
                     let node = &mut self.nodes[p];
                     let state = Participant::new(
-                        vec![(self.group.clone(), 1, node.key_package.clone())],
+                        node.shares.clone(),
                         ParticipantConfig::default(),
                         policy,
                         Box::new(conclave_audit::MemoryAudit::default()),
@@ -873,13 +919,13 @@ impl<'t> Simulation<'t> {
 
 /// The message signed by session `id`: deterministic, so the simulator can verify results.
 /// Every simulated signer's policy: the simulated client may have the group sign anything.
-fn sim_policy(
-    client: &IdentityKey,
-) -> Result<conclave_policy::Policy, conclave_policy::PolicyError> {
-    conclave_policy::Policy::from_toml(&format!(
-        "[[client]]\nname = \"sim-client\"\nkey = \"{}\"\ngroups = [\"sim\"]\nkinds = [\"raw\", \"ssh-auth\", \"transition\"]\nmax_message_bytes = 65536\nrate = \"1000000/s\"\n",
-        client.node_id().to_hex()
-    ))
+fn sim_policy<'a>(client: &IdentityKey, groups: impl Iterator<Item = &'a GroupName>) -> String {
+    let names: Vec<String> = groups.map(|g| format!("\"{g}\"")).collect();
+    format!(
+        "[[client]]\nname = \"sim-client\"\nkey = \"{}\"\ngroups = [{}]\nkinds = [\"raw\", \"ssh-auth\", \"transition\"]\nmax_message_bytes = 65536\nrate = \"1000000/s\"\n",
+        client.node_id().to_hex(),
+        names.join(", ")
+    )
 }
 
 /// The Unix time at which every simulation starts (2027-01-15).

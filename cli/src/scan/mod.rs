@@ -79,6 +79,13 @@ pub(crate) struct ScanArgs {
     /// An identity directory (or its identity.key): its secret key is searched for. Repeat.
     #[arg(long = "identity", value_name = "DIR")]
     identities: Vec<PathBuf>,
+    /// A node keystore: its secret and its passphrase are searched for, and the --share files
+    /// sealed to it are opened with it.
+    #[arg(long, value_name = "FILE")]
+    keystore: Option<PathBuf>,
+    /// File whose first line is the keystore's passphrase (default: the usual sources).
+    #[arg(long, value_name = "FILE", requires = "keystore")]
+    keystore_passphrase_file: Option<PathBuf>,
     /// Where a passphrase may come from without --passphrase-file (dev and test accept
     /// CONCLAVE_PASSPHRASE).
     #[arg(long, value_enum, default_value_t = Mode::Prod)]
@@ -167,11 +174,62 @@ fn load_secrets(args: &ScanArgs) -> Result<(Vec<Secret>, Vec<PathBuf>), Exit> {
     if args.shares.is_empty() && !passphrase_files.is_empty() {
         fail!("--passphrase-file without --share: the passphrase is found through the shares it opens");
     }
+    let keystore = match &args.keystore {
+        None => None,
+        Some(k) => {
+            let pass = passphrase::obtain(
+                args.keystore_passphrase_file.as_deref(),
+                args.mode,
+                &format!("the keystore {}", k.display()),
+                false,
+            )?;
+            let ks = conclave_keygen::Keystore::open(k, &pass)?;
+            push_unique(
+                &mut secrets,
+                Secret {
+                    label: format!("keystore {}", k.display()),
+                    bytes: ks.secret_bytes(),
+                },
+            );
+            push_unique(
+                &mut secrets,
+                Secret {
+                    label: format!("passphrase of the keystore {}", k.display()),
+                    bytes: Zeroizing::new(pass.expose().to_vec()),
+                },
+            );
+            sources.push(k.clone());
+            Some(ks)
+        }
+    };
     // Passphrases obtained without a file, tried first on the next share (one prompt for
     // shares under the same passphrase).
     let mut obtained: Vec<Passphrase> = Vec::new();
     for (i, share_path) in args.shares.iter().enumerate() {
         let what = share_path.display().to_string();
+        if ShareFile::inspect(share_path)?.keystore().is_some() {
+            let Some(ks) = keystore.as_ref() else {
+                fail!("{what} is sealed to a node keystore: pass --keystore FILE");
+            };
+            let share = ShareFile::read_with(
+                share_path,
+                conclave_keygen::Keys {
+                    passphrase: None,
+                    keystore: Some(ks),
+                },
+            )?;
+            let bytes = Zeroizing::new(share.key_package.signing_share().serialize());
+            drop(share);
+            push_unique(
+                &mut secrets,
+                Secret {
+                    label: format!("share {what}"),
+                    bytes,
+                },
+            );
+            sources.push(share_path.clone());
+            continue;
+        }
         let (share, pass, label) = match passphrase_files.get(i).or(passphrase_files.first()) {
             Some(file) => {
                 let pass = passphrase::obtain(Some(file), args.mode, &what, false)?;

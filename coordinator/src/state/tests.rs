@@ -1007,3 +1007,60 @@ fn with_no_signer_to_spare_a_signer_gets_the_full_timeout() {
     let first_timeout = net.coord.config.participant_timeout;
     assert!(net.now - start >= first_timeout, "{:?}", net.now - start);
 }
+
+#[test]
+fn with_many_groups_a_participant_gets_a_bounded_number_of_commit_requests_at_once() {
+    let mut rng = rand::rngs::OsRng;
+    let members: Vec<NewMember> = (0..2)
+        .map(|i| NewMember {
+            name: format!("p{i}"),
+            node_id: IdentityKey::generate(&mut rng).node_id(),
+            address: "127.0.0.1:1".into(),
+        })
+        .collect();
+    let mut manifests = Vec::new();
+    let mut shares = Vec::new();
+    for g in 0..40 {
+        let group = GroupName::new(&format!("g{g}")).unwrap();
+        let (manifest, dealt) = deal(group.clone(), 2, &members, &mut rng).unwrap();
+        manifests.push(manifest);
+        shares.push((group, dealt.into_iter().next().unwrap().key_package));
+    }
+    let now = Instant::now();
+    let mut coord = Coordinator::new(manifests, CoordinatorConfig::default()).unwrap();
+    let node = members[0].node_id;
+    let client = IdentityKey::generate(&mut rng);
+    let mut p = Participant::new(
+        shares.into_iter().map(|(g, kp)| (g, 1, kp)).collect(),
+        ParticipantConfig::default(),
+        allow(&client),
+        Box::new(MemoryAudit::default()),
+        &mut rng,
+    );
+    coord.peer_up(now, node);
+    let mut first: Vec<Transmit> = std::iter::from_fn(|| coord.poll_transmit()).collect();
+    assert_eq!(
+        first.len(),
+        MAX_COMMITS_IN_FLIGHT,
+        "the rest wait in the queue"
+    );
+    assert!(first
+        .iter()
+        .all(|t| t.to == node && matches!(t.envelope.msg, Message::Commit { .. })));
+    // Each answer lets one more go, until every group's pool is filled.
+    let coord_id = IdentityKey::generate(&mut rng).node_id();
+    let mut answered = 0;
+    while let Some(t) = first.pop() {
+        p.handle(now, UNIX, coord_id, t.envelope, &mut rng);
+        let reply = p.poll_transmit().unwrap().envelope;
+        coord.handle(now, node, reply);
+        answered += 1;
+        first.extend(std::iter::from_fn(|| coord.poll_transmit()));
+        assert!(first.len() <= MAX_COMMITS_IN_FLIGHT);
+    }
+    assert_eq!(answered, 40);
+    for g in 0..40 {
+        let group = GroupName::new(&format!("g{g}")).unwrap();
+        assert_eq!(coord.pooled(node, &group), 1, "{group}");
+    }
+}
