@@ -730,30 +730,8 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ShareFileError> {
 /// fsync, rename over the target, fsync of the directory. A crash leaves either the old file
 /// or the new one, never a partial file under the target name.
 pub fn write_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{:016x}", rng.next_u64()));
-    let result = (|| {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
+    let (dir, name, tmp) = write_temp(path, bytes, rng)?;
+    let result = std::fs::rename(&tmp, path).and_then(|()| std::fs::File::open(&dir)?.sync_all());
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -766,6 +744,20 @@ pub fn write_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> std::
 /// Like [`write_atomic`], but never replaces an existing file (two writers at once: one
 /// wins, the other gets `AlreadyExists`): the complete temp file is hard-linked to `path`.
 pub fn write_new_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> std::io::Result<()> {
+    let (dir, _, tmp) = write_temp(path, bytes, rng)?;
+    let result =
+        std::fs::hard_link(&tmp, path).and_then(|()| std::fs::File::open(&dir)?.sync_all());
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// Writes `bytes` to a new temp file (mode 0600, fsynced) beside `path`; returns the
+/// directory, the file name and the temp file's path. Nothing is left on failure.
+fn write_temp<R: RngCore>(
+    path: &Path,
+    bytes: &[u8],
+    rng: &mut R,
+) -> std::io::Result<(PathBuf, String, PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -775,7 +767,7 @@ pub fn write_new_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> s
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{:016x}", rng.next_u64()));
-    let result = (|| {
+    let written = (|| {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -785,13 +777,13 @@ pub fn write_new_atomic<R: RngCore>(path: &Path, bytes: &[u8], rng: &mut R) -> s
         }
         let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::hard_link(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
+        f.sync_all()
     })();
-    let _ = std::fs::remove_file(&tmp);
-    result
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((dir, name, tmp))
 }
 
 /// How old a leftover temp file of [`write_atomic`] must be before a later write of the same
