@@ -233,6 +233,8 @@ pub async fn measure(exe: &Path, nonces: usize) -> Result<RssReport> {
         vec![manifest],
         conclave_coordinator::CoordinatorConfig {
             pool_target: u16::try_from(nonces).unwrap_or(u16::MAX),
+            // The whole pool, idle or not: what is measured is the memory of `nonces`.
+            pool_idle: u16::try_from(nonces).unwrap_or(u16::MAX),
             ..Default::default()
         },
     )?;
