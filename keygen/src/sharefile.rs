@@ -660,6 +660,18 @@ impl ShareFile {
         replace: bool,
         rng: &mut R,
     ) -> Result<(), ShareFileError> {
+        Self::write_sealed(path, replace, rng, |rng| {
+            Self::seal_to(key_package, header, to, rng)
+        })
+    }
+
+    /// Refuses an existing file unless `replace`, seals with `seal`, writes atomically.
+    fn write_sealed<R: RngCore + CryptoRng>(
+        path: &Path,
+        replace: bool,
+        rng: &mut R,
+        seal: impl FnOnce(&mut R) -> Result<Vec<u8>, ShareErrorKind>,
+    ) -> Result<(), ShareFileError> {
         let err = |kind| ShareFileError {
             path: path.to_path_buf(),
             kind,
@@ -667,17 +679,19 @@ impl ShareFile {
         if !replace && path.exists() {
             return Err(err(ShareErrorKind::Exists(path.to_path_buf())));
         }
-        let bytes = Self::seal_to(key_package, header, to, rng).map_err(err)?;
+        let bytes = seal(rng).map_err(err)?;
         write_atomic(path, &bytes, rng).map_err(|e| err(ShareErrorKind::Io(e)))
     }
 
-    /// Reads and decrypts a share file.
+    /// Reads and decrypts a share file of format 1 with its passphrase.
     pub fn read(path: &Path, passphrase: &Passphrase) -> Result<Self, ShareFileError> {
-        let bytes = read_bounded(path)?;
-        Self::open(&bytes, passphrase).map_err(|kind| ShareFileError {
-            path: path.to_path_buf(),
-            kind,
-        })
+        Self::read_with(
+            path,
+            Keys {
+                passphrase: Some(passphrase),
+                keystore: None,
+            },
+        )
     }
 
     /// Reads only the public header (integrity-checked, not authenticated).
@@ -701,15 +715,9 @@ impl ShareFile {
         replace: bool,
         rng: &mut R,
     ) -> Result<(), ShareFileError> {
-        let err = |kind| ShareFileError {
-            path: path.to_path_buf(),
-            kind,
-        };
-        if !replace && path.exists() {
-            return Err(err(ShareErrorKind::Exists(path.to_path_buf())));
-        }
-        let bytes = Self::seal(key_package, header, passphrase, rng).map_err(err)?;
-        write_atomic(path, &bytes, rng).map_err(|e| err(ShareErrorKind::Io(e)))
+        Self::write_sealed(path, replace, rng, |rng| {
+            Self::seal(key_package, header, passphrase, rng)
+        })
     }
 }
 
